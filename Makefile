@@ -1,0 +1,56 @@
+# The verbs a newcomer needs. `make run` and `make test` do all set-up themselves.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+VAR ?= var
+DEMO_PATIENTS ?= 100000
+DEMO_SEED ?= 20251231
+SPEC := sandbox/data/specs/emr-visits.toml
+RAW := $(VAR)/demo/raw
+DATASET := $(VAR)/datasets/emr-visits
+KEY := $(VAR)/keys/pseudonym.key
+
+.PHONY: install run demo test lint bench clean-demo
+
+$(STAMP): pyproject.toml
+	PYTHON=$(PYTHON) infra/scripts/ensure-python.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+$(KEY): | $(STAMP)
+	mkdir -p $(dir $(KEY))
+	$(BIN)/sandboxctl data keygen $(KEY)
+
+$(RAW)/manifest.json: | $(STAMP)
+	$(BIN)/sandboxctl data generate --patients $(DEMO_PATIENTS) --seed $(DEMO_SEED) \
+		--out $(RAW) --force
+
+$(DATASET)/metadata.json: $(RAW)/manifest.json $(KEY) $(SPEC)
+	$(BIN)/sandboxctl data onboard --raw $(RAW) --spec $(SPEC) --key-file $(KEY) \
+		--out $(DATASET) --force
+
+# Demo data: a raw extract, a key, and the restricted dataset onboarded from them.
+demo: $(DATASET)/metadata.json
+
+# Start what exists of the stack: for now, the catalog and the risk report.
+run: demo
+	$(BIN)/sandboxctl data catalog $(DATASET)
+	$(BIN)/sandboxctl data report $(DATASET)
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python bench/onboarding.py
+
+clean-demo:
+	rm -rf $(VAR)/demo $(VAR)/datasets

@@ -1,0 +1,1 @@
+"""Pure domain of the approval workflow (no web imports)."""

@@ -1,0 +1,1 @@
+"""Control plane: accounts, catalog, applications, reviews, decisions and agreements."""

@@ -1,0 +1,2 @@
+"""Data plane of the secondary-use sandbox: onboarding, gateway, HE and the researcher
+client."""

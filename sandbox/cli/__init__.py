@@ -1,0 +1,1 @@
+"""``sandboxctl``: the one command line in front of every service and controller task."""

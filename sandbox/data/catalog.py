@@ -1,0 +1,118 @@
+"""The catalog metadata document of a restricted dataset: everything a researcher may know
+before access (fields, types, public bounds and categories, sample size, years, grade,
+conditions) and everything the gateway needs to answer queries (patient key, contribution
+bound, consent purposes). It is public: nothing in it may single out a patient, so
+category lists contain only values covering at least k patients."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+
+from sandbox.data.hierarchy import icd10_label
+from sandbox.data.reference.population import PURPOSES
+from sandbox.data.spec import Icd10Hierarchy, Spec
+
+METADATA_VERSION = 1
+RECORDS = "records"
+CONSENT = "consent"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _frequent(records: pl.DataFrame, column: str, patient: str, k: int) -> list[str]:
+    counts = (records.group_by(column).agg(pl.col(patient).n_unique().alias("n"))
+              .filter(pl.col("n") >= k).drop_nulls(column).sort(column))
+    return [str(v) for v in counts[column].to_list()]
+
+
+def build(spec: Spec, records: pl.DataFrame, consent: pl.DataFrame, years: tuple[int, int],
+          spec_sha256: str) -> dict:
+    """The metadata document (without file digests, which are added once files exist)."""
+    patient = spec.pseudonym.column
+    k = spec.privacy.k
+    fields: list[dict] = [{
+        "name": patient,
+        "type": "string",
+        "role": "patient_key",
+        "description": {"zh": "患者假名（密钥化 HMAC-SHA256，不可逆）",
+                        "en": "patient pseudonym (keyed HMAC-SHA256, not reversible)"},
+    }]
+    for field in spec.fields:
+        entry: dict = {
+            "name": field.name,
+            "role": field.role,
+            "description": field.description.model_dump(),
+            "nullable": bool(records[field.name].null_count()),
+        }
+        if field.hierarchy is not None:
+            entry["type"] = "string"
+            entry["categories"] = _frequent(records, field.name, patient, k)
+            entry["hierarchy"] = field.hierarchy.kind
+        elif field.type in ("integer", "float"):
+            entry["type"] = field.type
+            entry["bounds"] = list(field.bounds) if field.bounds else None
+        else:
+            entry["type"] = field.type
+            if field.type == "string":
+                entry["categories"] = field.categories or _frequent(records, field.name,
+                                                                    patient, k)
+        fields.append(entry)
+        if isinstance(field.hierarchy, Icd10Hierarchy) and field.hierarchy.label:
+            fields.append({
+                "name": field.hierarchy.label,
+                "type": "string",
+                "role": "label",
+                "label_of": field.name,
+                "description": {"zh": f"{field.description.zh}（名称）",
+                                "en": f"{field.description.en} (name)"},
+                "nullable": False,
+                "labels": {c: icd10_label(c) for c in entry["categories"]},
+            })
+    labels = {p[0]: {"zh": p[1], "en": p[2]} for p in PURPOSES}
+    return {
+        "metadata_version": METADATA_VERSION,
+        "id": spec.dataset.id,
+        "version": spec.dataset.version,
+        "grade": spec.dataset.grade,
+        "title": spec.dataset.title.model_dump(),
+        "description": spec.dataset.description.model_dump(),
+        "application_conditions": spec.dataset.conditions.model_dump(),
+        "unit": spec.dataset.unit.model_dump(),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "spec_sha256": spec_sha256,
+        "sample_size": {"patients": records[patient].n_unique(), "records": records.height},
+        "years": list(years),
+        "patient_key": patient,
+        "contribution_bound": spec.privacy.contribution_bound,
+        "minimum_count": k,
+        "tables": {
+            RECORDS: {"fields": fields},
+            CONSENT: {
+                "fields": [
+                    {"name": patient, "type": "string", "role": "patient_key"},
+                    *({"name": p, "type": "boolean", "role": "consent",
+                       "description": labels[p]} for p in spec.consent.purposes),
+                    {"name": "consented_by", "type": "string", "role": "consent",
+                     "categories": sorted(consent["consented_by"].drop_nulls().unique()
+                                          .to_list()),
+                     "description": {"zh": "同意人（本人或监护人）",
+                                     "en": "who consented (the patient or a guardian)"}},
+                    {"name": "withdrawn_at", "type": "date", "role": "consent",
+                     "nullable": True,
+                     "description": {"zh": "撤回同意日期", "en": "date consent was withdrawn"}},
+                ],
+            },
+        },
+        "purposes": [{"id": p, **labels[p]} for p in spec.consent.purposes],
+        "files": {},
+    }

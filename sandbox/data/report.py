@@ -1,0 +1,65 @@
+"""Render the re-identification risk report of an onboarding run as Markdown."""
+
+from __future__ import annotations
+
+
+def _pct(share: float) -> str:
+    return f"{share * 100:.2f} %"
+
+
+def render_markdown(report: dict) -> str:
+    """The report as Markdown, for controllers and the catalog."""
+    d, rule, before, after = report["dataset"], report["rule"], report["before"], report["after"]
+    sup = report["suppression"]
+    lines = [
+        f"# Re-identification risk report — {d['id']} {d['version']} ({d['grade']})",
+        "",
+        f"Minimum count: every combination of the quasi-identifiers "
+        f"({', '.join(rule['quasi_identifiers'])}) must describe at least "
+        f"{rule['minimum_count']} patients. Sensitive attribute: {rule['sensitive'] or '—'}.",
+        "",
+        "| measure | before | after |",
+        "|---|---:|---:|",
+        f"| records | {before['records']:,} | {after['records']:,} |",
+        f"| patients | {before['patients']:,} | {after['patients']:,} |",
+        f"| classes | {before['classes']:,} | {after['classes']:,} |",
+        f"| k (patients in smallest class) | {before['k_patients']} | {after['k_patients']} |",
+        f"| k (records in smallest class) | {before['k_records']} | {after['k_records']} |",
+        f"| records in classes < {rule['minimum_count']} patients | "
+        f"{_pct(before['records_in_small_classes'])} | "
+        f"{_pct(after['records_in_small_classes'])} |",
+        f"| unique records | {_pct(before['unique_records'])} | "
+        f"{_pct(after['unique_records'])} |",
+        f"| l-diversity of {rule['sensitive'] or '—'} | {before['l_diversity']} | "
+        f"{after['l_diversity']} |",
+        "",
+        f"Suppressed: {sup['records']:,} records ({_pct(sup['share_of_records'])}), "
+        f"{sup['patients']:,} patients lost entirely; "
+        f"{sup['datafly_rounds']} generalisation round(s).",
+        "",
+        "## Generalisation",
+        "",
+        "| column | hierarchy | levels used | distinct before | distinct after | "
+        "values lifted |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for name, g in report["generalisation"].items():
+        lines.append(f"| {name} | {g['hierarchy']} | {', '.join(g['levels_used'])} | "
+                     f"{g['distinct_before']:,} | {g['distinct_after']:,} | "
+                     f"{g['values_lifted']:,} |")
+    examples = [(name, v, to) for name, g in report["generalisation"].items()
+                for v, to in list(g["examples"].items())[:8]]
+    if examples:
+        lines += ["", "Examples of rare values generalised:", ""]
+        lines += [f"- {name}: `{v}` → `{to}`" for name, v, to in examples]
+    ids = report["direct_identifiers"]
+    lines += [
+        "",
+        "## Direct identifiers",
+        "",
+        f"Dropped by the spec: {', '.join(ids['dropped'])}.",
+        f"Scanned by value (ID numbers, mobile phones, patient names): "
+        f"{', '.join(ids['scanned_columns'])} — none found.",
+        "",
+    ]
+    return "\n".join(lines)
