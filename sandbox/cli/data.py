@@ -9,7 +9,6 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sandbox.data.catalog import RECORDS
 from sandbox.data.generate import generate as generate_extract
 from sandbox.data.onboard import onboard as onboard_dataset
 from sandbox.data.onboard import read_report
@@ -106,7 +105,7 @@ def catalog(directories: tuple[Path, ...], lang: str) -> None:
                    f"({meta['unit'][lang]}); {labels[3]}: {meta['years'][0]}–{meta['years'][1]}")
         click.echo(f"  {labels[5]}: {meta['application_conditions'][lang]}")
         click.echo(f"  {labels[6]}:")
-        for field in meta["tables"][RECORDS]["fields"]:
+        for field in next(iter(meta["tables"].values()))["fields"]:
             extra = ""
             if field.get("bounds"):
                 extra = f" [{field['bounds'][0]:g}, {field['bounds'][1]:g}]"

@@ -19,6 +19,7 @@ from sandbox.data.spec import Icd10Hierarchy, Spec
 METADATA_VERSION = 1
 RECORDS = "records"
 CONSENT = "consent"
+AGGREGATES = "aggregates"
 
 
 def sha256_file(path: Path) -> str:
@@ -116,3 +117,19 @@ def build(spec: Spec, records: pl.DataFrame, consent: pl.DataFrame, years: tuple
         "purposes": [{"id": p, **labels[p]} for p in spec.consent.purposes],
         "files": {},
     }
+
+
+def public_aggregates(metadata: dict) -> dict:
+    """Turn the metadata of a patient-level table into that of a public aggregate table:
+    the generalised columns plus patient and record counts; no patient key, no consent."""
+    fields = [f for f in metadata["tables"][RECORDS]["fields"]
+              if f["role"] in ("quasi_identifier", "sensitive", "label")]
+    counts = [
+        {"name": "patients", "type": "integer", "role": "count",
+         "description": {"zh": "患者数", "en": "number of patients"}},
+        {"name": "records", "type": "integer", "role": "count",
+         "description": {"zh": "记录数", "en": "number of records"}},
+    ]
+    public = {k: v for k, v in metadata.items() if k not in ("patient_key", "purposes")}
+    public["tables"] = {AGGREGATES: {"fields": fields + counts}}
+    return public

@@ -19,7 +19,7 @@ import polars as pl
 from sandbox.data import catalog, dummy, identifiers, risk
 from sandbox.data.anonymize import Outcome, generalise
 from sandbox.data.atomic import atomic_directory
-from sandbox.data.catalog import CONSENT, RECORDS
+from sandbox.data.catalog import AGGREGATES, CONSENT, RECORDS
 from sandbox.data.hierarchy import icd10_label
 from sandbox.data.pseudonym import load_key, pseudonymise
 from sandbox.data.report import render_markdown
@@ -93,16 +93,24 @@ def onboard(raw: Path, spec_path: Path, key_file: Path, out: Path, *, replace: b
     metadata = catalog.build(spec, records, consent, years, hashlib.sha256(spec_bytes).hexdigest())
     report = _report(spec, before, after, outcome, published.columns)
     records = records.select(f["name"] for f in metadata["tables"][RECORDS]["fields"])
+    if spec.dataset.grade == "public":
+        metadata = catalog.public_aggregates(metadata)
+        tables = {AGGREGATES: _aggregates(metadata, records, consent, patient, spec.privacy.k)}
+        folder = "public"
+    else:
+        tables = {RECORDS: records, CONSENT: consent}
+        folder = "restricted"
 
     with atomic_directory(Path(out), replace=replace) as tmp:
-        (tmp / "restricted").mkdir()
-        (tmp / "dummy").mkdir()
-        for name, table in ((RECORDS, records), (CONSENT, consent)):
-            path = tmp / "restricted" / f"{name}.parquet"
+        (tmp / folder).mkdir()
+        for name, table in tables.items():
+            path = tmp / folder / f"{name}.parquet"
             table.write_parquet(path, compression="zstd")
-            metadata["files"][f"restricted/{name}.parquet"] = catalog.sha256_file(path)
-        for name, table in dummy.make(metadata, dummy_rows, dummy_seed).items():
-            table.write_parquet(tmp / "dummy" / f"{name}.parquet")
+            metadata["files"][f"{folder}/{name}.parquet"] = catalog.sha256_file(path)
+        if folder == "restricted":
+            (tmp / "dummy").mkdir()
+            for name, table in dummy.make(metadata, dummy_rows, dummy_seed).items():
+                table.write_parquet(tmp / "dummy" / f"{name}.parquet")
         (tmp / "spec.toml").write_bytes(spec_bytes)
         _write_json(tmp / "metadata.json", metadata)
         _write_json(tmp / "report.json", report)
@@ -262,6 +270,22 @@ def _consent(spec: Spec, consent_raw: pl.LazyFrame, mapping: pl.DataFrame,
             pl.lit(None, dtype=pl.Date).alias("withdrawn_at"),
         )])
     return table.sort(patient)
+
+
+def _aggregates(metadata: dict, records: pl.DataFrame, consent: pl.DataFrame, patient: str,
+                k: int) -> pl.DataFrame:
+    """Counts per combination of the generalised columns, for a public dataset. Patients
+    who withdrew consent are left out; cells covering fewer than k patients are dropped."""
+    by = [f["name"] for f in metadata["tables"][AGGREGATES]["fields"] if f["role"] != "count"]
+    withdrawn = consent.filter(pl.col("withdrawn_at").is_not_null())[patient]
+    return (
+        records.filter(~pl.col(patient).is_in(withdrawn.implode()))
+        .group_by(by)
+        .agg(pl.col(patient).n_unique().cast(pl.Int64).alias("patients"),
+             pl.len().cast(pl.Int64).alias("records"))
+        .filter(pl.col("patients") >= k)
+        .sort(by)
+    )
 
 
 def _report(spec: Spec, before: dict, after: dict, outcome: Outcome, scanned: list[str]

@@ -171,10 +171,14 @@ class Derive(_Strict):
 
 class Identifiers(_Strict):
     """Direct identifiers: never published. ``name_columns`` hold patients' (and
-    guardians') names, whose values are also searched for in every published column."""
+    guardians') names, whose values are also searched for in every published column.
+    ``keep`` names identifiers an *identifiable* dataset publishes for a special need (an
+    address for epidemiological tracing); ID numbers, phones and names are still refused
+    by the value scan."""
 
     columns: list[str] = Field(min_length=1)
     name_columns: list[str] = Field(default_factory=list)
+    keep: list[str] = Field(default_factory=list)
 
 
 class Pseudonym(_Strict):
@@ -263,7 +267,14 @@ class Spec(_Strict):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"fields declared twice: {duplicates}")
-        leaked = sorted({f.source_column for f in self.fields} & set(self.identifiers.columns))
+        kept = set(self.identifiers.keep)
+        if kept and self.dataset.grade != "identifiable":
+            raise ValueError("identifiers.keep is only allowed in an identifiable dataset")
+        if not kept <= set(self.identifiers.columns):
+            raise ValueError(f"identifiers.keep names columns that are not identifiers: "
+                             f"{sorted(kept - set(self.identifiers.columns))}")
+        leaked = sorted({f.source_column for f in self.fields}
+                        & (set(self.identifiers.columns) - kept))
         if leaked:
             raise ValueError(f"fields publish direct identifiers {leaked}")
         if self.pseudonym.column in names:
