@@ -9,6 +9,7 @@ import sys
 import click
 
 from sandbox.cli.data import data
+from sandbox.cli.gateway import audit_group, gateway
 from sandbox.errors import SandboxError
 
 UNEXPECTED_EXIT = 70
@@ -21,6 +22,8 @@ def cli() -> None:
 
 
 cli.add_command(data)
+cli.add_command(gateway)
+cli.add_command(audit_group)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,87 @@
+"""``sandboxctl gateway …`` and ``sandboxctl audit …``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from sandbox import audit, receipts
+from sandbox.db import make_engine
+from sandbox.errors import InputError
+
+
+@click.group()
+def gateway() -> None:
+    """The privacy gateway: DP queries over restricted datasets."""
+
+
+@gateway.command()
+@click.option("--host", help="Address to listen on [env SANDBOX_GATEWAY_HOST; 127.0.0.1].")
+@click.option("--port", type=int, help="Port [env SANDBOX_GATEWAY_PORT; 8700].")
+@click.option("--database-url", help="SQLite or PostgreSQL URL of the ledger "
+              "[env SANDBOX_GATEWAY_DATABASE_URL; sqlite:///var/gateway/gateway.db].")
+@click.option("--datasets-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Onboarded datasets to serve [env SANDBOX_GATEWAY_DATASETS_DIR; "
+                   "var/datasets].")
+@click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Signing key, admin token, views [env SANDBOX_GATEWAY_STATE_DIR; "
+                   "var/gateway].")
+@click.option("--rate-limit", type=float, help="Requests per second per token (0 = off) "
+              "[env SANDBOX_GATEWAY_RATE_LIMIT; 5].")
+def serve(**options: object) -> None:
+    """Serve the gateway over HTTP until interrupted."""
+    import uvicorn
+
+    from sandbox.gateway.app import create_app
+    from sandbox.gateway.settings import GatewaySettings
+
+    settings = GatewaySettings(**{k: v for k, v in options.items() if v is not None})
+    app = create_app(settings)
+    click.echo(f"gateway on http://{settings.host}:{settings.port} serving "
+               f"{', '.join(sorted(app.state.service.datasets)) or 'no datasets'}; "
+               f"service token in {settings.admin_token_file}", err=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
+                access_log=False)
+
+
+@gateway.command("verify-receipt")
+@click.argument("receipt_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--public-key", "public_key", required=True,
+              type=click.Path(path_type=Path, dir_okay=False),
+              help="The gateway's published public key (PEM, from GET /v1/public-key).")
+def verify_receipt(receipt_file: Path, public_key: Path) -> None:
+    """Check a release receipt offline against the gateway's public key."""
+    try:
+        receipt = json.loads(receipt_file.read_text(encoding="utf-8"))
+        pem = public_key.read_bytes()
+    except FileNotFoundError as exc:
+        raise InputError(f"{exc.filename} not found") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read {receipt_file}: {exc}") from None
+    if not isinstance(receipt, dict):
+        raise InputError("not a receipt")
+    payload = receipts.verify(receipt, pem)
+    click.echo(f"valid: release {payload['release']} of project {payload['project']} on "
+               f"{payload['dataset']} {payload['dataset_version']}, ε = {payload['epsilon']}, "
+               f"δ = {payload['delta']}, released {payload['released_at']}")
+
+
+@click.group("audit")
+def audit_group() -> None:
+    """The hash-chained audit log."""
+
+
+@audit_group.command("verify")
+@click.option("--database-url", default="sqlite:///var/gateway/gateway.db", show_default=True,
+              help="Database holding the audit log.")
+def audit_verify(database_url: str) -> None:
+    """Check that no audit entry was edited, deleted or reordered."""
+    engine = make_engine(database_url)
+    with engine.connect() as conn:
+        result = audit.verify(conn)
+    if not result.ok:
+        click.echo(f"BROKEN after {result.entries} good entries: {result.problem}", err=True)
+        raise SystemExit(6)
+    click.echo(f"ok: {result.entries} entries, chain intact")

@@ -1,0 +1,238 @@
+"""Researcher client for the privacy gateway.
+
+In a sandbox, ``Gateway.from_env()`` reads ``SANDBOX_GATEWAY_URL`` and
+``SANDBOX_GATEWAY_TOKEN``. Every answer is differentially private, spends budget, and comes
+with a signed receipt::
+
+    from sandbox.client import Gateway
+    gw = Gateway.from_env()
+    gw.preview_count("emr-visits", epsilon=0.5)          # what accuracy would that buy?
+    n = gw.count("emr-visits", where={"visit_type": "住院"}, epsilon=0.5)
+    n.value, n.release_id
+    gw.mean("emr-visits", "total_cost", group_by=["visit_type"], epsilon=0.5).df
+    gw.budget()
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import polars as pl
+
+from sandbox import receipts
+
+URL_ENV = "SANDBOX_GATEWAY_URL"
+TOKEN_ENV = "SANDBOX_GATEWAY_TOKEN"
+
+Where = dict[str, Any] | list[dict[str, Any]] | None
+
+
+class GatewayError(Exception):
+    """The gateway refused or failed; ``reason`` says why in plain words."""
+
+    def __init__(self, status: int, code: str, reason: str, details: dict | None = None):
+        super().__init__(reason)
+        self.status, self.code, self.reason = status, code, reason
+        self.details = details or {}
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+@dataclass
+class DPResult:
+    """A released answer: the frame, and the receipt that proves where it came from."""
+
+    df: pl.DataFrame
+    release_id: str
+    receipt: dict
+    epsilon: float
+    delta: float
+    repeated: bool = False
+    query: dict = field(default_factory=dict)
+
+    @property
+    def value(self) -> Any:
+        """The single number of an ungrouped count, sum or mean."""
+        if self.df.height != 1 or self.df.width != 1:
+            raise ValueError("this result is a table; use .df")
+        return self.df.item()
+
+    def to_pandas(self):
+        frame = self.df.to_pandas()
+        frame.attrs["release_id"] = self.release_id
+        return frame
+
+    def __repr__(self) -> str:
+        again = ", stored answer (no charge)" if self.repeated else ""
+        return (f"{self.df}\nrelease {self.release_id}: ε = {self.epsilon:g}, "
+                f"δ = {self.delta:g}{again}")
+
+    def _repr_html_(self) -> str:
+        return (self.df._repr_html_() + f"<p>release <code>{self.release_id}</code>: "
+                f"ε = {self.epsilon:g}, δ = {self.delta:g}</p>")
+
+
+def _filters(where: Where) -> list[dict]:
+    """``{"visit_type": "住院", "length_of_stay": (1, 10), "sex": ["男"]}`` → filter specs:
+    a value means equality, a tuple a closed range, a list membership."""
+    if where is None:
+        return []
+    if isinstance(where, list):
+        return where
+    out = []
+    for name, value in where.items():
+        if isinstance(value, tuple):
+            out.append({"field": name, "op": "between", "value": list(value)})
+        elif isinstance(value, list):
+            out.append({"field": name, "op": "in", "value": value})
+        else:
+            out.append({"field": name, "op": "eq", "value": value})
+    return out
+
+
+class Gateway:
+    """A connection to the gateway under one project token."""
+
+    def __init__(self, url: str, token: str, *, timeout: float = 120.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport,
+                                  headers={"Authorization": f"Bearer {token}"})
+        self._public_key: bytes | None = None
+
+    @classmethod
+    def from_env(cls) -> Gateway:
+        """The gateway this sandbox was provisioned with."""
+        url, token = os.environ.get(URL_ENV), os.environ.get(TOKEN_ENV)
+        if not url or not token:
+            raise GatewayError(0, "not_configured",
+                               f"set {URL_ENV} and {TOKEN_ENV} (a sandbox sets them for you)")
+        return cls(url, token)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- transport ---------------------------------------------------------------------
+    def _call(self, method: str, path: str, body: dict | None = None) -> Any:
+        try:
+            response = self._http.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            raise GatewayError(0, "unreachable", f"cannot reach the gateway at {self.url}: "
+                               f"{exc}") from None
+        if response.status_code >= 400:
+            try:
+                data = response.json()
+            except ValueError:
+                data = {}
+            reason = data.get("reason") or response.text or response.reason_phrase
+            details = {k: v for k, v in data.items() if k not in ("error", "reason")}
+            raise GatewayError(response.status_code, data.get("error", "error"), reason,
+                               details)
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return response.text
+
+    # -- information -------------------------------------------------------------------
+    def datasets(self) -> list[dict]:
+        """Datasets and fields this project may query, with their public metadata."""
+        return self._call("GET", "/v1/datasets")
+
+    def fields(self, dataset: str) -> pl.DataFrame:
+        """The allowed fields of ``dataset``: type, description, bounds or categories."""
+        for entry in self.datasets():
+            if entry["id"] == dataset:
+                return pl.DataFrame([{
+                    "name": f["name"], "type": f["type"], "role": f["role"],
+                    "description": f["description"]["zh"] + " / " + f["description"]["en"],
+                    "bounds": str(f.get("bounds") or ""),
+                    "categories": ", ".join(f.get("categories") or [])[:200],
+                } for f in entry["fields"]])
+        raise GatewayError(404, "not_found", f"dataset {dataset!r} is not in this project")
+
+    def budget(self) -> dict:
+        """Privacy budget: total, spent and remaining ε and δ."""
+        return self._call("GET", "/v1/budget")
+
+    def releases(self) -> list[dict]:
+        """Every release of this project, with receipts."""
+        return self._call("GET", "/v1/releases")
+
+    def public_key(self) -> bytes:
+        if self._public_key is None:
+            self._public_key = self._call("GET", "/v1/public-key").encode()
+        return self._public_key
+
+    def verify(self, receipt: dict) -> dict:
+        """Check a receipt against the gateway's public key; returns its payload."""
+        return receipts.verify(receipt, self.public_key())
+
+    # -- questions ---------------------------------------------------------------------
+    def query(self, spec: dict) -> DPResult:
+        """Send a raw query spec (see docs/gateway-api.md)."""
+        answer = self._call("POST", "/v1/query", spec)
+        frame = pl.DataFrame(answer["result"]) if answer["result"] else pl.DataFrame()
+        return DPResult(frame, answer["release"], answer["receipt"], answer["epsilon"],
+                        answer["delta"], answer.get("repeated", False), spec)
+
+    def preview(self, spec: dict) -> pl.DataFrame:
+        """Noise scale and 95 % error bound of a query; spends nothing."""
+        return pl.DataFrame(self._call("POST", "/v1/preview", spec)["statistics"])
+
+    @staticmethod
+    def _spec(kind: str, dataset: str, epsilon: float, delta: float = 0.0, **extra: Any
+              ) -> dict:
+        spec = {"dataset": dataset, "kind": kind, "epsilon": epsilon, "delta": delta}
+        spec.update({k: v for k, v in extra.items() if v not in (None, [])})
+        return spec
+
+    def count(self, dataset: str, *, epsilon: float, where: Where = None,
+              group_by: list[str] | None = None, keys: str = "public",
+              delta: float = 0.0) -> DPResult:
+        return self.query(self._spec("count", dataset, epsilon, delta, filters=_filters(where),
+                                     group_by=group_by, keys=keys))
+
+    def sum(self, dataset: str, field: str, *, epsilon: float,
+            bounds: tuple[float, float] | None = None, where: Where = None,
+            group_by: list[str] | None = None, delta: float = 0.0) -> DPResult:
+        return self.query(self._spec("sum", dataset, epsilon, delta, field=field,
+                                     bounds=bounds, filters=_filters(where),
+                                     group_by=group_by))
+
+    def mean(self, dataset: str, field: str, *, epsilon: float,
+             bounds: tuple[float, float] | None = None, where: Where = None,
+             group_by: list[str] | None = None, delta: float = 0.0) -> DPResult:
+        return self.query(self._spec("mean", dataset, epsilon, delta, field=field,
+                                     bounds=bounds, filters=_filters(where),
+                                     group_by=group_by))
+
+    def quantiles(self, dataset: str, field: str, quantiles: list[float], *,
+                  epsilon: float, bounds: tuple[float, float] | None = None,
+                  where: Where = None) -> DPResult:
+        return self.query(self._spec("quantiles", dataset, epsilon, field=field,
+                                     quantiles=quantiles, bounds=bounds,
+                                     filters=_filters(where)))
+
+    def median(self, dataset: str, field: str, *, epsilon: float,
+               bounds: tuple[float, float] | None = None, where: Where = None) -> DPResult:
+        return self.quantiles(dataset, field, [0.5], epsilon=epsilon, bounds=bounds,
+                              where=where)
+
+    def histogram(self, dataset: str, field: str, bins: list[float], *, epsilon: float,
+                  where: Where = None) -> DPResult:
+        return self.query(self._spec("histogram", dataset, epsilon, field=field, bins=bins,
+                                     filters=_filters(where)))
+
+    def preview_count(self, dataset: str, *, epsilon: float, where: Where = None,
+                      group_by: list[str] | None = None) -> pl.DataFrame:
+        return self.preview(self._spec("count", dataset, epsilon, filters=_filters(where),
+                                       group_by=group_by))

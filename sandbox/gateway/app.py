@@ -1,0 +1,141 @@
+"""HTTP adapter of the gateway (FastAPI). Routes only authenticate, parse and call the
+service; every domain error becomes ``{"error": code, "reason": …}`` with its 4xx status,
+and nothing else a caller sees carries a stack trace."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Literal
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sandbox.errors import SandboxError
+from sandbox.gateway.queries import QuerySpec
+from sandbox.gateway.service import GatewayService, GrantRequest, Withdrawal
+from sandbox.gateway.settings import GatewaySettings
+
+log = logging.getLogger("sandbox.gateway")
+
+
+class GrantChange(BaseModel):
+    reason: str = Field(default="", max_length=2000)
+
+
+def _bearer(authorization: Annotated[str | None, Header()] = None) -> str | None:
+    if authorization and authorization.lower().startswith("bearer "):
+        return authorization[7:].strip()
+    return None
+
+
+def _admin(request: Request, token: Annotated[str | None, Depends(_bearer)]) -> str:
+    return request.app.state.service.check_admin(token)
+
+
+def _project(request: Request, token: Annotated[str | None, Depends(_bearer)]) -> dict:
+    return request.app.state.service.grant_for_token(token)
+
+
+Admin = Annotated[str, Depends(_admin)]
+Project = Annotated[dict, Depends(_project)]
+
+
+def _error(status: int, code: str, reason: str, **details: object) -> JSONResponse:
+    return JSONResponse({"error": code, "reason": reason, **details}, status_code=status)
+
+
+def _readable(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(x) for x in err["loc"] if x not in ("body",))
+        message = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts) or "malformed request"
+
+
+def create_app(settings: GatewaySettings | None = None,
+               service: GatewayService | None = None) -> FastAPI:
+    """The gateway application for ``settings`` (or an already built service)."""
+    service = service or GatewayService(settings or GatewaySettings())
+    limit = service.settings.max_body_bytes
+    app = FastAPI(title="Sandbox privacy gateway", version="1",
+                  description="Differentially private answers over restricted datasets; "
+                              "every answer is charged before it is computed and receipted.")
+    app.state.service = service
+
+    @app.middleware("http")
+    async def _body_limit(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return _error(413, "too_large", f"request body over {limit} bytes")
+        return await call_next(request)
+
+    @app.exception_handler(SandboxError)
+    async def _domain(_request: Request, exc: SandboxError) -> JSONResponse:
+        return _error(exc.http_status, exc.code, exc.reason, **exc.details)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, "invalid_input", _readable(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, "http_error", str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return _error(500, "internal", "internal error; no answer was released, and a "
+                      "charge already made stands (sending the identical query again "
+                      "costs nothing)")
+
+    @app.get("/v1/health")
+    def health() -> dict:
+        return {"status": "ok", "datasets": sorted(service.datasets)}
+
+    @app.get("/v1/public-key", response_class=PlainTextResponse)
+    def public_key() -> str:
+        return service.signer.public_pem.decode()
+
+    @app.post("/v1/admin/grants", status_code=201)
+    def create_grant(request: GrantRequest, actor: Admin) -> dict:
+        grant, token = service.create_grant(actor, request)
+        return {"grant": grant, "token": token}
+
+    @app.get("/v1/admin/grants/{grant_id}")
+    def get_grant(grant_id: str, _actor: Admin) -> dict:
+        return service.grant(grant_id)
+
+    @app.post("/v1/admin/grants/{grant_id}/{action}")
+    def change_grant(grant_id: str, action: Literal["suspend", "resume", "revoke"],
+                     change: GrantChange, actor: Admin) -> dict:
+        return service.change_grant(actor, grant_id, action, change.reason)
+
+    @app.post("/v1/admin/consent-withdrawals", status_code=201)
+    def withdraw(request: Withdrawal, actor: Admin) -> dict:
+        return service.withdraw(actor, request)
+
+    @app.get("/v1/datasets")
+    def datasets(grant: Project) -> list[dict]:
+        return service.catalog(grant)
+
+    @app.get("/v1/budget")
+    def budget(grant: Project) -> dict:
+        return service.budget(grant)
+
+    @app.post("/v1/query")
+    def query(spec: QuerySpec, grant: Project) -> dict:
+        return service.query(grant, spec)
+
+    @app.post("/v1/preview")
+    def preview(spec: QuerySpec, grant: Project) -> dict:
+        return service.preview(grant, spec)
+
+    @app.get("/v1/releases")
+    def list_releases(grant: Project) -> list[dict]:
+        return service.releases(grant)
+
+    return app

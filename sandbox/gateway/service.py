@@ -1,0 +1,442 @@
+"""The gateway's business logic, free of HTTP: grants, the ledger, releases, consent.
+
+The ledger rule (invariants 2 and 3): a query's (ε, δ) is charged in one transaction —
+a conditional UPDATE that cannot take the grant past its total, plus the release row and
+its audit entry — *before* anything is computed. Only then does OpenDP run; the value and
+its signed receipt are recorded, and only a value recorded as released is returned. A
+crash after the charge leaves it charged; re-sending the identical query then releases
+under that same charge, and once released, the identical query returns the stored value
+at no cost, so repeating a question cannot average the noise away.
+
+Composition is basic sequential composition: a grant's spent ε is the sum of its queries'
+ε, its spent δ the sum of their δ (docs/privacy-accounting.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import threading
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from sandbox import audit
+from sandbox.audit import AuditAction
+from sandbox.data.reference.population import PURPOSES
+from sandbox.db import make_engine
+from sandbox.errors import (
+    BudgetExhausted,
+    Conflict,
+    Forbidden,
+    InputError,
+    NotFound,
+    SandboxError,
+    Unauthenticated,
+)
+from sandbox.gateway import engine as dpengine
+from sandbox.gateway.grants import GrantState, check_usable, next_state
+from sandbox.gateway.queries import QuerySpec
+from sandbox.gateway.ratelimit import RateLimiter
+from sandbox.gateway.settings import GatewaySettings
+from sandbox.gateway.store import create_tables, grants, releases, withdrawals
+from sandbox.receipts import Signer
+
+PURPOSE_IDS = tuple(p[0] for p in PURPOSES)
+EPS_SLACK = 1e-9
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class GrantRequest(BaseModel):
+    """What the portal asks for when a project is approved."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    project: str = Field(min_length=1, max_length=100)
+    datasets: list[str] = Field(min_length=1)
+    fields: list[str] = Field(min_length=1)
+    purpose: str
+    epsilon: float = Field(gt=0, le=100)
+    delta: float = Field(default=0.0, ge=0, lt=1e-2)
+    expires_at: datetime
+
+    @field_validator("purpose")
+    @classmethod
+    def _purpose(cls, purpose: str) -> str:
+        if purpose not in PURPOSE_IDS:
+            raise ValueError(f"unknown purpose; one of {', '.join(PURPOSE_IDS)}")
+        return purpose
+
+    @field_validator("expires_at")
+    @classmethod
+    def _aware(cls, when: datetime) -> datetime:
+        return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+class Withdrawal(BaseModel):
+    """A patient's withdrawal of consent, by pseudonym, for some purposes or all."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pseudonym: str = Field(pattern=r"^[0-9a-f]{64}$")
+    purposes: list[str] | None = None
+
+    @field_validator("purposes")
+    @classmethod
+    def _known(cls, purposes: list[str] | None) -> list[str] | None:
+        if purposes is not None:
+            unknown = sorted(set(purposes) - set(PURPOSE_IDS))
+            if unknown or not purposes:
+                raise ValueError(f"unknown purposes {unknown}; one of {', '.join(PURPOSE_IDS)}")
+        return purposes
+
+
+class GatewayService:
+    """Everything the gateway does, callable without HTTP."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.db = make_engine(settings.database_url)
+        create_tables(self.db)
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.signer = Signer(settings.signing_key_file)
+        self.admin_token_hash = _hash_token(self._admin_token())
+        self.engine = dpengine.Engine()
+        self.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
+        self._refresh = threading.Lock()
+        self.datasets: dict[str, dpengine.Dataset] = {}
+        self._load_datasets()
+
+    # -- set-up ------------------------------------------------------------------------
+    def _admin_token(self) -> str:
+        path = self.settings.admin_token_file
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(32) + "\n")
+        return path.read_text().strip()
+
+    def _withdrawn(self) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        with self.db.connect() as conn:
+            for row in conn.execute(select(withdrawals.c.pseudonym, withdrawals.c.purpose)):
+                out.setdefault(row.pseudonym, set()).add(row.purpose)
+        return out
+
+    def _load_datasets(self) -> None:
+        root = Path(self.settings.datasets_dir)
+        if not root.is_dir():
+            raise InputError(f"datasets directory {root} not found")
+        withdrawn = self._withdrawn()
+        loaded = {}
+        for directory in sorted(p for p in root.iterdir() if (p / "metadata.json").is_file()):
+            meta = json.loads((directory / "metadata.json").read_text(encoding="utf-8"))
+            if meta.get("grade") == "public":
+                continue
+            loaded[meta["id"]] = dpengine.prepare(directory, self.settings.cache_dir, withdrawn)
+        self.datasets = loaded
+
+    # -- authentication ------------------------------------------------------------------
+    def check_admin(self, token: str | None) -> str:
+        if not token or not hmac.compare_digest(_hash_token(token), self.admin_token_hash):
+            raise Unauthenticated("a valid service token is required")
+        return "service"
+
+    def grant_for_token(self, token: str | None) -> dict:
+        """The grant a project token belongs to (whatever its state)."""
+        if not token:
+            raise Unauthenticated("a project token is required (Authorization: Bearer …)")
+        with self.db.connect() as conn:
+            row = conn.execute(select(grants).where(grants.c.token_hash == _hash_token(token))
+                               ).mappings().first()
+        if row is None:
+            raise Unauthenticated("unknown project token")
+        self.limiter.take(row["id"])
+        return _grant(row)
+
+    # -- grants ----------------------------------------------------------------------------
+    def create_grant(self, actor: str, request: GrantRequest) -> tuple[dict, str]:
+        for name in request.datasets:
+            if name not in self.datasets:
+                raise InputError(f"unknown dataset {name!r}; served: "
+                                 f"{', '.join(sorted(self.datasets))}")
+        known = set().union(*(self.datasets[d].fields for d in request.datasets))
+        unknown = sorted(set(request.fields) - known)
+        if unknown:
+            raise InputError(f"unknown fields {unknown}")
+        if request.expires_at <= datetime.now(UTC):
+            raise InputError("expires_at is in the past")
+        token = secrets.token_urlsafe(32)
+        row = {
+            "id": uuid.uuid4().hex, "project": request.project,
+            "datasets": json.dumps(request.datasets), "fields": json.dumps(request.fields),
+            "purpose": request.purpose, "epsilon_total": request.epsilon,
+            "delta_total": request.delta, "epsilon_spent": 0.0, "delta_spent": 0.0,
+            "expires_at": request.expires_at.astimezone(UTC).isoformat(),
+            "status": GrantState.ACTIVE, "status_reason": "", "token_hash": _hash_token(token),
+            "created_at": _now(),
+        }
+        with self.db.begin() as conn:
+            conn.execute(insert(grants).values(**row))
+            audit.append(conn, AuditAction.GRANT_CREATED, actor, f"grant:{row['id']}",
+                         {k: v for k, v in row.items() if k != "token_hash"})
+        return self.grant(row["id"]), token
+
+    def grant(self, grant_id: str) -> dict:
+        with self.db.connect() as conn:
+            row = conn.execute(select(grants).where(grants.c.id == grant_id)).mappings().first()
+        if row is None:
+            raise NotFound(f"no grant {grant_id}")
+        return _grant(row)
+
+    def change_grant(self, actor: str, grant_id: str, action: str, reason: str) -> dict:
+        with self.db.begin() as conn:
+            row = conn.execute(select(grants).where(grants.c.id == grant_id).with_for_update()
+                               ).mappings().first()
+            if row is None:
+                raise NotFound(f"no grant {grant_id}")
+            state, event = next_state(action, row["status"])
+            conn.execute(update(grants).where(grants.c.id == grant_id)
+                         .values(status=state, status_reason=reason))
+            audit.append(conn, event, actor, f"grant:{grant_id}",
+                         {"from": row["status"], "to": str(state), "reason": reason})
+        return self.grant(grant_id)
+
+    # -- consent -----------------------------------------------------------------------------
+    def withdraw(self, actor: str, request: Withdrawal) -> dict:
+        purposes = request.purposes or [dpengine.ALL_PURPOSES]
+        with self.db.begin() as conn:
+            existing = {r.purpose for r in conn.execute(
+                select(withdrawals.c.purpose).where(withdrawals.c.pseudonym == request.pseudonym))}
+            new = [p for p in purposes if p not in existing]
+            for purpose in new:
+                conn.execute(insert(withdrawals).values(
+                    pseudonym=request.pseudonym, purpose=purpose, recorded_at=_now(),
+                    recorded_by=actor))
+            audit.append(conn, AuditAction.CONSENT_WITHDRAWN, actor,
+                         f"patient:{request.pseudonym}", {"purposes": purposes})
+        # Takes effect before this call returns: the views are rebuilt now.
+        with self._refresh:
+            self._load_datasets()
+        return {"pseudonym": request.pseudonym, "purposes": purposes,
+                "recorded": new, "datasets": sorted(self.datasets)}
+
+    # -- project side ------------------------------------------------------------------------
+    def catalog(self, grant: dict) -> list[dict]:
+        check_usable(grant)
+        out = []
+        for name in grant["datasets"]:
+            meta = self.datasets[name].metadata
+            fields = [f for f in meta["tables"]["records"]["fields"]
+                      if f["name"] in grant["fields"]]
+            out.append({"id": meta["id"], "version": meta["version"], "title": meta["title"],
+                        "unit": meta["unit"], "sample_size": meta["sample_size"],
+                        "years": meta["years"], "contribution_bound": meta["contribution_bound"],
+                        "fields": fields})
+        return out
+
+    def budget(self, grant: dict) -> dict:
+        return {
+            "grant": grant["id"], "project": grant["project"], "status": grant["status"],
+            "purpose": grant["purpose"], "expires_at": grant["expires_at"],
+            "epsilon": {"total": grant["epsilon_total"], "spent": grant["epsilon_spent"],
+                        "remaining": max(0.0, grant["epsilon_total"] - grant["epsilon_spent"])},
+            "delta": {"total": grant["delta_total"], "spent": grant["delta_spent"],
+                      "remaining": max(0.0, grant["delta_total"] - grant["delta_spent"])},
+        }
+
+    def _resolve(self, grant: dict, spec: QuerySpec) -> dpengine.Dataset:
+        check_usable(grant)
+        if spec.dataset not in grant["datasets"]:
+            raise Forbidden(f"dataset {spec.dataset!r} is outside this project's grant; "
+                            f"granted: {', '.join(grant['datasets'])}")
+        dataset = self.datasets.get(spec.dataset)
+        if dataset is None:
+            raise NotFound(f"dataset {spec.dataset!r} is not served")
+        self.engine.check(spec, dataset, set(grant["fields"]))
+        return dataset
+
+    def preview(self, grant: dict, spec: QuerySpec) -> dict:
+        try:
+            dataset = self._resolve(grant, spec)
+            statistics = self.engine.preview(spec, dataset, grant["purpose"])
+        except SandboxError as exc:
+            self._refused(grant, spec, exc)
+            raise
+        with self.db.begin() as conn:
+            audit.append(conn, AuditAction.QUERY_PREVIEWED, f"grant:{grant['id']}",
+                         f"dataset:{spec.dataset}", {"spec": json.loads(spec.canonical())})
+        return {"epsilon": spec.epsilon, "delta": spec.delta, "alpha": 0.05,
+                "statistics": statistics, "spends": 0}
+
+    def _refused(self, grant: dict, spec: QuerySpec, exc: SandboxError) -> None:
+        with self.db.begin() as conn:
+            audit.append(conn, AuditAction.QUERY_REFUSED, f"grant:{grant['id']}",
+                         f"dataset:{spec.dataset}",
+                         {"spec": json.loads(spec.canonical()), "reason": exc.reason})
+
+    def query(self, grant: dict, spec: QuerySpec) -> dict:
+        """Charge, compute, record, sign, return — in that order."""
+        try:
+            dataset = self._resolve(grant, spec)
+            # Compile (and calibrate) before charging: a query OpenDP cannot answer is
+            # refused without spending anything.
+            self.engine.measurement(spec, dataset, grant["purpose"])
+            claim = self._charge(grant, spec, dataset)
+        except SandboxError as exc:
+            self._refused(grant, spec, exc)
+            raise
+        if claim["status"] == "released":
+            return self._stored(claim)
+        try:
+            result = self.engine.run(spec, dataset, grant["purpose"])
+        except Exception as exc:
+            self._fail(claim, exc)
+            raise
+        return self._record(grant, spec, dataset, claim, result)
+
+    def _charge(self, grant: dict, spec: QuerySpec, dataset: dpengine.Dataset) -> dict:
+        fingerprint = spec.fingerprint()
+        try:
+            with self.db.begin() as conn:
+                existing = conn.execute(select(releases).where(and_(
+                    releases.c.grant_id == grant["id"], releases.c.query_hash == fingerprint))
+                ).mappings().first()
+                if existing is not None:
+                    return self._reclaim(conn, grant, dict(existing))
+                charged = conn.execute(
+                    update(grants)
+                    .where(and_(
+                        grants.c.id == grant["id"],
+                        grants.c.status == GrantState.ACTIVE,
+                        grants.c.expires_at > datetime.now(UTC).isoformat(),
+                        grants.c.epsilon_spent + spec.epsilon
+                        <= grants.c.epsilon_total + EPS_SLACK,
+                        grants.c.delta_spent + spec.delta <= grants.c.delta_total + 1e-15,
+                    ))
+                    .values(epsilon_spent=grants.c.epsilon_spent + spec.epsilon,
+                            delta_spent=grants.c.delta_spent + spec.delta)
+                ).rowcount
+                if charged != 1:
+                    self._explain_refusal(conn, grant["id"], spec)
+                claim = {
+                    "id": uuid.uuid4().hex, "grant_id": grant["id"], "query_hash": fingerprint,
+                    "spec": spec.canonical(), "dataset": dataset.id,
+                    "dataset_version": dataset.version, "epsilon": spec.epsilon,
+                    "delta": spec.delta, "status": "charged", "created_at": _now(),
+                }
+                conn.execute(insert(releases).values(**claim))
+                audit.append(conn, AuditAction.RELEASE_CHARGED, f"grant:{grant['id']}",
+                             f"release:{claim['id']}", {"epsilon": spec.epsilon,
+                                                         "delta": spec.delta,
+                                                         "query_hash": fingerprint})
+                return claim
+        except IntegrityError:
+            # An identical query was charged by a concurrent request; nothing was spent here.
+            raise Conflict("an identical query is being answered; send it again to get "
+                           "its stored result") from None
+
+    def _reclaim(self, conn: Connection, grant: dict, existing: dict) -> dict:
+        if existing["status"] == "released":
+            audit.append(conn, AuditAction.RELEASE_REPEATED, f"grant:{grant['id']}",
+                         f"release:{existing['id']}", {})
+            return existing
+        # Charged earlier but never released (a crash or a failure): release now under the
+        # same charge. A fresh id makes a concurrent reclaim of the same row lose the race.
+        new_id = uuid.uuid4().hex
+        taken = conn.execute(update(releases).where(and_(
+            releases.c.id == existing["id"], releases.c.status == existing["status"]))
+            .values(id=new_id, status="charged", error=None)).rowcount
+        if taken != 1:
+            raise Conflict("an identical query is being answered; send it again")
+        audit.append(conn, AuditAction.RELEASE_CHARGED, f"grant:{grant['id']}",
+                     f"release:{new_id}", {"reclaims": existing["id"], "epsilon": 0.0})
+        return {**existing, "id": new_id, "status": "charged"}
+
+    def _explain_refusal(self, conn: Connection, grant_id: str, spec: QuerySpec) -> None:
+        row = _grant(conn.execute(select(grants).where(grants.c.id == grant_id)).mappings().one())
+        check_usable(row)
+        if row["status"] != GrantState.ACTIVE:
+            raise Forbidden(f"grant {grant_id} is {row['status']}")
+        eps_left = max(0.0, row["epsilon_total"] - row["epsilon_spent"])
+        delta_left = max(0.0, row["delta_total"] - row["delta_spent"])
+        raise BudgetExhausted(
+            f"this query needs ε = {spec.epsilon:g}, δ = {spec.delta:g} but only "
+            f"ε = {eps_left:.6g}, δ = {delta_left:.3g} remain",
+            epsilon_remaining=eps_left, delta_remaining=delta_left)
+
+    def _fail(self, claim: dict, exc: Exception) -> None:
+        with self.db.begin() as conn:
+            conn.execute(update(releases).where(and_(releases.c.id == claim["id"],
+                                                     releases.c.status == "charged"))
+                         .values(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000]))
+            audit.append(conn, AuditAction.RELEASE_FAILED, f"grant:{claim['grant_id']}",
+                         f"release:{claim['id']}", {"error": type(exc).__name__})
+
+    def _record(self, grant: dict, spec: QuerySpec, dataset: dpengine.Dataset, claim: dict,
+                result: dpengine.Release) -> dict:
+        payload = {
+            "release": claim["id"], "grant": grant["id"], "project": grant["project"],
+            "purpose": grant["purpose"], "dataset": dataset.id,
+            "dataset_version": dataset.version, "query": json.loads(spec.canonical()),
+            "query_hash": claim["query_hash"], "result": result.rows,
+            "epsilon": spec.epsilon, "delta": spec.delta,
+            "opendp_loss": [result.epsilon, result.delta], "released_at": _now(),
+        }
+        receipt = self.signer.sign(payload)
+        with self.db.begin() as conn:
+            done = conn.execute(update(releases).where(and_(
+                releases.c.id == claim["id"], releases.c.status == "charged"))
+                .values(status="released", value=json.dumps(result.rows, ensure_ascii=False),
+                        receipt=json.dumps(receipt, ensure_ascii=False),
+                        released_at=payload["released_at"])).rowcount
+            if done != 1:
+                # Another request reclaimed this charge meanwhile: this value never leaves.
+                raise Conflict("an identical query is being answered; send it again")
+            audit.append(conn, AuditAction.RELEASE_RELEASED, f"grant:{grant['id']}",
+                         f"release:{claim['id']}",
+                         {"receipt_sha256": hashlib.sha256(
+                             json.dumps(receipt, sort_keys=True).encode()).hexdigest()})
+        return {"release": claim["id"], "result": result.rows, "columns": result.columns,
+                "epsilon": spec.epsilon, "delta": spec.delta, "repeated": False,
+                "receipt": receipt}
+
+    def _stored(self, row: dict) -> dict:
+        receipt = json.loads(row["receipt"])
+        rows = json.loads(row["value"])
+        return {"release": row["id"], "result": rows,
+                "columns": list(rows[0].keys()) if rows else [],
+                "epsilon": row["epsilon"], "delta": row["delta"], "repeated": True,
+                "receipt": receipt}
+
+    def releases(self, grant: dict) -> list[dict]:
+        with self.db.connect() as conn:
+            rows = conn.execute(select(releases).where(releases.c.grant_id == grant["id"])
+                                .order_by(releases.c.created_at)).mappings().all()
+        return [{"release": r["id"], "status": r["status"], "dataset": r["dataset"],
+                 "query": json.loads(r["spec"]), "epsilon": r["epsilon"], "delta": r["delta"],
+                 "created_at": r["created_at"], "released_at": r["released_at"],
+                 "receipt": json.loads(r["receipt"]) if r["receipt"] else None}
+                for r in rows]
+
+
+def _grant(row) -> dict:
+    grant = dict(row)
+    grant["datasets"] = json.loads(grant["datasets"])
+    grant["fields"] = json.loads(grant["fields"])
+    grant.pop("token_hash", None)
+    return grant

@@ -1,0 +1,37 @@
+"""Gateway configuration: one typed object, from environment (SANDBOX_GATEWAY_*) or
+arguments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SANDBOX_GATEWAY_", extra="ignore")
+
+    database_url: str = Field("sqlite:///var/gateway/gateway.db",
+                              description="SQLite or PostgreSQL URL of the ledger database")
+    datasets_dir: Path = Field(Path("var/datasets"),
+                               description="directory of onboarded datasets to serve")
+    state_dir: Path = Field(Path("var/gateway"),
+                            description="signing key, admin token and prepared views")
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8700, description="port to listen on")
+    rate_limit: float = Field(5.0, description="requests per second per token (0 = off)")
+    rate_burst: int = Field(10, description="requests a token may make at once")
+    max_body_bytes: int = Field(64 * 1024, description="largest request body accepted")
+
+    @property
+    def signing_key_file(self) -> Path:
+        return self.state_dir / "signing-key.pem"
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.state_dir / "admin.token"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.state_dir / "views"

@@ -1,0 +1,72 @@
+"""The gateway's own database: grants, the release ledger, consent withdrawals (and, through
+``sandbox.audit``, the audit chain). SQLite by default, PostgreSQL by URL."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from sandbox import audit
+
+metadata = MetaData()
+
+grants = Table(
+    "grants", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("project", String(100), nullable=False),
+    Column("datasets", Text, nullable=False),  # JSON list
+    Column("fields", Text, nullable=False),  # JSON list
+    Column("purpose", String(40), nullable=False),
+    Column("epsilon_total", Float, nullable=False),
+    Column("delta_total", Float, nullable=False),
+    Column("epsilon_spent", Float, nullable=False, default=0.0),
+    Column("delta_spent", Float, nullable=False, default=0.0),
+    Column("expires_at", String(40), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("status_reason", Text, nullable=False, default=""),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", String(40), nullable=False),
+)
+
+releases = Table(
+    "releases", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("grant_id", String(32), nullable=False, index=True),
+    Column("query_hash", String(64), nullable=False),
+    Column("spec", Text, nullable=False),
+    Column("dataset", String(64), nullable=False),
+    Column("dataset_version", String(40), nullable=False),
+    Column("epsilon", Float, nullable=False),
+    Column("delta", Float, nullable=False),
+    Column("status", String(20), nullable=False),  # charged | released | failed
+    Column("value", Text),
+    Column("receipt", Text),
+    Column("error", Text),
+    Column("created_at", String(40), nullable=False),
+    Column("released_at", String(40)),
+    UniqueConstraint("grant_id", "query_hash", name="uq_release_query"),
+)
+
+withdrawals = Table(
+    "withdrawals", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("pseudonym", String(64), nullable=False),
+    Column("purpose", String(40), nullable=False),  # a purpose, or "*" for all
+    Column("recorded_at", String(40), nullable=False),
+    Column("recorded_by", String(100), nullable=False),
+    UniqueConstraint("pseudonym", "purpose", name="uq_withdrawal"),
+)
+
+
+def create_tables(engine: Engine) -> None:
+    metadata.create_all(engine)
+    audit.create_tables(engine)
