@@ -242,8 +242,7 @@ class Engine:
 
     def _histogram(self, spec: QuerySpec, frame: pl.LazyFrame) -> pl.LazyFrame:
         edges = spec.bins
-        labels = [f"[{a:g}, {b:g})" for a, b in itertools.pairwise(edges)]
-        labels[-1] = labels[-1][:-1] + "]"
+        labels = _bin_labels(edges)
         value = pl.col(spec.field).cast(pl.Float64).fill_null(edges[0]).clip(edges[0], edges[-1])
         binned = frame.with_columns(
             value.cut(edges[1:-1], labels=labels, left_closed=True).alias("bin"))
@@ -313,6 +312,12 @@ class Engine:
         return _rows(summary)
 
 
+def _bin_labels(edges: list[float]) -> list[str]:
+    labels = [f"[{a:g}, {b:g})" for a, b in itertools.pairwise(edges)]
+    labels[-1] = labels[-1][:-1] + "]"
+    return labels
+
+
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[-1].strip() if text else type(exc).__name__
@@ -350,6 +355,13 @@ def _predicate(flt: Filter) -> pl.Expr:
 def _post_process(spec: QuerySpec, frame: pl.DataFrame) -> pl.DataFrame:
     """Small cells: a group whose noisy count is below 5 is withheld (post-processing of
     the DP release, so it costs nothing), as the guide's minimum-count rule asks."""
+    # Rows come back in no particular order; present them in category (or bin) order.
+    if spec.kind == "histogram":
+        labels = _bin_labels(spec.bins)
+        frame = frame.with_columns(pl.col("bin").cast(pl.String).cast(pl.Enum(labels)))
+        frame = frame.sort("bin")
+    elif spec.group_by:
+        frame = frame.sort(spec.group_by, nulls_last=True)
     frame = frame.with_columns(pl.col(pl.Categorical, pl.Enum).cast(pl.String))
     if COUNT in frame.columns and (spec.group_by or spec.kind == "histogram"):
         small = pl.col(COUNT).fill_null(0) < SMALL_CELL

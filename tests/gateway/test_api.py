@@ -1,0 +1,228 @@
+"""The gateway over real HTTP, on SQLite and PostgreSQL: grants, answers, receipts, and a
+4xx with a reason — never a charge — for every kind of bad request."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from sandbox.client import Gateway, GatewayError
+
+COUNT = {"dataset": "emr-visits", "kind": "count", "epsilon": 0.5}
+
+
+def client(gateway, grant) -> Gateway:
+    return Gateway(gateway.url, grant["token"])
+
+
+def spent(gateway, grant) -> float:
+    return gateway.admin("GET", f"/v1/admin/grants/{grant['grant']['id']}").json()[
+        "epsilon_spent"]
+
+
+def test_a_query_is_charged_answered_and_receipted(gateway):
+    grant = gateway.grant(epsilon=2.0)
+    gw = client(gateway, grant)
+    before = gw.budget()
+    result = gw.count("emr-visits", where={"visit_type": "住院"}, epsilon=0.5)
+    assert isinstance(result.value, int) and result.value > 0
+    assert gw.budget()["epsilon"]["spent"] == before["epsilon"]["spent"] + 0.5
+    payload = gw.verify(result.receipt)
+    assert payload["release"] == result.release_id
+    assert payload["result"] == [{"count": result.value}]
+    assert payload["epsilon"] == 0.5 and payload["dataset"] == "emr-visits"
+    listed = {r["release"]: r for r in gw.releases()}
+    assert listed[result.release_id]["status"] == "released"
+
+
+def test_an_identical_query_returns_the_stored_release_without_charge(gateway):
+    grant = gateway.grant(epsilon=1.0)
+    gw = client(gateway, grant)
+    first = gw.mean("emr-visits", "total_cost", epsilon=0.4)
+    again = gw.mean("emr-visits", "total_cost", epsilon=0.4)
+    assert again.repeated and again.value == first.value
+    assert again.release_id == first.release_id
+    assert spent(gateway, grant) == pytest.approx(0.4)
+
+
+def test_every_query_kind(gateway):
+    gw = client(gateway, gateway.grant(epsilon=10.0))
+    assert gw.sum("emr-visits", "total_cost", bounds=(0, 50_000), epsilon=0.5).value > 0
+    quartiles = gw.quantiles("emr-visits", "length_of_stay", [0.25, 0.5, 0.75],
+                             bounds=(0, 60), epsilon=0.5).df
+    assert quartiles.columns == ["q0.25", "q0.5", "q0.75"]
+    assert quartiles.row(0)[0] <= quartiles.row(0)[2]
+    hist = gw.histogram("emr-visits", "length_of_stay", [0, 1, 7, 30, 365], epsilon=0.5).df
+    assert hist["bin"].to_list() == ["[0, 1)", "[1, 7)", "[7, 30)", "[30, 365]"]
+    grouped = gw.count("emr-visits", group_by=["sex", "visit_type"], epsilon=0.5).df
+    assert grouped.height == 6 and set(grouped["sex"]) == {"男", "女"}
+    means = gw.mean("emr-visits", "total_cost", group_by=["visit_type"], bounds=(0, 100_000),
+                    epsilon=0.5).df
+    by_type = dict(zip(means["visit_type"], means["mean"], strict=True))
+    assert by_type["住院"] > by_type["门诊"]  # inpatient stays cost more, noise or not
+    private = gw.count("emr-visits", group_by=["diagnosis_code"], keys="private",
+                       delta=1e-6, epsilon=1.0).df
+    assert private.height > 0 and private["count"].drop_nulls().min() >= 5
+    ranged = gw.count("emr-visits", where={"length_of_stay": (1, 10),
+                                           "visit_type": ["住院", "急诊"]}, epsilon=0.5)
+    assert ranged.value >= 0
+
+
+def test_small_cells_are_suppressed(gateway):
+    gw = client(gateway, gateway.grant(epsilon=10.0))
+    cells = gw.count("emr-visits", group_by=["diagnosis_code", "age_band"], epsilon=1.0).df
+    small = cells.filter(cells["suppressed"])
+    assert small.height > 0
+    assert small["count"].null_count() == small.height
+    assert cells.filter(~cells["suppressed"])["count"].min() >= 5
+
+
+def test_preview_reports_scale_and_error_bound_and_spends_nothing(gateway):
+    grant = gateway.grant(epsilon=1.0)
+    gw = client(gateway, grant)
+    stats = gw.preview_count("emr-visits", epsilon=0.5)
+    row = stats.row(0, named=True)
+    assert row["distribution"] == "Integer Laplace"
+    assert row["scale"] == pytest.approx(20 / 0.5)  # contribution bound 20, ε 0.5
+    assert row["accuracy"] > row["scale"]
+    assert spent(gateway, grant) == 0
+
+
+def test_grant_lifecycle_refuses_with_reasons(gateway):
+    grant = gateway.grant()
+    gw = client(gateway, grant)
+    gid = grant["grant"]["id"]
+    assert gateway.admin("POST", f"/v1/admin/grants/{gid}/suspend",
+                         {"reason": "DUA under review"}).json()["status"] == "suspended"
+    with pytest.raises(GatewayError) as refused:
+        gw.count("emr-visits", epsilon=0.1)
+    assert refused.value.status == 403 and "suspended: DUA under review" in str(refused.value)
+    gateway.admin("POST", f"/v1/admin/grants/{gid}/resume", {"reason": "ok"})
+    assert gw.count("emr-visits", epsilon=0.1).value > 0
+    gateway.admin("POST", f"/v1/admin/grants/{gid}/revoke", {"reason": "blacklisted"})
+    with pytest.raises(GatewayError, match="revoked: blacklisted"):
+        gw.count("emr-visits", epsilon=0.2)
+    illegal = gateway.admin("POST", f"/v1/admin/grants/{gid}/resume", {"reason": "x"})
+    assert illegal.status_code == 403 and "cannot resume a grant that is revoked" in \
+        illegal.json()["reason"]
+
+
+def test_expired_grant_is_refused(gateway):
+    past = gateway.admin("POST", "/v1/admin/grants", {
+        "project": "old", "datasets": ["emr-visits"], "fields": ["sex"],
+        "purpose": "medical_research", "epsilon": 1, "expires_at": "2020-01-01T00:00:00Z"})
+    assert past.status_code == 422 and "in the past" in past.json()["reason"]
+
+
+def test_admin_routes_need_the_service_token(gateway):
+    grant = gateway.grant()
+    for token in (None, "wrong", grant["token"]):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = httpx.post(f"{gateway.url}/v1/admin/grants", json={}, headers=headers)
+        assert response.status_code == 401
+        assert response.json()["error"] == "unauthenticated"
+    response = httpx.get(f"{gateway.url}/v1/budget", headers={"Authorization": "Bearer nope"})
+    assert response.status_code == 401 and response.json()["reason"] == "unknown project token"
+
+
+BAD = [
+    ({"dataset": "nope", "kind": "count", "epsilon": 0.1}, 403, "outside this project"),
+    ({**COUNT, "filters": [{"field": "nope", "op": "eq", "value": 1}]}, 422,
+     "unknown field 'nope'; allowed fields: age_band"),
+    ({**COUNT, "filters": [{"field": "residence", "op": "eq", "value": "广东省"}]}, 403,
+     "outside this project's grant"),
+    ({**COUNT, "filters": [{"field": "length_of_stay", "op": "eq", "value": "ten"}]}, 422,
+     "needs numbers"),
+    ({**COUNT, "filters": [{"field": "visit_type", "op": "eq", "value": "火星"}]}, 422,
+     "not among the public categories"),
+    ({"dataset": "emr-visits", "kind": "mean", "field": "visit_type", "epsilon": 0.1}, 422,
+     "needs a numeric field"),
+    ({"dataset": "emr-visits", "kind": "mean", "field": "total_cost", "bounds": [0, 1e12],
+      "epsilon": 0.1}, 422, "outside the public bounds"),
+    ({"dataset": "emr-visits", "kind": "mean", "field": "total_cost", "bounds": [5, 1],
+      "epsilon": 0.1}, 422, "low < high"),
+    ({"dataset": "emr-visits", "kind": "histogram", "field": "length_of_stay",
+      "bins": list(range(200)), "epsilon": 0.1}, 422, "too many bins"),
+    ({**COUNT, "epsilon": 0}, 422, "greater than 0"),
+    ({**COUNT, "epsilon": -1}, 422, "greater than 0"),
+    ({**COUNT, "epsilon": 3.0}, 403, "only ε = 2, δ = 1e-05 remain"),
+    ({**COUNT, "group_by": ["total_cost"]}, 422, "group_by needs text fields"),
+    ({**COUNT, "sql": "select * from records"}, 422, "Extra inputs are not permitted"),
+]
+
+
+@pytest.mark.parametrize(("spec", "status", "reason"), BAD)
+def test_bad_queries_get_a_reason_and_cost_nothing(gateway, spec, status, reason):
+    grant = gateway.grant(epsilon=2.0)
+    response = httpx.post(f"{gateway.url}/v1/query", json=spec,
+                          headers={"Authorization": f"Bearer {grant['token']}"})
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert reason in body["reason"] and "Traceback" not in response.text
+    assert spent(gateway, grant) == 0
+    assert client(gateway, grant).releases() == []
+
+
+def test_malformed_and_oversized_bodies(gateway):
+    grant = gateway.grant()
+    headers = {"Authorization": f"Bearer {grant['token']}", "content-type": "application/json"}
+    broken = httpx.post(f"{gateway.url}/v1/query", content=b"{not json", headers=headers)
+    assert broken.status_code == 422 and broken.json()["error"] == "invalid_input"
+    huge = httpx.post(f"{gateway.url}/v1/query", content=b" " * 100_000, headers=headers)
+    assert huge.status_code == 413 and "over" in huge.json()["reason"]
+    assert spent(gateway, grant) == 0
+
+
+def test_client_errors_are_friendly(gateway):
+    gw = client(gateway, gateway.grant(epsilon=1.0))
+    with pytest.raises(GatewayError) as exhausted:
+        gw.count("emr-visits", epsilon=5)
+    assert "only ε = 1, δ = 1e-05 remain" in str(exhausted.value)
+    assert exhausted.value.details["epsilon_remaining"] == 1.0
+    with pytest.raises(GatewayError) as unknown:
+        gw.mean("emr-visits", "weight", epsilon=0.1)
+    assert unknown.value.details["allowed"][:2] == ["age_band", "department"]
+    fields = gw.fields("emr-visits")
+    assert "total_cost" in fields["name"].to_list()
+
+
+def test_receipts_verify_offline_and_forgeries_fail(gateway, cli, tmp_path):
+    gw = client(gateway, gateway.grant())
+    result = gw.count("emr-visits", where={"sex": "女"}, epsilon=0.3)
+    key = tmp_path / "gateway.pem"
+    key.write_bytes(gw.public_key())
+    good = tmp_path / "receipt.json"
+    good.write_text(json.dumps(result.receipt, ensure_ascii=False))
+    ok = cli("gateway", "verify-receipt", good, "--public-key", key)
+    assert ok.code == 0 and f"release {result.release_id}" in ok.stdout
+    forged = dict(result.receipt, payload={**result.receipt["payload"],
+                                           "result": [{"count": 1}]})
+    bad = tmp_path / "forged.json"
+    bad.write_text(json.dumps(forged))
+    refused = cli("gateway", "verify-receipt", bad, "--public-key", key)
+    assert refused.code != 0 and "signature does not match" in refused.stderr
+    with pytest.raises(Exception, match="signature does not match"):
+        gw.verify(forged)
+
+
+def test_rate_limit_per_token(fresh_gateway):
+    fresh_gateway.rate_limit = 2
+    fresh_gateway.start()
+    gw = client(fresh_gateway, fresh_gateway.grant())
+    codes = []
+    for _ in range(15):
+        try:
+            gw.budget()
+            codes.append(200)
+        except GatewayError as exc:
+            codes.append(exc.status)
+    assert 429 in codes and codes[0] == 200
+
+
+def test_audit_chain_records_and_verifies(gateway, cli):
+    gw = client(gateway, gateway.grant())
+    gw.count("emr-visits", where={"department": "儿科"}, epsilon=0.2)
+    result = cli("audit", "verify", "--database-url", gateway.database_url)
+    assert result.code == 0 and "chain intact" in result.stdout
