@@ -156,6 +156,7 @@ class Engine:
 
     def __init__(self) -> None:
         self._scales: dict[tuple, tuple[float, int | None]] = {}
+        self._calibrating: dict[tuple, threading.Lock] = {}
         self._lock = threading.Lock()
 
     # -- validation ------------------------------------------------------------------
@@ -266,11 +267,16 @@ class Engine:
         key = (dataset.id, dataset.version, purpose, spec.shape())
         with self._lock:
             cached = self._scales.get(key)
+            busy = self._calibrating.setdefault(key, threading.Lock())
         if cached is None:
-            cached = self._calibrate(dataset, plan, d_in, spec.epsilon, spec.delta,
-                                     spec.keys == "private" and bool(spec.group_by))
-            with self._lock:
-                self._scales[key] = cached
+            with busy:  # concurrent queries of a new shape calibrate once
+                with self._lock:
+                    cached = self._scales.get(key)
+                if cached is None:
+                    cached = self._calibrate(dataset, plan, d_in, spec.epsilon, spec.delta,
+                                             spec.keys == "private" and bool(spec.group_by))
+                    with self._lock:
+                        self._scales[key] = cached
         measurement = self._make(dataset, plan, *cached)
         eps, delta = measurement.map(d_in)
         if eps > spec.epsilon * (1 + 1e-9) or delta > spec.delta * (1 + 1e-9) + 1e-300:
