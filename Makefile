@@ -37,10 +37,13 @@ $(DATASET)/metadata.json: $(RAW)/manifest.json $(KEY) $(SPEC)
 # Demo data: a raw extract, a key, and the restricted dataset onboarded from them.
 demo: $(DATASET)/metadata.json
 
-# Start what exists of the stack: for now, the catalog and the risk report.
+# Start the embedded stack: print the catalog and risk report, then serve the gateway
+# (http://127.0.0.1:8700, service token in var/gateway/admin.token) until Ctrl-C.
 run: demo
 	$(BIN)/sandboxctl data catalog $(DATASET)
 	$(BIN)/sandboxctl data report $(DATASET)
+	$(BIN)/sandboxctl gateway serve --datasets-dir $(VAR)/datasets --state-dir $(VAR)/gateway \
+		--database-url sqlite:///$(VAR)/gateway/gateway.db
 
 test: install
 	$(BIN)/ruff check .
@@ -51,6 +54,7 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/onboarding.py
+	$(BIN)/python bench/gateway.py
 
 clean-demo:
 	rm -rf $(VAR)/demo $(VAR)/datasets

@@ -46,6 +46,23 @@ def serve(**options: object) -> None:
                 access_log=False)
 
 
+@gateway.command()
+def openapi() -> None:
+    """Print the gateway's OpenAPI description (JSON)."""
+    import tempfile
+
+    from sandbox.gateway.app import create_app
+    from sandbox.gateway.settings import GatewaySettings
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "datasets").mkdir()
+        app = create_app(GatewaySettings(database_url=f"sqlite:///{root / 'g.db'}",
+                                         datasets_dir=root / "datasets",
+                                         state_dir=root / "state"))
+        click.echo(json.dumps(app.openapi(), ensure_ascii=False, indent=2))
+
+
 @gateway.command("verify-receipt")
 @click.argument("receipt_file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--public-key", "public_key", required=True,

@@ -1,0 +1,102 @@
+"""The audit chain detects any edit, deletion or reordering of a row — on SQLite and on
+PostgreSQL — and concurrent writers still extend one chain."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import delete, select, update
+
+from sandbox import audit
+from sandbox.audit import AuditAction, audit_log
+from sandbox.db import make_engine
+from tests.services import Postgres
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def engine(request, tmp_path_factory):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('audit') / 'audit.db'}"
+        server = None
+    else:
+        server = Postgres.start()
+        url = server.new_database()
+    engine = make_engine(url)
+    audit.create_tables(engine)
+    yield engine
+    engine.dispose()
+    if server:
+        server.stop()
+
+
+@pytest.fixture
+def chain(engine):
+    with engine.begin() as conn:
+        conn.execute(delete(audit_log))
+        conn.execute(update(audit.audit_head).values(seq=0, hash=audit.GENESIS))
+    for i in range(6):
+        with engine.begin() as conn:
+            audit.append(conn, AuditAction.RELEASE_RELEASED, f"grant:{i}", f"release:{i}",
+                         {"epsilon": 0.1 * i})
+    return engine
+
+
+def check(engine) -> audit.Verification:
+    with engine.connect() as conn:
+        return audit.verify(conn)
+
+
+def test_an_untouched_chain_verifies(chain):
+    assert check(chain) == audit.Verification(True, 6)
+
+
+def test_an_edited_row_is_detected(chain):
+    with chain.begin() as conn:
+        conn.execute(update(audit_log).where(audit_log.c.seq == 3)
+                     .values(details='{"epsilon": 0.0}'))
+    result = check(chain)
+    assert not result.ok and result.seq == 3 and "altered" in result.problem
+
+
+def test_a_deleted_row_is_detected(chain):
+    with chain.begin() as conn:
+        conn.execute(delete(audit_log).where(audit_log.c.seq == 4))
+    result = check(chain)
+    assert not result.ok and "entry 4 is missing" in result.problem
+
+
+def test_a_deleted_last_row_is_detected(chain):
+    with chain.begin() as conn:
+        conn.execute(delete(audit_log).where(audit_log.c.seq == 6))
+    result = check(chain)
+    assert not result.ok and "removed" in result.problem
+
+
+def test_reordered_rows_are_detected(chain):
+    with chain.begin() as conn:
+        rows = {r.seq: dict(r._mapping) for r in conn.execute(select(audit_log))}
+        for seq, other in ((2, 5), (5, 2)):
+            moved = {k: v for k, v in rows[other].items() if k != "seq"}
+            conn.execute(update(audit_log).where(audit_log.c.seq == seq).values(**moved))
+    result = check(chain)
+    assert not result.ok and result.seq == 2
+
+
+def test_concurrent_appends_form_one_chain(chain):
+    def write(i: int) -> None:
+        with chain.begin() as conn:
+            audit.append(conn, AuditAction.QUERY_REFUSED, "grant:x", f"q:{i}")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(40)))
+    assert check(chain) == audit.Verification(True, 46)
+
+
+def test_the_cli_reports_a_broken_chain(chain, cli):
+    url = chain.url.render_as_string(hide_password=False)
+    assert cli("audit", "verify", "--database-url", url).code == 0
+    with chain.begin() as conn:
+        conn.execute(update(audit_log).where(audit_log.c.seq == 1).values(actor="someone"))
+    broken = cli("audit", "verify", "--database-url", url)
+    assert broken.code == 6 and "entry 1 was altered" in broken.stderr
