@@ -312,7 +312,8 @@ class Engine:
         measurement = self.measurement(spec, dataset, purpose)
         eps, delta = measurement.map(dataset.contribution_bound)
         frame = measurement(dataset.scan()).collect()
-        frame = _post_process(spec, frame)
+        bounds = self._bounds(spec, dataset) if spec.field else None
+        frame = _post_process(spec, frame, bounds)
         return Release(_rows(frame), float(eps), float(delta), frame.columns)
 
     def preview(self, spec: QuerySpec, dataset: Dataset, purpose: str,
@@ -363,7 +364,8 @@ def _predicate(flt: Filter) -> pl.Expr:
     return (col >= flt.value[0]) & (col <= flt.value[1])
 
 
-def _post_process(spec: QuerySpec, frame: pl.DataFrame) -> pl.DataFrame:
+def _post_process(spec: QuerySpec, frame: pl.DataFrame,
+                  bounds: tuple[float, float] | None) -> pl.DataFrame:
     """Small cells: a group whose noisy count is below 5 is withheld (post-processing of
     the DP release, so it costs nothing), as the guide's minimum-count rule asks."""
     # Rows come back in no particular order; present them in category (or bin) order.
@@ -374,6 +376,10 @@ def _post_process(spec: QuerySpec, frame: pl.DataFrame) -> pl.DataFrame:
     elif spec.group_by:
         frame = frame.sort(spec.group_by, nulls_last=True)
     frame = frame.with_columns(pl.col(pl.Categorical, pl.Enum).cast(pl.String))
+    if spec.kind == "mean" and bounds is not None:
+        # A noisy mean can fall outside the clamping bounds; bringing it back is free
+        # post-processing and never moves it further from the truth.
+        frame = frame.with_columns(pl.col("mean").clip(*bounds))
     if COUNT in frame.columns and (spec.group_by or spec.kind == "histogram"):
         small = pl.col(COUNT).fill_null(0) < SMALL_CELL
         values = [c for c in frame.columns if c not in (*spec.group_by, "bin")]

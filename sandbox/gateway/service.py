@@ -253,10 +253,8 @@ class GatewayService:
         return {
             "grant": grant["id"], "project": grant["project"], "status": grant["status"],
             "purpose": grant["purpose"], "expires_at": grant["expires_at"],
-            "epsilon": {"total": grant["epsilon_total"], "spent": grant["epsilon_spent"],
-                        "remaining": max(0.0, grant["epsilon_total"] - grant["epsilon_spent"])},
-            "delta": {"total": grant["delta_total"], "spent": grant["delta_spent"],
-                      "remaining": max(0.0, grant["delta_total"] - grant["delta_spent"])},
+            "epsilon": _budget(grant["epsilon_total"], grant["epsilon_spent"]),
+            "delta": _budget(grant["delta_total"], grant["delta_spent"]),
         }
 
     def _resolve(self, grant: dict, spec: QuerySpec) -> dpengine.Dataset:
@@ -432,6 +430,12 @@ class GatewayService:
                  "created_at": r["created_at"], "released_at": r["released_at"],
                  "receipt": json.loads(r["receipt"]) if r["receipt"] else None}
                 for r in rows]
+
+
+def _budget(total: float, spent: float) -> dict:
+    # Sums of floats drift in the last digits (0.1 + 0.2 …); show what a person expects.
+    return {"total": round(total, 12), "spent": round(spent, 12),
+            "remaining": round(max(0.0, total - spent), 12)}
 
 
 def _grant(row) -> dict:
