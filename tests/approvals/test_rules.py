@@ -1,0 +1,123 @@
+"""Eligibility, conflict-free panels, the scoring rubric and decisions."""
+
+from __future__ import annotations
+
+import pytest
+
+from approvals import assignment, eligibility, scoring
+from approvals.decisions import Decision, Verdict, check_decision
+from approvals.eligibility import Applicant, EligibilityPolicy
+from approvals.errors import ConflictOfInterest, Ineligible, InvalidDecision
+from approvals.scoring import Dimension, RubricConfig, Score
+from approvals.states import Role
+
+POLICY = EligibilityPolicy()
+GOOD = Applicant(Role.RESEARCHER, "副主任医师", 8, "心血管流行病学", "A")
+
+
+def test_a_senior_experienced_researcher_is_eligible():
+    assert eligibility.is_eligible(GOOD, "medical_research", True, POLICY)
+    eligibility.check_eligible(GOOD, "public_health", True, POLICY)
+
+
+def test_every_failed_rule_is_reported_in_both_languages():
+    weak = Applicant(Role.EXPERT, "主治医师", 2, "x", "B", blacklisted=True)
+    with pytest.raises(Ineligible) as refused:
+        eligibility.check_eligible(weak, "commercial_insurance", False, POLICY)
+    codes = [r.code for r in refused.value.reasons]
+    assert codes == ["role", "title", "experience", "credit", "blacklisted", "commercial",
+                     "declaration"]
+    title = refused.value.reasons[1]
+    assert "副高级" in title.zh and "associate senior" in title.en
+    assert "主治医师" in title.zh
+
+
+def test_thresholds_are_configuration():
+    lenient = EligibilityPolicy(min_title_grade=2, min_years_experience=1)
+    junior = Applicant(Role.RESEARCHER, "讲师", 2, "统计", "A")
+    assert eligibility.is_eligible(junior, "medical_research", True, lenient)
+    assert not eligibility.is_eligible(junior, "medical_research", True, POLICY)
+
+
+CASE = assignment.Case("app-1", "u-1", "岭南大学", frozenset({"u-7", "陈静"}))
+
+
+@pytest.mark.parametrize(("expert", "reason"), [
+    (assignment.Expert("u-2", "王强", "岭南大学"), "applicant's institution"),
+    (assignment.Expert("u-7", "李明", "中山医院"), "member of the applicant's team"),
+    (assignment.Expert("u-8", "陈静", "中山医院"), "member of the applicant's team"),
+    (assignment.Expert("u-9", "赵磊", "中山医院", frozenset({"app-1"})), "declared a conflict"),
+    (assignment.Expert("u-1", "申请人", "别处"), "is the applicant"),
+])
+def test_conflicted_experts_are_refused(expert, reason):
+    assert not assignment.can_assign(expert, CASE)
+    with pytest.raises(ConflictOfInterest, match=reason):
+        assignment.check_can_assign(expert, CASE)
+
+
+def test_a_panel_needs_three_unconflicted_experts():
+    free = [assignment.Expert(f"e{i}", f"专家{i}", f"医院{i}") for i in range(3)]
+    assignment.check_panel(free, CASE)
+    with pytest.raises(InvalidDecision, match="at least 3"):
+        assignment.check_panel(free[:2], CASE)
+
+
+def score(expert: str, legality=4, consistency=4, value=4, risk=2, cost=3, remove=()):
+    return Score(expert, {Dimension.LEGALITY: legality, Dimension.CONSISTENCY: consistency,
+                          Dimension.VALUE: value, Dimension.LEAKAGE_RISK: risk,
+                          Dimension.COST: cost}, remove_fields=frozenset(remove))
+
+
+def test_leakage_risk_lowers_the_total():
+    config = RubricConfig()
+    assert scoring.weighted_total(score("a", risk=1), config) > \
+        scoring.weighted_total(score("a", risk=5), config)
+    best = score("a", 5, 5, 5, 1, 5)
+    assert scoring.weighted_total(best, config) == 5.0
+
+
+def test_summary_side_by_side_quorum_and_recommendation():
+    config = RubricConfig()
+    two = scoring.summarise([score("a"), score("b")], config)
+    assert not two.quorum_met and two.recommendation == "pending"
+    three = scoring.summarise([score("a"), score("b", remove=["department"]),
+                               score("c", remove=["department"])], config)
+    assert three.quorum_met and three.recommendation == "approve"
+    assert set(three.per_expert) == {"a", "b", "c"}
+    assert three.field_removals == {"department": 2}
+    vetoed = scoring.summarise([score("a", legality=1), score("b"), score("c")], config)
+    assert vetoed.recommendation == "reject"
+    median = scoring.summarise([score("a", value=1), score("b"), score("c", value=5)],
+                               RubricConfig(aggregation="median"))
+    assert median.per_dimension[Dimension.VALUE] == 4
+
+
+def test_scores_and_weights_are_validated():
+    with pytest.raises(InvalidDecision, match="1 to 5"):
+        score("a", legality=6)
+    with pytest.raises(InvalidDecision, match="missing"):
+        Score("a", {Dimension.LEGALITY: 3})
+    with pytest.raises(InvalidDecision, match="every dimension"):
+        RubricConfig(weights={Dimension.LEGALITY: 1.0})
+
+
+def test_approval_terms_and_decision_rules():
+    summary = scoring.summarise([score("a"), score("b"), score("c")], RubricConfig())
+    fields = ["sex", "age_band", "department", "total_cost"]
+    terms = check_decision(Decision(Verdict.APPROVE, "sound protocol",
+                                    frozenset({"department"}), epsilon=1.0, term_months=12),
+                           fields, summary)
+    assert terms.fields == ("sex", "age_band", "total_cost") and terms.epsilon == 1.0
+    assert check_decision(Decision(Verdict.REJECT, "commercial aims"), fields, summary) is None
+    for bad, message in [
+        (Decision(Verdict.APPROVE, "", epsilon=1, term_months=12), "reasons"),
+        (Decision(Verdict.APPROVE, "ok", frozenset({"name"}), 1, 0, 12), "not requested"),
+        (Decision(Verdict.APPROVE, "ok", epsilon=0, term_months=12), "set ε"),
+        (Decision(Verdict.APPROVE, "ok", epsilon=1, term_months=99), "term"),
+        (Decision(Verdict.APPROVE, "ok", frozenset(fields), 1, 0, 12), "at least one field"),
+    ]:
+        with pytest.raises(InvalidDecision, match=message):
+            check_decision(bad, fields, summary)
+    early = scoring.summarise([score("a")], RubricConfig())
+    with pytest.raises(InvalidDecision, match="quorum"):
+        check_decision(Decision(Verdict.REJECT, "no"), fields, early)
