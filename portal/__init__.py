@@ -1,1 +1,103 @@
-"""Control plane: accounts, catalog, applications, reviews, decisions and agreements."""
+"""Control plane: accounts, catalog, applications, reviews, decisions and agreements.
+
+``create_app(settings)`` is the application factory; each area is a blueprint, and every
+rule comes from ``approvals`` — views only parse, call and render."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from flask import Flask, g, jsonify, redirect, request, session, url_for
+from flask_babel import Babel
+from flask_babel import gettext as _
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from flask_wtf.csrf import CSRFError, CSRFProtect
+
+from portal import i18n
+from portal.config import PortalSettings
+from portal.db import connect
+from portal.models import User
+from portal.security import needs_mfa
+from sandbox.errors import SandboxError
+
+csrf = CSRFProtect()
+limiter = Limiter(key_func=get_remote_address, default_limits=[], storage_uri="memory://")
+
+
+def _locale() -> str:
+    chosen = session.get("lang")
+    if chosen in i18n.LANGUAGES:
+        return chosen
+    return request.accept_languages.best_match(["zh", "en"]) or "zh"
+
+
+def create_app(settings: PortalSettings | None = None) -> Flask:
+    settings = settings or PortalSettings()
+    i18n.compile_catalogs()
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=settings.secret_key(),
+        MAX_CONTENT_LENGTH=settings.max_upload_bytes + 64 * 1024,
+        WTF_CSRF_ENABLED=not settings.testing,
+        RATELIMIT_ENABLED=not settings.testing,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        BABEL_TRANSLATION_DIRECTORIES=str(i18n.TRANSLATIONS),
+    )
+    app.extensions["portal.settings"] = settings
+    engine, sessions = connect(settings.database_url)
+    app.extensions["portal.engine"] = engine
+    app.extensions["portal.sessions"] = sessions
+    csrf.init_app(app)
+    limiter.init_app(app)
+    Babel(app, locale_selector=_locale)
+    app.jinja_env.globals["current_locale"] = _locale
+
+    from portal.views import auth, catalog, researcher
+
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(catalog.bp)
+    app.register_blueprint(researcher.bp)
+
+    @app.before_request
+    def _load_user():
+        g.db = sessions()
+        g.user = None
+        uid = session.get("uid")
+        if uid is None:
+            return None
+        user = g.db.get(User, uid)
+        if user is None:
+            session.clear()
+            return None
+        now = datetime.now(UTC).timestamp()
+        idle = now - session.get("seen", now)
+        if needs_mfa(user.role) and idle > settings.idle_minutes * 60:
+            auth.idle_lock(user)
+            return redirect(url_for("auth.login", idle=1))
+        session["seen"] = now
+        g.user = user
+        return None
+
+    @app.teardown_request
+    def _close(_exc: BaseException | None) -> None:
+        db = g.pop("db", None)
+        if db is not None:
+            db.close()
+
+    @app.errorhandler(SandboxError)
+    def _domain_error(exc: SandboxError):
+        if request.path.startswith("/api/"):
+            return jsonify({"error": exc.code, "reason": exc.reason}), exc.http_status
+        return auth.render_error(exc.http_status, exc.reason)
+
+    @app.errorhandler(CSRFError)
+    def _csrf(exc: CSRFError):
+        return auth.render_error(400, _("The form expired; please try again."))
+
+    @app.errorhandler(413)
+    def _too_large(_exc: Exception):
+        return auth.render_error(413, _("The upload is too large."))
+
+    return app

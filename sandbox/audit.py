@@ -66,6 +66,15 @@ class AuditAction(StrEnum):
     RELEASE_REPEATED = "release.repeated"
     RELEASE_FAILED = "release.failed"
     CONSENT_WITHDRAWN = "consent.withdrawn"
+    USER_REGISTERED = "user.registered"
+    LOGIN_SUCCEEDED = "login.succeeded"
+    LOGIN_FAILED = "login.failed"
+    ACCOUNT_LOCKED = "account.locked"
+    MFA_ENROLLED = "mfa.enrolled"
+    SESSION_IDLE_LOCKED = "session.idle_locked"
+    APPLICATION_CREATED = "application.created"
+    APPLICATION_SUBMITTED = "application.submitted"
+    APPLICATION_REFUSED = "application.refused"
 
 
 def create_tables(engine: Engine) -> None:

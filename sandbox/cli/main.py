@@ -10,6 +10,7 @@ import click
 
 from sandbox.cli.data import data
 from sandbox.cli.gateway import audit_group, gateway
+from sandbox.cli.portal import portal
 from sandbox.errors import SandboxError
 
 UNEXPECTED_EXIT = 70
@@ -24,6 +25,7 @@ def cli() -> None:
 cli.add_command(data)
 cli.add_command(gateway)
 cli.add_command(audit_group)
+cli.add_command(portal)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,35 @@
+"""The dataset catalog as researchers see it: the public metadata documents written at
+onboarding. The portal never opens restricted files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def load(datasets_dir: Path) -> list[dict]:
+    entries = []
+    root = Path(datasets_dir)
+    if not root.is_dir():
+        return entries
+    for meta_file in sorted(root.glob("*/metadata.json")):
+        entries.append(json.loads(meta_file.read_text(encoding="utf-8")))
+    return entries
+
+
+def fields(entry: dict) -> list[dict]:
+    """The requestable fields of a dataset (not the patient key)."""
+    table = next(iter(entry["tables"].values()))
+    return [f for f in table["fields"] if f["role"] not in ("patient_key",)]
+
+
+def search(entries: list[dict], query: str) -> list[dict]:
+    query = query.strip().lower()
+    if not query:
+        return entries
+    def text(e: dict) -> str:
+        parts = [e["id"], *e["title"].values(), *e["description"].values()]
+        parts += [f["name"] for f in fields(e)]
+        parts += [v for f in fields(e) for v in f.get("description", {}).values()]
+        return " ".join(parts).lower()
+    return [e for e in entries if query in text(e)]

@@ -1,0 +1,38 @@
+"""Portal configuration: one typed object, from environment (SANDBOX_PORTAL_*) or
+arguments."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class PortalSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SANDBOX_PORTAL_", extra="ignore")
+
+    database_url: str = Field("sqlite:///var/portal/portal.db",
+                              description="SQLite or PostgreSQL URL of the portal database")
+    state_dir: Path = Field(Path("var/portal"), description="secret key and uploads")
+    datasets_dir: Path = Field(Path("var/datasets"),
+                               description="onboarded datasets whose catalog is shown")
+    idle_minutes: int = Field(10, description="privileged sessions lock after this idle time")
+    max_failed_logins: int = Field(5, description="failed logins before an account locks")
+    lockout_minutes: int = Field(30, description="how long a locked account stays locked")
+    login_rate: str = Field("20 per minute", description="login attempts allowed per address")
+    max_upload_bytes: int = Field(10 * 1024 * 1024, description="largest ethics PDF accepted")
+    min_title_grade: int = Field(3, description="职称 grade needed to apply (3 = 副高级)")
+    min_years_experience: int = Field(5, description="years of research experience to apply")
+    testing: bool = Field(False, description="disable CSRF and rate limits for unit tests")
+
+    def secret_key(self) -> str:
+        path = self.state_dir / "secret.key"
+        if not path.exists():
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
+        return path.read_text().strip()

@@ -1,0 +1,97 @@
+"""The portal's tables (SQLAlchemy 2 ORM). Workflow rules live in ``approvals``; these are
+only the records."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(100))
+    password_hash: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20))
+    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    totp_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    profile: Mapped[Profile | None] = relationship(back_populates="user", uselist=False)
+
+
+class Profile(Base):
+    __tablename__ = "profiles"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    institution: Mapped[str] = mapped_column(String(200), default="")
+    title: Mapped[str] = mapped_column(String(50), default="")
+    years_experience: Mapped[int] = mapped_column(Integer, default=0)
+    research_field: Mapped[str] = mapped_column(String(200), default="")
+    credit_grade: Mapped[str] = mapped_column(String(5), default="")
+    blacklisted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    user: Mapped[User] = relationship(back_populates="profile")
+
+
+class Application(Base):
+    __tablename__ = "applications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    researcher_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    title: Mapped[str] = mapped_column(String(300))
+    summary: Mapped[str] = mapped_column(Text, default="")
+    purpose: Mapped[str] = mapped_column(String(40))
+    non_profit: Mapped[bool] = mapped_column(Boolean, default=False)
+    epsilon_requested: Mapped[float] = mapped_column(Float, default=1.0)
+    term_months: Mapped[int] = mapped_column(Integer, default=12)
+    team: Mapped[list] = mapped_column(JSON, default=list)
+    state: Mapped[str] = mapped_column(String(30), default="draft", index=True)
+    ethics_pdf: Mapped[bytes | None] = mapped_column(LargeBinary)
+    ethics_sha256: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
+                                                 onupdate=utcnow)
+
+    researcher: Mapped[User] = relationship()
+    fields: Mapped[list[RequestedField]] = relationship(
+        back_populates="application", cascade="all, delete-orphan",
+        order_by="RequestedField.id")
+
+
+class RequestedField(Base):
+    __tablename__ = "requested_fields"
+    __table_args__ = (UniqueConstraint("application_id", "dataset", "field"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    application_id: Mapped[int] = mapped_column(ForeignKey("applications.id"), index=True)
+    dataset: Mapped[str] = mapped_column(String(64))
+    field: Mapped[str] = mapped_column(String(64))
+    justification: Mapped[str] = mapped_column(Text)
+
+    application: Mapped[Application] = relationship(back_populates="fields")

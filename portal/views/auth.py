@@ -1,0 +1,193 @@
+"""Accounts: registration, login with lockout and rate limit, TOTP enrolment and
+verification, idle lock, language switch."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from functools import wraps
+
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_babel import gettext as _
+from sqlalchemy import select
+
+from approvals.states import Role
+from portal import i18n, limiter
+from portal.models import Profile, User
+from portal.security import (
+    after_failure,
+    check_password,
+    check_totp,
+    hash_password,
+    is_locked,
+    needs_mfa,
+    new_totp_secret,
+    password_problem,
+    totp_qr_data_uri,
+)
+from sandbox import audit
+from sandbox.audit import AuditAction
+
+bp = Blueprint("auth", __name__)
+
+
+def settings():
+    return current_app.extensions["portal.settings"]
+
+
+def record(action: AuditAction, subject: str, details: dict | None = None,
+           actor: str | None = None) -> None:
+    """Append an audit entry in the request's transaction and commit it, so the action and
+    its entry land together."""
+    who = actor or (f"user:{g.user.id}" if getattr(g, "user", None) else "anonymous")
+    audit.append(g.db.connection(), action, who, subject,
+                 {**(details or {}), "ip": request.remote_addr})
+    g.db.commit()
+
+
+def render_error(status: int, reason: str):
+    return render_template("error.html", status=status, reason=reason), status
+
+
+def login_required(*roles: Role):
+    """Require a signed-in user (with MFA done where needed), optionally of some roles."""
+    def wrap(view):
+        @wraps(view)
+        def inner(*args, **kwargs):
+            if g.user is None:
+                return redirect(url_for("auth.login", next=request.path))
+            if needs_mfa(g.user.role) and not session.get("mfa_ok"):
+                return redirect(url_for("auth.mfa"))
+            if roles and g.user.role not in roles:
+                abort(403)
+            return view(*args, **kwargs)
+        return inner
+    return wrap
+
+
+def idle_lock(user: User) -> None:
+    record(AuditAction.SESSION_IDLE_LOCKED, f"user:{user.id}", actor=f"user:{user.id}")
+    session.clear()
+
+
+@bp.route("/lang/<code>")
+def language(code: str):
+    if code in i18n.LANGUAGES:
+        session["lang"] = code
+    return redirect(request.referrer or url_for("catalog.index"))
+
+
+@bp.route("/register", methods=["GET", "POST"])
+def register():
+    form = request.form
+    if request.method == "POST":
+        email = form.get("email", "").strip().lower()
+        problems = []
+        if "@" not in email:
+            problems.append(_("Enter a valid e-mail address."))
+        if not form.get("name", "").strip():
+            problems.append(_("Enter your name."))
+        weak = password_problem(form.get("password", ""))
+        if weak:
+            problems.append(_("Password: %(problem)s.", problem=weak))
+        try:
+            years = int(form.get("years_experience", "0"))
+        except ValueError:
+            years = -1
+        if years < 0:
+            problems.append(_("Years of experience must be a whole number."))
+        if g.db.scalar(select(User).where(User.email == email)) is not None:
+            problems.append(_("An account with this e-mail already exists."))
+        if problems:
+            return render_template("auth/register.html", problems=problems, form=form), 422
+        user = User(email=email, name=form["name"].strip(), role=Role.RESEARCHER,
+                    password_hash=hash_password(form["password"]))
+        user.profile = Profile(institution=form.get("institution", "").strip(),
+                               title=form.get("title", "").strip(),
+                               years_experience=years,
+                               research_field=form.get("research_field", "").strip(),
+                               credit_grade=form.get("credit_grade", "").strip().upper())
+        g.db.add(user)
+        g.db.commit()
+        record(AuditAction.USER_REGISTERED, f"user:{user.id}", {"role": user.role},
+               actor=f"user:{user.id}")
+        flash(_("Account created. Please sign in."))
+        return redirect(url_for("auth.login"))
+    return render_template("auth/register.html", problems=[], form=form)
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@limiter.limit(lambda: settings().login_rate, methods=["POST"])
+def login():
+    if request.method == "GET":
+        if request.args.get("idle"):
+            flash(_("Your session was locked after %(minutes)d minutes without activity.",
+                    minutes=settings().idle_minutes))
+        return render_template("auth/login.html")
+    email = request.form.get("email", "").strip().lower()
+    user = g.db.scalar(select(User).where(User.email == email))
+    if user is not None and is_locked(user.locked_until):
+        record(AuditAction.LOGIN_FAILED, f"user:{user.id}", {"why": "locked"})
+        return render_template("auth/login.html",
+                               error=_("This account is locked. Try again later.")), 403
+    if user is None or not check_password(user.password_hash, request.form.get("password", "")):
+        if user is not None:
+            cfg = settings()
+            user.failed_logins, user.locked_until = after_failure(
+                user.failed_logins, cfg.max_failed_logins, cfg.lockout_minutes)
+            g.db.commit()
+            if user.locked_until is not None:
+                record(AuditAction.ACCOUNT_LOCKED, f"user:{user.id}")
+        record(AuditAction.LOGIN_FAILED, f"email:{email}")
+        return render_template("auth/login.html",
+                               error=_("Wrong e-mail or password.")), 401
+    user.failed_logins = 0
+    g.db.commit()
+    session.clear()
+    session.update(uid=user.id, seen=datetime.now(UTC).timestamp(), mfa_ok=False,
+                   lang=request.cookies.get("lang") or session.get("lang"))
+    record(AuditAction.LOGIN_SUCCEEDED, f"user:{user.id}", actor=f"user:{user.id}")
+    if needs_mfa(user.role):
+        return redirect(url_for("auth.mfa"))
+    return redirect(request.args.get("next") or url_for("catalog.index"))
+
+
+@bp.route("/mfa", methods=["GET", "POST"])
+def mfa():
+    user = g.user
+    if user is None:
+        return redirect(url_for("auth.login"))
+    if not user.totp_enabled and not user.totp_secret:
+        user.totp_secret = new_totp_secret()
+        g.db.commit()
+    if request.method == "POST":
+        if check_totp(user.totp_secret, request.form.get("code", "")):
+            if not user.totp_enabled:
+                user.totp_enabled = True
+                g.db.commit()
+                record(AuditAction.MFA_ENROLLED, f"user:{user.id}")
+            session["mfa_ok"] = True
+            return redirect(url_for("catalog.index"))
+        record(AuditAction.LOGIN_FAILED, f"user:{user.id}", {"why": "totp"})
+        return render_template("auth/mfa.html", user=user, error=_("Wrong code."),
+                               qr=None if user.totp_enabled else
+                               totp_qr_data_uri(user.totp_secret, user.email)), 401
+    return render_template("auth/mfa.html", user=user, error=None,
+                           qr=None if user.totp_enabled else
+                           totp_qr_data_uri(user.totp_secret, user.email))
+
+
+@bp.route("/logout", methods=["POST"])
+def logout():
+    session.clear()
+    return redirect(url_for("auth.login"))

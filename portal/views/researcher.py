@@ -1,0 +1,141 @@
+"""A researcher's applications: draft with per-field justification, eligibility shown with
+reasons, submission. Rules come from ``approvals``."""
+
+from __future__ import annotations
+
+import hashlib
+
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask.typing import ResponseReturnValue
+from flask_babel import gettext as _
+from sqlalchemy import select
+
+from approvals import eligibility, states
+from approvals.eligibility import Applicant, EligibilityPolicy
+from approvals.states import Action, Role, State
+from portal import catalog as datasets
+from portal.models import Application, RequestedField
+from portal.views.auth import login_required, record
+from sandbox.audit import AuditAction
+from sandbox.data.reference.population import PURPOSES
+
+bp = Blueprint("researcher", __name__, url_prefix="/applications")
+
+
+def policy() -> EligibilityPolicy:
+    cfg = current_app.extensions["portal.settings"]
+    return EligibilityPolicy(min_title_grade=cfg.min_title_grade,
+                             min_years_experience=cfg.min_years_experience)
+
+
+def applicant() -> Applicant:
+    p = g.user.profile
+    return Applicant(Role(g.user.role), p.title if p else "", p.years_experience if p else 0,
+                     p.research_field if p else "", p.credit_grade if p else "",
+                     p.blacklisted if p else False)
+
+
+def own(application_id: int) -> Application:
+    app = g.db.get(Application, application_id)
+    if app is None or app.researcher_id != g.user.id:
+        abort(404)
+    return app
+
+
+@bp.route("/")
+@login_required(Role.RESEARCHER)
+def mine() -> ResponseReturnValue:
+    apps = g.db.scalars(select(Application).where(Application.researcher_id == g.user.id)
+                        .order_by(Application.id.desc())).all()
+    return render_template("researcher/list.html", applications=apps)
+
+
+@bp.route("/new", methods=["GET", "POST"])
+@login_required(Role.RESEARCHER)
+def new() -> ResponseReturnValue:
+    entries = {e["id"]: e for e in datasets.load(
+        current_app.extensions["portal.settings"].datasets_dir)}
+    chosen = request.values.get("dataset") or next(iter(entries), None)
+    entry = entries.get(chosen)
+    form = request.form
+    problems: list[str] = []
+    if request.method == "POST" and entry is not None:
+        picked = [f["name"] for f in datasets.fields(entry) if form.get(f"field:{f['name']}")]
+        if not form.get("title", "").strip():
+            problems.append(_("Give the project a title."))
+        if not picked:
+            problems.append(_("Request at least one field."))
+        for name in picked:
+            if not form.get(f"why:{name}", "").strip():
+                problems.append(_("Justify why you need the field %(name)s.", name=name))
+        try:
+            epsilon = float(form.get("epsilon", "1"))
+            term = int(form.get("term_months", "12"))
+            if not (0 < epsilon <= 10 and 1 <= term <= 60):
+                raise ValueError
+        except ValueError:
+            problems.append(_("ε must be between 0 and 10 and the term 1 to 60 months."))
+            epsilon, term = 1.0, 12
+        pdf = request.files.get("ethics")
+        data = pdf.read() if pdf and pdf.filename else None
+        if data is not None and not data.startswith(b"%PDF-"):
+            problems.append(_("The ethics approval must be a PDF file."))
+        if not problems:
+            application = Application(
+                researcher_id=g.user.id, title=form["title"].strip(),
+                summary=form.get("summary", "").strip(), purpose=form.get("purpose", ""),
+                non_profit=bool(form.get("non_profit")), epsilon_requested=epsilon,
+                term_months=term,
+                team=[t.strip() for t in form.get("team", "").split(",") if t.strip()],
+                state=State.DRAFT, ethics_pdf=data,
+                ethics_sha256=hashlib.sha256(data).hexdigest() if data else None,
+                fields=[RequestedField(dataset=entry["id"], field=name,
+                                       justification=form[f"why:{name}"].strip())
+                        for name in picked])
+            g.db.add(application)
+            g.db.commit()
+            record(AuditAction.APPLICATION_CREATED, f"application:{application.id}")
+            return redirect(url_for("researcher.show", application_id=application.id))
+    return render_template("researcher/new.html", entries=entries, entry=entry,
+                           fields=datasets.fields(entry) if entry else [], form=form,
+                           problems=problems, purposes=PURPOSES,
+                           reasons=eligibility.reasons(applicant(), "medical_research", True,
+                                                       policy())), 422 if problems else 200
+
+
+@bp.route("/<int:application_id>")
+@login_required(Role.RESEARCHER)
+def show(application_id: int) -> ResponseReturnValue:
+    app = own(application_id)
+    reasons = eligibility.reasons(applicant(), app.purpose, app.non_profit, policy())
+    return render_template("researcher/show.html", app=app, reasons=reasons,
+                           can_submit=states.can(State(app.state), Action.SUBMIT,
+                                                 Role.RESEARCHER) and not reasons)
+
+
+@bp.route("/<int:application_id>/submit", methods=["POST"])
+@login_required(Role.RESEARCHER)
+def submit(application_id: int) -> ResponseReturnValue:
+    app = own(application_id)
+    failed = eligibility.reasons(applicant(), app.purpose, app.non_profit, policy())
+    if failed:
+        record(AuditAction.APPLICATION_REFUSED, f"application:{app.id}",
+               {"reasons": [r.code for r in failed]})
+        flash(_("This application cannot be submitted yet."))
+        return render_template("researcher/show.html", app=app, reasons=failed,
+                               can_submit=False), 403
+    app.state = states.check(State(app.state), Action.SUBMIT, Role.RESEARCHER)
+    g.db.commit()
+    record(AuditAction.APPLICATION_SUBMITTED, f"application:{app.id}")
+    flash(_("Submitted. The committee will review it."))
+    return redirect(url_for("researcher.show", application_id=app.id))

@@ -1,0 +1,175 @@
+"""Accounts (argon2, lockout, TOTP for privileged roles, idle lock), the bilingual catalog,
+and applications whose eligibility is shown with reasons and enforced on submit."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pyotp
+from sqlalchemy import select
+
+from portal import create_app
+from portal.models import Application, User
+from sandbox import audit
+from tests.portal.conftest import PASSWORD, enrol_totp, login, make_user
+
+ELIGIBLE = {"title": "副主任医师", "years_experience": 8, "credit_grade": "A",
+            "institution": "岭南大学", "research_field": "流行病学"}
+
+
+def email(prefix: str = "r") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}@example.cn"
+
+
+def test_register_then_sign_in(client, app):
+    address = email()
+    page = client.post("/register", data={
+        "name": "王芳", "email": address, "password": PASSWORD, "institution": "岭南大学",
+        "title": "副主任医师", "years_experience": "8", "research_field": "心血管",
+        "credit_grade": "A"})
+    assert page.status_code == 302
+    with app.extensions["portal.sessions"]() as db:
+        user = db.scalar(select(User).where(User.email == address))
+        assert user.password_hash.startswith("$argon2")
+        assert user.profile.title == "副主任医师"
+    assert login(client, address).status_code == 302
+    assert "王芳" in client.get("/").get_data(as_text=True)
+
+
+def test_registration_problems_are_listed(client):
+    page = client.post("/register", data={"name": "", "email": "nope", "password": "short"})
+    text = page.get_data(as_text=True)
+    assert page.status_code == 422
+    assert "Enter a valid e-mail" in text or "请输入有效的电子邮箱" in text
+
+
+def test_catalog_in_both_languages_and_searchable(client):
+    client.get("/lang/zh")
+    zh = client.get("/").get_data(as_text=True)
+    assert "岭南区域门急诊及住院就诊数据集" in zh and "数据资源目录" in zh
+    client.get("/lang/en")
+    en = client.get("/").get_data(as_text=True)
+    assert "Lingnan regional outpatient and inpatient visits" in en and "Dataset catalog" in en
+    assert "Lingnan" in client.get("/?q=total_cost").get_data(as_text=True)
+    assert "No dataset matches" in client.get("/?q=genome").get_data(as_text=True)
+    detail = client.get("/catalog/emr-visits").get_data(as_text=True)
+    assert "diagnosis_code" in detail and "[0.0, 500000.0]" in detail
+
+
+def test_five_failed_logins_lock_the_account(client, app):
+    address = email()
+    make_user(app, address, **ELIGIBLE)
+    for _ in range(4):
+        assert login(client, address, "wrong password 1").status_code == 401
+    assert login(client, address, "wrong password 1").status_code == 401
+    locked = login(client, address)
+    assert locked.status_code == 403
+    with app.extensions["portal.engine"].connect() as conn:
+        assert audit.verify(conn).ok
+
+
+def test_privileged_roles_must_use_totp(client, app):
+    address = email("chair")
+    make_user(app, address, role="chair")
+    response = login(client, address)
+    assert response.status_code == 302 and response.headers["Location"].endswith("/mfa")
+    assert client.get("/applications/").status_code == 302  # not past MFA yet
+    secret = enrol_totp(client)
+    client.post("/logout")
+    login(client, address)
+    wrong = client.post("/mfa", data={"code": "000000"})
+    assert wrong.status_code == 401
+    ok = client.post("/mfa", data={"code": pyotp.TOTP(secret).now()})
+    assert ok.status_code == 302
+
+
+def test_privileged_sessions_lock_after_ten_idle_minutes(client, app):
+    address = email("expert")
+    make_user(app, address, role="expert")
+    login(client, address)
+    enrol_totp(client)
+    with client.session_transaction() as session:
+        session["seen"] = (datetime.now(UTC) - timedelta(minutes=11)).timestamp()
+    locked = client.get("/")
+    assert locked.status_code == 302 and "idle=1" in locked.headers["Location"]
+    with client.session_transaction() as session:
+        assert "uid" not in session
+
+
+def draft(client, **overrides) -> int:
+    form = {"dataset": "emr-visits", "title": "高血压与住院费用", "summary": "队列研究",
+            "purpose": "medical_research", "non_profit": "1", "epsilon": "1",
+            "term_months": "12", "team": "陈静, 李明",
+            "field:age_band": "1", "why:age_band": "年龄分层",
+            "field:total_cost": "1", "why:total_cost": "费用结局"} | overrides
+    response = client.post("/applications/new", data=form)
+    assert response.status_code == 302, response.get_data(as_text=True)[:500]
+    return int(response.headers["Location"].rsplit("/", 1)[1])
+
+
+def test_an_eligible_researcher_applies_and_submits(client, app):
+    address = email()
+    make_user(app, address, **ELIGIBLE)
+    login(client, address)
+    app_id = draft(client)
+    page = client.get(f"/applications/{app_id}").get_data(as_text=True)
+    assert "Submit to the committee" in page or "提交数据委员会审查" in page
+    assert client.post(f"/applications/{app_id}/submit").status_code == 302
+    with app.extensions["portal.sessions"]() as db:
+        application = db.get(Application, app_id)
+        assert application.state == "submitted"
+        assert [f.field for f in application.fields] == ["age_band", "total_cost"]
+
+
+def test_an_ineligible_researcher_is_refused_with_reasons(client, app):
+    address = email()
+    make_user(app, address, title="主治医师", years_experience=2, credit_grade="B")
+    login(client, address)
+    client.get("/lang/en")
+    app_id = draft(client)
+    refused = client.post(f"/applications/{app_id}/submit")
+    text = refused.get_data(as_text=True)
+    assert refused.status_code == 403
+    assert "associate senior professional title" in text and "years of research" in text
+    assert "social-credit grade must be A" in text
+    with app.extensions["portal.sessions"]() as db:
+        assert db.get(Application, app_id).state == "draft"
+
+
+def test_application_input_is_checked(client, app):
+    address = email()
+    make_user(app, address, **ELIGIBLE)
+    login(client, address)
+    client.get("/lang/en")
+    bad = client.post("/applications/new", data={
+        "dataset": "emr-visits", "title": "", "purpose": "medical_research",
+        "field:total_cost": "1", "why:total_cost": "", "epsilon": "99"})
+    text = bad.get_data(as_text=True)
+    assert bad.status_code == 422
+    assert "Give the project a title" in text and "Justify why you need the field total_cost" \
+        in text and "ε must be between 0 and 10" in text
+    fake_pdf = client.post("/applications/new", data={
+        "dataset": "emr-visits", "title": "x", "purpose": "medical_research",
+        "field:sex": "1", "why:sex": "分层", "ethics": (__import__("io").BytesIO(b"MZ..."),
+                                                    "ethics.pdf")},
+        content_type="multipart/form-data")
+    assert fake_pdf.status_code == 422 and "must be a PDF" in fake_pdf.get_data(as_text=True)
+
+
+def test_researchers_only_see_their_own_applications(client, app):
+    owner, other = email(), email()
+    make_user(app, owner, **ELIGIBLE)
+    make_user(app, other, **ELIGIBLE)
+    login(client, owner)
+    app_id = draft(client)
+    client.post("/logout")
+    login(client, other)
+    assert client.get(f"/applications/{app_id}").status_code == 404
+    assert client.post(f"/applications/{app_id}/submit").status_code == 404
+
+
+def test_forms_need_a_csrf_token(portal_settings):
+    strict = create_app(portal_settings.model_copy(update={"testing": False}))
+    response = strict.test_client().post("/login", data={"email": "a@b.cn", "password": "x"})
+    assert response.status_code == 400
