@@ -26,6 +26,15 @@ class PortalSettings(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, description="largest ethics PDF accepted")
     min_title_grade: int = Field(3, description="职称 grade needed to apply (3 = 副高级)")
     min_years_experience: int = Field(5, description="years of research experience to apply")
+    gateway_url: str = Field("http://127.0.0.1:8700", description="privacy gateway URL")
+    gateway_token_file: Path = Field(Path("var/gateway/admin.token"),
+                                     description="the gateway's service token")
+    smtp_host: str = Field("127.0.0.1", description="SMTP server for notifications")
+    smtp_port: int = Field(8025, description="SMTP port")
+    mail_from: str = Field("data-committee@sandbox.local", description="sender address")
+    public_url: str = Field("http://127.0.0.1:8600", description="address in e-mail links")
+    quorum: int = Field(3, description="expert scores needed before a decision")
+    aggregation: str = Field("mean", description="how expert totals combine: mean or median")
     testing: bool = Field(False, description="disable CSRF and rate limits for unit tests")
 
     def secret_key(self) -> str:

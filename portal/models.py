@@ -95,3 +95,68 @@ class RequestedField(Base):
     justification: Mapped[str] = mapped_column(Text)
 
     application: Mapped[Application] = relationship(back_populates="fields")
+
+
+class Assignment(Base):
+    """An expert asked to score an application."""
+
+    __tablename__ = "assignments"
+    __table_args__ = (UniqueConstraint("application_id", "expert_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    application_id: Mapped[int] = mapped_column(ForeignKey("applications.id"), index=True)
+    expert_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    assigned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    expert: Mapped[User] = relationship()
+
+
+class Review(Base):
+    """One expert's scores on the five dimensions."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (UniqueConstraint("application_id", "expert_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    application_id: Mapped[int] = mapped_column(ForeignKey("applications.id"), index=True)
+    expert_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    scores: Mapped[dict] = mapped_column(JSON)
+    comments: Mapped[str] = mapped_column(Text, default="")
+    remove_fields: Mapped[list] = mapped_column(JSON, default=list)
+    submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    expert: Mapped[User] = relationship()
+
+
+class DecisionRecord(Base):
+    """The chair's decision on one round of review."""
+
+    __tablename__ = "decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    application_id: Mapped[int] = mapped_column(ForeignKey("applications.id"), index=True)
+    verdict: Mapped[str] = mapped_column(String(20))
+    reasons: Mapped[str] = mapped_column(Text)
+    fields: Mapped[list] = mapped_column(JSON, default=list)
+    epsilon: Mapped[float | None] = mapped_column(Float)
+    delta: Mapped[float] = mapped_column(Float, default=0.0)
+    term_months: Mapped[int | None] = mapped_column(Integer)
+    decided_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Agreement(Base):
+    """The signed data use agreement (DUA) of an approved application, and the grant the
+    gateway issued for it."""
+
+    __tablename__ = "agreements"
+
+    application_id: Mapped[int] = mapped_column(ForeignKey("applications.id"),
+                                                primary_key=True)
+    pdf: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    signed_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    signed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    grant_id: Mapped[str | None] = mapped_column(String(32))
+    grant_token: Mapped[str | None] = mapped_column(Text)  # encrypted (Fernet)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -75,6 +75,10 @@ class AuditAction(StrEnum):
     APPLICATION_CREATED = "application.created"
     APPLICATION_SUBMITTED = "application.submitted"
     APPLICATION_REFUSED = "application.refused"
+    APPLICATION_ASSIGNED = "application.assigned"
+    APPLICATION_SCORED = "application.scored"
+    APPLICATION_DECIDED = "application.decided"
+    AGREEMENT_SIGNED = "agreement.signed"
 
 
 def create_tables(engine: Engine) -> None:

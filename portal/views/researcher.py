@@ -7,6 +7,7 @@ import hashlib
 
 from flask import (
     Blueprint,
+    Response,
     abort,
     current_app,
     flash,
@@ -24,10 +25,13 @@ from approvals import eligibility, states
 from approvals.eligibility import Applicant, EligibilityPolicy
 from approvals.states import Action, Role, State
 from portal import catalog as datasets
-from portal.models import Application, RequestedField
+from portal import workflow
+from portal.agreement import CLAUSES
+from portal.models import Agreement, Application, RequestedField
 from portal.views.auth import login_required, record
 from sandbox.audit import AuditAction
 from sandbox.data.reference.population import PURPOSES
+from sandbox.errors import SandboxError
 
 bp = Blueprint("researcher", __name__, url_prefix="/applications")
 
@@ -119,6 +123,7 @@ def show(application_id: int) -> ResponseReturnValue:
     app = own(application_id)
     reasons = eligibility.reasons(applicant(), app.purpose, app.non_profit, policy())
     return render_template("researcher/show.html", app=app, reasons=reasons,
+                           decision=workflow.latest_decision(g.db, app),
                            can_submit=states.can(State(app.state), Action.SUBMIT,
                                                  Role.RESEARCHER) and not reasons)
 
@@ -139,3 +144,45 @@ def submit(application_id: int) -> ResponseReturnValue:
     record(AuditAction.APPLICATION_SUBMITTED, f"application:{app.id}")
     flash(_("Submitted. The committee will review it."))
     return redirect(url_for("researcher.show", application_id=app.id))
+
+
+@bp.route("/<int:application_id>/agreement")
+@login_required(Role.RESEARCHER)
+def agreement(application_id: int) -> ResponseReturnValue:
+    app = own(application_id)
+    decision = workflow.latest_decision(g.db, app)
+    if decision is None or decision.verdict != "approve":
+        abort(404)
+    return render_template("researcher/agreement.html", app=app, decision=decision,
+                           signed=g.db.get(Agreement, app.id), clauses=CLAUSES)
+
+
+@bp.route("/<int:application_id>/sign", methods=["POST"])
+@login_required(Role.RESEARCHER)
+def sign(application_id: int) -> ResponseReturnValue:
+    app = own(application_id)
+    if not request.form.get("accept"):
+        return render_template("error.html", status=422,
+                               reason=_("Tick the box to accept the agreement.")), 422
+    context = workflow.Context(g.db, g.user, current_app.extensions["portal.settings"],
+                               request.remote_addr)
+    try:
+        workflow.sign(context, app)
+    except SandboxError as exc:
+        g.db.rollback()
+        return render_template("error.html", status=exc.http_status,
+                               reason=exc.reason), exc.http_status
+    flash(_("Agreement signed; your project is active."))
+    return redirect(url_for("researcher.agreement", application_id=app.id))
+
+
+@bp.route("/<int:application_id>/agreement.pdf")
+@login_required(Role.RESEARCHER)
+def agreement_pdf(application_id: int) -> ResponseReturnValue:
+    app = own(application_id)
+    record = g.db.get(Agreement, app.id)
+    if record is None:
+        abort(404)
+    return Response(record.pdf, mimetype="application/pdf", headers={
+        "Content-Disposition": f"attachment; filename=DUA-{app.id}.pdf",
+        "X-Content-SHA256": record.sha256})

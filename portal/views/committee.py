@@ -1,0 +1,133 @@
+"""The data committee: the chair assigns a conflict-free panel and decides; experts score
+the five dimensions. All rules come from ``approvals`` through ``portal.workflow``."""
+
+from __future__ import annotations
+
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask.typing import ResponseReturnValue
+from flask_babel import gettext as _
+from sqlalchemy import select
+
+from approvals import assignment
+from approvals.decisions import Decision, Verdict
+from approvals.errors import ConflictOfInterest, InvalidDecision, NotPermitted
+from approvals.scoring import LABELS, Dimension
+from approvals.states import Role, State
+from portal import workflow
+from portal.models import Application, Assignment, User
+from portal.views.auth import login_required
+
+bp = Blueprint("committee", __name__, url_prefix="/committee")
+
+
+def ctx() -> workflow.Context:
+    return workflow.Context(g.db, g.user, current_app.extensions["portal.settings"],
+                            request.remote_addr)
+
+
+def application_or_404(application_id: int) -> Application:
+    app = g.db.get(Application, application_id)
+    if app is None or app.state == State.DRAFT:
+        abort(404)
+    return app
+
+
+@bp.route("/")
+@login_required(Role.CHAIR, Role.EXPERT)
+def queue() -> ResponseReturnValue:
+    if g.user.role == Role.CHAIR:
+        apps = g.db.scalars(select(Application).where(Application.state.in_(
+            [State.SUBMITTED, State.UNDER_REVIEW])).order_by(Application.id)).all()
+    else:
+        apps = g.db.scalars(select(Application).join(Assignment).where(
+            Assignment.expert_id == g.user.id, Application.state == State.UNDER_REVIEW)).all()
+    return render_template("committee/queue.html", applications=apps)
+
+
+@bp.route("/applications/<int:application_id>", methods=["GET"])
+@login_required(Role.CHAIR)
+def show(application_id: int) -> ResponseReturnValue:
+    app = application_or_404(application_id)
+    settings = current_app.extensions["portal.settings"]
+    config = workflow.rubric(settings)
+    pool = g.db.scalars(select(User).where(User.role == Role.EXPERT).order_by(User.name)).all()
+    case = workflow._case(app)
+    conflicts = {e.id: assignment.conflict(workflow._expert(e), case) for e in pool}
+    return render_template(
+        "committee/show.html", app=app, pool=pool, conflicts=conflicts, config=config,
+        labels=LABELS, dimensions=list(Dimension),
+        assigned=workflow.assigned_experts(g.db, app),
+        reviews=workflow.reviews(g.db, app), summary=workflow.summary(g.db, app, config),
+        decision=workflow.latest_decision(g.db, app))
+
+
+@bp.route("/applications/<int:application_id>/assign", methods=["POST"])
+@login_required(Role.CHAIR)
+def assign(application_id: int) -> ResponseReturnValue:
+    app = application_or_404(application_id)
+    ids = [int(i) for i in request.form.getlist("expert") if i.isdigit()]
+    experts = [g.db.get(User, i) for i in ids]
+    try:
+        workflow.assign(ctx(), app, [e for e in experts if e is not None])
+    except (ConflictOfInterest, InvalidDecision) as exc:
+        g.db.rollback()
+        return render_template("error.html", status=422, reason=exc.reason), 422
+    flash(_("Experts assigned; review has started."))
+    return redirect(url_for("committee.show", application_id=app.id))
+
+
+@bp.route("/applications/<int:application_id>/review", methods=["GET", "POST"])
+@login_required(Role.EXPERT)
+def review(application_id: int) -> ResponseReturnValue:
+    app = application_or_404(application_id)
+    if g.user.id not in {e.id for e in workflow.assigned_experts(g.db, app)}:
+        abort(403)
+    if request.method == "POST":
+        try:
+            values = {d.value: int(request.form.get(d.value, "0")) for d in Dimension}
+        except ValueError:
+            values = {}
+        try:
+            workflow.score(ctx(), app, values, request.form.get("comments", ""),
+                           request.form.getlist("remove"))
+        except (InvalidDecision, NotPermitted) as exc:
+            g.db.rollback()
+            return render_template("error.html", status=422, reason=exc.reason), 422
+        flash(_("Thank you, your scores are recorded."))
+        return redirect(url_for("committee.queue"))
+    return render_template("committee/review.html", app=app, labels=LABELS,
+                           dimensions=list(Dimension))
+
+
+@bp.route("/applications/<int:application_id>/decide", methods=["POST"])
+@login_required(Role.CHAIR)
+def decide(application_id: int) -> ResponseReturnValue:
+    app = application_or_404(application_id)
+    form = request.form
+    try:
+        verdict = Verdict(form.get("verdict", ""))
+        epsilon = float(form["epsilon"]) if form.get("epsilon") else None
+        delta = float(form.get("delta") or 0)
+        term = int(form["term_months"]) if form.get("term_months") else None
+    except ValueError:
+        return render_template("error.html", status=422,
+                               reason=_("Check the verdict, ε, δ and term.")), 422
+    decision = Decision(verdict, form.get("reasons", ""), frozenset(form.getlist("remove")),
+                        epsilon, delta, term)
+    try:
+        workflow.decide(ctx(), app, decision)
+    except InvalidDecision as exc:
+        g.db.rollback()
+        return render_template("error.html", status=422, reason=exc.reason), 422
+    flash(_("Decision recorded and the applicant notified."))
+    return redirect(url_for("committee.show", application_id=app.id))

@@ -1,0 +1,217 @@
+"""Transitions of an application, each checked against ``approvals``, audited, and
+announced by e-mail to the people concerned. Views call these; they never change state
+themselves."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import httpx
+from cryptography.fernet import Fernet
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from approvals import assignment, scoring, states
+from approvals.decisions import ACTION, Decision, Terms, check_decision
+from approvals.errors import InvalidDecision, NotPermitted
+from approvals.scoring import Dimension, RubricConfig, Score
+from approvals.states import Action, Role, State
+from portal import agreement, notify
+from portal.config import PortalSettings
+from portal.models import Agreement, Application, Assignment, DecisionRecord, Review, User
+from sandbox import audit
+from sandbox.audit import AuditAction
+from sandbox.errors import SandboxError
+
+
+class GatewayUnavailable(SandboxError):
+    """The gateway could not create the grant; nothing was activated."""
+
+    http_status = 502
+    code = "gateway_unavailable"
+
+
+@dataclass
+class Context:
+    """Who acts, through which database session, under which settings."""
+
+    db: Session
+    actor: User
+    settings: PortalSettings
+    ip: str | None = None
+
+    def audit(self, action: AuditAction, application: Application, details: dict) -> None:
+        audit.append(self.db.connection(), action, f"user:{self.actor.id}",
+                     f"application:{application.id}", {**details, "ip": self.ip})
+
+    def mail(self, to: list[User], application: Application, what: str) -> None:
+        link = f"{self.settings.public_url}/applications/{application.id}"
+        notify.send(self.settings.smtp_host, self.settings.smtp_port, self.settings.mail_from,
+                    [u.email for u in to],
+                    f"[数据沙箱 Data sandbox] {application.title}: {what}",
+                    f"申请 #{application.id}「{application.title}」：{what}\n"
+                    f"Application #{application.id} \"{application.title}\": {what}\n\n{link}\n")
+
+
+def rubric(settings: PortalSettings) -> RubricConfig:
+    return RubricConfig(quorum=settings.quorum, aggregation=settings.aggregation)
+
+
+def _move(ctx: Context, application: Application, action: Action, role: Role) -> None:
+    application.state = states.check(State(application.state), action, role)
+
+
+def _case(application: Application) -> assignment.Case:
+    researcher = application.researcher
+    return assignment.Case(str(application.id), str(researcher.id),
+                           researcher.profile.institution if researcher.profile else "",
+                           frozenset(application.team))
+
+
+def _expert(user: User) -> assignment.Expert:
+    return assignment.Expert(str(user.id), user.name,
+                             user.profile.institution if user.profile else "")
+
+
+def assign(ctx: Context, application: Application, experts: list[User]) -> None:
+    """The chair assigns a conflict-free panel; review starts."""
+    if any(e.role != Role.EXPERT for e in experts):
+        raise InvalidDecision("only members of the expert pool can be assigned")
+    assignment.check_panel([_expert(e) for e in experts], _case(application))
+    _move(ctx, application, Action.START_REVIEW, Role(ctx.actor.role))
+    for expert in experts:
+        ctx.db.add(Assignment(application_id=application.id, expert_id=expert.id))
+    ctx.audit(AuditAction.APPLICATION_ASSIGNED, application,
+              {"experts": [e.id for e in experts]})
+    ctx.db.commit()
+    ctx.mail(experts, application, "请评审 / please review")
+
+
+def assigned_experts(db: Session, application: Application) -> list[User]:
+    return list(db.scalars(select(User).join(Assignment, Assignment.expert_id == User.id)
+                           .where(Assignment.application_id == application.id)))
+
+
+def score(ctx: Context, application: Application, values: dict[str, int], comments: str,
+          remove_fields: list[str]) -> Review:
+    if State(application.state) != State.UNDER_REVIEW:
+        raise InvalidDecision("this application is not under review")
+    if ctx.actor.id not in {e.id for e in assigned_experts(ctx.db, application)}:
+        raise NotPermitted("you are not assigned to this application")
+    requested = {f.field for f in application.fields}
+    Score(str(ctx.actor.id), {Dimension(k): v for k, v in values.items()},
+          comments, frozenset(remove_fields))  # validates
+    if not set(remove_fields) <= requested:
+        raise InvalidDecision("recommend removing only requested fields")
+    review = ctx.db.scalar(select(Review).where(Review.application_id == application.id,
+                                                Review.expert_id == ctx.actor.id))
+    if review is None:
+        review = Review(application_id=application.id, expert_id=ctx.actor.id, scores={})
+        ctx.db.add(review)
+    review.scores, review.comments, review.remove_fields = values, comments, remove_fields
+    review.submitted_at = datetime.now(UTC)
+    ctx.audit(AuditAction.APPLICATION_SCORED, application, {"scores": values})
+    ctx.db.commit()
+    return review
+
+
+def reviews(db: Session, application: Application) -> list[Review]:
+    return list(db.scalars(select(Review).where(Review.application_id == application.id)
+                           .order_by(Review.id)))
+
+
+def summary(db: Session, application: Application, config: RubricConfig) -> scoring.Summary:
+    return scoring.summarise(
+        [Score(str(r.expert_id), {Dimension(k): v for k, v in r.scores.items()}, r.comments,
+               frozenset(r.remove_fields)) for r in reviews(db, application)], config)
+
+
+def decide(ctx: Context, application: Application, decision: Decision) -> Terms | None:
+    config = rubric(ctx.settings)
+    requested = [f.field for f in application.fields]
+    terms = check_decision(decision, requested, summary(ctx.db, application, config))
+    _move(ctx, application, ACTION[decision.verdict], Role(ctx.actor.role))
+    ctx.db.add(DecisionRecord(
+        application_id=application.id, verdict=decision.verdict, reasons=decision.reasons,
+        fields=list(terms.fields) if terms else [], epsilon=terms.epsilon if terms else None,
+        delta=terms.delta if terms else 0.0, term_months=terms.term_months if terms else None,
+        decided_by=ctx.actor.id))
+    ctx.audit(AuditAction.APPLICATION_DECIDED, application,
+              {"verdict": decision.verdict, "reasons": decision.reasons,
+               "removed_fields": sorted(decision.removed_fields)})
+    ctx.db.commit()
+    ctx.mail([application.researcher], application,
+             {"approve": "已批准，请签署数据使用协议 / approved: please sign the DUA",
+              "revise": "需要修改 / revision requested",
+              "reject": "未获批准 / rejected"}[decision.verdict] + f" — {decision.reasons}")
+    return terms
+
+
+def latest_decision(db: Session, application: Application) -> DecisionRecord | None:
+    return db.scalar(select(DecisionRecord).where(DecisionRecord.application_id ==
+                                                  application.id)
+                     .order_by(DecisionRecord.id.desc()))
+
+
+def _fernet(settings: PortalSettings) -> Fernet:
+    key = hashlib.sha256((settings.secret_key() + ":grant-tokens").encode()).digest()
+    return Fernet(base64.urlsafe_b64encode(key))
+
+
+def sign(ctx: Context, application: Application) -> Agreement:
+    """The researcher signs the DUA: the PDF is stored with its SHA-256, the gateway creates
+    the grant, and only then does the project become active."""
+    if application.researcher_id != ctx.actor.id:
+        raise NotPermitted("only the applicant signs the agreement")
+    if State(application.state) != State.APPROVED:
+        raise InvalidDecision("only an approved application has an agreement to sign")
+    decision = latest_decision(ctx.db, application)
+    now = datetime.now(UTC)
+    datasets = sorted({f.dataset for f in application.fields})
+    pdf = agreement.render(application.title, ctx.actor.name,
+                           ctx.actor.profile.institution if ctx.actor.profile else "",
+                           datasets, decision.fields, application.purpose, decision.epsilon,
+                           decision.delta, decision.term_months, now)
+    expires = now + timedelta(days=30 * decision.term_months)
+    grant_id, token = _create_grant(ctx.settings, application, decision, datasets, expires)
+    record = Agreement(application_id=application.id, pdf=pdf,
+                       sha256=hashlib.sha256(pdf).hexdigest(), signed_by=ctx.actor.id,
+                       signed_at=now, grant_id=grant_id, expires_at=expires,
+                       grant_token=_fernet(ctx.settings).encrypt(token.encode()).decode())
+    ctx.db.add(record)
+    _move(ctx, application, Action.ACTIVATE, Role.RESEARCHER)
+    ctx.audit(AuditAction.AGREEMENT_SIGNED, application,
+              {"sha256": record.sha256, "grant": grant_id})
+    ctx.db.commit()
+    ctx.mail([application.researcher], application, "项目已启用 / project active")
+    return record
+
+
+def grant_token(settings: PortalSettings, record: Agreement) -> str:
+    return _fernet(settings).decrypt(record.grant_token.encode()).decode()
+
+
+def _create_grant(settings: PortalSettings, application: Application,
+                  decision: DecisionRecord, datasets: list[str], expires: datetime
+                  ) -> tuple[str, str]:
+    try:
+        token = settings.gateway_token_file.read_text().strip()
+        response = httpx.post(
+            f"{settings.gateway_url}/v1/admin/grants", timeout=60,
+            headers={"Authorization": f"Bearer {token}"},
+            json={"project": f"application-{application.id}", "datasets": datasets,
+                  "fields": decision.fields, "purpose": application.purpose,
+                  "epsilon": decision.epsilon, "delta": decision.delta,
+                  "expires_at": expires.isoformat()})
+    except (OSError, httpx.HTTPError) as exc:
+        raise GatewayUnavailable(f"the gateway could not be reached ({exc}); "
+                                 "nothing was activated, try again") from None
+    if response.status_code != 201:
+        reason = response.json().get("reason", response.text) if response.headers.get(
+            "content-type", "").startswith("application/json") else response.text
+        raise GatewayUnavailable(f"the gateway refused the grant: {reason}")
+    body = response.json()
+    return body["grant"]["id"], body["token"]
