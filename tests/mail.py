@@ -15,7 +15,7 @@ class Inbox:
         self.messages: list[Message] = []
         self.port = 0
 
-    async def handle_DATA(self, _server, _session, envelope) -> str:  # noqa: N802
+    async def handle_DATA(self, _server, _session, envelope) -> str:
         self.messages.append(message_from_bytes(envelope.content, policy=policy.default))
         return "250 OK"
 
