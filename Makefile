@@ -46,6 +46,7 @@ run: demo
 		--database-url sqlite:///$(VAR)/gateway/gateway.db
 
 test: install
+	infra/scripts/test-deps.sh
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

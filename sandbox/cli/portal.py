@@ -32,8 +32,10 @@ def serve(host: str, port: int) -> None:
 @click.option("--role", required=True,
               type=click.Choice(["researcher", "expert", "chair", "controller", "admin"]))
 @click.option("--institution", default="")
+@click.option("--title", default="", help="Professional title (职称).")
 @click.password_option()
-def create_user(email: str, name: str, role: str, institution: str, password: str) -> None:
+def create_user(email: str, name: str, role: str, institution: str, title: str,
+                password: str) -> None:
     """Create an account (experts, chair, controllers and admins enrol TOTP at first login)."""
     from sqlalchemy import select
 
@@ -51,7 +53,7 @@ def create_user(email: str, name: str, role: str, institution: str, password: st
             raise InputError(f"an account for {email} already exists")
         user = User(email=email.lower(), name=name, role=role,
                     password_hash=hash_password(password),
-                    profile=Profile(institution=institution))
+                    profile=Profile(institution=institution, title=title))
         db.add(user)
         db.commit()
         click.echo(f"created {role} {email} (id {user.id})")

@@ -1,0 +1,224 @@
+"""The approval path clicked through in a real browser (Playwright driving Debian's
+Chromium) against the portal and the gateway as their own processes, with a real SMTP
+server. A screenshot of each step goes to test-artifacts/browser/."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pyotp
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from portal.config import PortalSettings
+from portal.db import connect
+from portal.models import Agreement
+from portal.workflow import grant_token
+from sandbox.client import Gateway, GatewayError
+from tests.conftest import ROOT
+from tests.mail import start_smtp
+from tests.services import GatewayProcess, free_port
+
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+PASSWORD = "Browser-test-42"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def stack(dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser")
+    served = root / "datasets"
+    served.mkdir()
+    os.symlink(dataset, served / "emr-visits")
+    gateway = GatewayProcess(served, root / "gateway", f"sqlite:///{root / 'gw.db'}").start()
+    smtp, inbox = start_smtp()
+    port = free_port()
+    env = os.environ | {
+        "SANDBOX_PORTAL_DATABASE_URL": f"sqlite:///{root / 'portal.db'}",
+        "SANDBOX_PORTAL_STATE_DIR": str(root / "portal"),
+        "SANDBOX_PORTAL_DATASETS_DIR": str(served),
+        "SANDBOX_PORTAL_GATEWAY_URL": gateway.url,
+        "SANDBOX_PORTAL_GATEWAY_TOKEN_FILE": str(gateway.state_dir / "admin.token"),
+        "SANDBOX_PORTAL_SMTP_PORT": str(inbox.port),
+        "SANDBOX_PORTAL_PUBLIC_URL": f"http://127.0.0.1:{port}",
+    }
+    ctl = str(Path(sys.executable).parent / "sandboxctl")
+    accounts = [("chair@lingnan.cn", "周主任", "chair", "岭南卫健委"),
+                ("expert1@lingnan.cn", "专家甲", "expert", "中山医院"),
+                ("expert2@lingnan.cn", "专家乙", "expert", "南方医院"),
+                ("expert3@lingnan.cn", "专家丙", "expert", "珠江医院"),
+                ("expert4@lingnan.cn", "专家丁", "expert", "岭南大学")]
+    for email, name, role, institution in accounts:
+        subprocess.run([ctl, "portal", "create-user", "--email", email, "--name", name,
+                        "--role", role, "--institution", institution, "--password", PASSWORD],
+                       env=env, check=True, capture_output=True, cwd=ROOT)
+    portal = subprocess.Popen([ctl, "portal", "serve", "--port", str(port)], env=env,
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            httpx.get(url, timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    yield {"url": url, "gateway": gateway, "inbox": inbox, "root": root}
+    portal.terminate()
+    portal.wait(10)
+    smtp.stop()
+    gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+class Shots:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self, page: Page, name: str) -> None:
+        self.n += 1
+        page.screenshot(path=str(ARTIFACTS / f"{self.n:02d}-{name}.png"), full_page=True)
+
+
+def sign_in(browser, url: str, email: str, totp: dict | None = None) -> Page:
+    page = browser.new_page(locale="zh-CN")
+    page.goto(f"{url}/login")
+    page.fill("#email", email)
+    page.fill("#password", PASSWORD)
+    page.click("button.primary")
+    if totp is not None:
+        secret = totp.get(email)
+        if secret is None:
+            secret = page.inner_text("#totp-secret")
+            totp[email] = secret
+        page.fill("#code", pyotp.TOTP(secret).now())
+        page.click("button.primary")
+    return page
+
+
+def register(browser, url: str, email: str, title: str, years: str) -> Page:
+    page = browser.new_page(locale="zh-CN")
+    page.goto(f"{url}/register")
+    page.fill("#name", "王芳" if title.startswith("副") else "李雷")
+    page.fill("#email", email)
+    page.fill("#password", PASSWORD)
+    page.fill("#institution", "岭南大学")
+    page.fill("#title", title)
+    page.fill("#years_experience", years)
+    page.fill("#research_field", "心血管流行病学")
+    page.select_option("#credit_grade", "A")
+    page.click("button.primary")
+    page.close()
+    return sign_in(browser, url, email)
+
+
+def draft(page: Page, url: str) -> str:
+    page.goto(f"{url}/applications/new?dataset=emr-visits")
+    page.fill("#title", "高血压患者住院费用的年龄差异")
+    page.fill("#summary", "回顾性横断面研究：按年龄段比较住院费用。")
+    page.check("input[name=non_profit]")
+    page.fill("#epsilon", "2")
+    page.fill("#term_months", "6")
+    for name, why in (("age_band", "按年龄分层"), ("total_cost", "主要结局"),
+                      ("department", "调整科室差异")):
+        page.check(f"input[name='field:{name}']")
+        page.fill(f"textarea[name='why:{name}']", why)
+    page.click("button.primary")
+    return page.url.rsplit("/", 1)[1]
+
+
+def test_researcher_to_grant_in_a_browser(stack, browser):
+    url, shot, totp = stack["url"], Shots(), {}
+    researcher = register(browser, url, f"wang-{uuid.uuid4().hex[:4]}@lingnan.cn",
+                          "副主任医师", "9")
+    app_id = draft(researcher, url)
+    shot(researcher, "researcher-draft")
+    researcher.click("text=提交数据委员会审查")
+    expect(researcher.locator("#state")).to_have_text("submitted")
+    shot(researcher, "researcher-submitted")
+
+    junior = register(browser, url, f"li-{uuid.uuid4().hex[:4]}@lingnan.cn", "主治医师", "2")
+    junior_id = draft(junior, url)
+    expect(junior.locator(".problems")).to_contain_text("职称需为副高级及以上")
+    expect(junior.locator("text=提交数据委员会审查")).to_have_count(0)
+    shot(junior, "ineligible-refused-with-reasons")
+    assert junior_id != app_id
+
+    chair = sign_in(browser, url, "chair@lingnan.cn", totp)
+    chair.goto(f"{url}/committee/applications/{app_id}")
+    expect(chair.locator("text=works at the applicant's institution")).to_have_count(1)
+    for name in ("专家丁", "专家甲", "专家乙"):
+        chair.check(f"label:has-text('{name}') input")
+    chair.click("text=分配并开始评审")
+    expect(chair.locator(".problems")).to_contain_text("works at the applicant's institution")
+    shot(chair, "conflicted-expert-refused")
+    chair.goto(f"{url}/committee/applications/{app_id}")
+    for name in ("专家甲", "专家乙", "专家丙"):
+        chair.check(f"label:has-text('{name}') input")
+    chair.click("text=分配并开始评审")
+    expect(chair.locator("#state")).to_have_text("under_review")
+    shot(chair, "experts-assigned")
+
+    for number, email in enumerate(("expert1@lingnan.cn", "expert2@lingnan.cn",
+                                    "expert3@lingnan.cn")):
+        expert = sign_in(browser, url, email, totp)
+        expert.goto(f"{url}/committee/applications/{app_id}/review")
+        for dimension, value in (("legality", "5"), ("consistency", "4"), ("value", "4"),
+                                 ("leakage_risk", "2"), ("cost", "3")):
+            expert.select_option(f"#{dimension}", value)
+        if number < 2:
+            expert.check("input[name=remove][value=department]")
+        expert.fill("#comments", "研究设计合理")
+        shot(expert, f"expert-{number + 1}-scores")
+        expert.click("button.primary")
+        expect(expert.locator(".flash")).to_contain_text("评分已记录")
+        expert.close()
+
+    chair.goto(f"{url}/committee/applications/{app_id}")
+    expect(chair.locator("#recommendation")).to_have_text("approve")
+    chair.select_option("#verdict", "approve")
+    chair.check("fieldset input[name=remove][value=department]")
+    chair.fill("#epsilon", "1")
+    chair.fill("#reasons", "科学价值明确；科室字段非必要，予以删除")
+    shot(chair, "chair-side-by-side-decision")
+    chair.click("text=记录决定")
+    expect(chair.locator("#decision")).to_contain_text("approve")
+
+    researcher.goto(f"{url}/applications/{app_id}/agreement")
+    researcher.check("input[name=accept]")
+    researcher.click("text=签署协议")
+    expect(researcher.locator("#signed")).to_contain_text("SHA-256")
+    shot(researcher, "dua-signed")
+
+    gateway = stack["gateway"]
+    grants = [m for m in stack["inbox"].messages if "项目已启用" in m["Subject"]]
+    assert grants, "the researcher is told the project is active"
+    listing = httpx.get(f"{gateway.url}/v1/health").json()
+    assert listing["datasets"] == ["emr-visits"]
+    # The portal holds the project token, encrypted; read it the way provisioning will.
+    root = stack["root"]
+    settings = PortalSettings(database_url=f"sqlite:///{root / 'portal.db'}",
+                              state_dir=root / "portal")
+    _engine, sessions = connect(settings.database_url)
+    with sessions() as db:
+        record = db.get(Agreement, int(app_id))
+        token = grant_token(settings, record)
+    grant = gateway.admin("GET", f"/v1/admin/grants/{record.grant_id}").json()
+    assert grant["fields"] == ["age_band", "total_cost"] and grant["epsilon_total"] == 1.0
+    gw = Gateway(gateway.url, token)
+    with pytest.raises(GatewayError, match="outside this project's grant"):
+        gw.count("emr-visits", where={"department": "儿科"}, epsilon=0.1)
+    assert gw.count("emr-visits", group_by=["age_band"], epsilon=0.1).df.height > 0

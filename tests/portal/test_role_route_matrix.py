@@ -1,0 +1,105 @@
+"""Every route tried by every role and by anonymous users: only the allowed succeed."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from portal.models import Application, Assignment, RequestedField
+from tests.portal.conftest import login, make_user
+
+ROLES = ("anonymous", "researcher", "expert", "chair", "controller", "admin")
+PUBLIC = frozenset(ROLES)
+SIGNED_IN = PUBLIC - {"anonymous"}
+
+# endpoint → roles that may use it
+ACCESS: dict[str, frozenset[str]] = {
+    "catalog.index": PUBLIC,
+    "catalog.dataset": PUBLIC,
+    "auth.login": PUBLIC,
+    "auth.register": PUBLIC,
+    "auth.language": PUBLIC,
+    "auth.logout": PUBLIC,
+    "auth.mfa": SIGNED_IN,
+    "researcher.mine": frozenset({"researcher"}),
+    "researcher.new": frozenset({"researcher"}),
+    "researcher.show": frozenset({"researcher"}),
+    "researcher.submit": frozenset({"researcher"}),
+    "researcher.agreement": frozenset({"researcher"}),
+    "researcher.sign": frozenset({"researcher"}),
+    "researcher.agreement_pdf": frozenset({"researcher"}),
+    "committee.queue": frozenset({"chair", "expert"}),
+    "committee.show": frozenset({"chair"}),
+    "committee.assign": frozenset({"chair"}),
+    "committee.review": frozenset({"expert"}),
+    "committee.decide": frozenset({"chair"}),
+}
+
+
+@pytest.fixture(scope="module")
+def world(app):
+    """One user per role, and an application the researcher owns and the expert reviews."""
+    users = {}
+    for role in ROLES[1:]:
+        users[role] = make_user(app, f"{role}-{uuid.uuid4().hex[:6]}@example.cn", role=role,
+                                institution=f"{role} institute", title="研究员",
+                                years_experience=20, credit_grade="A")
+    ids = {}
+    with app.extensions["portal.sessions"]() as db:
+        for state in ("draft", "under_review"):
+            application = Application(researcher_id=users["researcher"].id, title="matrix",
+                                      purpose="medical_research", non_profit=True,
+                                      state=state, fields=[RequestedField(
+                                          dataset="emr-visits", field="sex",
+                                          justification="x")])
+            db.add(application)
+            db.flush()
+            ids[state] = application.id
+        db.add(Assignment(application_id=ids["under_review"], expert_id=users["expert"].id))
+        db.commit()
+    return users, ids
+
+
+def test_every_route_is_in_the_matrix(app):
+    endpoints = {rule.endpoint for rule in app.url_map.iter_rules()
+                 if rule.endpoint != "static"}
+    assert endpoints == set(ACCESS), "add new routes to ACCESS"
+
+
+def _url(rule, app_id: int) -> str:
+    values = {}
+    for arg in rule.arguments:
+        values[arg] = {"application_id": app_id, "dataset_id": "emr-visits",
+                       "code": "en"}[arg]
+    return rule.rule.replace("<int:application_id>", str(app_id)).replace(
+        "<dataset_id>", "emr-visits").replace("<code>", "en") if values else rule.rule
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_only_allowed_roles_get_through(app, world, role):
+    users, app_id = world
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        client = app.test_client()
+        if role != "anonymous":
+            login(client, users[role].email)
+            with client.session_transaction() as session:
+                session["mfa_ok"] = True
+        url = _url(rule, app_id["under_review" if rule.endpoint.startswith("committee")
+                                 else "draft"])
+        method = "POST" if "POST" in rule.methods and "GET" not in rule.methods else "GET"
+        response = client.open(url, method=method, data={})
+        location = response.headers.get("Location", "")
+        denied = (response.status_code in (401, 403, 404)
+                  or (response.status_code == 302 and "/login" in location))
+        allowed = role in ACCESS[rule.endpoint]
+        if rule.endpoint == "auth.logout":  # always succeeds, by sending you to sign in
+            assert response.status_code == 302
+            continue
+        if rule.endpoint in ("researcher.agreement", "researcher.agreement_pdf") and allowed:
+            # no decision or agreement exists yet: the owner gets a 404, never a 403
+            assert response.status_code == 404, (role, url)
+            continue
+        assert denied != allowed, (role, method, url, response.status_code, location)
