@@ -54,12 +54,13 @@ def create_app(settings: PortalSettings | None = None) -> Flask:
     Babel(app, locale_selector=_locale)
     app.jinja_env.globals["current_locale"] = _locale
 
-    from portal.views import auth, catalog, committee, researcher
+    from portal.views import api, auth, catalog, committee, researcher
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(catalog.bp)
     app.register_blueprint(researcher.bp)
     app.register_blueprint(committee.bp)
+    app.register_blueprint(api.bp)
 
     @app.before_request
     def _load_user():

@@ -26,6 +26,16 @@ def serve(host: str, port: int) -> None:
     waitress_serve(app, host=host, port=port, threads=8)
 
 
+@portal.command()
+def openapi() -> None:
+    """Print the portal API's OpenAPI description (JSON)."""
+    import json
+
+    from portal.openapi import document
+
+    click.echo(json.dumps(document(), ensure_ascii=False, indent=2))
+
+
 @portal.command("create-user")
 @click.option("--email", required=True)
 @click.option("--name", required=True)

@@ -1,0 +1,325 @@
+"""JSON API for the same actions as the pages, with the same authorisation (the session of
+``POST /api/v1/session``). Bodies are validated with pydantic; every error is
+``{"error": code, "reason": text}`` with a 4xx status. Described in OpenAPI at
+``/api/v1/openapi.json`` (built from these models)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from flask import Blueprint, current_app, g, jsonify, request, session
+from flask.typing import ResponseReturnValue
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import select
+
+from approvals import eligibility
+from approvals import states as workflow_states
+from approvals.decisions import Decision, Verdict
+from approvals.errors import Ineligible, NotPermitted
+from approvals.states import Action, Role, State
+from portal import catalog as datasets
+from portal import csrf, limiter, workflow
+from portal.models import Application, Assignment, RequestedField, User
+from portal.security import after_failure, check_password, check_totp, is_locked, needs_mfa
+from portal.views.auth import record
+from portal.views.researcher import applicant, policy
+from sandbox.audit import AuditAction
+from sandbox.errors import InputError, NotFound, Unauthenticated
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+csrf.exempt(bp)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SessionIn(_Body):
+    email: str = Field(max_length=200)
+    password: str = Field(max_length=200)
+    code: str | None = Field(default=None, max_length=10, description="TOTP code")
+
+
+class FieldRequest(_Body):
+    field: str = Field(min_length=1, max_length=64)
+    justification: str = Field(min_length=1, max_length=2000)
+
+
+class ApplicationIn(_Body):
+    dataset: str = Field(min_length=1, max_length=64)
+    title: str = Field(min_length=1, max_length=300)
+    summary: str = Field(default="", max_length=10_000)
+    purpose: str
+    non_profit: bool
+    epsilon: float = Field(gt=0, le=10)
+    term_months: int = Field(ge=1, le=60)
+    team: list[str] = Field(default_factory=list, max_length=50)
+    fields: list[FieldRequest] = Field(min_length=1, max_length=100)
+
+
+class AssignIn(_Body):
+    experts: list[int] = Field(min_length=1, max_length=20)
+
+
+class ScoresIn(_Body):
+    scores: dict[Literal["legality", "consistency", "value", "leakage_risk", "cost"],
+                 int]
+    comments: str = Field(default="", max_length=5000)
+    remove_fields: list[str] = Field(default_factory=list, max_length=100)
+
+
+class DecisionIn(_Body):
+    verdict: Literal["approve", "revise", "reject"]
+    reasons: str = Field(max_length=5000)
+    remove_fields: list[str] = Field(default_factory=list, max_length=100)
+    epsilon: float | None = Field(default=None, gt=0, le=10)
+    delta: float = Field(default=0.0, ge=0, lt=1e-3)
+    term_months: int | None = Field(default=None, ge=1, le=60)
+
+
+class AgreementIn(_Body):
+    accept: bool
+
+
+BODIES: dict[str, type[BaseModel]] = {
+    "SessionIn": SessionIn, "ApplicationIn": ApplicationIn, "AssignIn": AssignIn,
+    "ScoresIn": ScoresIn, "DecisionIn": DecisionIn, "AgreementIn": AgreementIn,
+}
+
+
+def _body(model: type[BaseModel]) -> Any:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise InputError("send a JSON object (Content-Type: application/json)")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        parts = [f"{'.'.join(map(str, e['loc'])) or 'body'}: "
+                 f"{str(e['msg']).removeprefix('Value error, ')}"
+                 for e in exc.errors(include_url=False)]
+        raise InputError("; ".join(parts)) from None
+
+
+def _user(*roles: Role) -> User:
+    if g.user is None:
+        raise Unauthenticated("sign in first: POST /api/v1/session")
+    if needs_mfa(g.user.role) and not session.get("mfa_ok"):
+        raise Unauthenticated("this role needs its TOTP code: POST /api/v1/session with code")
+    if roles and g.user.role not in roles:
+        raise NotPermitted(f"a {g.user.role} may not do this")
+    return g.user
+
+
+def _application(application_id: int, user: User) -> Application:
+    app = g.db.get(Application, application_id)
+    if app is None:
+        raise NotFound(f"no application {application_id}")
+    if user.role == Role.RESEARCHER and app.researcher_id != user.id:
+        raise NotFound(f"no application {application_id}")
+    if user.role == Role.EXPERT and g.db.scalar(select(Assignment).where(
+            Assignment.application_id == app.id, Assignment.expert_id == user.id)) is None:
+        raise NotFound(f"no application {application_id}")
+    if user.role in (Role.CHAIR, Role.EXPERT) and app.state == State.DRAFT:
+        raise NotFound(f"no application {application_id}")
+    return app
+
+
+def _out(app: Application) -> dict:
+    return {"id": app.id, "title": app.title, "summary": app.summary, "state": app.state,
+            "purpose": app.purpose, "non_profit": app.non_profit,
+            "epsilon": app.epsilon_requested, "term_months": app.term_months,
+            "team": app.team, "researcher": app.researcher_id,
+            "fields": [{"dataset": f.dataset, "field": f.field,
+                        "justification": f.justification} for f in app.fields]}
+
+
+def _ctx() -> workflow.Context:
+    return workflow.Context(g.db, g.user, current_app.extensions["portal.settings"],
+                            request.remote_addr)
+
+
+@bp.post("/session")
+@limiter.limit(lambda: current_app.extensions["portal.settings"].login_rate)
+def sign_in() -> ResponseReturnValue:
+    body = _body(SessionIn)
+    settings = current_app.extensions["portal.settings"]
+    user = g.db.scalar(select(User).where(User.email == body.email.strip().lower()))
+    if user is not None and is_locked(user.locked_until):
+        return jsonify(error="locked", reason="this account is locked; try again later"), 403
+    if user is None or not check_password(user.password_hash, body.password):
+        if user is not None:
+            user.failed_logins, user.locked_until = after_failure(
+                user.failed_logins, settings.max_failed_logins, settings.lockout_minutes)
+            g.db.commit()
+        record(AuditAction.LOGIN_FAILED, f"email:{body.email}")
+        raise Unauthenticated("wrong e-mail or password")
+    if needs_mfa(user.role) and not (user.totp_enabled and check_totp(user.totp_secret,
+                                                                       body.code or "")):
+        record(AuditAction.LOGIN_FAILED, f"user:{user.id}", {"why": "totp"})
+        raise Unauthenticated("a valid TOTP code is required for this role (enrol in the "
+                              "portal first)")
+    user.failed_logins = 0
+    session.clear()
+    session.update(uid=user.id, seen=datetime.now(UTC).timestamp(), mfa_ok=True)
+    g.user = user
+    record(AuditAction.LOGIN_SUCCEEDED, f"user:{user.id}", {"via": "api"})
+    return jsonify(id=user.id, name=user.name, role=user.role)
+
+
+@bp.delete("/session")
+def sign_out() -> ResponseReturnValue:
+    session.clear()
+    return jsonify(signed_out=True)
+
+
+@bp.get("/catalog")
+def catalog() -> ResponseReturnValue:
+    entries = datasets.load(current_app.extensions["portal.settings"].datasets_dir)
+    query = request.args.get("q", "")
+    return jsonify([{"id": e["id"], "version": e["version"], "grade": e["grade"],
+                     "title": e["title"], "description": e["description"],
+                     "sample_size": e["sample_size"], "years": e["years"],
+                     "application_conditions": e["application_conditions"],
+                     "fields": datasets.fields(e)} for e in datasets.search(entries, query)])
+
+
+@bp.get("/applications")
+def list_applications() -> ResponseReturnValue:
+    user = _user(Role.RESEARCHER, Role.CHAIR, Role.EXPERT)
+    query = select(Application).order_by(Application.id)
+    if user.role == Role.RESEARCHER:
+        query = query.where(Application.researcher_id == user.id)
+    elif user.role == Role.EXPERT:
+        query = query.join(Assignment).where(Assignment.expert_id == user.id)
+    else:
+        query = query.where(Application.state != State.DRAFT)
+    return jsonify([_out(a) for a in g.db.scalars(query)])
+
+
+@bp.post("/applications")
+def create_application() -> ResponseReturnValue:
+    user = _user(Role.RESEARCHER)
+    body = _body(ApplicationIn)
+    entries = {e["id"]: e for e in datasets.load(
+        current_app.extensions["portal.settings"].datasets_dir)}
+    entry = entries.get(body.dataset)
+    if entry is None:
+        raise InputError(f"unknown dataset {body.dataset!r}")
+    known = {f["name"] for f in datasets.fields(entry)}
+    unknown = sorted({f.field for f in body.fields} - known)
+    if unknown:
+        raise InputError(f"unknown fields {unknown}; the dataset has: {', '.join(sorted(known))}")
+    if len({f.field for f in body.fields}) != len(body.fields):
+        raise InputError("a field is requested twice")
+    if body.purpose not in eligibility.KNOWN_PURPOSES:
+        raise InputError(f"unknown purpose {body.purpose!r}")
+    app = Application(researcher_id=user.id, title=body.title.strip(), summary=body.summary,
+                      purpose=body.purpose, non_profit=body.non_profit,
+                      epsilon_requested=body.epsilon, term_months=body.term_months,
+                      team=body.team, state=State.DRAFT,
+                      fields=[RequestedField(dataset=body.dataset, field=f.field,
+                                             justification=f.justification)
+                              for f in body.fields])
+    g.db.add(app)
+    g.db.commit()
+    record(AuditAction.APPLICATION_CREATED, f"application:{app.id}", {"via": "api"})
+    return jsonify(_out(app)), 201
+
+
+@bp.get("/applications/<int:application_id>")
+def get_application(application_id: int) -> ResponseReturnValue:
+    user = _user(Role.RESEARCHER, Role.CHAIR, Role.EXPERT)
+    app = _application(application_id, user)
+    out = _out(app)
+    if user.role == Role.RESEARCHER:
+        out["eligibility"] = [{"code": r.code, "zh": r.zh, "en": r.en} for r in
+                              eligibility.reasons(applicant(), app.purpose, app.non_profit,
+                                                  policy())]
+    out["actions"] = [str(a) for a in workflow_states.actions(State(app.state),
+                                                               Role(user.role))]
+    return jsonify(out)
+
+
+@bp.post("/applications/<int:application_id>/submit")
+def submit(application_id: int) -> ResponseReturnValue:
+    user = _user(Role.RESEARCHER)
+    app = _application(application_id, user)
+    failed = eligibility.reasons(applicant(), app.purpose, app.non_profit, policy())
+    if failed:
+        record(AuditAction.APPLICATION_REFUSED, f"application:{app.id}",
+               {"reasons": [r.code for r in failed]})
+        raise Ineligible(failed)
+    app.state = workflow_states.check(State(app.state), Action.SUBMIT, Role.RESEARCHER)
+    g.db.commit()
+    record(AuditAction.APPLICATION_SUBMITTED, f"application:{app.id}", {"via": "api"})
+    return jsonify(_out(app))
+
+
+@bp.post("/applications/<int:application_id>/assign")
+def assign(application_id: int) -> ResponseReturnValue:
+    user = _user(Role.CHAIR)
+    app = _application(application_id, user)
+    body = _body(AssignIn)
+    experts = [g.db.get(User, i) for i in body.experts]
+    if any(e is None for e in experts):
+        raise InputError("unknown expert id")
+    workflow.assign(_ctx(), app, experts)
+    return jsonify(_out(app))
+
+
+@bp.post("/applications/<int:application_id>/scores")
+def score(application_id: int) -> ResponseReturnValue:
+    user = _user(Role.EXPERT)
+    app = _application(application_id, user)
+    body = _body(ScoresIn)
+    review = workflow.score(_ctx(), app, dict(body.scores), body.comments, body.remove_fields)
+    return jsonify(application=app.id, scores=review.scores, comments=review.comments,
+                   remove_fields=review.remove_fields)
+
+
+@bp.get("/applications/<int:application_id>/summary")
+def summary(application_id: int) -> ResponseReturnValue:
+    user = _user(Role.CHAIR)
+    app = _application(application_id, user)
+    config = workflow.rubric(current_app.extensions["portal.settings"])
+    result = workflow.summary(g.db, app, config)
+    return jsonify(per_expert=result.per_expert,
+                   per_dimension={str(k): v for k, v in result.per_dimension.items()},
+                   overall=result.overall, quorum_met=result.quorum_met,
+                   recommendation=result.recommendation, field_removals=result.field_removals,
+                   config={"weights": {str(k): v for k, v in config.weights.items()},
+                           "quorum": config.quorum, "aggregation": config.aggregation})
+
+
+@bp.post("/applications/<int:application_id>/decision")
+def decide(application_id: int) -> ResponseReturnValue:
+    user = _user(Role.CHAIR)
+    app = _application(application_id, user)
+    body = _body(DecisionIn)
+    terms = workflow.decide(_ctx(), app, Decision(
+        Verdict(body.verdict), body.reasons, frozenset(body.remove_fields), body.epsilon,
+        body.delta, body.term_months))
+    return jsonify(application=_out(app), terms=None if terms is None else {
+        "fields": list(terms.fields), "epsilon": terms.epsilon, "delta": terms.delta,
+        "term_months": terms.term_months})
+
+
+@bp.post("/applications/<int:application_id>/agreement")
+def sign(application_id: int) -> ResponseReturnValue:
+    user = _user(Role.RESEARCHER)
+    app = _application(application_id, user)
+    if not _body(AgreementIn).accept:
+        raise InputError("accept must be true to sign")
+    agreement = workflow.sign(_ctx(), app)
+    return jsonify(application=_out(app), sha256=agreement.sha256,
+                   grant=agreement.grant_id,
+                   expires_at=agreement.expires_at.isoformat() if agreement.expires_at
+                   else None)
+
+
+@bp.get("/openapi.json")
+def openapi() -> ResponseReturnValue:
+    from portal.openapi import document
+
+    return jsonify(document())
