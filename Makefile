@@ -56,6 +56,7 @@ lint: install
 bench: install
 	$(BIN)/python bench/onboarding.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/portal.py
 
 clean-demo:
 	rm -rf $(VAR)/demo $(VAR)/datasets

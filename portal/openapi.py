@@ -60,6 +60,12 @@ def document() -> dict:
             operation["parameters"] = [{"name": "application_id", "in": "path",
                                         "required": True,
                                         "schema": {"type": "integer", "minimum": 1}}]
+        if path == "/api/v1/applications" and method == "get":
+            operation["parameters"] = [
+                {"name": "page", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1}},
+                {"name": "per_page", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 500}}]
         if path.endswith("/catalog"):
             operation["parameters"] = [{"name": "q", "in": "query", "required": False,
                                         "schema": {"type": "string"}}]

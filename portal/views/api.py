@@ -12,6 +12,7 @@ from flask import Blueprint, current_app, g, jsonify, request, session
 from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from approvals import eligibility
 from approvals import states as workflow_states
@@ -187,7 +188,13 @@ def catalog() -> ResponseReturnValue:
 @bp.get("/applications")
 def list_applications() -> ResponseReturnValue:
     user = _user(Role.RESEARCHER, Role.CHAIR, Role.EXPERT)
-    query = select(Application).order_by(Application.id)
+    try:
+        page = max(1, int(request.args.get("page", 1)))
+        per_page = min(500, max(1, int(request.args.get("per_page", 100))))
+    except ValueError:
+        raise InputError("page and per_page are whole numbers") from None
+    query = (select(Application).options(selectinload(Application.fields))
+             .order_by(Application.id).limit(per_page).offset((page - 1) * per_page))
     if user.role == Role.RESEARCHER:
         query = query.where(Application.researcher_id == user.id)
     elif user.role == Role.EXPERT:
