@@ -20,8 +20,8 @@ ROUTES: tuple[tuple[str, str, str, str | None, int, str], ...] = (
      "researcher"),
     ("get", "/api/v1/applications/{application_id}", "One application, with eligibility "
      "reasons and the caller's allowed actions", None, 200, "researcher, chair, expert"),
-    ("post", "/api/v1/applications/{application_id}/submit", "Submit (refused with reasons "
-     "when ineligible)", None, 200, "researcher"),
+    ("post", "/api/v1/applications/{application_id}/submit", "Submit, or resubmit after a "
+     "revision request (refused with reasons when ineligible)", None, 200, "researcher"),
     ("post", "/api/v1/applications/{application_id}/assign", "Assign a conflict-free panel",
      "AssignIn", 200, "chair"),
     ("post", "/api/v1/applications/{application_id}/scores", "Score the five dimensions",

@@ -14,9 +14,9 @@ from cryptography.fernet import Fernet
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from approvals import assignment, scoring, states
+from approvals import assignment, eligibility, scoring, states
 from approvals.decisions import ACTION, Decision, Terms, check_decision
-from approvals.errors import InvalidDecision, NotPermitted
+from approvals.errors import Ineligible, InvalidDecision, NotPermitted
 from approvals.scoring import Dimension, RubricConfig, Score
 from approvals.states import Action, Role, State
 from portal import agreement, notify
@@ -74,6 +74,26 @@ def _case(application: Application) -> assignment.Case:
 def _expert(user: User) -> assignment.Expert:
     return assignment.Expert(str(user.id), user.name,
                              user.profile.institution if user.profile else "")
+
+
+def submit(ctx: Context, application: Application, applicant: eligibility.Applicant,
+           policy: eligibility.EligibilityPolicy) -> None:
+    """The researcher submits a draft, or resubmits after a revision request; an
+    ineligible application is refused with every reason."""
+    failed = eligibility.reasons(applicant, application.purpose, application.non_profit,
+                                 policy)
+    if failed:
+        ctx.audit(AuditAction.APPLICATION_REFUSED, application,
+                  {"reasons": [r.code for r in failed]})
+        ctx.db.commit()
+        raise Ineligible(failed)
+    action = (Action.RESUBMIT if State(application.state) == State.REVISION_REQUESTED
+              else Action.SUBMIT)
+    _move(ctx, application, action, Role.RESEARCHER)
+    ctx.audit(AuditAction.APPLICATION_SUBMITTED, application, {"action": str(action)})
+    ctx.db.commit()
+    chairs = list(ctx.db.scalars(select(User).where(User.role == Role.CHAIR)))
+    ctx.mail(chairs, application, "新申请待处理 / submitted for review")
 
 
 def assign(ctx: Context, application: Application, experts: list[User]) -> None:

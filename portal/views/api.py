@@ -17,8 +17,8 @@ from sqlalchemy.orm import selectinload
 from approvals import eligibility
 from approvals import states as workflow_states
 from approvals.decisions import Decision, Verdict
-from approvals.errors import Ineligible, NotPermitted
-from approvals.states import Action, Role, State
+from approvals.errors import NotPermitted
+from approvals.states import Role, State
 from portal import catalog as datasets
 from portal import csrf, limiter, workflow
 from portal.models import Application, Assignment, RequestedField, User
@@ -252,14 +252,7 @@ def get_application(application_id: int) -> ResponseReturnValue:
 def submit(application_id: int) -> ResponseReturnValue:
     user = _user(Role.RESEARCHER)
     app = _application(application_id, user)
-    failed = eligibility.reasons(applicant(), app.purpose, app.non_profit, policy())
-    if failed:
-        record(AuditAction.APPLICATION_REFUSED, f"application:{app.id}",
-               {"reasons": [r.code for r in failed]})
-        raise Ineligible(failed)
-    app.state = workflow_states.check(State(app.state), Action.SUBMIT, Role.RESEARCHER)
-    g.db.commit()
-    record(AuditAction.APPLICATION_SUBMITTED, f"application:{app.id}", {"via": "api"})
+    workflow.submit(_ctx(), app, applicant(), policy())
     return jsonify(_out(app))
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import select
 
 from approvals import eligibility, states
 from approvals.eligibility import Applicant, EligibilityPolicy
+from approvals.errors import Ineligible
 from approvals.states import Action, Role, State
 from portal import catalog as datasets
 from portal import workflow
@@ -124,24 +125,24 @@ def show(application_id: int) -> ResponseReturnValue:
     reasons = eligibility.reasons(applicant(), app.purpose, app.non_profit, policy())
     return render_template("researcher/show.html", app=app, reasons=reasons,
                            decision=workflow.latest_decision(g.db, app),
-                           can_submit=states.can(State(app.state), Action.SUBMIT,
-                                                 Role.RESEARCHER) and not reasons)
+                           can_submit=not reasons and any(
+                               states.can(State(app.state), action, Role.RESEARCHER)
+                               for action in (Action.SUBMIT, Action.RESUBMIT)))
 
 
 @bp.route("/<int:application_id>/submit", methods=["POST"])
 @login_required(Role.RESEARCHER)
 def submit(application_id: int) -> ResponseReturnValue:
     app = own(application_id)
-    failed = eligibility.reasons(applicant(), app.purpose, app.non_profit, policy())
-    if failed:
-        record(AuditAction.APPLICATION_REFUSED, f"application:{app.id}",
-               {"reasons": [r.code for r in failed]})
+    context = workflow.Context(g.db, g.user, current_app.extensions["portal.settings"],
+                               request.remote_addr)
+    try:
+        workflow.submit(context, app, applicant(), policy())
+    except Ineligible as exc:
         flash(_("This application cannot be submitted yet."))
-        return render_template("researcher/show.html", app=app, reasons=failed,
+        return render_template("researcher/show.html", app=app, reasons=exc.reasons,
+                               decision=workflow.latest_decision(g.db, app),
                                can_submit=False), 403
-    app.state = states.check(State(app.state), Action.SUBMIT, Role.RESEARCHER)
-    g.db.commit()
-    record(AuditAction.APPLICATION_SUBMITTED, f"application:{app.id}")
     flash(_("Submitted. The committee will review it."))
     return redirect(url_for("researcher.show", application_id=app.id))
 

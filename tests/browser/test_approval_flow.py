@@ -149,6 +149,7 @@ def test_researcher_to_grant_in_a_browser(stack, browser):
     researcher.click("text=提交数据委员会审查")
     expect(researcher.locator("#state")).to_have_text("submitted")
     shot(researcher, "researcher-submitted")
+    assert stack["inbox"].to("chair@lingnan.cn"), "the chair hears of the new application"
 
     junior = register(browser, url, f"li-{uuid.uuid4().hex[:4]}@lingnan.cn", "主治医师", "2")
     junior_id = draft(junior, url)

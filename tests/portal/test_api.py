@@ -88,6 +88,10 @@ def test_api_flow_with_reasons_and_roles(app):
     decided = chair.post(f"/api/v1/applications/{app_id}/decision", json={
         "verdict": "revise", "reasons": "请补充伦理批件"})
     assert decided.json["application"]["state"] == "revision_requested"
+    again = researcher.post(f"/api/v1/applications/{app_id}/submit")
+    assert again.status_code == 200 and again.json["state"] == "submitted"
+    twice = researcher.post(f"/api/v1/applications/{app_id}/submit")
+    assert twice.status_code == 403 and "cannot submit" in twice.json["reason"]
 
 
 def test_openapi_document_is_published_and_current(client, cli):
