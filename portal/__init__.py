@@ -25,13 +25,6 @@ csrf = CSRFProtect()
 limiter = Limiter(key_func=get_remote_address, default_limits=[], storage_uri="memory://")
 
 
-def _locale() -> str:
-    chosen = session.get("lang")
-    if chosen in i18n.LANGUAGES:
-        return chosen
-    return request.accept_languages.best_match(["zh", "en"]) or "zh"
-
-
 def create_app(settings: PortalSettings | None = None) -> Flask:
     settings = settings or PortalSettings()
     i18n.compile_catalogs()
@@ -51,8 +44,8 @@ def create_app(settings: PortalSettings | None = None) -> Flask:
     app.extensions["portal.sessions"] = sessions
     csrf.init_app(app)
     limiter.init_app(app)
-    Babel(app, locale_selector=_locale)
-    app.jinja_env.globals["current_locale"] = _locale
+    Babel(app, locale_selector=i18n.current_language)
+    app.jinja_env.globals["current_locale"] = i18n.current_language
 
     from portal.views import api, auth, catalog, committee, researcher
 
@@ -91,8 +84,9 @@ def create_app(settings: PortalSettings | None = None) -> Flask:
     @app.errorhandler(SandboxError)
     def _domain_error(exc: SandboxError):
         if request.path.startswith("/api/"):
-            return jsonify({"error": exc.code, "reason": exc.reason}), exc.http_status
-        return auth.render_error(exc.http_status, exc.reason)
+            return jsonify({"error": exc.code, "reason": exc.reason, **exc.details}), \
+                exc.http_status
+        return auth.render_error(exc.http_status, auth.reason_of(exc))
 
     @app.errorhandler(CSRFError)
     def _csrf(exc: CSRFError):

@@ -22,3 +22,13 @@ def compile_catalogs() -> None:
             catalog = read_po(source)
         with open(mo, "wb") as target:
             write_mo(target, catalog)
+
+
+def current_language() -> str:
+    """The page language: the one chosen with the switch, else the browser's, else zh."""
+    from flask import request, session
+
+    chosen = session.get("lang")
+    if chosen in LANGUAGES:
+        return chosen
+    return request.accept_languages.best_match(["zh", "en"]) or "zh"

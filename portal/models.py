@@ -55,6 +55,7 @@ class Profile(Base):
     research_field: Mapped[str] = mapped_column(String(200), default="")
     credit_grade: Mapped[str] = mapped_column(String(5), default="")
     blacklisted: Mapped[bool] = mapped_column(Boolean, default=False)
+    declared_conflicts: Mapped[list] = mapped_column(JSON, default=list)
 
     user: Mapped[User] = relationship(back_populates="profile")
 

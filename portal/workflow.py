@@ -68,12 +68,14 @@ def _case(application: Application) -> assignment.Case:
     researcher = application.researcher
     return assignment.Case(str(application.id), str(researcher.id),
                            researcher.profile.institution if researcher.profile else "",
-                           frozenset(application.team))
+                           frozenset(application.team), researcher.name)
 
 
 def _expert(user: User) -> assignment.Expert:
-    return assignment.Expert(str(user.id), user.name,
-                             user.profile.institution if user.profile else "")
+    profile = user.profile
+    return assignment.Expert(str(user.id), user.name, profile.institution if profile else "",
+                             frozenset(profile.declared_conflicts or []) if profile
+                             else frozenset())
 
 
 def submit(ctx: Context, application: Application, applicant: eligibility.Applicant,

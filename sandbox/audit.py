@@ -79,6 +79,7 @@ class AuditAction(StrEnum):
     APPLICATION_SCORED = "application.scored"
     APPLICATION_DECIDED = "application.decided"
     AGREEMENT_SIGNED = "agreement.signed"
+    CONFLICTS_DECLARED = "conflicts.declared"
 
 
 def create_tables(engine: Engine) -> None:

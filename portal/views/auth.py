@@ -37,6 +37,7 @@ from portal.security import (
 )
 from sandbox import audit
 from sandbox.audit import AuditAction
+from sandbox.errors import SandboxError
 
 bp = Blueprint("auth", __name__)
 
@@ -53,6 +54,12 @@ def record(action: AuditAction, subject: str, details: dict | None = None,
     audit.append(g.db.connection(), action, who, subject,
                  {**(details or {}), "ip": request.remote_addr})
     g.db.commit()
+
+
+def reason_of(exc: SandboxError) -> str:
+    """The reason of a domain error in the page's language, when it has both."""
+    zh = exc.details.get("zh")
+    return zh if zh and i18n.current_language() == "zh" else exc.reason
 
 
 def render_error(status: int, reason: str):
@@ -153,9 +160,11 @@ def login():
                                error=_("Wrong e-mail or password.")), 401
     user.failed_logins = 0
     g.db.commit()
+    language = session.get("lang")
     session.clear()
-    session.update(uid=user.id, seen=datetime.now(UTC).timestamp(), mfa_ok=False,
-                   lang=request.cookies.get("lang") or session.get("lang"))
+    session.update(uid=user.id, seen=datetime.now(UTC).timestamp(), mfa_ok=False)
+    if language:
+        session["lang"] = language
     record(AuditAction.LOGIN_SUCCEEDED, f"user:{user.id}", actor=f"user:{user.id}")
     if needs_mfa(user.role):
         return redirect(url_for("auth.mfa"))
@@ -191,3 +200,22 @@ def mfa():
 def logout():
     session.clear()
     return redirect(url_for("auth.login"))
+
+
+@bp.route("/profile", methods=["GET", "POST"])
+@login_required()
+def profile():
+    """A user's profile; experts declare here the people, institutions or applications
+    they have a conflict of interest with."""
+    user = g.user
+    if user.profile is None:
+        user.profile = Profile()
+    if request.method == "POST" and user.role == Role.EXPERT:
+        declared = [line.strip() for line in request.form.get("conflicts", "").splitlines()
+                    if line.strip()][:100]
+        user.profile.declared_conflicts = declared
+        g.db.commit()
+        record(AuditAction.CONFLICTS_DECLARED, f"user:{user.id}", {"conflicts": declared})
+        flash(_("Your declared conflicts of interest are saved."))
+        return redirect(url_for("auth.profile"))
+    return render_template("auth/profile.html", user=user)

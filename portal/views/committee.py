@@ -25,7 +25,7 @@ from approvals.scoring import LABELS, Dimension
 from approvals.states import Role, State
 from portal import workflow
 from portal.models import Application, Assignment, User
-from portal.views.auth import login_required
+from portal.views.auth import login_required, reason_of
 
 bp = Blueprint("committee", __name__, url_prefix="/committee")
 
@@ -81,7 +81,7 @@ def assign(application_id: int) -> ResponseReturnValue:
         workflow.assign(ctx(), app, [e for e in experts if e is not None])
     except (ConflictOfInterest, InvalidDecision) as exc:
         g.db.rollback()
-        return render_template("error.html", status=422, reason=exc.reason), 422
+        return render_template("error.html", status=422, reason=reason_of(exc)), 422
     flash(_("Experts assigned; review has started."))
     return redirect(url_for("committee.show", application_id=app.id))
 
@@ -102,7 +102,7 @@ def review(application_id: int) -> ResponseReturnValue:
                            request.form.getlist("remove"))
         except (InvalidDecision, NotPermitted) as exc:
             g.db.rollback()
-            return render_template("error.html", status=422, reason=exc.reason), 422
+            return render_template("error.html", status=422, reason=reason_of(exc)), 422
         flash(_("Thank you, your scores are recorded."))
         return redirect(url_for("committee.queue"))
     return render_template("committee/review.html", app=app, labels=LABELS,
@@ -128,6 +128,6 @@ def decide(application_id: int) -> ResponseReturnValue:
         workflow.decide(ctx(), app, decision)
     except InvalidDecision as exc:
         g.db.rollback()
-        return render_template("error.html", status=422, reason=exc.reason), 422
+        return render_template("error.html", status=422, reason=reason_of(exc)), 422
     flash(_("Decision recorded and the applicant notified."))
     return redirect(url_for("committee.show", application_id=app.id))

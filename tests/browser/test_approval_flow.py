@@ -160,11 +160,11 @@ def test_researcher_to_grant_in_a_browser(stack, browser):
 
     chair = sign_in(browser, url, "chair@lingnan.cn", totp)
     chair.goto(f"{url}/committee/applications/{app_id}")
-    expect(chair.locator("text=works at the applicant's institution")).to_have_count(1)
+    expect(chair.locator("text=与申请人同属岭南大学")).to_have_count(1)
     for name in ("专家丁", "专家甲", "专家乙"):
         chair.check(f"label:has-text('{name}') input")
     chair.click("text=分配并开始评审")
-    expect(chair.locator(".problems")).to_contain_text("works at the applicant's institution")
+    expect(chair.locator(".problems")).to_contain_text("专家丁与申请人同属岭南大学")
     shot(chair, "conflicted-expert-refused")
     chair.goto(f"{url}/committee/applications/{app_id}")
     for name in ("专家甲", "专家乙", "专家丙"):

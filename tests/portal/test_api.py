@@ -132,3 +132,25 @@ def test_no_server_errors(app, identities):
                 case.validate_response(response, checks=[not_a_server_error])
 
         fuzz()
+
+
+def test_an_expert_declared_conflict_blocks_assignment(app):
+    researcher = app.test_client()
+    email = f"r-{uuid.uuid4().hex[:6]}@example.cn"
+    owner = make_user(app, email, **ELIGIBLE)
+    api_login(researcher, email)
+    app_id = researcher.post("/api/v1/applications", json={
+        "dataset": "emr-visits", "title": "冲突测试", "purpose": "medical_research",
+        "non_profit": True, "epsilon": 1, "term_months": 3,
+        "fields": [{"field": "sex", "justification": "x"}]}).json["id"]
+    researcher.post(f"/api/v1/applications/{app_id}/submit")
+    declaring, expert = privileged(app, "expert", "别的医院")
+    page = declaring.post("/profile", data={"conflicts": f"{owner.name}\n某机构"})
+    assert page.status_code == 302
+    others = [privileged(app, "expert", f"其他{i}")[1] for i in range(2)]
+    chair, _ = privileged(app, "chair", "卫健委")
+    refused = chair.post(f"/api/v1/applications/{app_id}/assign",
+                         json={"experts": [expert.id, *(e.id for e in others)]})
+    assert refused.status_code == 403
+    assert refused.json["reason"].endswith("declared a conflict of interest")
+    assert refused.json["zh"].endswith("已声明利益冲突")

@@ -87,7 +87,7 @@ def test_apply_review_decide_sign_and_query(flow_app, gateway, smtp):
     refused = chair.post(f"/committee/applications/{app_id}/assign",
                          data={"expert": [str(i) for i in [conflicted_id, *panel[:2]]]})
     assert refused.status_code == 422
-    assert "works at the applicant's institution" in html.unescape(refused.get_data(as_text=True))
+    assert "与申请人同属岭南大学" in html.unescape(refused.get_data(as_text=True))
     assert chair.post(f"/committee/applications/{app_id}/assign",
                       data={"expert": [str(i) for i in panel]}).status_code == 302
     assert all(smtp.to(address) for _, address in experts)

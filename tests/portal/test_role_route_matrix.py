@@ -22,6 +22,7 @@ ACCESS: dict[str, frozenset[str]] = {
     "auth.language": PUBLIC,
     "auth.logout": PUBLIC,
     "auth.mfa": SIGNED_IN,
+    "auth.profile": SIGNED_IN,
     "researcher.mine": frozenset({"researcher"}),
     "researcher.new": frozenset({"researcher"}),
     "researcher.show": frozenset({"researcher"}),
