@@ -11,7 +11,7 @@ RAW := $(VAR)/demo/raw
 DATASET := $(VAR)/datasets/emr-visits
 KEY := $(VAR)/keys/pseudonym.key
 
-.PHONY: install run demo test lint bench clean-demo
+.PHONY: install run demo test lint bench clean-demo translations
 
 $(STAMP): pyproject.toml
 	PYTHON=$(PYTHON) infra/scripts/ensure-python.sh
@@ -38,12 +38,16 @@ $(DATASET)/metadata.json: $(RAW)/manifest.json $(KEY) $(SPEC)
 demo: $(DATASET)/metadata.json
 
 # Start the embedded stack: print the catalog and risk report, then serve the gateway
-# (http://127.0.0.1:8700, service token in var/gateway/admin.token) until Ctrl-C.
+# (http://127.0.0.1:8700) and the portal (http://127.0.0.1:8600) until Ctrl-C.
 run: demo
 	$(BIN)/sandboxctl data catalog $(DATASET)
 	$(BIN)/sandboxctl data report $(DATASET)
-	$(BIN)/sandboxctl gateway serve --datasets-dir $(VAR)/datasets --state-dir $(VAR)/gateway \
-		--database-url sqlite:///$(VAR)/gateway/gateway.db
+	VAR=$(VAR) BIN=$(BIN) infra/scripts/run-stack.sh
+
+# Refresh the translation catalogue after changing user-visible strings.
+translations: install
+	$(BIN)/pybabel extract -F portal/babel.cfg -k _l -k lazy_gettext -o /tmp/portal.pot .
+	$(BIN)/pybabel update -i /tmp/portal.pot -d portal/translations -D messages
 
 test: install
 	infra/scripts/test-deps.sh

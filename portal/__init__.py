@@ -14,7 +14,7 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
-from portal import i18n
+from portal import i18n, labels
 from portal.config import PortalSettings
 from portal.db import connect
 from portal.models import User
@@ -46,6 +46,7 @@ def create_app(settings: PortalSettings | None = None) -> Flask:
     limiter.init_app(app)
     Babel(app, locale_selector=i18n.current_language)
     app.jinja_env.globals["current_locale"] = i18n.current_language
+    app.jinja_env.filters["label"] = labels.label
 
     from portal.views import api, auth, catalog, committee, researcher
 

@@ -100,7 +100,7 @@ def test_apply_review_decide_sign_and_query(flow_app, gateway, smtp):
         assert scored.status_code == 302
     page = chair.get(f"/committee/applications/{app_id}").get_data(as_text=True)
     assert all(e.split("@")[0] in page for _, e in experts)
-    assert 'id="recommendation">approve<' in page
+    assert 'data-recommendation="approve"' in page
 
     decided = chair.post(f"/committee/applications/{app_id}/decide", data={
         "verdict": "approve", "remove": ["department"], "epsilon": "1", "delta": "0",

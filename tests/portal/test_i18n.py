@@ -7,12 +7,13 @@ from babel.messages.pofile import read_po
 
 from tests.conftest import ROOT
 
+KEYWORDS = {"_": None, "gettext": None, "_l": None, "lazy_gettext": None}
 METHOD_MAP = [("**.py", "python"), ("**/templates/**.html", "jinja2")]
 
 
 def test_every_message_is_translated():
     found = {message for _file, _line, message, _comments, _context in extract_from_dir(
-        ROOT / "portal", METHOD_MAP, keywords={"_": None, "gettext": None})}
+        ROOT / "portal", METHOD_MAP, keywords=KEYWORDS)}
     with open(ROOT / "portal" / "translations" / "zh" / "LC_MESSAGES" / "messages.po",
               "rb") as handle:
         catalog = read_po(handle)

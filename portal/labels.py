@@ -1,0 +1,36 @@
+"""Readable, translated names for the codes the workflow stores (states, verdicts,
+recommendations, purposes), for templates: ``{{ app.state|label }}``."""
+
+from __future__ import annotations
+
+from flask_babel import lazy_gettext as _l
+
+from portal import i18n
+from sandbox.data.reference.population import PURPOSES
+
+NAMES = {
+    "draft": _l("Draft"),
+    "submitted": _l("Submitted"),
+    "ineligible": _l("Ineligible"),
+    "under_review": _l("Under review"),
+    "revision_requested": _l("Revision requested"),
+    "approved": _l("Approved"),
+    "rejected": _l("Rejected"),
+    "active": _l("Active"),
+    "closing": _l("Closing"),
+    "closed": _l("Closed"),
+    "approve": _l("Approve"),
+    "revise": _l("Request revision"),
+    "reject": _l("Reject"),
+    "pending": _l("Pending (quorum not reached)"),
+}
+PURPOSE_NAMES = {p[0]: (p[1], p[2]) for p in PURPOSES}
+
+
+def label(code: str | None) -> str:
+    if code is None:
+        return ""
+    if code in PURPOSE_NAMES:
+        zh, en = PURPOSE_NAMES[code]
+        return zh if i18n.current_language() == "zh" else en
+    return str(NAMES.get(code, code))
