@@ -28,6 +28,7 @@ from portal.models import Application, Assignment, User
 from portal.views.auth import login_required, reason_of
 
 bp = Blueprint("committee", __name__, url_prefix="/committee")
+PER_PAGE = 50
 
 
 def ctx() -> workflow.Context:
@@ -45,13 +46,17 @@ def application_or_404(application_id: int) -> Application:
 @bp.route("/")
 @login_required(Role.CHAIR, Role.EXPERT)
 def queue() -> ResponseReturnValue:
+    page = max(1, request.args.get("page", 1, type=int) or 1)
     if g.user.role == Role.CHAIR:
-        apps = g.db.scalars(select(Application).where(Application.state.in_(
-            [State.SUBMITTED, State.UNDER_REVIEW])).order_by(Application.id)).all()
+        query = select(Application).where(Application.state.in_(
+            [State.SUBMITTED, State.UNDER_REVIEW]))
     else:
-        apps = g.db.scalars(select(Application).join(Assignment).where(
-            Assignment.expert_id == g.user.id, Application.state == State.UNDER_REVIEW)).all()
-    return render_template("committee/queue.html", applications=apps)
+        query = select(Application).join(Assignment).where(
+            Assignment.expert_id == g.user.id, Application.state == State.UNDER_REVIEW)
+    apps = g.db.scalars(query.order_by(Application.id).limit(PER_PAGE + 1)
+                        .offset((page - 1) * PER_PAGE)).all()
+    return render_template("committee/queue.html", applications=apps[:PER_PAGE], page=page,
+                           more=len(apps) > PER_PAGE)
 
 
 @bp.route("/applications/<int:application_id>", methods=["GET"])

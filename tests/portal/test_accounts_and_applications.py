@@ -173,3 +173,20 @@ def test_forms_need_a_csrf_token(portal_settings):
     strict = create_app(portal_settings.model_copy(update={"testing": False}))
     response = strict.test_client().post("/login", data={"email": "a@b.cn", "password": "x"})
     assert response.status_code == 400
+
+
+def test_the_review_queue_is_paged(client, app):
+    chair = make_user(app, email("chair"), role="chair")
+    owner = make_user(app, email(), **ELIGIBLE)
+    with app.extensions["portal.sessions"]() as db:
+        for i in range(60):
+            db.add(Application(researcher_id=owner.id, title=f"queued-{i}",
+                               purpose="medical_research", state="submitted"))
+        db.commit()
+    login(client, chair.email)
+    with client.session_transaction() as session:
+        session["mfa_ok"] = True
+    first = client.get("/committee/").get_data(as_text=True)
+    second = client.get("/committee/?page=2").get_data(as_text=True)
+    assert first.count("<tr><td>") == 50 and "page=2" in first
+    assert "queued-59" in first + second and "page=1" in second
