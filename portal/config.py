@@ -3,12 +3,13 @@ arguments."""
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sandbox.secretfile import read_or_create
 
 
 class PortalSettings(BaseSettings):
@@ -38,10 +39,5 @@ class PortalSettings(BaseSettings):
     testing: bool = Field(False, description="disable CSRF and rate limits for unit tests")
 
     def secret_key(self) -> str:
-        path = self.state_dir / "secret.key"
-        if not path.exists():
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_hex(32))
-        return path.read_text().strip()
+        return read_or_create(self.state_dir / "secret.key",
+                              lambda: secrets.token_hex(32).encode()).decode().strip()

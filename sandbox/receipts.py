@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -20,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from sandbox.errors import InputError
+from sandbox.secretfile import read_or_create
 
 
 def canonical(payload: dict) -> bytes:
@@ -35,16 +35,10 @@ class Signer:
     """The gateway's signing key; created (mode 0600) on first use."""
 
     def __init__(self, key_file: Path) -> None:
-        key_file = Path(key_file)
-        if not key_file.exists():
-            key_file.parent.mkdir(parents=True, exist_ok=True)
-            pem = Ed25519PrivateKey.generate().private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption())
-            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(pem)
-        key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+        pem = read_or_create(key_file, lambda: Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+        key = serialization.load_pem_private_key(pem, password=None)
         if not isinstance(key, Ed25519PrivateKey):
             raise InputError(f"{key_file} is not an Ed25519 private key")
         self._key = key

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 from pathlib import Path
 
 import polars as pl
 
 from sandbox.errors import InputError
+from sandbox.secretfile import write_new
 
 KEY_BYTES = 32
 
@@ -23,13 +23,11 @@ def create_key(path: Path) -> Path:
     """Write a new random key (hex) readable only by its owner; refuse to overwrite."""
     path = Path(path)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise InputError(f"key file {path} already exists; refusing to overwrite it") from None
+        created = write_new(path, (secrets.token_hex(KEY_BYTES) + "\n").encode())
     except OSError as exc:
         raise InputError(f"cannot create key file {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secrets.token_hex(KEY_BYTES) + "\n")
+    if not created:
+        raise InputError(f"key file {path} already exists; refusing to overwrite it")
     return path
 
 

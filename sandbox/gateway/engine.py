@@ -23,7 +23,7 @@ import json
 import math
 import operator
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import opendp.prelude as dp
@@ -36,7 +36,7 @@ from opendp.mod import Measurement, OpenDPException, binary_search
 
 from sandbox.data.catalog import CONSENT, RECORDS
 from sandbox.errors import InputError, PolicyRefusal
-from sandbox.gateway.queries import QUANTILE_CANDIDATES, Filter, QuerySpec
+from sandbox.gateway.queries import MAX_CELLS, QUANTILE_CANDIDATES, Filter, QuerySpec
 
 dp.enable_features("contrib")
 
@@ -62,7 +62,6 @@ class Dataset:
     fields: dict[str, dict]
     purposes: list[str]
     domain: object = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def version(self) -> str:
@@ -188,8 +187,9 @@ class Engine:
             if f["type"] != "string":
                 raise InputError(f"group_by needs text fields; {name!r} is {f['type']}")
             cells *= len(f.get("categories") or [])
-        if spec.group_by and spec.keys == "public" and cells > 10_000:
-            raise InputError(f"grouping by {spec.group_by} makes {cells} cells; at most 10000")
+        if spec.group_by and spec.keys == "public" and cells > MAX_CELLS:
+            raise InputError(f"grouping by {spec.group_by} makes {cells} cells; "
+                             f"at most {MAX_CELLS}")
         for flt in spec.filters:
             f = dataset.fields[flt.field]
             values = flt.value if isinstance(flt.value, list) else [flt.value]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import threading
 import uuid
@@ -48,6 +47,7 @@ from sandbox.gateway.ratelimit import RateLimiter
 from sandbox.gateway.settings import GatewaySettings
 from sandbox.gateway.store import create_tables, grants, releases, withdrawals
 from sandbox.receipts import Signer
+from sandbox.secretfile import read_or_create
 
 PURPOSE_IDS = tuple(p[0] for p in PURPOSES)
 EPS_SLACK = 1e-9
@@ -123,12 +123,8 @@ class GatewayService:
 
     # -- set-up ------------------------------------------------------------------------
     def _admin_token(self) -> str:
-        path = self.settings.admin_token_file
-        if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_urlsafe(32) + "\n")
-        return path.read_text().strip()
+        return read_or_create(self.settings.admin_token_file,
+                              lambda: secrets.token_urlsafe(32).encode()).decode().strip()
 
     def _withdrawn(self) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}

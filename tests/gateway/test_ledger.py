@@ -35,7 +35,7 @@ def spec(i: int, epsilon: float = 0.1) -> dict:
 
 
 def ledger(database_url: str, grant_id: str) -> tuple[dict, list[dict]]:
-    engine = create_engine(database_url.replace("sqlite:///", "sqlite:///", 1))
+    engine = create_engine(database_url)
     with engine.connect() as conn:
         g = conn.execute(select(grants).where(grants.c.id == grant_id)).mappings().one()
         rows = conn.execute(select(releases).where(releases.c.grant_id == grant_id)
