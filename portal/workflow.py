@@ -20,11 +20,20 @@ from approvals.errors import Ineligible, InvalidDecision, NotPermitted
 from approvals.scoring import Dimension, RubricConfig, Score
 from approvals.states import Action, Role, State
 from portal import agreement, notify
+from portal import catalog as datasets
 from portal.config import PortalSettings
-from portal.models import Agreement, Application, Assignment, DecisionRecord, Review, User
+from portal.models import (
+    Agreement,
+    Application,
+    Assignment,
+    DecisionRecord,
+    RequestedField,
+    Review,
+    User,
+)
 from sandbox import audit
 from sandbox.audit import AuditAction
-from sandbox.errors import SandboxError
+from sandbox.errors import InputError, SandboxError
 
 
 class GatewayUnavailable(SandboxError):
@@ -76,6 +85,53 @@ def _expert(user: User) -> assignment.Expert:
     return assignment.Expert(str(user.id), user.name, profile.institution if profile else "",
                              frozenset(profile.declared_conflicts or []) if profile
                              else frozenset())
+
+
+@dataclass(frozen=True)
+class Draft:
+    """What a researcher asks for, from the form or the API."""
+
+    dataset: str
+    title: str
+    summary: str
+    purpose: str
+    non_profit: bool
+    epsilon: float
+    term_months: int
+    team: list[str]
+    fields: list[tuple[str, str]]  # (field, justification)
+    ethics_pdf: bytes | None = None
+
+
+def create_draft(ctx: Context, entry: dict, draft: Draft) -> Application:
+    """Record a draft application against the catalog ``entry``; refuses fields the
+    dataset does not have, a field asked for twice, an unknown purpose, a non-PDF."""
+    known = {f["name"] for f in datasets.fields(entry)}
+    names = [name for name, _ in draft.fields]
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise InputError(f"unknown fields {unknown}; the dataset has: "
+                         f"{', '.join(sorted(known))}")
+    if len(set(names)) != len(names):
+        raise InputError("a field is requested twice")
+    if draft.purpose not in eligibility.KNOWN_PURPOSES:
+        raise InputError(f"unknown purpose {draft.purpose!r}")
+    if draft.ethics_pdf is not None and not draft.ethics_pdf.startswith(b"%PDF-"):
+        raise InputError("the ethics approval must be a PDF file")
+    pdf = draft.ethics_pdf
+    application = Application(
+        researcher_id=ctx.actor.id, title=draft.title.strip(), summary=draft.summary.strip(),
+        purpose=draft.purpose, non_profit=draft.non_profit,
+        epsilon_requested=draft.epsilon, term_months=draft.term_months, team=draft.team,
+        state=State.DRAFT, ethics_pdf=pdf,
+        ethics_sha256=hashlib.sha256(pdf).hexdigest() if pdf else None,
+        fields=[RequestedField(dataset=entry["id"], field=name,
+                               justification=why.strip()) for name, why in draft.fields])
+    ctx.db.add(application)
+    ctx.db.flush()
+    ctx.audit(AuditAction.APPLICATION_CREATED, application, {"fields": names})
+    ctx.db.commit()
+    return application
 
 
 def submit(ctx: Context, application: Application, applicant: eligibility.Applicant,

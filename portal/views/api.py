@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from flask import Blueprint, current_app, g, jsonify, request, session
@@ -21,9 +20,9 @@ from approvals.errors import NotPermitted
 from approvals.states import Role, State
 from portal import catalog as datasets
 from portal import csrf, limiter, workflow
-from portal.models import Application, Assignment, RequestedField, User
-from portal.security import after_failure, check_password, check_totp, is_locked, needs_mfa
-from portal.views.auth import record
+from portal.models import Application, Assignment, User
+from portal.security import check_totp, needs_mfa
+from portal.views.auth import check_credentials, record, start_session
 from portal.views.researcher import applicant, policy
 from sandbox.audit import AuditAction
 from sandbox.errors import InputError, NotFound, Unauthenticated
@@ -144,27 +143,13 @@ def _ctx() -> workflow.Context:
 @limiter.limit(lambda: current_app.extensions["portal.settings"].login_rate)
 def sign_in() -> ResponseReturnValue:
     body = _body(SessionIn)
-    settings = current_app.extensions["portal.settings"]
-    user = g.db.scalar(select(User).where(User.email == body.email.strip().lower()))
-    if user is not None and is_locked(user.locked_until):
-        return jsonify(error="locked", reason="this account is locked; try again later"), 403
-    if user is None or not check_password(user.password_hash, body.password):
-        if user is not None:
-            user.failed_logins, user.locked_until = after_failure(
-                user.failed_logins, settings.max_failed_logins, settings.lockout_minutes)
-            g.db.commit()
-        record(AuditAction.LOGIN_FAILED, f"email:{body.email}")
-        raise Unauthenticated("wrong e-mail or password")
+    user = check_credentials(body.email, body.password)
     if needs_mfa(user.role) and not (user.totp_enabled and check_totp(user.totp_secret,
                                                                        body.code or "")):
         record(AuditAction.LOGIN_FAILED, f"user:{user.id}", {"why": "totp"})
         raise Unauthenticated("a valid TOTP code is required for this role (enrol in the "
                               "portal first)")
-    user.failed_logins = 0
-    session.clear()
-    session.update(uid=user.id, seen=datetime.now(UTC).timestamp(), mfa_ok=True)
-    g.user = user
-    record(AuditAction.LOGIN_SUCCEEDED, f"user:{user.id}", {"via": "api"})
+    start_session(user, mfa_done=True, via="api")
     return jsonify(id=user.id, name=user.name, role=user.role)
 
 
@@ -206,31 +191,16 @@ def list_applications() -> ResponseReturnValue:
 
 @bp.post("/applications")
 def create_application() -> ResponseReturnValue:
-    user = _user(Role.RESEARCHER)
+    _user(Role.RESEARCHER)
     body = _body(ApplicationIn)
     entries = {e["id"]: e for e in datasets.load(
         current_app.extensions["portal.settings"].datasets_dir)}
     entry = entries.get(body.dataset)
     if entry is None:
         raise InputError(f"unknown dataset {body.dataset!r}")
-    known = {f["name"] for f in datasets.fields(entry)}
-    unknown = sorted({f.field for f in body.fields} - known)
-    if unknown:
-        raise InputError(f"unknown fields {unknown}; the dataset has: {', '.join(sorted(known))}")
-    if len({f.field for f in body.fields}) != len(body.fields):
-        raise InputError("a field is requested twice")
-    if body.purpose not in eligibility.KNOWN_PURPOSES:
-        raise InputError(f"unknown purpose {body.purpose!r}")
-    app = Application(researcher_id=user.id, title=body.title.strip(), summary=body.summary,
-                      purpose=body.purpose, non_profit=body.non_profit,
-                      epsilon_requested=body.epsilon, term_months=body.term_months,
-                      team=body.team, state=State.DRAFT,
-                      fields=[RequestedField(dataset=body.dataset, field=f.field,
-                                             justification=f.justification)
-                              for f in body.fields])
-    g.db.add(app)
-    g.db.commit()
-    record(AuditAction.APPLICATION_CREATED, f"application:{app.id}", {"via": "api"})
+    app = workflow.create_draft(_ctx(), entry, workflow.Draft(
+        body.dataset, body.title, body.summary, body.purpose, body.non_profit, body.epsilon,
+        body.term_months, body.team, [(f.field, f.justification) for f in body.fields]))
     return jsonify(_out(app)), 201
 
 

@@ -37,7 +37,7 @@ from portal.security import (
 )
 from sandbox import audit
 from sandbox.audit import AuditAction
-from sandbox.errors import SandboxError
+from sandbox.errors import Forbidden, SandboxError, Unauthenticated
 
 bp = Blueprint("auth", __name__)
 
@@ -80,6 +80,47 @@ def login_required(*roles: Role):
             return view(*args, **kwargs)
         return inner
     return wrap
+
+
+class AccountLocked(Forbidden):
+    """Too many failed sign-ins; the account is locked for a while."""
+
+    code = "locked"
+
+
+def check_credentials(email: str, password: str) -> User:
+    """The account these credentials open — counting failures, locking after too many, and
+    auditing every attempt — for the sign-in page and the API alike."""
+    cfg = settings()
+    email = email.strip().lower()
+    user = g.db.scalar(select(User).where(User.email == email))
+    if user is not None and is_locked(user.locked_until):
+        record(AuditAction.LOGIN_FAILED, f"user:{user.id}", {"why": "locked"})
+        raise AccountLocked("this account is locked; try again later")
+    if user is None or not check_password(user.password_hash, password):
+        if user is not None:
+            user.failed_logins, user.locked_until = after_failure(
+                user.failed_logins, cfg.max_failed_logins, cfg.lockout_minutes)
+            g.db.commit()
+            if user.locked_until is not None:
+                record(AuditAction.ACCOUNT_LOCKED, f"user:{user.id}")
+        record(AuditAction.LOGIN_FAILED, f"email:{email}")
+        raise Unauthenticated("wrong e-mail or password")
+    user.failed_logins = 0
+    g.db.commit()
+    return user
+
+
+def start_session(user: User, *, mfa_done: bool, via: str = "page") -> None:
+    """A fresh session for ``user`` (keeping the chosen language), audited."""
+    language = session.get("lang")
+    session.clear()
+    session.update(uid=user.id, seen=datetime.now(UTC).timestamp(), mfa_ok=mfa_done)
+    if language:
+        session["lang"] = language
+    g.user = user
+    record(AuditAction.LOGIN_SUCCEEDED, f"user:{user.id}", {"via": via},
+           actor=f"user:{user.id}")
 
 
 def idle_lock(user: User) -> None:
@@ -141,31 +182,16 @@ def login():
             flash(_("Your session was locked after %(minutes)d minutes without activity.",
                     minutes=settings().idle_minutes))
         return render_template("auth/login.html")
-    email = request.form.get("email", "").strip().lower()
-    user = g.db.scalar(select(User).where(User.email == email))
-    if user is not None and is_locked(user.locked_until):
-        record(AuditAction.LOGIN_FAILED, f"user:{user.id}", {"why": "locked"})
+    try:
+        user = check_credentials(request.form.get("email", ""),
+                                 request.form.get("password", ""))
+    except AccountLocked:
         return render_template("auth/login.html",
                                error=_("This account is locked. Try again later.")), 403
-    if user is None or not check_password(user.password_hash, request.form.get("password", "")):
-        if user is not None:
-            cfg = settings()
-            user.failed_logins, user.locked_until = after_failure(
-                user.failed_logins, cfg.max_failed_logins, cfg.lockout_minutes)
-            g.db.commit()
-            if user.locked_until is not None:
-                record(AuditAction.ACCOUNT_LOCKED, f"user:{user.id}")
-        record(AuditAction.LOGIN_FAILED, f"email:{email}")
+    except Unauthenticated:
         return render_template("auth/login.html",
                                error=_("Wrong e-mail or password.")), 401
-    user.failed_logins = 0
-    g.db.commit()
-    language = session.get("lang")
-    session.clear()
-    session.update(uid=user.id, seen=datetime.now(UTC).timestamp(), mfa_ok=False)
-    if language:
-        session["lang"] = language
-    record(AuditAction.LOGIN_SUCCEEDED, f"user:{user.id}", actor=f"user:{user.id}")
+    start_session(user, mfa_done=False)
     if needs_mfa(user.role):
         return redirect(url_for("auth.mfa"))
     return redirect(request.args.get("next") or url_for("catalog.index"))

@@ -3,8 +3,6 @@ reasons, submission. Rules come from ``approvals``."""
 
 from __future__ import annotations
 
-import hashlib
-
 from flask import (
     Blueprint,
     Response,
@@ -28,11 +26,10 @@ from approvals.states import Action, Role, State
 from portal import catalog as datasets
 from portal import workflow
 from portal.agreement import CLAUSES
-from portal.models import Agreement, Application, RequestedField
-from portal.views.auth import login_required, record
-from sandbox.audit import AuditAction
+from portal.models import Agreement, Application
+from portal.views.auth import login_required
 from sandbox.data.reference.population import PURPOSES
-from sandbox.errors import SandboxError
+from sandbox.errors import InputError, SandboxError
 
 bp = Blueprint("researcher", __name__, url_prefix="/applications")
 
@@ -95,22 +92,22 @@ def new() -> ResponseReturnValue:
         data = pdf.read() if pdf and pdf.filename else None
         if data is not None and not data.startswith(b"%PDF-"):
             problems.append(_("The ethics approval must be a PDF file."))
+        draft = workflow.Draft(
+            entry["id"], form.get("title", ""), form.get("summary", ""),
+            form.get("purpose", ""), bool(form.get("non_profit")), epsilon, term,
+            [t.strip() for t in form.get("team", "").split(",") if t.strip()],
+            [(name, form.get(f"why:{name}", "")) for name in picked], data)
         if not problems:
-            application = Application(
-                researcher_id=g.user.id, title=form["title"].strip(),
-                summary=form.get("summary", "").strip(), purpose=form.get("purpose", ""),
-                non_profit=bool(form.get("non_profit")), epsilon_requested=epsilon,
-                term_months=term,
-                team=[t.strip() for t in form.get("team", "").split(",") if t.strip()],
-                state=State.DRAFT, ethics_pdf=data,
-                ethics_sha256=hashlib.sha256(data).hexdigest() if data else None,
-                fields=[RequestedField(dataset=entry["id"], field=name,
-                                       justification=form[f"why:{name}"].strip())
-                        for name in picked])
-            g.db.add(application)
-            g.db.commit()
-            record(AuditAction.APPLICATION_CREATED, f"application:{application.id}")
-            return redirect(url_for("researcher.show", application_id=application.id))
+            context = workflow.Context(g.db, g.user,
+                                       current_app.extensions["portal.settings"],
+                                       request.remote_addr)
+            try:
+                application = workflow.create_draft(context, entry, draft)
+            except InputError as exc:
+                g.db.rollback()
+                problems.append(exc.reason)
+            else:
+                return redirect(url_for("researcher.show", application_id=application.id))
     return render_template("researcher/new.html", entries=entries, entry=entry,
                            fields=datasets.fields(entry) if entry else [], form=form,
                            problems=problems, purposes=PURPOSES,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import getpass
+
 import click
 
+from sandbox import audit
+from sandbox.audit import AuditAction
 from sandbox.errors import InputError
 
 
@@ -65,5 +69,9 @@ def create_user(email: str, name: str, role: str, institution: str, title: str,
                     password_hash=hash_password(password),
                     profile=Profile(institution=institution, title=title))
         db.add(user)
+        db.flush()
+        # Creating accounts is a privileged act: it goes to the audit chain with the rest.
+        audit.append(db.connection(), AuditAction.USER_REGISTERED,
+                     f"cli:{getpass.getuser()}", f"user:{user.id}", {"role": role})
         db.commit()
         click.echo(f"created {role} {email} (id {user.id})")

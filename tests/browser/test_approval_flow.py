@@ -15,11 +15,13 @@ import httpx
 import pyotp
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
+from sqlalchemy import select
 
 from portal.config import PortalSettings
 from portal.db import connect
 from portal.models import Agreement
 from portal.workflow import grant_token
+from sandbox import audit
 from sandbox.client import Gateway, GatewayError
 from tests.conftest import ROOT
 from tests.mail import start_smtp
@@ -68,6 +70,11 @@ def stack(dataset, tmp_path_factory):
             break
         except httpx.HTTPError:
             time.sleep(0.2)
+    engine, _ = connect(env["SANDBOX_PORTAL_DATABASE_URL"])
+    with engine.connect() as conn:  # accounts made from the command line are audited
+        created = conn.execute(select(audit.audit_log.c.subject).where(
+            audit.audit_log.c.action == "user.registered")).scalars().all()
+    assert len(created) == len(accounts)
     yield {"url": url, "gateway": gateway, "inbox": inbox, "root": root}
     portal.terminate()
     portal.wait(10)

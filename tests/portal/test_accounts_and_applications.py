@@ -190,3 +190,14 @@ def test_the_review_queue_is_paged(client, app):
     second = client.get("/committee/?page=2").get_data(as_text=True)
     assert first.count("<tr><td>") == 50 and "page=2" in first
     assert "queued-59" in first + second and "page=1" in second
+
+
+def test_the_form_refuses_an_unknown_purpose(client, app):
+    address = email()
+    make_user(app, address, **ELIGIBLE)
+    login(client, address)
+    refused = client.post("/applications/new", data={
+        "dataset": "emr-visits", "title": "x", "purpose": "marketing", "epsilon": "1",
+        "term_months": "6", "field:sex": "1", "why:sex": "分层"})
+    assert refused.status_code == 422
+    assert "unknown purpose 'marketing'" in refused.get_data(as_text=True).replace("&#39;", "'")
