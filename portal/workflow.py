@@ -263,13 +263,24 @@ def sign(ctx: Context, application: Application) -> Agreement:
     _move(ctx, application, Action.ACTIVATE, Role.RESEARCHER)
     ctx.audit(AuditAction.AGREEMENT_SIGNED, application,
               {"sha256": record.sha256, "grant": grant_id})
-    ctx.db.commit()
+    try:
+        ctx.db.commit()
+    except Exception:
+        # The project did not become active here, so its grant must not stay usable there.
+        _revoke_grant(ctx.settings, grant_id, "activation failed in the portal")
+        raise
     ctx.mail([application.researcher], application, "项目已启用 / project active")
     return record
 
 
 def grant_token(settings: PortalSettings, record: Agreement) -> str:
     return _fernet(settings).decrypt(record.grant_token.encode()).decode()
+
+
+def _revoke_grant(settings: PortalSettings, grant_id: str, reason: str) -> None:
+    token = settings.gateway_token_file.read_text().strip()
+    httpx.post(f"{settings.gateway_url}/v1/admin/grants/{grant_id}/revoke", timeout=60,
+               headers={"Authorization": f"Bearer {token}"}, json={"reason": reason})
 
 
 def _create_grant(settings: PortalSettings, application: Application,

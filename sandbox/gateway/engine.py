@@ -307,9 +307,9 @@ class Engine:
                              f"{_first_line(exc)}") from None
 
     # -- running ---------------------------------------------------------------------
-    def run(self, spec: QuerySpec, dataset: Dataset, purpose: str) -> Release:
-        """Release the answer. Call only after the budget has been charged."""
-        measurement = self.measurement(spec, dataset, purpose)
+    def run(self, spec: QuerySpec, dataset: Dataset, measurement: Measurement) -> Release:
+        """Release the answer of ``measurement`` (from ``measurement()``). Call only after
+        the budget has been charged."""
         eps, delta = measurement.map(dataset.contribution_bound)
         frame = measurement(dataset.scan()).collect()
         bounds = self._bounds(spec, dataset) if spec.field else None

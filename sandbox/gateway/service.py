@@ -289,7 +289,7 @@ class GatewayService:
             dataset = self._resolve(grant, spec)
             # Compile (and calibrate) before charging: a query OpenDP cannot answer is
             # refused without spending anything.
-            self.engine.measurement(spec, dataset, grant["purpose"])
+            measurement = self.engine.measurement(spec, dataset, grant["purpose"])
             claim = self._charge(grant, spec, dataset)
         except SandboxError as exc:
             self._refused(grant, spec, exc)
@@ -297,7 +297,7 @@ class GatewayService:
         if claim["status"] == "released":
             return self._stored(claim)
         try:
-            result = self.engine.run(spec, dataset, grant["purpose"])
+            result = self.engine.run(spec, dataset, measurement)
         except Exception as exc:
             self._fail(claim, exc)
             raise
