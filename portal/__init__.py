@@ -19,10 +19,21 @@ from portal.config import PortalSettings
 from portal.db import connect
 from portal.models import User
 from portal.security import needs_mfa
-from sandbox.errors import SandboxError
+from sandbox.errors import InputError, SandboxError
 
 csrf = CSRFProtect()
 limiter = Limiter(key_func=get_remote_address, default_limits=[], storage_uri="memory://")
+
+
+def _strings(data: object) -> list[str]:
+    """Every string (keys included) inside a parsed JSON document."""
+    if isinstance(data, str):
+        return [data]
+    if isinstance(data, dict):
+        return [s for k, v in data.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(data, list):
+        return [s for v in data for s in _strings(v)]
+    return []
 
 
 def create_app(settings: PortalSettings | None = None) -> Flask:
@@ -55,6 +66,17 @@ def create_app(settings: PortalSettings | None = None) -> Flask:
     app.register_blueprint(researcher.bp)
     app.register_blueprint(committee.bp)
     app.register_blueprint(api.bp)
+
+    @app.before_request
+    def _refuse_nul():
+        # No database stores NUL inside text (PostgreSQL refuses it outright): turn it away
+        # at the door for every form, query string and JSON body alike.
+        values = [*request.args.values(), *request.form.values()]
+        if request.is_json:
+            values += _strings(request.get_json(silent=True))
+        if any("\x00" in v for v in values):
+            raise InputError("text may not contain NUL characters")
+        return None
 
     @app.before_request
     def _load_user():

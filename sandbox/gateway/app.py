@@ -22,7 +22,7 @@ log = logging.getLogger("sandbox.gateway")
 
 
 class GrantChange(BaseModel):
-    reason: str = Field(default="", max_length=2000)
+    reason: str = Field(default="", max_length=2000, pattern=r"^[^\x00]*$")
 
 
 def _bearer(authorization: Annotated[str | None, Header()] = None) -> str | None:

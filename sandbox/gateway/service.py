@@ -66,7 +66,7 @@ class GrantRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    project: str = Field(min_length=1, max_length=100)
+    project: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00]+$")
     datasets: list[str] = Field(min_length=1)
     fields: list[str] = Field(min_length=1)
     purpose: str

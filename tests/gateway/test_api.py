@@ -226,3 +226,15 @@ def test_audit_chain_records_and_verifies(gateway, cli):
     gw.count("emr-visits", where={"department": "儿科"}, epsilon=0.2)
     result = cli("audit", "verify", "--database-url", gateway.database_url)
     assert result.code == 0 and "chain intact" in result.stdout
+
+
+def test_nul_characters_never_reach_the_database(gateway):
+    grant = gateway.grant()
+    bad_project = gateway.admin("POST", "/v1/admin/grants", {
+        "project": "p\x00", "datasets": ["emr-visits"], "fields": ["sex"],
+        "purpose": "medical_research", "epsilon": 1, "expires_at": "2030-01-01T00:00:00Z"})
+    bad_reason = gateway.admin("POST", f"/v1/admin/grants/{grant['grant']['id']}/suspend",
+                               {"reason": "x\x00"})
+    assert bad_project.status_code == bad_reason.status_code == 422
+    assert gateway.admin("GET", f"/v1/admin/grants/{grant['grant']['id']}").json()[
+        "status"] == "active"

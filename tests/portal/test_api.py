@@ -154,3 +154,13 @@ def test_an_expert_declared_conflict_blocks_assignment(app):
     assert refused.status_code == 403
     assert refused.json["reason"].endswith("declared a conflict of interest")
     assert refused.json["zh"].endswith("已声明利益冲突")
+
+
+def test_nul_characters_are_refused_everywhere(client):
+    json_body = client.post("/api/v1/session", json={"email": "\x00", "password": "x"})
+    form = client.post("/login", data={"email": "a\x00@b.cn", "password": "x"})
+    query = client.get("/?q=%00")
+    for response in (json_body, form, query):
+        assert response.status_code == 422
+    assert json_body.json == {"error": "invalid_input",
+                              "reason": "text may not contain NUL characters"}
