@@ -34,6 +34,9 @@ class PortalSettings(BaseSettings):
     smtp_port: int = Field(8025, description="SMTP port")
     mail_from: str = Field("data-committee@sandbox.local", description="sender address")
     public_url: str = Field("http://127.0.0.1:8600", description="address in e-mail links")
+    hub_url: str = Field("", description="sandbox hub URL (empty: no sandboxes)")
+    secrets_dir: Path = Field(Path("var/secrets"),
+                              description="secrets shared with the hub (OAuth, tokens)")
     quorum: int = Field(3, description="expert scores needed before a decision")
     aggregation: str = Field("mean", description="how expert totals combine: mean or median")
     testing: bool = Field(False, description="disable CSRF and rate limits for unit tests")

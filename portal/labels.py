@@ -23,6 +23,13 @@ NAMES = {
     "revise": _l("Request revision"),
     "reject": _l("Reject"),
     "pending": _l("Pending (quorum not reached)"),
+    "requested": _l("Requested"),
+    "starting": _l("Starting"),
+    "ready": _l("Ready"),
+    "stopped": _l("Stopped"),
+    "failed": _l("Could not start"),
+    "destroyed": _l("Destroyed"),
+    "unknown": _l("Hub not reachable"),
 }
 PURPOSE_NAMES = {p[0]: (p[1], p[2]) for p in PURPOSES}
 

@@ -161,3 +161,57 @@ class Agreement(Base):
     grant_id: Mapped[str | None] = mapped_column(String(32))
     grant_token: Mapped[str | None] = mapped_column(Text)  # encrypted (Fernet)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Sandbox(Base):
+    """The project's Jupyter sandbox as the portal last saw it on the hub."""
+
+    __tablename__ = "sandboxes"
+
+    application_id: Mapped[int] = mapped_column(ForeignKey("applications.id"),
+                                                primary_key=True)
+    hub_user: Mapped[str] = mapped_column(String(64))
+    server: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(20))  # see portal.sandboxes.Status
+    detail: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DestructionRecord(Base):
+    """What the platform destroyed of a sandbox at term end: each step with its outcome."""
+
+    __tablename__ = "destruction_records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    application_id: Mapped[int] = mapped_column(ForeignKey("applications.id"), index=True)
+    hub_user: Mapped[str] = mapped_column(String(64))
+    server: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    steps: Mapped[list] = mapped_column(JSON)
+    complete: Mapped[bool] = mapped_column(Boolean)
+
+
+class OAuthCode(Base):
+    """A one-time authorization code the hub exchanges for a token (stored hashed)."""
+
+    __tablename__ = "oauth_codes"
+
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    redirect_uri: Mapped[str] = mapped_column(Text)
+    scope: Mapped[str] = mapped_column(Text, default="")
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class OAuthToken(Base):
+    """An access token issued to the hub for one user (stored hashed)."""
+
+    __tablename__ = "oauth_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    scope: Mapped[str] = mapped_column(Text, default="")
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

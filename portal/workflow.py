@@ -4,13 +4,11 @@ themselves."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import httpx
-from cryptography.fernet import Fernet
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -19,7 +17,7 @@ from approvals.decisions import ACTION, Decision, Terms, check_decision
 from approvals.errors import Ineligible, InvalidDecision, NotPermitted
 from approvals.scoring import Dimension, RubricConfig, Score
 from approvals.states import Action, Role, State
-from portal import agreement, notify
+from portal import agreement, notify, sandboxes, tokens
 from portal import catalog as datasets
 from portal.config import PortalSettings
 from portal.models import (
@@ -234,11 +232,6 @@ def latest_decision(db: Session, application: Application) -> DecisionRecord | N
                      .order_by(DecisionRecord.id.desc()))
 
 
-def _fernet(settings: PortalSettings) -> Fernet:
-    key = hashlib.sha256((settings.secret_key() + ":grant-tokens").encode()).digest()
-    return Fernet(base64.urlsafe_b64encode(key))
-
-
 def sign(ctx: Context, application: Application) -> Agreement:
     """The researcher signs the DUA: the PDF is stored with its SHA-256, the gateway creates
     the grant, and only then does the project become active."""
@@ -258,7 +251,7 @@ def sign(ctx: Context, application: Application) -> Agreement:
     record = Agreement(application_id=application.id, pdf=pdf,
                        sha256=hashlib.sha256(pdf).hexdigest(), signed_by=ctx.actor.id,
                        signed_at=now, grant_id=grant_id, expires_at=expires,
-                       grant_token=_fernet(ctx.settings).encrypt(token.encode()).decode())
+                       grant_token=tokens.seal(ctx.settings, token))
     ctx.db.add(record)
     _move(ctx, application, Action.ACTIVATE, Role.RESEARCHER)
     ctx.audit(AuditAction.AGREEMENT_SIGNED, application,
@@ -270,11 +263,13 @@ def sign(ctx: Context, application: Application) -> Agreement:
         _revoke_grant(ctx.settings, grant_id, "activation failed in the portal")
         raise
     ctx.mail([application.researcher], application, "项目已启用 / project active")
+    if sandboxes.enabled(ctx.settings):
+        sandboxes.provision(ctx.db, ctx.settings, application, f"user:{ctx.actor.id}")
     return record
 
 
 def grant_token(settings: PortalSettings, record: Agreement) -> str:
-    return _fernet(settings).decrypt(record.grant_token.encode()).decode()
+    return tokens.unseal(settings, record.grant_token)
 
 
 def _revoke_grant(settings: PortalSettings, grant_id: str, reason: str) -> None:

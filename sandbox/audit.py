@@ -80,6 +80,13 @@ class AuditAction(StrEnum):
     APPLICATION_DECIDED = "application.decided"
     AGREEMENT_SIGNED = "agreement.signed"
     CONFLICTS_DECLARED = "conflicts.declared"
+    SANDBOX_REQUESTED = "sandbox.requested"
+    SANDBOX_REFUSED = "sandbox.refused"
+    SANDBOX_GRANTED = "sandbox.granted"
+    SANDBOX_STOPPED = "sandbox.stopped"
+    SANDBOX_DESTROYED = "sandbox.destroyed"
+    TERM_ENDED = "term.ended"
+    OAUTH_AUTHORIZED = "oauth.authorized"
 
 
 def create_tables(engine: Engine) -> None:

@@ -83,3 +83,11 @@ class RateLimited(SandboxError):
 
     http_status = 429
     code = "rate_limited"
+
+
+class Unavailable(SandboxError):
+    """Something the request needs (Docker engine, hub, a build tool) does not answer."""
+
+    exit_code = 6
+    http_status = 503
+    code = "unavailable"

@@ -69,6 +69,7 @@ class GatewayProcess:
     state_dir: Path
     database_url: str
     rate_limit: float = 0
+    host: str = "127.0.0.1"
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
 
@@ -84,7 +85,7 @@ class GatewayProcess:
         log = open(self.state_dir.parent / f"gateway-{self.port}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "sandboxctl"), "gateway", "serve",
-             "--port", str(self.port), "--database-url", self.database_url,
+             "--host", self.host, "--port", str(self.port), "--database-url", self.database_url,
              "--datasets-dir", str(self.datasets_dir), "--state-dir", str(self.state_dir),
              "--rate-limit", str(self.rate_limit)],
             stdout=log, stderr=log, cwd=ROOT,

@@ -72,7 +72,8 @@ def login_required(*roles: Role):
         @wraps(view)
         def inner(*args, **kwargs):
             if g.user is None:
-                return redirect(url_for("auth.login", next=request.path))
+                here = request.full_path if request.query_string else request.path
+                return redirect(url_for("auth.login", next=here))
             if needs_mfa(g.user.role) and not session.get("mfa_ok"):
                 return redirect(url_for("auth.mfa"))
             if roles and g.user.role not in roles:
@@ -80,6 +81,13 @@ def login_required(*roles: Role):
             return view(*args, **kwargs)
         return inner
     return wrap
+
+
+def local_path(target: str | None) -> str | None:
+    """``target`` if it is a path on this site (never a redirect elsewhere), else None."""
+    if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
+        return None
+    return target
 
 
 class AccountLocked(Forbidden):
@@ -194,7 +202,7 @@ def login():
     start_session(user, mfa_done=False)
     if needs_mfa(user.role):
         return redirect(url_for("auth.mfa"))
-    return redirect(request.args.get("next") or url_for("catalog.index"))
+    return redirect(local_path(request.args.get("next")) or url_for("catalog.index"))
 
 
 @bp.route("/mfa", methods=["GET", "POST"])

@@ -24,7 +24,7 @@ from approvals.eligibility import Applicant, EligibilityPolicy
 from approvals.errors import Ineligible
 from approvals.states import Action, Role, State
 from portal import catalog as datasets
-from portal import workflow
+from portal import sandboxes, workflow
 from portal.agreement import CLAUSES
 from portal.models import Agreement, Application
 from portal.views.auth import login_required
@@ -120,8 +120,11 @@ def new() -> ResponseReturnValue:
 def show(application_id: int) -> ResponseReturnValue:
     app = own(application_id)
     reasons = eligibility.reasons(applicant(), app.purpose, app.non_profit, policy())
+    settings = current_app.extensions["portal.settings"]
     return render_template("researcher/show.html", app=app, reasons=reasons,
                            decision=workflow.latest_decision(g.db, app),
+                           sandbox=sandboxes.view(g.db, settings, app),
+                           destructions=sandboxes.destruction_records(g.db, app),
                            can_submit=not reasons and any(
                                states.can(State(app.state), action, Role.RESEARCHER)
                                for action in (Action.SUBMIT, Action.RESUBMIT)))

@@ -10,6 +10,7 @@ import click
 
 from sandbox.cli.data import data
 from sandbox.cli.gateway import audit_group, gateway
+from sandbox.cli.hub import hub, image
 from sandbox.cli.portal import portal
 from sandbox.errors import SandboxError
 
@@ -26,6 +27,8 @@ cli.add_command(data)
 cli.add_command(gateway)
 cli.add_command(audit_group)
 cli.add_command(portal)
+cli.add_command(hub)
+cli.add_command(image)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,1 @@
+"""The sandbox hub: image, network, spawner and JupyterHub configuration."""
