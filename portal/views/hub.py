@@ -9,7 +9,11 @@ import hmac
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar
 
-from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
+from authlib.integrations.flask_oauth2 import (
+    AuthorizationServer,
+    ResourceProtector,
+    current_token,
+)
 from authlib.oauth2.rfc6749 import ClientMixin, grants
 from authlib.oauth2.rfc6750 import BearerTokenValidator
 from flask import Blueprint, current_app, g, jsonify, redirect, request, url_for
@@ -172,16 +176,19 @@ def authorize() -> ResponseReturnValue:
 @bp.route("/oauth/token", methods=["POST"])
 @csrf.exempt
 def issue_token() -> ResponseReturnValue:
+    if request.authorization is None and not request.form.get("client_id"):
+        return jsonify({"error": "invalid_client",
+                        "reason": "the token endpoint is for the hub's client credentials"}), 401
     return server.create_token_response()
 
 
 @bp.route("/oauth/userinfo", methods=["GET"])
+@protected("profile")
 def userinfo() -> ResponseReturnValue:
-    with protected.acquire_token("profile") as token:
-        user = g.db.get(User, token.row.user_id)
-        return jsonify({"sub": str(user.id), "preferred_username":
-                        sandboxes.hub_username(user), "name": user.name,
-                        "email": user.email, "role": user.role})
+    user = g.db.get(User, current_token.row.user_id)
+    return jsonify({"sub": str(user.id), "preferred_username":
+                    sandboxes.hub_username(user), "name": user.name,
+                    "email": user.email, "role": user.role})
 
 
 # -- the spawner's calls ------------------------------------------------------------------

@@ -26,8 +26,19 @@ from sandbox import receipts
 
 URL_ENV = "SANDBOX_GATEWAY_URL"
 TOKEN_ENV = "SANDBOX_GATEWAY_TOKEN"
+DATASETS_ENV = "SANDBOX_DATASETS_DIR"
 
 Where = dict[str, Any] | list[dict[str, Any]] | None
+
+
+def dummy(dataset: str, table: str = "records") -> pl.DataFrame:
+    """The dataset's dummy data: the real schema and value sets, made from metadata only —
+    no patient's record. Develop against it; ask the gateway for real answers."""
+    root = os.environ.get(DATASETS_ENV, "/opt/datasets")
+    path = os.path.join(root, dataset, "dummy", f"{table}.parquet")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no dummy table {table!r} for dataset {dataset!r} in {root}")
+    return pl.read_parquet(path)
 
 
 class GatewayError(Exception):

@@ -68,6 +68,7 @@ def build(client: docker.DockerClient, work_dir: Path, datasets_dir: Path,
     progress(f"image: building {tag} on {base_name}")
     image_id = _docker_build(client, context, tag, base_name, progress)
     steps["image"] = "built"
+    client.images.prune(filters={"dangling": True})  # earlier builds' replaced layers
     size = client.images.get(image_id).attrs["Size"] / 1e6
     progress(f"image: {tag} ready ({image_id[7:19]}, {size:.0f} MB)")
     return BuildResult(tag, image_id, base_name, round(size, 1), steps)

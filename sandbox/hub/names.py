@@ -18,6 +18,7 @@ def project_of(server: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def volume_name(user: str, server: str) -> str:
-    """The Docker volume holding a sandbox's workspace (``/home/researcher``)."""
-    return f"sandbox-{user}-{server}-work"
+def volume_name(instance: str, user: str, server: str) -> str:
+    """The Docker volume holding a sandbox's workspace (``/home/researcher``). ``instance``
+    keeps the sandboxes of two hubs on one engine apart."""
+    return f"{instance}-{user}-{server}-work"

@@ -20,15 +20,21 @@ BRIDGE_PREFIX = "sbx"
 LABEL = "med-sandbox"
 
 
-def names(user: str, server: str) -> tuple[str, str]:
+def names(instance: str, user: str, server: str) -> tuple[str, str]:
     """(network name, bridge interface name) of a sandbox; the interface fits 15 bytes."""
-    digest = hashlib.sha256(f"{user}/{server}".encode()).hexdigest()[:10]
-    return f"sandbox-{digest}", f"{BRIDGE_PREFIX}{digest}"
+    digest = hashlib.sha256(f"{instance}/{user}/{server}".encode()).hexdigest()[:10]
+    return f"{instance}-net-{digest}", f"{BRIDGE_PREFIX}{digest}"
 
 
-def create_kwargs(user: str, server: str) -> dict:
+def labels(instance: str, user: str, server: str) -> dict[str, str]:
+    """Labels on everything of a sandbox (container, volume, network)."""
+    return {LABEL: "sandbox", f"{LABEL}.instance": instance, f"{LABEL}.user": user,
+            f"{LABEL}.server": server}
+
+
+def create_kwargs(instance: str, user: str, server: str) -> dict:
     """Arguments of Docker's ``create_network`` for a sandbox's own internal network."""
-    network, bridge = names(user, server)
+    network, bridge = names(instance, user, server)
     return {
         "name": network,
         "driver": "bridge",
@@ -38,7 +44,7 @@ def create_kwargs(user: str, server: str) -> dict:
             "com.docker.network.bridge.name": bridge,
             "com.docker.network.bridge.enable_icc": "false",
         },
-        "labels": {LABEL: "sandbox", f"{LABEL}.user": user, f"{LABEL}.server": server},
+        "labels": labels(instance, user, server),
     }
 
 

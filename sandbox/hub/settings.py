@@ -27,6 +27,8 @@ class HubSettings(BaseSettings):
                               description="secrets shared with the portal")
     docker_host: str = Field("unix://var/docker/docker.sock",
                              description="Docker engine that runs the sandboxes")
+    instance: str = Field("sandbox", pattern=r"^[a-z][a-z0-9]{0,15}$",
+                          description="prefix of this hub's containers, volumes, networks")
     image: str = Field("med-sandbox:latest", description="sandbox image")
     ip: str = Field("127.0.0.1", description="address of the public proxy")
     port: int = Field(8000, description="public port (researchers open sandboxes here)")

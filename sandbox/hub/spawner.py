@@ -12,6 +12,7 @@ network and reports each step to the portal as the destruction record.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,6 +36,7 @@ class SandboxSpawner(DockerSpawner):
     portal_token = Unicode(config=True, help="service token presented to the portal")
     gateway_port = Unicode("8700", config=True, help="gateway port on the host")
     api_port = Unicode("8081", config=True, help="hub API port on the host")
+    instance = Unicode("sandbox", config=True, help="prefix of this hub's Docker objects")
     tmp_size = Unicode("512m", config=True)
     pids_limit = Unicode("256", config=True)
 
@@ -82,22 +84,39 @@ class SandboxSpawner(DockerSpawner):
     async def start(self) -> tuple[str, int]:
         grant = await self._portal("grant", {"user": self.user.name,
                                              "project": self.project_id})
-        net_name, _ = network.names(self.user.name, self.name)
+        net_name, _ = network.names(self.instance, self.user.name, self.name)
+        labels = network.labels(self.instance, self.user.name, self.name)
         try:
             attrs = await self.docker("inspect_network", net_name)
         except NotFound:
             await self.docker("create_network", **network.create_kwargs(
-                self.user.name, self.name))
+                self.instance, self.user.name, self.name))
             attrs = await self.docker("inspect_network", net_name)
         host = network.gateway_address(attrs)
         self.network_name = net_name
         self.use_internal_ip = True
         self.hub_connect_url = f"http://{host}:{self.api_port}"
         self._grant = {**grant, "gateway_url": f"http://{host}:{self.gateway_port}"}
-        self.volumes = {volume_name(self.user.name, self.name): HOME}
+        volume = volume_name(self.instance, self.user.name, self.name)
+        await self.docker("create_volume", name=volume, labels=labels)
+        self.volumes = {volume: HOME}
         address = await super().start()
         self.last_container_id = self.object_id
+        await self._drop_default_route()
         return address
+
+    async def _drop_default_route(self) -> None:
+        """Docker gives even an internal network a default route via the host; remove it
+        from the sandbox's namespace, so nothing beyond its own subnet is routable. A
+        sandbox that keeps one is stopped (fail closed)."""
+        pid = (await self.docker("inspect_container", self.object_id))["State"]["Pid"]
+        done = await asyncio.create_subprocess_exec(
+            "nsenter", f"--net=/proc/{pid}/ns/net", "ip", "route", "del", "default",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        _, err = await done.communicate()
+        if done.returncode != 0 and b"No such process" not in err:
+            await self.stop(now=True)
+            raise RuntimeError(f"could not remove the sandbox's default route: {err!r}")
 
     def get_env(self) -> dict[str, str]:
         env = super().get_env()
@@ -124,8 +143,7 @@ class SandboxSpawner(DockerSpawner):
         }
         self.extra_create_kwargs = {
             "user": "1000:1000",
-            "labels": {network.LABEL: "sandbox", f"{network.LABEL}.user": self.user.name,
-                       f"{network.LABEL}.server": self.name},
+            "labels": network.labels(self.instance, self.user.name, self.name),
         }
         return await super().create_object()
 
@@ -135,8 +153,8 @@ class SandboxSpawner(DockerSpawner):
         steps: list[dict[str, Any]] = []
         started = _now()
         container = self.object_id or self.last_container_id or self.container_name
-        volume = volume_name(self.user.name, self.name)
-        net_name, _ = network.names(self.user.name, self.name)
+        volume = volume_name(self.instance, self.user.name, self.name)
+        net_name, _ = network.names(self.instance, self.user.name, self.name)
         steps.append(await self._step("container", container, "remove_container",
                                       container, force=True, v=False))
         steps.append(await self._step("volume", volume, "remove_volume", volume, force=True))

@@ -76,6 +76,7 @@ class Stack:
     app: object
     inbox: object
     root: Path
+    instance: str
 
     def hub(self) -> HubClient:
         return HubClient(self.hub_url, shared_secret(self.settings.secrets_dir,
@@ -128,7 +129,7 @@ class Stack:
 
     def container(self, project: int, researcher: User):
         found = self.docker.containers.list(all=True, filters={"label": [
-            f"med-sandbox.user=user-{researcher.id}",
+            f"med-sandbox.instance={self.instance}", f"med-sandbox.user=user-{researcher.id}",
             f"med-sandbox.server={server_name(project)}"]})
         assert len(found) == 1, found
         return found[0]
@@ -163,7 +164,9 @@ def stack(docker_engine, dataset, tmp_path_factory):
         "SANDBOX_PORTAL_SECRETS_DIR": str(secrets),
         "SANDBOX_PORTAL_QUORUM": "1",
     }
+    instance = f"t{uuid.uuid4().hex[:8]}"
     hub_env = {
+        "SANDBOX_HUB_INSTANCE": instance,
         "SANDBOX_HUB_STATE_DIR": str(root / "hub"),
         "SANDBOX_HUB_SECRETS_DIR": str(secrets),
         "SANDBOX_HUB_DOCKER_HOST": host,
@@ -193,14 +196,17 @@ def stack(docker_engine, dataset, tmp_path_factory):
     settings = PortalSettings(**{k.removeprefix("SANDBOX_PORTAL_").lower(): v
                                  for k, v in portal_env.items()})
     yield Stack(client, host, gateway, portal_url, hub_url, settings, create_app(settings),
-                inbox, root)
+                inbox, root, instance)
     hub.terminate()
     hub.wait(120)
     portal.terminate()
     portal.wait(10)
     smtp.stop()
     gateway.stop()
-    for container in client.containers.list(all=True, filters={"label": "med-sandbox"}):
+    mine = {"label": f"med-sandbox.instance={instance}"}
+    for container in client.containers.list(all=True, filters=mine):
         container.remove(force=True)
-    for network in client.networks.list(filters={"label": "med-sandbox"}):
+    for network in client.networks.list(filters=mine):
         network.remove()
+    for volume in client.volumes.list(filters=mine):
+        volume.remove(force=True)

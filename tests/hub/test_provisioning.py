@@ -35,10 +35,11 @@ def test_approval_starts_a_hardened_sandbox(stack):
     assert not config.get("Binds") or all(":/home/researcher" in b for b in config["Binds"])
     mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
     assert set(mounts) == {"/home/researcher"}
-    assert mounts["/home/researcher"]["Name"] == volume_name(f"user-{researcher.id}",
+    assert mounts["/home/researcher"]["Name"] == volume_name(stack.instance, f"user-{researcher.id}",
                                                            server_name(project))
     nets = container.attrs["NetworkSettings"]["Networks"]
-    assert list(nets) == [network.names(f"user-{researcher.id}", server_name(project))[0]]
+    assert list(nets) == [network.names(stack.instance, f"user-{researcher.id}",
+                                        server_name(project))[0]]
     assert stack.docker.networks.get(list(nets)[0]).attrs["Internal"] is True
     env = dict(line.split("=", 1) for line in container.attrs["Config"]["Env"])
     assert env["SANDBOX_GATEWAY_TOKEN"].startswith("sgw_") or env["SANDBOX_GATEWAY_TOKEN"]
@@ -92,7 +93,7 @@ def test_term_end_destroys_container_volume_and_network(stack):
     with pytest.raises(docker.errors.NotFound):
         stack.docker.containers.get(container_id)
     with pytest.raises(docker.errors.NotFound):
-        stack.docker.volumes.get(volume_name(user, server))
+        stack.docker.volumes.get(volume_name(stack.instance, user, server))
     assert "sandbox.destroyed" in _audit_actions(stack)
     # and it cannot be started again
     with stack.app.extensions["portal.sessions"]() as db:

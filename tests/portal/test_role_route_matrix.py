@@ -12,6 +12,7 @@ from tests.portal.conftest import login, make_user
 ROLES = ("anonymous", "researcher", "expert", "chair", "controller", "admin")
 PUBLIC = frozenset(ROLES)
 SIGNED_IN = PUBLIC - {"anonymous"}
+NOBODY: frozenset[str] = frozenset()
 
 # endpoint → roles that may use it
 ACCESS: dict[str, frozenset[str]] = {
@@ -48,6 +49,12 @@ ACCESS: dict[str, frozenset[str]] = {
     "api.summary": frozenset({"chair"}),
     "api.decide": frozenset({"chair"}),
     "api.sign": frozenset({"researcher"}),
+    "hub.authorize": SIGNED_IN,
+    "hub.issue_token": NOBODY,       # the hub's client credentials only
+    "hub.userinfo": NOBODY,          # an OAuth bearer token only
+    "hub.grant": NOBODY,             # the hub's service token only
+    "hub.destruction": NOBODY,
+    "hub.start": frozenset({"researcher"}),
 }
 
 
@@ -126,5 +133,9 @@ def test_only_allowed_roles_get_through(app, world, role):
         if rule.endpoint in ("researcher.agreement", "researcher.agreement_pdf") and allowed:
             # no decision or agreement exists yet: the owner gets a 404, never a 403
             assert response.status_code == 404, (role, url)
+            continue
+        if rule.endpoint == "hub.start" and allowed:
+            # the owner may ask, but a draft has no sandbox: refused with the reason
+            assert response.status_code == 403 and b"active project" in response.data
             continue
         assert denied != allowed, (role, method, url, response.status_code, location)
