@@ -17,6 +17,7 @@ class State(StrEnum):
     APPROVED = "approved"
     REJECTED = "rejected"
     ACTIVE = "active"
+    SUSPENDED = "suspended"
     CLOSING = "closing"
     CLOSED = "closed"
 
@@ -31,6 +32,9 @@ class Action(StrEnum):
     APPROVE = "approve"
     REJECT = "reject"
     ACTIVATE = "activate"
+    SUSPEND = "suspend"
+    RESUME = "resume"
+    REVOKE = "revoke"
     BEGIN_CLOSING = "begin_closing"
     CLOSE = "close"
 
@@ -58,8 +62,15 @@ TRANSITIONS: dict[tuple[State, Action], tuple[State, frozenset[Role]]] = {
     (State.UNDER_REVIEW, Action.APPROVE): (State.APPROVED, frozenset({Role.CHAIR})),
     (State.UNDER_REVIEW, Action.REJECT): (State.REJECTED, frozenset({Role.CHAIR})),
     (State.APPROVED, Action.ACTIVATE): (State.ACTIVE, frozenset({Role.RESEARCHER})),
+    (State.ACTIVE, Action.SUSPEND): (State.SUSPENDED,
+                                     frozenset({Role.CONTROLLER, Role.SYSTEM})),
+    (State.SUSPENDED, Action.RESUME): (State.ACTIVE, frozenset({Role.CONTROLLER})),
+    (State.ACTIVE, Action.REVOKE): (State.CLOSING, frozenset({Role.CONTROLLER})),
+    (State.SUSPENDED, Action.REVOKE): (State.CLOSING, frozenset({Role.CONTROLLER})),
     (State.ACTIVE, Action.BEGIN_CLOSING): (State.CLOSING,
                                            frozenset({Role.CONTROLLER, Role.SYSTEM})),
+    (State.SUSPENDED, Action.BEGIN_CLOSING): (State.CLOSING,
+                                              frozenset({Role.CONTROLLER, Role.SYSTEM})),
     (State.CLOSING, Action.CLOSE): (State.CLOSED, frozenset({Role.CONTROLLER})),
 }
 

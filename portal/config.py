@@ -37,6 +37,8 @@ class PortalSettings(BaseSettings):
     hub_url: str = Field("", description="sandbox hub URL (empty: no sandboxes)")
     secrets_dir: Path = Field(Path("var/secrets"),
                               description="secrets shared with the hub (OAuth, tokens)")
+    term_check_seconds: float = Field(60, description="how often a serving portal ends "
+                                      "terms that have passed (0 = never)")
     quorum: int = Field(3, description="expert scores needed before a decision")
     aggregation: str = Field("mean", description="how expert totals combine: mean or median")
     testing: bool = Field(False, description="disable CSRF and rate limits for unit tests")

@@ -17,6 +17,7 @@ NAMES = {
     "approved": _l("Approved"),
     "rejected": _l("Rejected"),
     "active": _l("Active"),
+    "suspended": _l("Suspended"),
     "closing": _l("Closing"),
     "closed": _l("Closed"),
     "approve": _l("Approve"),

@@ -17,8 +17,7 @@ from enum import StrEnum
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from approvals import states
-from approvals.states import Action, Role, State
+from approvals.states import State
 from portal import tokens
 from portal.config import PortalSettings
 from portal.models import Agreement, Application, DestructionRecord, Sandbox, User
@@ -188,23 +187,29 @@ def record_destruction(db: Session, payload: dict) -> DestructionRecord:
     return record
 
 
-# -- term end -------------------------------------------------------------------------
+# -- stop and destroy -----------------------------------------------------------------
 
-def end_terms(db: Session, settings: PortalSettings, now: datetime | None = None
-              ) -> list[int]:
-    """Close every active project whose term has passed: the project moves to closing,
-    and its sandbox is stopped and destroyed (the spawner reports the destruction)."""
-    now = now or datetime.now(UTC)
-    due = [a for a in db.scalars(select(Application).join(Agreement)
-                                 .where(Application.state == State.ACTIVE)).all()
-           if aware(db.get(Agreement, a.id).expires_at) <= now]
-    for application in due:
-        application.state = states.check(State(application.state), Action.BEGIN_CLOSING,
-                                         Role.SYSTEM)
-        _audit(db, AuditAction.TERM_ENDED, "system:term-end", application.id, {})
+def stop(db: Session, settings: PortalSettings, application: Application, actor: str
+         ) -> None:
+    """Stop the project's sandbox, keeping its workspace (suspension)."""
+    record = db.get(Sandbox, application.id)
+    if record is None or record.status == Status.DESTROYED or not enabled(settings):
+        return
+    db.commit()
+    client = hub(settings)
+    try:
+        client.stop(record.hub_user, record.server, remove=False)
+    except Unavailable as exc:
+        record.detail = f"stop pending: {exc.reason}"
         db.commit()
-        destroy(db, settings, application, "system:term-end")
-    return [a.id for a in due]
+        return
+    finally:
+        client.close()
+    record.status, record.detail = Status.STOPPED, ""
+    record.updated_at = datetime.now(UTC)
+    _audit(db, AuditAction.SANDBOX_STOPPED, actor, application.id,
+           {"hub_user": record.hub_user, "server": record.server, "removed": False})
+    db.commit()
 
 
 def destroy(db: Session, settings: PortalSettings, application: Application,

@@ -260,7 +260,7 @@ def sign(ctx: Context, application: Application) -> Agreement:
         ctx.db.commit()
     except Exception:
         # The project did not become active here, so its grant must not stay usable there.
-        _revoke_grant(ctx.settings, grant_id, "activation failed in the portal")
+        gateway_grant(ctx.settings, grant_id, "revoke", "activation failed in the portal")
         raise
     ctx.mail([application.researcher], application, "项目已启用 / project active")
     if sandboxes.enabled(ctx.settings):
@@ -272,10 +272,19 @@ def grant_token(settings: PortalSettings, record: Agreement) -> str:
     return tokens.unseal(settings, record.grant_token)
 
 
-def _revoke_grant(settings: PortalSettings, grant_id: str, reason: str) -> None:
-    token = settings.gateway_token_file.read_text().strip()
-    httpx.post(f"{settings.gateway_url}/v1/admin/grants/{grant_id}/revoke", timeout=60,
-               headers={"Authorization": f"Bearer {token}"}, json={"reason": reason})
+def gateway_grant(settings: PortalSettings, grant_id: str, action: str, reason: str) -> None:
+    """Suspend, resume or revoke a project's grant on the gateway."""
+    try:
+        token = settings.gateway_token_file.read_text().strip()
+        response = httpx.post(f"{settings.gateway_url}/v1/admin/grants/{grant_id}/{action}",
+                              timeout=60, headers={"Authorization": f"Bearer {token}"},
+                              json={"reason": reason})
+    except (OSError, httpx.HTTPError) as exc:
+        raise GatewayUnavailable(f"the gateway could not be reached ({exc}); "
+                                 "nothing was changed, try again") from None
+    if response.status_code != 200:
+        raise GatewayUnavailable(f"the gateway refused to {action} the grant: "
+                                 f"{response.text[:300]}")
 
 
 def _create_grant(settings: PortalSettings, application: Application,

@@ -86,6 +86,9 @@ class AuditAction(StrEnum):
     SANDBOX_STOPPED = "sandbox.stopped"
     SANDBOX_DESTROYED = "sandbox.destroyed"
     TERM_ENDED = "term.ended"
+    PROJECT_SUSPENDED = "project.suspended"
+    PROJECT_RESUMED = "project.resumed"
+    PROJECT_REVOKED = "project.revoked"
     OAUTH_AUTHORIZED = "oauth.authorized"
 
 

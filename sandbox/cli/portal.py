@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import getpass
+import threading
+import time
 
 import click
 
 from sandbox import audit
 from sandbox.audit import AuditAction
-from sandbox.errors import InputError
+from sandbox.errors import InputError, NotFound
 
 
 @click.group()
@@ -26,8 +28,67 @@ def serve(host: str, port: int) -> None:
     from portal import create_app
 
     app = create_app()
+    settings = app.extensions["portal.settings"]
+    if settings.term_check_seconds > 0:
+        threading.Thread(target=_keep_terms, args=(app, settings.term_check_seconds),
+                         daemon=True, name="term-keeper").start()
     click.echo(f"portal on http://{host}:{port}", err=True)
     waitress_serve(app, host=host, port=port, threads=8)
+
+
+def _keep_terms(app, interval: float) -> None:
+    """End the terms that have passed, every ``interval`` seconds, for as long as the
+    portal serves; a failure is reported and retried next time."""
+    from portal import projects
+
+    while True:
+        time.sleep(interval)
+        try:
+            with app.extensions["portal.sessions"]() as db:
+                ended = projects.end_terms(db, app.extensions["portal.settings"])
+            if ended:
+                click.echo(f"term ended for projects {ended}", err=True)
+        except Exception as exc:  # keep serving; the next round retries
+            click.echo(f"term check failed: {exc}", err=True)
+
+
+@portal.command("end-terms")
+def end_terms() -> None:
+    """Close the projects whose term has passed and destroy their sandboxes (the portal
+    does this every minute while it serves)."""
+    from portal import projects
+    from portal.config import PortalSettings
+    from portal.db import connect
+
+    settings = PortalSettings()
+    _engine, sessions = connect(settings.database_url)
+    with sessions() as db:
+        ended = projects.end_terms(db, settings)
+    click.echo(f"ended: {', '.join(map(str, ended)) or 'none'}")
+
+
+@portal.command("project")
+@click.argument("action", type=click.Choice(["suspend", "resume", "revoke"]))
+@click.argument("application_id", type=int)
+@click.option("--reason", required=True, help="Recorded in the audit log.")
+def project(action: str, application_id: int, reason: str) -> None:
+    """Suspend, resume or revoke an active project (controller task): its gateway grant,
+    its state and its sandbox change together."""
+    from approvals.states import Action, Role
+    from portal import projects
+    from portal.config import PortalSettings
+    from portal.db import connect
+    from portal.models import Application
+
+    settings = PortalSettings()
+    _engine, sessions = connect(settings.database_url)
+    with sessions() as db:
+        application = db.get(Application, application_id)
+        if application is None:
+            raise NotFound(f"no application {application_id}")
+        projects.control(db, settings, application, Action(action), Role.CONTROLLER,
+                         f"cli:{getpass.getuser()}", reason)
+        click.echo(f"application {application_id}: {application.state}")
 
 
 @portal.command()

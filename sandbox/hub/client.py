@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import httpx
 
-from sandbox.errors import Unavailable
+from sandbox.errors import Forbidden, Unavailable
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,8 @@ class HubClient:
                 reason = response.json().get("message", response.text)
             except ValueError:
                 reason = response.text
+            if response.status_code == 403:
+                raise Forbidden(f"the sandbox hub refused: {reason}")
             raise Unavailable(f"the sandbox hub answered {response.status_code}: {reason}")
         return response
 

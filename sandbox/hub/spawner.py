@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 from docker.errors import APIError, NotFound
 from dockerspawner import DockerSpawner
+from tornado import web
 from traitlets import Unicode
 
 from sandbox.hub import network
@@ -27,8 +28,13 @@ from sandbox.hub.names import project_of, volume_name
 HOME = "/home/researcher"
 
 
-class PortalRefused(Exception):
-    """The portal would not hand out the project's grant; the message says why."""
+class PortalRefused(web.HTTPError):
+    """The portal would not hand out the project's grant; the hub API answers 403 with the
+    portal's reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(403, reason.replace("%", "%%"))
+        self.jupyterhub_message = reason
 
 
 class SandboxSpawner(DockerSpawner):

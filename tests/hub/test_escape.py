@@ -4,6 +4,7 @@ host, both ours. Every probe runs as the researcher, inside the sandbox, with Py
 
 from __future__ import annotations
 
+import ast
 import json
 import socket
 import socketserver
@@ -157,7 +158,7 @@ def test_filesystem_is_read_only_outside_workspace_and_tmp(sandboxes):
                                       "/home/researcher/work/notes.txt", "/tmp/x"]})
     """))
     assert code == 0, out
-    result = eval(out)  # noqa: S307 — our own probe's dict literal
+    result = ast.literal_eval(out.strip())
     assert result["/home/researcher/work/notes.txt"] == "written"
     assert result["/tmp/x"] == "written"
     for path in ("/opt/venv/x", "/etc/passwd", "/usr/bin/x", "/x"):
@@ -184,7 +185,7 @@ def test_becoming_root_fails(sandboxes):
 
 def test_fork_bomb_is_contained(stack, sandboxes):
     project, researcher, box = sandboxes[0]
-    code, out = run(box, "python3", "-c", textwrap.dedent("""
+    _, out = run(box, "python3", "-c", textwrap.dedent("""
         import os, signal, time
         children = []
         try:
@@ -211,7 +212,7 @@ def test_fork_bomb_is_contained(stack, sandboxes):
 
 
 def test_another_projects_token_is_refused(stack, sandboxes):
-    (project_a, _, box_a), (project_b, _, box_b) = sandboxes
+    (_, _, box_a), (project_b, _, box_b) = sandboxes
     env_b = dict(line.split("=", 1) for line in box_b.attrs["Config"]["Env"])
     with stack.app.extensions["portal.sessions"]() as db:
         grant_b = db.get(Agreement, project_b).grant_id

@@ -7,13 +7,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import docker.errors
-import httpx
 import pytest
 from sqlalchemy import select
 
-from portal import sandboxes
+from approvals.states import Action, Role
+from portal import projects, sandboxes, workflow
 from portal.models import Agreement, Application, DestructionRecord, Sandbox
 from sandbox import audit
+from sandbox.errors import Forbidden
 from sandbox.hub import network
 from sandbox.hub.names import server_name, volume_name
 
@@ -35,14 +36,15 @@ def test_approval_starts_a_hardened_sandbox(stack):
     assert not config.get("Binds") or all(":/home/researcher" in b for b in config["Binds"])
     mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
     assert set(mounts) == {"/home/researcher"}
-    assert mounts["/home/researcher"]["Name"] == volume_name(stack.instance, f"user-{researcher.id}",
-                                                           server_name(project))
+    user, server = f"user-{researcher.id}", server_name(project)
+    assert mounts["/home/researcher"]["Name"] == volume_name(stack.instance, user, server)
     nets = container.attrs["NetworkSettings"]["Networks"]
-    assert list(nets) == [network.names(stack.instance, f"user-{researcher.id}",
-                                        server_name(project))[0]]
-    assert stack.docker.networks.get(list(nets)[0]).attrs["Internal"] is True
+    assert list(nets) == [network.names(stack.instance, user, server)[0]]
+    assert stack.docker.networks.get(next(iter(nets))).attrs["Internal"] is True
     env = dict(line.split("=", 1) for line in container.attrs["Config"]["Env"])
-    assert env["SANDBOX_GATEWAY_TOKEN"].startswith("sgw_") or env["SANDBOX_GATEWAY_TOKEN"]
+    with stack.app.extensions["portal.sessions"]() as db:
+        expected = workflow.grant_token(stack.settings, db.get(Agreement, project))
+    assert env["SANDBOX_GATEWAY_TOKEN"] == expected
     assert env["SANDBOX_GATEWAY_URL"].endswith(f":{stack.gateway.port}")
     hub_token = (stack.settings.secrets_dir / "hub-api.token").read_text()
     assert hub_token not in " ".join(container.attrs["Config"]["Env"])
@@ -55,14 +57,13 @@ def test_approval_starts_a_hardened_sandbox(stack):
 
 
 def test_the_hub_cannot_start_a_project_the_researcher_does_not_hold(stack):
-    project, researcher = stack.approved_project()
+    project, _ = stack.approved_project()
     other = stack.person("researcher", "岭南大学")
     hub = stack.hub()
     hub.ensure_user(f"user-{other.id}")
-    response = httpx.post(f"{stack.hub_url}/hub/api/users/user-{other.id}/servers/"
-                          f"{server_name(project)}", json={"project": project},
-                          headers={"Authorization": f"token {hub._http.headers['Authorization'][6:]}"})
-    assert response.status_code in (201, 202, 500)
+    # the other researcher (or a hub admin) asks the hub to start this project's sandbox
+    with pytest.raises(Forbidden, match="another researcher's project"):
+        hub.start(f"user-{other.id}", server_name(project), {"project": project})
     status = hub.wait_ready(f"user-{other.id}", server_name(project), timeout=30)
     assert not status.ready
     engine_entries = _audit_actions(stack)
@@ -78,7 +79,7 @@ def test_term_end_destroys_container_volume_and_network(stack):
         agreement = db.get(Agreement, project)
         agreement.expires_at = datetime.now(UTC) - timedelta(minutes=1)
         db.commit()
-        ended = sandboxes.end_terms(db, stack.settings)
+        ended = projects.end_terms(db, stack.settings)
         assert project in ended
         assert db.get(Application, project).state == "closing"
         assert db.get(Sandbox, project).status == "destroyed"
@@ -96,9 +97,48 @@ def test_term_end_destroys_container_volume_and_network(stack):
         stack.docker.volumes.get(volume_name(stack.instance, user, server))
     assert "sandbox.destroyed" in _audit_actions(stack)
     # and it cannot be started again
+    with stack.app.extensions["portal.sessions"]() as db, \
+            pytest.raises(Forbidden, match="only an active project"):
+        sandboxes.provision(db, stack.settings, db.get(Application, project), "test")
+
+
+def test_suspension_stops_the_sandbox_and_resumption_lets_it_start_again(stack):
+    project, researcher = stack.approved_project()
+    user, server = f"user-{researcher.id}", server_name(project)
+    hub = stack.hub()
+    assert hub.wait_ready(user, server).ready
+    box = stack.container(project, researcher)
+    probe = ["python3", "-c", "from sandbox.client import Gateway, GatewayError\n"
+             "try:\n    print(Gateway.from_env().budget()['epsilon']['remaining'])\n"
+             "except GatewayError as e:\n    print('refused', e.status)"]
+    assert box.exec_run(probe, user="1000:1000").output.decode().strip() == "2.0"
     with stack.app.extensions["portal.sessions"]() as db:
-        with pytest.raises(Exception, match="active|destroyed"):
-            sandboxes.provision(db, stack.settings, db.get(Application, project), "test")
+        projects.control(db, stack.settings, db.get(Application, project), Action.SUSPEND,
+                         Role.CONTROLLER, "test:controller", "审计发现异常访问")
+        assert db.get(Application, project).state == "suspended"
+        assert db.get(Sandbox, project).status == "stopped"
+    assert not hub.status(user, server).ready
+    volume = stack.docker.volumes.get(volume_name(stack.instance, user, server))
+    assert volume is not None  # the workspace survives a suspension
+    with pytest.raises(Forbidden, match="suspended, not active"):
+        hub.start(user, server, {"project": project})  # the hub asks the portal: refused
+    assert not hub.wait_ready(user, server, timeout=30).ready
+    with stack.app.extensions["portal.sessions"]() as db:
+        projects.control(db, stack.settings, db.get(Application, project), Action.RESUME,
+                         Role.CONTROLLER, "test:controller", "核查完毕")
+        sandboxes.provision(db, stack.settings, db.get(Application, project), "test")
+    assert hub.wait_ready(user, server).ready
+    box = stack.container(project, researcher)
+    assert box.exec_run(probe, user="1000:1000").output.decode().strip() == "2.0"
+    with stack.app.extensions["portal.sessions"]() as db:
+        projects.control(db, stack.settings, db.get(Application, project), Action.REVOKE,
+                         Role.CONTROLLER, "test:controller", "违反数据使用协议")
+        assert db.get(Application, project).state == "closing"
+        assert db.get(Sandbox, project).status == "destroyed"
+    with pytest.raises(docker.errors.NotFound):
+        stack.docker.volumes.get(volume_name(stack.instance, user, server))
+    actions = _audit_actions(stack)
+    assert {"project.suspended", "project.resumed", "project.revoked"} <= set(actions)
 
 
 def _audit_actions(stack) -> list[str]:
