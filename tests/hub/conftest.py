@@ -1,212 +1,25 @@
-"""The whole sandbox stack, for real: the project's Docker engine, the sandbox image built
-offline, the gateway (listening where sandboxes reach it), a real SMTP server, the portal
-served over HTTP, and JupyterHub with the hardened spawner and its firewall.
-
-Projects are approved through the portal's own workflow functions (quorum of one), in this
-process and on the same database the served portal uses."""
+"""Fixtures of the sealed-sandbox tests: the project's Docker engine and the whole stack
+(see stack.py), once per session."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-import uuid
-from dataclasses import dataclass
-from pathlib import Path
-
-import docker
-import httpx
 import pytest
 
-from approvals.decisions import Decision
-from approvals.eligibility import Applicant, EligibilityPolicy
-from approvals.states import Role
-from portal import create_app, workflow
-from portal.config import PortalSettings
-from portal.models import Application, Profile, User
-from portal.security import hash_password
-from sandbox.hub.client import HubClient
-from sandbox.hub.names import server_name
-from sandbox.hub.settings import shared_secret
-from tests.mail import start_smtp
-from tests.services import ROOT, GatewayProcess, free_port
-
-CTL = str(Path(sys.executable).parent / "sandboxctl")
-FIELDS = ["sex", "age_band", "visit_type", "total_cost"]
-
-
-def _wait(url: str, what: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}:\n"
-                               + log.read_text(errors="replace")[-3000:])
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError(f"{what} did not answer at {url}")
+from tests.hub.stack import start_docker, start_stack, stop_docker
 
 
 @pytest.fixture(scope="session")
 def docker_engine():
-    env = os.environ | {"VAR": str(ROOT / "var")}
-    out = subprocess.run([str(ROOT / "infra" / "scripts" / "docker.sh"), "start"], env=env,
-                         capture_output=True, text=True, check=True, timeout=600)
-    host, state = out.stdout.split()
-    client = docker.DockerClient(base_url=host)
+    client, host, started = start_docker()
     yield client, host
     client.close()
-    if state == "started":
-        subprocess.run([str(ROOT / "infra" / "scripts" / "docker.sh"), "stop"], env=env,
-                       check=False)
-
-
-@dataclass
-class Stack:
-    docker: docker.DockerClient
-    docker_host: str
-    gateway: GatewayProcess
-    portal_url: str
-    hub_url: str
-    settings: PortalSettings
-    app: object
-    inbox: object
-    root: Path
-    instance: str
-
-    def hub(self) -> HubClient:
-        return HubClient(self.hub_url, shared_secret(self.settings.secrets_dir,
-                                                     "hub-api.token"))
-
-    def person(self, role: str, institution: str) -> User:
-        with self.app.extensions["portal.sessions"]() as db:
-            user = User(email=f"{role}-{uuid.uuid4().hex[:8]}@lingnan.cn",
-                        name=f"{role}-{uuid.uuid4().hex[:4]}", role=role,
-                        password_hash=hash_password("Hub-test-42"),
-                        profile=Profile(title="主任医师", years_experience=12,
-                                        credit_grade="A", institution=institution,
-                                        research_field="流行病学"))
-            db.add(user)
-            db.commit()
-            return user
-
-    def approved_project(self, researcher: User | None = None, sign: bool = True
-                         ) -> tuple[int, User]:
-        """An application taken through submit, review, approval and (if ``sign``) the
-        DUA — which activates it and, through the portal, provisions its sandbox."""
-        researcher = researcher or self.person("researcher", "岭南大学")
-        chair = self.person("chair", "岭南卫健委")
-        panel = [self.person("expert", f"医院{uuid.uuid4().hex[:4]}") for _ in range(3)]
-        expert = panel[0]
-        with self.app.extensions["portal.sessions"]() as db:
-            def ctx(user: User) -> workflow.Context:
-                return workflow.Context(db, db.get(User, user.id), self.settings, "127.0.0.1")
-
-            application = workflow.create_draft(ctx(researcher), self._entry(), workflow.Draft(
-                "emr-visits", "门诊费用研究", "", "medical_research", True, 2.0, 6, [],
-                [(f, "研究需要") for f in FIELDS]))
-            workflow.submit(ctx(researcher), application,
-                            Applicant(Role.RESEARCHER, "主任医师", 12, "流行病学", "A", False),
-                            EligibilityPolicy(3, 5))
-            workflow.assign(ctx(chair), application, [db.get(User, e.id) for e in panel])
-            workflow.score(ctx(expert), application, {"legality": 5, "consistency": 5,
-                                                      "value": 4, "leakage_risk": 2,
-                                                      "cost": 3}, "", [])
-            workflow.decide(ctx(chair), application, Decision("approve", "同意", frozenset(),
-                                                              2.0, 1e-6, 6))
-            if sign:
-                workflow.sign(ctx(researcher), db.get(Application, application.id))
-            return application.id, researcher
-
-    def _entry(self) -> dict:
-        from portal import catalog
-        return next(e for e in catalog.load(self.settings.datasets_dir)
-                    if e["id"] == "emr-visits")
-
-    def container(self, project: int, researcher: User):
-        found = self.docker.containers.list(all=True, filters={"label": [
-            f"med-sandbox.instance={self.instance}", f"med-sandbox.user=user-{researcher.id}",
-            f"med-sandbox.server={server_name(project)}"]})
-        assert len(found) == 1, found
-        return found[0]
+    if started:
+        stop_docker()
 
 
 @pytest.fixture(scope="session")
 def stack(docker_engine, dataset, tmp_path_factory):
     client, host = docker_engine
-    root = tmp_path_factory.mktemp("hub")
-    served = root / "datasets"
-    served.mkdir()
-    os.symlink(dataset, served / "emr-visits")
-    build = subprocess.run([CTL, "image", "build", "--docker-host", host, "--datasets-dir",
-                            str(served), "--work-dir", str(ROOT / "var" / "image")],
-                           capture_output=True, text=True, cwd=ROOT, timeout=1800)
-    assert build.returncode == 0, build.stderr[-3000:]
-    gateway = GatewayProcess(served, root / "gateway", f"sqlite:///{root / 'gw.db'}",
-                             host="0.0.0.0").start()
-    smtp, inbox = start_smtp()
-    portal_port, hub_port, api_port, proxy_port = (free_port() for _ in range(4))
-    portal_url, hub_url = f"http://127.0.0.1:{portal_port}", f"http://127.0.0.1:{hub_port}"
-    secrets = root / "secrets"
-    portal_env = {
-        "SANDBOX_PORTAL_DATABASE_URL": f"sqlite:///{root / 'portal.db'}",
-        "SANDBOX_PORTAL_STATE_DIR": str(root / "portal"),
-        "SANDBOX_PORTAL_DATASETS_DIR": str(served),
-        "SANDBOX_PORTAL_GATEWAY_URL": gateway.url,
-        "SANDBOX_PORTAL_GATEWAY_TOKEN_FILE": str(gateway.state_dir / "admin.token"),
-        "SANDBOX_PORTAL_SMTP_PORT": str(inbox.port),
-        "SANDBOX_PORTAL_PUBLIC_URL": portal_url,
-        "SANDBOX_PORTAL_HUB_URL": hub_url,
-        "SANDBOX_PORTAL_SECRETS_DIR": str(secrets),
-        "SANDBOX_PORTAL_QUORUM": "1",
-    }
-    instance = f"t{uuid.uuid4().hex[:8]}"
-    hub_env = {
-        "SANDBOX_HUB_INSTANCE": instance,
-        "SANDBOX_HUB_STATE_DIR": str(root / "hub"),
-        "SANDBOX_HUB_SECRETS_DIR": str(secrets),
-        "SANDBOX_HUB_DOCKER_HOST": host,
-        "SANDBOX_HUB_PORT": str(hub_port),
-        "SANDBOX_HUB_API_PORT": str(api_port),
-        "SANDBOX_HUB_PROXY_API_PORT": str(proxy_port),
-        "SANDBOX_HUB_PUBLIC_URL": hub_url,
-        "SANDBOX_HUB_PORTAL_URL": portal_url,
-        "SANDBOX_HUB_GATEWAY_PORT": str(gateway.port),
-        "SANDBOX_HUB_PROXY_COMMAND": str(ROOT / "var" / "node" / "node_modules" / ".bin"
-                                         / "configurable-http-proxy"),
-        "SANDBOX_HUB_MEM_LIMIT": "1G",
-        "SANDBOX_HUB_PIDS_LIMIT": "128",
-    }
-    subprocess.run([str(ROOT / "infra" / "scripts" / "ensure-proxy.sh")], check=True,
-                   env=os.environ | {"VAR": str(ROOT / "var")}, cwd=ROOT)
-    portal_log, hub_log = root / "portal.log", root / "hub.log"
-    with portal_log.open("ab") as out:
-        portal = subprocess.Popen([CTL, "portal", "serve", "--port", str(portal_port)],
-                                  env=os.environ | portal_env, cwd=ROOT, stdout=out,
-                                  stderr=out)
-    _wait(portal_url, "portal", portal, portal_log)
-    with hub_log.open("ab") as out:
-        hub = subprocess.Popen([CTL, "hub", "serve"], env=os.environ | hub_env, cwd=ROOT,
-                               stdout=out, stderr=out)
-    _wait(f"{hub_url}/hub/api/", "hub", hub, hub_log)
-    settings = PortalSettings(**{k.removeprefix("SANDBOX_PORTAL_").lower(): v
-                                 for k, v in portal_env.items()})
-    yield Stack(client, host, gateway, portal_url, hub_url, settings, create_app(settings),
-                inbox, root, instance)
-    hub.terminate()
-    hub.wait(120)
-    portal.terminate()
-    portal.wait(10)
-    smtp.stop()
-    gateway.stop()
-    mine = {"label": f"med-sandbox.instance={instance}"}
-    for container in client.containers.list(all=True, filters=mine):
-        container.remove(force=True)
-    for network in client.networks.list(filters=mine):
-        network.remove()
-    for volume in client.volumes.list(filters=mine):
-        volume.remove(force=True)
+    running = start_stack(client, host, dataset, tmp_path_factory.mktemp("hub"))
+    yield running
+    running.close()
