@@ -57,10 +57,11 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 
-bench: install
+bench: demo
 	$(BIN)/python bench/onboarding.py
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/portal.py
+	$(BIN)/python bench/sandboxes.py
 
 clean-demo:
 	rm -rf $(VAR)/demo $(VAR)/datasets

@@ -43,6 +43,7 @@ from tests.hub.stack import start_docker, start_stack, stop_docker  # noqa: E402
 from tests.services import free_port  # noqa: E402
 
 DATASET = ROOT / "var" / "datasets" / "emr-visits"
+PROXY = ROOT / "var" / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
 GOAL_SECONDS = 5.0
 
 
@@ -73,7 +74,7 @@ def stock_hub_spawns(docker_host: str, rounds: int, work: Path) -> list[float]:
         c.JupyterHub.hub_connect_url = "http://{{gateway}}:{api_port}"
         c.JupyterHub.db_url = "sqlite:///{work / 'stock.sqlite'}"
         c.JupyterHub.cookie_secret_file = "{work / 'stock_cookie'}"
-        c.ConfigurableHTTPProxy.command = ["{ROOT}/var/node/node_modules/.bin/configurable-http-proxy"]
+        c.ConfigurableHTTPProxy.command = ["{PROXY}"]
         c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_port}"
         c.JupyterHub.authenticator_class = "dummy"
         c.JupyterHub.spawner_class = "docker"
@@ -99,12 +100,13 @@ def stock_hub_spawns(docker_host: str, rounds: int, work: Path) -> list[float]:
     api = f"http://127.0.0.1:{port}/hub/api"
     headers = {"Authorization": f"token {token}"}
     try:
-        for _ in range(200):
+        for _ in range(300):
             try:
-                httpx.get(f"{api}/", timeout=1)
-                break
+                if httpx.get(f"{api}/", timeout=1).status_code == 200:
+                    break
             except httpx.HTTPError:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
         times = []
         for n in range(rounds):
             user = f"stock{n}"
@@ -137,8 +139,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-sandboxes-"))
     stack = start_stack(client, host, DATASET, work, SANDBOX_HUB_MEM_LIMIT="512M")
     try:
-        print(f"image med-sandbox:latest, {client.images.get('med-sandbox:latest').attrs['Size'] / 1e6:.0f} MB;"
-              " 2 cores", flush=True)
+        size = client.images.get("med-sandbox:latest").attrs["Size"] / 1e6
+        print(f"image med-sandbox:latest, {size:.0f} MB; {os.cpu_count()} cores", flush=True)
         ours = []
         for _ in range(args.rounds):
             project, researcher = stack.approved_project(sign=False)

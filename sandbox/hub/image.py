@@ -148,6 +148,7 @@ def _assemble_context(work_dir: Path, datasets_dir: Path, notebooks_dir: Path) -
     shutil.rmtree(context, ignore_errors=True)
     context.mkdir()
     shutil.copy2(RECIPE / "Dockerfile", context / "Dockerfile")
+    shutil.copytree(RECIPE / "etc", context / "etc")
     (context / "wheels").mkdir()
     for wheel in (work_dir / "wheels").iterdir():
         if not wheel.name.startswith("."):

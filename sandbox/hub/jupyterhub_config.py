@@ -72,6 +72,7 @@ c.GenericOAuthenticator.scope = ["profile"]
 c.GenericOAuthenticator.username_claim = "preferred_username"
 c.GenericOAuthenticator.login_service = "the data portal / 数据门户"
 c.GenericOAuthenticator.allow_all = True  # who may start what is decided by the portal
+c.GenericOAuthenticator.auto_login = True  # straight to the portal, no hub login page
 
 c.JupyterHub.services = [
     {"name": PORTAL_SERVICE, "api_token": settings.hub_api_token},

@@ -1,5 +1,6 @@
-"""A researcher signs in to the hub through the portal (OAuth2) in a real browser and opens
-their project's sandbox in JupyterLab; someone else's sandbox stays closed to them."""
+"""A researcher signs in to the portal in a real browser, sees the project's sandbox ready,
+clicks "Open sandbox" and lands in JupyterLab — the hub signs them in through the portal
+(OAuth2). Someone else's sandbox stays closed to them."""
 
 from __future__ import annotations
 
@@ -9,26 +10,31 @@ from sandbox.hub.names import server_name
 from tests.browser.test_approval_flow import ARTIFACTS, browser  # noqa: F401  (fixture)
 
 
-def test_sign_in_through_the_portal_and_open_the_sandbox(stack, browser):  # noqa: F811
+def test_open_the_sandbox_from_the_portal(stack, browser):  # noqa: F811
     project, researcher = stack.approved_project()
-    status = stack.hub().wait_ready(f"user-{researcher.id}", server_name(project))
-    assert status.ready
+    assert stack.hub().wait_ready(f"user-{researcher.id}", server_name(project)).ready
     page = browser.new_page(locale="zh-CN")
-    page.goto(f"{stack.hub_url}/hub/oauth_login")
-    assert page.url.startswith(f"{stack.portal_url}/login")
+    page.goto(f"{stack.portal_url}/login")
     page.fill("#email", researcher.email)
     page.fill("#password", "Hub-test-42")
     page.click("button.primary")
-    page.wait_for_url(f"{stack.hub_url}/hub/**")
-    page.goto(f"{status.url}lab")
-    expect(page.locator(".jp-Launcher")).to_be_visible(timeout=60_000)
-    page.screenshot(path=str(ARTIFACTS / "hub-01-jupyterlab.png"))
+    page.goto(f"{stack.portal_url}/applications/{project}")
+    expect(page.locator("#sandbox-status")).to_have_attribute("data-status", "ready")
+    page.screenshot(path=str(ARTIFACTS / "hub-01-project-sandbox-ready.png"), full_page=True)
+    with page.expect_popup() as opened:
+        page.click("#open-sandbox")
+    lab = opened.value
+    expect(lab.locator(".jp-Launcher")).to_be_visible(timeout=60_000)
+    assert lab.url.startswith(f"{stack.hub_url}/user/user-{researcher.id}/{server_name(project)}")
+    expect(lab.get_by_text("getting-started.ipynb")).to_be_visible()
+    lab.screenshot(path=str(ARTIFACTS / "hub-02-jupyterlab.png"))
 
     # another researcher's sandbox is not theirs to open
     other_project, other = stack.approved_project()
     other_status = stack.hub().wait_ready(f"user-{other.id}", server_name(other_project))
-    response = page.goto(f"{other_status.url}lab")
+    response = lab.goto(f"{other_status.url}lab")
     refused = response is not None and response.status in (403, 404)
-    sent_away = "/hub/" in page.url and "jp-main-dock-panel" not in page.content()
-    assert refused or sent_away, (page.url, response.status if response else None)
+    sent_away = "jp-Launcher" not in lab.content()
+    assert refused or sent_away, (lab.url, response.status if response else None)
+    lab.screenshot(path=str(ARTIFACTS / "hub-03-other-sandbox-refused.png"))
     page.close()

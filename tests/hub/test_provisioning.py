@@ -5,6 +5,7 @@ destruction record on the portal and in the audit log."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import docker.errors
 import pytest
@@ -139,6 +140,20 @@ def test_suspension_stops_the_sandbox_and_resumption_lets_it_start_again(stack):
         stack.docker.volumes.get(volume_name(stack.instance, user, server))
     actions = _audit_actions(stack)
     assert {"project.suspended", "project.resumed", "project.revoked"} <= set(actions)
+
+
+def test_the_idle_culler_runs_beside_the_hub(stack):
+    culler = [_read(p).split(b"\0") for p in Path("/proc").glob("*/cmdline")
+              if b"jupyterhub_idle_culler" in _read(p)]
+    assert culler, "the hub started no idle culler"
+    assert any(arg.startswith(b"--timeout=") for arg in culler[0])
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 def _audit_actions(stack) -> list[str]:
