@@ -20,7 +20,9 @@ built —, gateway, portal, JupyterHub with the hardened spawner and firewall), 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -76,6 +78,7 @@ def stock_hub_spawns(docker_host: str, rounds: int, work: Path) -> list[float]:
         c.JupyterHub.cookie_secret_file = "{work / 'stock_cookie'}"
         c.ConfigurableHTTPProxy.command = ["{PROXY}"]
         c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_port}"
+        c.ConfigurableHTTPProxy.pid_file = "{work / 'stock-proxy.pid'}"
         c.JupyterHub.authenticator_class = "dummy"
         c.JupyterHub.spawner_class = "docker"
         c.DockerSpawner.image = "med-sandbox:latest"
@@ -123,6 +126,7 @@ def stock_hub_spawns(docker_host: str, rounds: int, work: Path) -> list[float]:
     finally:
         hub.terminate()
         hub.wait(120)
+        _stop_pidfile(work / "stock-proxy.pid")
         for box in client.containers.list(all=True, filters={"name": "bench-stock-"}):
             box.remove(force=True)
         network.remove()
@@ -180,6 +184,12 @@ def main() -> None:
         client.close()
         if started:
             stop_docker()
+
+
+def _stop_pidfile(path: Path) -> None:
+    """Stop the proxy the stock hub started, if it outlived the hub."""
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(int(path.read_text().strip()), signal.SIGTERM)
 
 
 def _attempt(function, *args):

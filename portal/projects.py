@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from approvals import states
 from approvals.states import Action, Role, State
-from portal import sandboxes, workflow
+from portal import gateway, sandboxes
 from portal.config import PortalSettings
 from portal.models import Agreement, Application
 from sandbox import audit
@@ -38,7 +38,7 @@ def control(db: Session, settings: PortalSettings, application: Application, act
     agreement = db.get(Agreement, application.id)
     verb, audited = CONTROLS[action]
     if agreement is not None and agreement.grant_id:
-        workflow.gateway_grant(settings, agreement.grant_id, verb, reason)
+        gateway.change_grant(settings, agreement.grant_id, verb, reason)
     application.state = target
     audit.append(db.connection(), audited, actor, f"application:{application.id}",
                  {"reason": reason})

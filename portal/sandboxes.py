@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from approvals.states import State
-from portal import tokens
+from portal import gateway, tokens
 from portal.config import PortalSettings
 from portal.models import Agreement, Application, DestructionRecord, Sandbox, User
 from sandbox import audit
@@ -46,8 +46,9 @@ def enabled(settings: PortalSettings) -> bool:
     return bool(settings.hub_url)
 
 
-def hub(settings: PortalSettings) -> HubClient:
-    return HubClient(settings.hub_url, shared_secret(settings.secrets_dir, "hub-api.token"))
+def hub(settings: PortalSettings, timeout: float = 30) -> HubClient:
+    return HubClient(settings.hub_url, shared_secret(settings.secrets_dir, "hub-api.token"),
+                     timeout=timeout)
 
 
 def service_token(settings: PortalSettings) -> str:
@@ -110,7 +111,7 @@ def view(db: Session, settings: PortalSettings, application: Application) -> Vie
     if record.status in (Status.FAILED, Status.DESTROYED):
         return View(record.status, detail=record.detail)
     db.commit()
-    client = hub(settings)
+    client = hub(settings, timeout=5)  # a page render never waits long on the hub
     try:
         live = client.status(record.hub_user, record.server)
     except Unavailable as exc:
@@ -126,19 +127,26 @@ def view(db: Session, settings: PortalSettings, application: Application) -> Vie
 
 # -- what the hub asks ------------------------------------------------------------------
 
-def grant_for(db: Session, settings: PortalSettings, hub_user: str, project: int) -> dict:
+def grant_for(db: Session, settings: PortalSettings, hub_user: str, project: int,
+              network: str | None = None) -> dict:
     """The project's gateway token for its applicant, if the project is active and within
-    its term; otherwise ``Forbidden`` with the reason. Both outcomes are audited."""
+    its term; otherwise ``Forbidden`` with the reason. Both outcomes are audited. With
+    ``network`` (the sandbox's subnet), the gateway is first told to accept the token from
+    that network only."""
     try:
         application = _checked(db, hub_user, project)
         agreement = db.get(Agreement, application.id)
         token = tokens.unseal(settings, agreement.grant_token)
+        db.commit()  # no lock held while the gateway is called
+        if network:
+            gateway.bind_networks(settings, agreement.grant_id, [network])
     except Forbidden as exc:
         _audit(db, AuditAction.SANDBOX_REFUSED, "service:hub", project,
                {"hub_user": hub_user, "reason": exc.reason})
         db.commit()
         raise
-    _audit(db, AuditAction.SANDBOX_GRANTED, "service:hub", project, {"hub_user": hub_user})
+    _audit(db, AuditAction.SANDBOX_GRANTED, "service:hub", project,
+           {"hub_user": hub_user, "network": network})
     db.commit()
     return {"project": application.id, "token": token,
             "datasets": sorted({f.dataset for f in application.fields}),
@@ -192,47 +200,35 @@ def record_destruction(db: Session, payload: dict) -> DestructionRecord:
 def stop(db: Session, settings: PortalSettings, application: Application, actor: str
          ) -> None:
     """Stop the project's sandbox, keeping its workspace (suspension)."""
-    record = db.get(Sandbox, application.id)
-    if record is None or record.status == Status.DESTROYED or not enabled(settings):
-        return
-    db.commit()
-    client = hub(settings)
-    try:
-        client.stop(record.hub_user, record.server, remove=False)
-    except Unavailable as exc:
-        record.detail = f"stop pending: {exc.reason}"
-        db.commit()
-        return
-    finally:
-        client.close()
-    record.status, record.detail = Status.STOPPED, ""
-    record.updated_at = datetime.now(UTC)
-    _audit(db, AuditAction.SANDBOX_STOPPED, actor, application.id,
-           {"hub_user": record.hub_user, "server": record.server, "removed": False})
-    db.commit()
+    _stop(db, settings, application, actor, remove=False)
 
 
 def destroy(db: Session, settings: PortalSettings, application: Application,
             actor: str) -> None:
     """Stop and delete the project's named server; the hub's spawner removes container,
     workspace volume and network and sends the destruction record."""
+    _stop(db, settings, application, actor, remove=True)
+
+
+def _stop(db: Session, settings: PortalSettings, application: Application, actor: str,
+          remove: bool) -> None:
     record = db.get(Sandbox, application.id)
     if record is None or record.status == Status.DESTROYED or not enabled(settings):
         return
-    db.commit()  # the hub's spawner reports to the portal while we wait
+    db.commit()  # no transaction open: the hub's spawner reports to the portal meanwhile
     client = hub(settings)
     try:
-        client.stop(record.hub_user, record.server, remove=True)
+        client.stop(record.hub_user, record.server, remove=remove)
     except Unavailable as exc:
-        record.detail = f"destruction pending: {exc.reason}"
+        record.detail = f"{'destruction' if remove else 'stop'} pending: {exc.reason}"
         db.commit()
         return
     finally:
         client.close()
-    record.status, record.detail = Status.DESTROYED, ""
+    record.status, record.detail = (Status.DESTROYED if remove else Status.STOPPED), ""
     record.updated_at = datetime.now(UTC)
     _audit(db, AuditAction.SANDBOX_STOPPED, actor, application.id,
-           {"hub_user": record.hub_user, "server": record.server, "removed": True})
+           {"hub_user": record.hub_user, "server": record.server, "removed": remove})
     db.commit()
 
 

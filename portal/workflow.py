@@ -8,7 +8,6 @@ import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -17,7 +16,7 @@ from approvals.decisions import ACTION, Decision, Terms, check_decision
 from approvals.errors import Ineligible, InvalidDecision, NotPermitted
 from approvals.scoring import Dimension, RubricConfig, Score
 from approvals.states import Action, Role, State
-from portal import agreement, notify, sandboxes, tokens
+from portal import agreement, gateway, notify, sandboxes, tokens
 from portal import catalog as datasets
 from portal.config import PortalSettings
 from portal.models import (
@@ -31,14 +30,7 @@ from portal.models import (
 )
 from sandbox import audit
 from sandbox.audit import AuditAction
-from sandbox.errors import InputError, SandboxError
-
-
-class GatewayUnavailable(SandboxError):
-    """The gateway could not create the grant; nothing was activated."""
-
-    http_status = 502
-    code = "gateway_unavailable"
+from sandbox.errors import InputError
 
 
 @dataclass
@@ -247,7 +239,8 @@ def sign(ctx: Context, application: Application) -> Agreement:
                            datasets, decision.fields, application.purpose, decision.epsilon,
                            decision.delta, decision.term_months, now)
     expires = now + timedelta(days=30 * decision.term_months)
-    grant_id, token = _create_grant(ctx.settings, application, decision, datasets, expires)
+    grant_id, token = gateway.create_grant(ctx.settings, application.id, application.purpose,
+                                           decision, datasets, expires)
     record = Agreement(application_id=application.id, pdf=pdf,
                        sha256=hashlib.sha256(pdf).hexdigest(), signed_by=ctx.actor.id,
                        signed_at=now, grant_id=grant_id, expires_at=expires,
@@ -260,7 +253,8 @@ def sign(ctx: Context, application: Application) -> Agreement:
         ctx.db.commit()
     except Exception:
         # The project did not become active here, so its grant must not stay usable there.
-        gateway_grant(ctx.settings, grant_id, "revoke", "activation failed in the portal")
+        gateway.change_grant(ctx.settings, grant_id, "revoke",
+                            "activation failed in the portal")
         raise
     ctx.mail([application.researcher], application, "项目已启用 / project active")
     if sandboxes.enabled(ctx.settings):
@@ -270,41 +264,3 @@ def sign(ctx: Context, application: Application) -> Agreement:
 
 def grant_token(settings: PortalSettings, record: Agreement) -> str:
     return tokens.unseal(settings, record.grant_token)
-
-
-def gateway_grant(settings: PortalSettings, grant_id: str, action: str, reason: str) -> None:
-    """Suspend, resume or revoke a project's grant on the gateway."""
-    try:
-        token = settings.gateway_token_file.read_text().strip()
-        response = httpx.post(f"{settings.gateway_url}/v1/admin/grants/{grant_id}/{action}",
-                              timeout=60, headers={"Authorization": f"Bearer {token}"},
-                              json={"reason": reason})
-    except (OSError, httpx.HTTPError) as exc:
-        raise GatewayUnavailable(f"the gateway could not be reached ({exc}); "
-                                 "nothing was changed, try again") from None
-    if response.status_code != 200:
-        raise GatewayUnavailable(f"the gateway refused to {action} the grant: "
-                                 f"{response.text[:300]}")
-
-
-def _create_grant(settings: PortalSettings, application: Application,
-                  decision: DecisionRecord, datasets: list[str], expires: datetime
-                  ) -> tuple[str, str]:
-    try:
-        token = settings.gateway_token_file.read_text().strip()
-        response = httpx.post(
-            f"{settings.gateway_url}/v1/admin/grants", timeout=60,
-            headers={"Authorization": f"Bearer {token}"},
-            json={"project": f"application-{application.id}", "datasets": datasets,
-                  "fields": decision.fields, "purpose": application.purpose,
-                  "epsilon": decision.epsilon, "delta": decision.delta,
-                  "expires_at": expires.isoformat()})
-    except (OSError, httpx.HTTPError) as exc:
-        raise GatewayUnavailable(f"the gateway could not be reached ({exc}); "
-                                 "nothing was activated, try again") from None
-    if response.status_code != 201:
-        reason = response.json().get("reason", response.text) if response.headers.get(
-            "content-type", "").startswith("application/json") else response.text
-        raise GatewayUnavailable(f"the gateway refused the grant: {reason}")
-    body = response.json()
-    return body["grant"]["id"], body["token"]

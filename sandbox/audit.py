@@ -59,6 +59,8 @@ class AuditAction(StrEnum):
     GRANT_SUSPENDED = "grant.suspended"
     GRANT_RESUMED = "grant.resumed"
     GRANT_REVOKED = "grant.revoked"
+    GRANT_BOUND = "grant.bound"
+    TOKEN_MISPLACED = "token.misplaced"
     QUERY_REFUSED = "query.refused"
     QUERY_PREVIEWED = "query.previewed"
     RELEASE_CHARGED = "release.charged"

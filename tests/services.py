@@ -130,3 +130,17 @@ class GatewayProcess:
         response = self.admin("POST", "/v1/admin/grants", body)
         assert response.status_code == 201, response.text
         return response.json()
+
+
+def portal_env(root: Path, datasets: Path, gateway: GatewayProcess, smtp_port: int,
+               public_url: str) -> dict[str, str]:
+    """SANDBOX_PORTAL_* for a portal process over ``root``, wired to a running gateway."""
+    return {
+        "SANDBOX_PORTAL_DATABASE_URL": f"sqlite:///{root / 'portal.db'}",
+        "SANDBOX_PORTAL_STATE_DIR": str(root / "portal"),
+        "SANDBOX_PORTAL_DATASETS_DIR": str(datasets),
+        "SANDBOX_PORTAL_GATEWAY_URL": gateway.url,
+        "SANDBOX_PORTAL_GATEWAY_TOKEN_FILE": str(gateway.state_dir / "admin.token"),
+        "SANDBOX_PORTAL_SMTP_PORT": str(smtp_port),
+        "SANDBOX_PORTAL_PUBLIC_URL": public_url,
+    }

@@ -214,9 +214,10 @@ def grant() -> ResponseReturnValue:
     body = _json()
     try:
         user, project = str(body["user"]), int(body["project"])
+        network = str(body["network"]) if body.get("network") else None
     except (KeyError, TypeError, ValueError):
         raise InputError("give the hub user and the project id") from None
-    return jsonify(sandboxes.grant_for(g.db, _settings(), user, project))
+    return jsonify(sandboxes.grant_for(g.db, _settings(), user, project, network))
 
 
 @bp.route("/api/v1/hub/destruction", methods=["POST"])

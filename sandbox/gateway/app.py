@@ -21,6 +21,11 @@ from sandbox.gateway.settings import GatewaySettings
 log = logging.getLogger("sandbox.gateway")
 
 
+class NetworkBinding(BaseModel):
+    networks: list[str] = Field(min_length=1, max_length=16,
+                                description="CIDRs the project's token may be used from")
+
+
 class GrantChange(BaseModel):
     reason: str = Field(default="", max_length=2000, pattern=r"^[^\x00]*$")
 
@@ -36,7 +41,8 @@ def _admin(request: Request, token: Annotated[str | None, Depends(_bearer)]) -> 
 
 
 def _project(request: Request, token: Annotated[str | None, Depends(_bearer)]) -> dict:
-    return request.app.state.service.grant_for_token(token)
+    client = request.client.host if request.client else None
+    return request.app.state.service.grant_for_token(token, client)
 
 
 Admin = Annotated[str, Depends(_admin)]
@@ -108,6 +114,11 @@ def create_app(settings: GatewaySettings | None = None,
     @app.get("/v1/admin/grants/{grant_id}")
     def get_grant(grant_id: str, _actor: Admin) -> dict:
         return service.grant(grant_id)
+
+    @app.put("/v1/admin/grants/{grant_id}/networks")
+    def bind_networks(grant_id: str, binding: NetworkBinding, actor: Admin) -> dict:
+        """Accept the project's token only from these networks (its sandbox's)."""
+        return service.bind_networks(actor, grant_id, binding.networks)
 
     @app.post("/v1/admin/grants/{grant_id}/{action}")
     def change_grant(grant_id: str, action: Literal["suspend", "resume", "revoke"],

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import secrets
 import threading
@@ -24,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import Connection, and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from sandbox import audit
@@ -45,7 +46,13 @@ from sandbox.gateway.grants import GrantState, check_usable, next_state
 from sandbox.gateway.queries import QuerySpec
 from sandbox.gateway.ratelimit import RateLimiter
 from sandbox.gateway.settings import GatewaySettings
-from sandbox.gateway.store import create_tables, grants, releases, withdrawals
+from sandbox.gateway.store import (
+    create_tables,
+    grant_networks,
+    grants,
+    releases,
+    withdrawals,
+)
 from sandbox.receipts import Signer
 from sandbox.secretfile import read_or_create
 
@@ -152,17 +159,45 @@ class GatewayService:
             raise Unauthenticated("a valid service token is required")
         return "service"
 
-    def grant_for_token(self, token: str | None) -> dict:
-        """The grant a project token belongs to (whatever its state)."""
+    def grant_for_token(self, token: str | None, client: str | None = None) -> dict:
+        """The grant a project token belongs to (whatever its state), if the request comes
+        from a network the grant is bound to (when it is bound to any)."""
         if not token:
             raise Unauthenticated("a project token is required (Authorization: Bearer …)")
         with self.db.connect() as conn:
             row = conn.execute(select(grants).where(grants.c.token_hash == _hash_token(token))
                                ).mappings().first()
+            bound = None if row is None else conn.execute(
+                select(grant_networks.c.networks).where(grant_networks.c.grant_id == row["id"])
+            ).scalar()
         if row is None:
             raise Unauthenticated("unknown project token")
+        if bound is not None and not _within(client, json.loads(bound)):
+            with self.db.begin() as conn:
+                audit.append(conn, AuditAction.TOKEN_MISPLACED, f"grant:{row['id']}",
+                             f"grant:{row['id']}", {"client": client})
+            raise Forbidden("this project's token works only from the project's sandbox")
         self.limiter.take(row["id"])
         return _grant(row)
+
+    def bind_networks(self, actor: str, grant_id: str, networks: list[str]) -> dict:
+        """Accept the grant's token only from ``networks`` (replacing earlier ones)."""
+        try:
+            cidrs = sorted({str(ipaddress.ip_network(n, strict=False)) for n in networks})
+        except ValueError as exc:
+            raise InputError(f"not a network: {exc}") from None
+        if not cidrs:
+            raise InputError("give at least one network")
+        with self.db.begin() as conn:
+            if conn.execute(select(grants.c.id).where(grants.c.id == grant_id)).first() is None:
+                raise NotFound(f"no grant {grant_id}")
+            conn.execute(delete(grant_networks).where(grant_networks.c.grant_id == grant_id))
+            conn.execute(insert(grant_networks).values(grant_id=grant_id,
+                                                       networks=json.dumps(cidrs),
+                                                       bound_at=_now()))
+            audit.append(conn, AuditAction.GRANT_BOUND, actor, f"grant:{grant_id}",
+                         {"networks": cidrs})
+        return {"grant": grant_id, "networks": cidrs}
 
     # -- grants ----------------------------------------------------------------------------
     def create_grant(self, actor: str, request: GrantRequest) -> tuple[dict, str]:
@@ -432,6 +467,14 @@ def _budget(total: float, spent: float) -> dict:
     # Sums of floats drift in the last digits (0.1 + 0.2 …); show what a person expects.
     return {"total": round(total, 12), "spent": round(spent, 12),
             "remaining": round(max(0.0, total - spent), 12)}
+
+
+def _within(client: str | None, networks: list[str]) -> bool:
+    try:
+        address = ipaddress.ip_address(client or "")
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(n) for n in networks)
 
 
 def _grant(row) -> dict:

@@ -37,6 +37,15 @@ grants = Table(
     Column("created_at", String(40), nullable=False),
 )
 
+# A grant bound to networks answers only requests from them: a sandbox's own subnet, so the
+# project's token works from its sandbox and nowhere else.
+grant_networks = Table(
+    "grant_networks", metadata,
+    Column("grant_id", String(32), primary_key=True),
+    Column("networks", Text, nullable=False),  # JSON list of CIDRs
+    Column("bound_at", String(40), nullable=False),
+)
+
 releases = Table(
     "releases", metadata,
     Column("id", String(32), primary_key=True),

@@ -50,10 +50,19 @@ def create_kwargs(instance: str, user: str, server: str) -> dict:
 
 def gateway_address(network_attrs: dict) -> str:
     """The host's address on a network: where the sandbox reaches the hub and gateway."""
+    return _ipam(network_attrs, "Gateway")
+
+
+def subnet(network_attrs: dict) -> str:
+    """The network's subnet: the only addresses the project's token is accepted from."""
+    return _ipam(network_attrs, "Subnet")
+
+
+def _ipam(network_attrs: dict, key: str) -> str:
     for config in network_attrs.get("IPAM", {}).get("Config") or []:
-        if config.get("Gateway"):
-            return config["Gateway"]
-    raise Unavailable(f"network {network_attrs.get('Name')} has no gateway address")
+        if config.get(key):
+            return config[key]
+    raise Unavailable(f"network {network_attrs.get('Name')} has no {key.lower()}")
 
 
 def install_firewall(ports: list[int]) -> None:

@@ -76,10 +76,14 @@ class SandboxSpawner(DockerSpawner):
         return wanted
 
     async def _portal(self, path: str, payload: dict) -> dict:
-        async with httpx.AsyncClient(timeout=15) as client:
-            response = await client.post(
-                f"{self.portal_url.rstrip('/')}/api/v1/hub/{path}", json=payload,
-                headers={"Authorization": f"Bearer {self.portal_token}"})
+        try:
+            async with httpx.AsyncClient(timeout=15) as client:
+                response = await client.post(
+                    f"{self.portal_url.rstrip('/')}/api/v1/hub/{path}", json=payload,
+                    headers={"Authorization": f"Bearer {self.portal_token}"})
+        except httpx.HTTPError as exc:
+            raise web.HTTPError(503, "the portal could not be reached to check the "
+                                     "project; try again shortly") from exc
         body = response.json() if response.headers.get("content-type", "").startswith(
             "application/json") else {}
         if response.status_code != 200:
@@ -88,8 +92,7 @@ class SandboxSpawner(DockerSpawner):
 
     # -- start ----------------------------------------------------------------------
     async def start(self) -> tuple[str, int]:
-        grant = await self._portal("grant", {"user": self.user.name,
-                                             "project": self.project_id})
+        project = self.project_id
         net_name, _ = network.names(self.instance, self.user.name, self.name)
         labels = network.labels(self.instance, self.user.name, self.name)
         try:
@@ -99,6 +102,9 @@ class SandboxSpawner(DockerSpawner):
                 self.instance, self.user.name, self.name))
             attrs = await self.docker("inspect_network", net_name)
         host = network.gateway_address(attrs)
+        # The portal checks the project, binds its token to this network, and answers.
+        grant = await self._portal("grant", {"user": self.user.name, "project": project,
+                                             "network": network.subnet(attrs)})
         self.network_name = net_name
         self.use_internal_ip = True
         self.hub_connect_url = f"http://{host}:{self.api_port}"

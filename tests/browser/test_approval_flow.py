@@ -25,7 +25,7 @@ from sandbox import audit
 from sandbox.client import Gateway, GatewayError
 from tests.conftest import ROOT
 from tests.mail import start_smtp
-from tests.services import GatewayProcess, free_port
+from tests.services import GatewayProcess, free_port, portal_env
 
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 PASSWORD = "Browser-test-42"
@@ -42,15 +42,8 @@ def stack(dataset, tmp_path_factory):
     gateway = GatewayProcess(served, root / "gateway", f"sqlite:///{root / 'gw.db'}").start()
     smtp, inbox = start_smtp()
     port = free_port()
-    env = os.environ | {
-        "SANDBOX_PORTAL_DATABASE_URL": f"sqlite:///{root / 'portal.db'}",
-        "SANDBOX_PORTAL_STATE_DIR": str(root / "portal"),
-        "SANDBOX_PORTAL_DATASETS_DIR": str(served),
-        "SANDBOX_PORTAL_GATEWAY_URL": gateway.url,
-        "SANDBOX_PORTAL_GATEWAY_TOKEN_FILE": str(gateway.state_dir / "admin.token"),
-        "SANDBOX_PORTAL_SMTP_PORT": str(inbox.port),
-        "SANDBOX_PORTAL_PUBLIC_URL": f"http://127.0.0.1:{port}",
-    }
+    env = os.environ | portal_env(root, served, gateway, inbox.port,
+                                  f"http://127.0.0.1:{port}")
     ctl = str(Path(sys.executable).parent / "sandboxctl")
     accounts = [("chair@lingnan.cn", "周主任", "chair", "岭南卫健委"),
                 ("expert1@lingnan.cn", "专家甲", "expert", "中山医院"),

@@ -109,6 +109,28 @@ def test_grant_lifecycle_refuses_with_reasons(gateway):
         illegal.json()["reason"]
 
 
+def test_a_grant_bound_to_networks_answers_only_from_them(gateway):
+    grant = gateway.grant(epsilon=1.0)
+    grant_id, gw = grant["grant"]["id"], client(gateway, grant)
+    assert gw.budget()["epsilon"]["total"] == 1.0  # unbound: from anywhere
+    bound = gateway.admin("PUT", f"/v1/admin/grants/{grant_id}/networks",
+                          {"networks": ["10.99.0.16/28"]})
+    assert bound.status_code == 200 and bound.json()["networks"] == ["10.99.0.16/28"]
+    with pytest.raises(GatewayError, match="only from the project's sandbox") as refused:
+        gw.budget()
+    assert refused.value.status == 403
+    assert gateway.admin("PUT", f"/v1/admin/grants/{grant_id}/networks",
+                         {"networks": ["127.0.0.1/32"]}).status_code == 200
+    assert gw.budget()["epsilon"]["total"] == 1.0
+    bad = gateway.admin("PUT", f"/v1/admin/grants/{grant_id}/networks",
+                        {"networks": ["not-a-network"]})
+    assert bad.status_code == 422 and "not a network" in bad.json()["reason"]
+    assert gateway.admin("PUT", "/v1/admin/grants/nope/networks",
+                         {"networks": ["127.0.0.1/32"]}).status_code == 404
+    assert httpx.put(f"{gateway.url}/v1/admin/grants/{grant_id}/networks",
+                     json={"networks": ["0.0.0.0/0"]}).status_code == 401
+
+
 def test_expired_grant_is_refused(gateway):
     past = gateway.admin("POST", "/v1/admin/grants", {
         "project": "old", "datasets": ["emr-visits"], "fields": ["sex"],

@@ -31,6 +31,7 @@ from sandbox.hub.names import server_name
 from sandbox.hub.settings import shared_secret
 from tests.mail import start_smtp
 from tests.services import ROOT, GatewayProcess, free_port
+from tests.services import portal_env as portal_env_of
 
 CTL = str(Path(sys.executable).parent / "sandboxctl")
 FIELDS = ["sex", "age_band", "visit_type", "total_cost"]
@@ -168,14 +169,7 @@ def start_stack(client: docker.DockerClient, host: str, dataset: Path, root: Pat
     portal_port, hub_port, api_port, proxy_port = (free_port() for _ in range(4))
     portal_url, hub_url = f"http://127.0.0.1:{portal_port}", f"http://127.0.0.1:{hub_port}"
     secrets = root / "secrets"
-    portal_env = {
-        "SANDBOX_PORTAL_DATABASE_URL": f"sqlite:///{root / 'portal.db'}",
-        "SANDBOX_PORTAL_STATE_DIR": str(root / "portal"),
-        "SANDBOX_PORTAL_DATASETS_DIR": str(served),
-        "SANDBOX_PORTAL_GATEWAY_URL": gateway.url,
-        "SANDBOX_PORTAL_GATEWAY_TOKEN_FILE": str(gateway.state_dir / "admin.token"),
-        "SANDBOX_PORTAL_SMTP_PORT": str(inbox.port),
-        "SANDBOX_PORTAL_PUBLIC_URL": portal_url,
+    portal_env = portal_env_of(root, served, gateway, inbox.port, portal_url) | {
         "SANDBOX_PORTAL_HUB_URL": hub_url,
         "SANDBOX_PORTAL_SECRETS_DIR": str(secrets),
         "SANDBOX_PORTAL_QUORUM": "1",

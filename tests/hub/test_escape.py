@@ -14,7 +14,7 @@ import threading
 import httpx
 import pytest
 
-from portal.models import Agreement
+from sandbox.client import Gateway, GatewayError
 from sandbox.hub.names import server_name
 
 PROBE = textwrap.dedent("""
@@ -212,12 +212,12 @@ def test_fork_bomb_is_contained(stack, sandboxes):
 
 
 def test_another_projects_token_is_refused(stack, sandboxes):
-    (_, _, box_a), (project_b, _, box_b) = sandboxes
+    """B's token, active and valid, is refused from A's sandbox (and from the host): a
+    project's token works only from its own sandbox's network."""
+    (_, _, box_a), (_, _, box_b) = sandboxes
     env_b = dict(line.split("=", 1) for line in box_b.attrs["Config"]["Env"])
-    with stack.app.extensions["portal.sessions"]() as db:
-        grant_b = db.get(Agreement, project_b).grant_id
-    assert stack.gateway.admin("POST", f"/v1/admin/grants/{grant_b}/suspend",
-                               {"reason": "escape test"}).status_code == 200
+    assert "remaining" in run(box_b, "python3", "-c", "from sandbox.client import Gateway; "
+                              "print(Gateway.from_env().budget()['epsilon'])")[1]
     script = textwrap.dedent(f"""
         from sandbox.client import Gateway, GatewayError
         import os
@@ -238,3 +238,6 @@ def test_another_projects_token_is_refused(stack, sandboxes):
     code, out = run(box_a, "python3", "-c", script)
     assert code == 0, out
     assert "mine True" in out and "theirs 403" in out and "forged 401" in out, out
+    outside = Gateway(stack.gateway.url, env_b["SANDBOX_GATEWAY_TOKEN"])
+    with pytest.raises(GatewayError, match="only from the project's sandbox"):
+        outside.budget()

@@ -113,33 +113,34 @@ def test_suspension_stops_the_sandbox_and_resumption_lets_it_start_again(stack):
              "try:\n    print(Gateway.from_env().budget()['epsilon']['remaining'])\n"
              "except GatewayError as e:\n    print('refused', e.status)"]
     assert box.exec_run(probe, user="1000:1000").output.decode().strip() == "2.0"
-    with stack.app.extensions["portal.sessions"]() as db:
-        projects.control(db, stack.settings, db.get(Application, project), Action.SUSPEND,
-                         Role.CONTROLLER, "test:controller", "审计发现异常访问")
-        assert db.get(Application, project).state == "suspended"
-        assert db.get(Sandbox, project).status == "stopped"
+    assert control(stack, project, Action.SUSPEND, "审计发现异常访问") == \
+        ("suspended", "stopped")
     assert not hub.status(user, server).ready
     volume = stack.docker.volumes.get(volume_name(stack.instance, user, server))
     assert volume is not None  # the workspace survives a suspension
     with pytest.raises(Forbidden, match="suspended, not active"):
         hub.start(user, server, {"project": project})  # the hub asks the portal: refused
     assert not hub.wait_ready(user, server, timeout=30).ready
+    control(stack, project, Action.RESUME, "核查完毕")
     with stack.app.extensions["portal.sessions"]() as db:
-        projects.control(db, stack.settings, db.get(Application, project), Action.RESUME,
-                         Role.CONTROLLER, "test:controller", "核查完毕")
         sandboxes.provision(db, stack.settings, db.get(Application, project), "test")
     assert hub.wait_ready(user, server).ready
     box = stack.container(project, researcher)
     assert box.exec_run(probe, user="1000:1000").output.decode().strip() == "2.0"
-    with stack.app.extensions["portal.sessions"]() as db:
-        projects.control(db, stack.settings, db.get(Application, project), Action.REVOKE,
-                         Role.CONTROLLER, "test:controller", "违反数据使用协议")
-        assert db.get(Application, project).state == "closing"
-        assert db.get(Sandbox, project).status == "destroyed"
+    assert control(stack, project, Action.REVOKE, "违反数据使用协议") == \
+        ("closing", "destroyed")
     with pytest.raises(docker.errors.NotFound):
         stack.docker.volumes.get(volume_name(stack.instance, user, server))
     actions = _audit_actions(stack)
     assert {"project.suspended", "project.resumed", "project.revoked"} <= set(actions)
+
+
+def control(stack, project: int, action: Action, reason: str) -> tuple[str, str]:
+    """A controller's suspend/resume/revoke; returns (project state, sandbox status)."""
+    with stack.app.extensions["portal.sessions"]() as db:
+        projects.control(db, stack.settings, db.get(Application, project), action,
+                         Role.CONTROLLER, "test:controller", reason)
+        return db.get(Application, project).state, db.get(Sandbox, project).status
 
 
 def test_the_idle_culler_runs_beside_the_hub(stack):

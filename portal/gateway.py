@@ -1,0 +1,61 @@
+"""The portal's calls on the gateway's admin API (service token): create a project's
+grant, suspend/resume/revoke it, bind it to its sandbox's network."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import httpx
+
+from portal.config import PortalSettings
+from portal.models import DecisionRecord
+from sandbox.errors import SandboxError
+
+
+class GatewayUnavailable(SandboxError):
+    """The gateway could not be reached or refused; nothing changed in the portal."""
+
+    http_status = 502
+    code = "gateway_unavailable"
+
+
+def change_grant(settings: PortalSettings, grant_id: str, action: str, reason: str) -> None:
+    """Suspend, resume or revoke a project's grant on the gateway."""
+    _gateway(settings, "POST", f"/v1/admin/grants/{grant_id}/{action}", {"reason": reason},
+             f"{action} the grant")
+
+
+def bind_networks(settings: PortalSettings, grant_id: str, networks: list[str]) -> None:
+    """Let the project's token work only from these networks (its sandbox's)."""
+    _gateway(settings, "PUT", f"/v1/admin/grants/{grant_id}/networks",
+             {"networks": networks}, "bind the grant to the sandbox network")
+
+
+def create_grant(settings: PortalSettings, application_id: int, purpose: str,
+                 decision: DecisionRecord, datasets: list[str], expires: datetime
+                 ) -> tuple[str, str]:
+    """Create the project's grant; returns (grant id, project token)."""
+    body = _gateway(settings, "POST", "/v1/admin/grants", {
+        "project": f"application-{application_id}", "datasets": datasets,
+        "fields": decision.fields, "purpose": purpose,
+        "epsilon": decision.epsilon, "delta": decision.delta,
+        "expires_at": expires.isoformat()}, "create the grant")
+    return body["grant"]["id"], body["token"]
+
+
+def _gateway(settings: PortalSettings, method: str, path: str, body: dict, what: str
+             ) -> dict:
+    """One call on the gateway's admin API; any failure is a ``GatewayUnavailable`` that
+    says what could not be done, and nothing in the portal changes."""
+    try:
+        token = settings.gateway_token_file.read_text().strip()
+        response = httpx.request(method, f"{settings.gateway_url}{path}", json=body,
+                                 timeout=60, headers={"Authorization": f"Bearer {token}"})
+    except (OSError, httpx.HTTPError) as exc:
+        raise GatewayUnavailable(f"the gateway could not be reached to {what} ({exc}); "
+                                 "nothing was changed, try again") from None
+    is_json = response.headers.get("content-type", "").startswith("application/json")
+    if response.status_code not in (200, 201):
+        reason = response.json().get("reason", response.text) if is_json else response.text
+        raise GatewayUnavailable(f"the gateway refused to {what}: {reason[:300]}")
+    return response.json() if is_json else {}
