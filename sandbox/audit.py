@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from sqlalchemy import (
@@ -23,10 +23,13 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    delete,
     insert,
     select,
     update,
 )
+
+from sandbox.errors import InputError
 
 GENESIS = "0" * 64
 
@@ -52,9 +55,25 @@ audit_head = Table(
 )
 
 
+# Retention: entries older than the policy may be pruned, never younger than this.
+MIN_RETENTION_DAYS = 183
+
+# Where a pruned chain now starts: the last pruned entry's sequence number and hash. The
+# same pair is written into the chain itself (the ``audit.pruned`` entry), so a forged
+# checkpoint without a matching entry fails verification.
+audit_checkpoint = Table(
+    "audit_checkpoint", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", Integer, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("at", String(40), nullable=False),
+)
+
+
 class AuditAction(StrEnum):
     """Every kind of audited event, in one place."""
 
+    AUDIT_PRUNED = "audit.pruned"
     GRANT_CREATED = "grant.created"
     GRANT_SUSPENDED = "grant.suspended"
     GRANT_RESUMED = "grant.resumed"
@@ -141,9 +160,14 @@ class Verification:
 
 
 def verify(conn: Connection) -> Verification:
-    """Walk the chain in sequence order and report the first break."""
-    prev, expected_seq, count = GENESIS, 1, 0
-    for row in conn.execute(select(audit_log).order_by(audit_log.c.seq)):
+    """Walk the chain in sequence order, from the retention checkpoint if there is one, and
+    report the first break."""
+    checkpoint = conn.execute(select(audit_checkpoint).where(audit_checkpoint.c.id == 1)
+                              ).first()
+    prev, expected_seq = (checkpoint.hash, checkpoint.seq + 1) if checkpoint else (GENESIS, 1)
+    count, vouched = 0, checkpoint is None
+    for row in conn.execute(select(audit_log).where(audit_log.c.seq >= expected_seq)
+                            .order_by(audit_log.c.seq)):
         entry = {k: getattr(row, k) for k in
                  ("seq", "at", "actor", "action", "subject", "details", "prev_hash")}
         if row.seq != expected_seq:
@@ -153,9 +177,64 @@ def verify(conn: Connection) -> Verification:
                                 f"{row.seq - 1} (deleted or reordered)", row.seq)
         if _hash(entry) != row.hash:
             return Verification(False, count, f"entry {row.seq} was altered", row.seq)
+        if checkpoint and row.action == AuditAction.AUDIT_PRUNED:
+            pruned = json.loads(row.details)
+            vouched = vouched or (pruned.get("through_seq") == checkpoint.seq
+                                  and pruned.get("through_hash") == checkpoint.hash)
         prev, expected_seq, count = row.hash, expected_seq + 1, count + 1
+    if not vouched:
+        return Verification(False, count, f"the chain starts after entry {checkpoint.seq}, "
+                            "but no pruning entry in the chain records that checkpoint",
+                            checkpoint.seq)
+    last = expected_seq - 1
     head = conn.execute(select(audit_head).where(audit_head.c.id == 1)).first()
-    if head is not None and (head.seq != count or head.hash != prev):
-        return Verification(False, count, f"the log ends at entry {count} but the head "
+    if head is not None and (head.seq != last or head.hash != prev):
+        return Verification(False, count, f"the log ends at entry {last} but the head "
                             f"records entry {head.seq} (entries were removed)", head.seq)
     return Verification(True, count)
+
+
+@dataclass(frozen=True)
+class Pruned:
+    entries: int
+    through_seq: int | None
+
+
+def prune(conn: Connection, older_than: datetime, actor: str,
+          retention_days: int = MIN_RETENTION_DAYS, now: datetime | None = None) -> Pruned:
+    """Remove the oldest entries recorded before ``older_than``, which must lie at least
+    ``retention_days`` (never under ``MIN_RETENTION_DAYS``) in the past. The chain is
+    verified first; the last removed entry becomes the checkpoint, and an
+    ``audit.pruned`` entry records it — so verification still passes, and a forged
+    checkpoint does not."""
+    now = now or datetime.now(UTC)
+    if retention_days < MIN_RETENTION_DAYS:
+        raise InputError(f"audit entries are kept at least {MIN_RETENTION_DAYS} days "
+                         f"(6 months); {retention_days} is too short")
+    if older_than > now - timedelta(days=retention_days):
+        raise InputError(f"only entries older than {retention_days} days may be removed")
+    before = verify(conn)
+    if not before.ok:
+        raise InputError(f"the audit chain does not verify ({before.problem}); "
+                         "nothing was removed")
+    cutoff = older_than.astimezone(UTC).isoformat(timespec="microseconds")
+    # The oldest run of entries before the cutoff (entries are in time order by seq).
+    first_kept = conn.execute(select(audit_log.c.seq).where(audit_log.c.at >= cutoff)
+                              .order_by(audit_log.c.seq).limit(1)).scalar()
+    head = conn.execute(select(audit_head).where(audit_head.c.id == 1)
+                        .with_for_update()).one()
+    through = (first_kept - 1) if first_kept is not None else head.seq
+    start = conn.execute(select(audit_checkpoint.c.seq).where(audit_checkpoint.c.id == 1)
+                         ).scalar() or 0
+    if through <= start:
+        return Pruned(0, None)
+    last = conn.execute(select(audit_log.c.hash).where(audit_log.c.seq == through)).scalar()
+    removed = conn.execute(delete(audit_log).where(audit_log.c.seq <= through)).rowcount
+    values = {"seq": through, "hash": last, "at": now.isoformat(timespec="microseconds")}
+    if conn.execute(update(audit_checkpoint).where(audit_checkpoint.c.id == 1)
+                    .values(**values)).rowcount == 0:
+        conn.execute(insert(audit_checkpoint).values(id=1, **values))
+    append(conn, AuditAction.AUDIT_PRUNED, actor, "audit:log",
+           {"through_seq": through, "through_hash": last, "entries": removed,
+            "older_than": cutoff, "retention_days": retention_days})
+    return Pruned(removed, through)

@@ -4,13 +4,15 @@ PostgreSQL — and concurrent writers still extend one chain."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 
 from sandbox import audit
 from sandbox.audit import AuditAction, audit_log
 from sandbox.db import make_engine
+from sandbox.errors import InputError
 from tests.services import Postgres
 
 
@@ -34,6 +36,7 @@ def engine(request, tmp_path_factory):
 def chain(engine):
     with engine.begin() as conn:
         conn.execute(delete(audit_log))
+        conn.execute(delete(audit.audit_checkpoint))
         conn.execute(update(audit.audit_head).values(seq=0, hash=audit.GENESIS))
     for i in range(6):
         with engine.begin() as conn:
@@ -100,3 +103,56 @@ def test_the_cli_reports_a_broken_chain(chain, cli):
         conn.execute(update(audit_log).where(audit_log.c.seq == 1).values(actor="someone"))
     broken = cli("audit", "verify", "--database-url", url)
     assert broken.code == 6 and "entry 1 was altered" in broken.stderr
+
+
+def _entry_time(engine, seq: int) -> datetime:
+    with engine.connect() as conn:
+        at = conn.execute(select(audit_log.c.at).where(audit_log.c.seq == seq)).scalar()
+    return datetime.fromisoformat(at)
+
+
+def test_retention_pruning_keeps_the_chain_verifiable(chain):
+    cutoff = _entry_time(chain, 5)  # entries 1–4 are older than this
+    later = cutoff + timedelta(days=200)
+    with chain.begin() as conn:
+        result = audit.prune(conn, cutoff, "test:retention", 183, now=later)
+    assert result == audit.Pruned(4, 4)
+    with chain.connect() as conn:
+        seqs = list(conn.execute(select(audit_log.c.seq).order_by(audit_log.c.seq)).scalars())
+        last = conn.execute(select(audit_log).where(audit_log.c.seq == 7)).one()
+    assert seqs == [5, 6, 7]
+    assert last.action == "audit.pruned" and '"through_seq": 4' in last.details
+    assert check(chain) == audit.Verification(True, 3)
+    # tampering after pruning is still caught
+    with chain.begin() as conn:
+        conn.execute(update(audit_log).where(audit_log.c.seq == 6).values(actor="x"))
+    assert not check(chain).ok
+
+
+def test_pruning_refuses_short_retention_and_young_entries(chain):
+    now = datetime.now(UTC)
+    with chain.begin() as conn, pytest.raises(InputError, match="at least 183 days"):
+        audit.prune(conn, now - timedelta(days=30), "test", retention_days=30)
+    with chain.begin() as conn, pytest.raises(InputError, match="older than 183 days"):
+        audit.prune(conn, now, "test")
+    assert check(chain) == audit.Verification(True, 6)
+
+
+def test_a_forged_checkpoint_is_detected(chain):
+    """Deleting old rows and writing a checkpoint by hand, without the chain's own record
+    of a pruning, fails verification."""
+    with chain.begin() as conn:
+        third = conn.execute(select(audit_log.c.hash).where(audit_log.c.seq == 3)).scalar()
+        conn.execute(delete(audit_log).where(audit_log.c.seq <= 3))
+        conn.execute(insert(audit.audit_checkpoint).values(id=1, seq=3, hash=third, at="x"))
+    result = check(chain)
+    assert not result.ok and "no pruning entry" in result.problem
+
+
+def test_the_cli_prunes_within_policy(chain, cli):
+    url = chain.url.render_as_string(hide_password=False)
+    refused = cli("audit", "prune", "--database-url", url, "--older-than-days", "90")
+    assert refused.code == 2 and "at least 183 days" in refused.stderr
+    kept = cli("audit", "prune", "--database-url", url)
+    assert kept.code == 0 and "removed 0 entries" in kept.stdout
+    assert cli("audit", "verify", "--database-url", url).code == 0

@@ -102,3 +102,25 @@ def audit_verify(database_url: str) -> None:
         click.echo(f"BROKEN after {result.entries} good entries: {result.problem}", err=True)
         raise SystemExit(6)
     click.echo(f"ok: {result.entries} entries, chain intact")
+
+
+@audit_group.command("prune")
+@click.option("--database-url", default="sqlite:///var/gateway/gateway.db", show_default=True,
+              help="Database holding the audit log.")
+@click.option("--older-than-days", type=int, default=audit.MIN_RETENTION_DAYS,
+              show_default=True, help=f"Retention policy in days (at least "
+              f"{audit.MIN_RETENTION_DAYS}).")
+def audit_prune(database_url: str, older_than_days: int) -> None:
+    """Remove audit entries past the retention policy, keeping the chain verifiable (a
+    checkpoint, and an entry saying what was removed)."""
+    import getpass
+    from datetime import UTC, datetime, timedelta
+
+    engine = make_engine(database_url)
+    audit.create_tables(engine)
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        result = audit.prune(conn, now - timedelta(days=older_than_days),
+                             f"cli:{getpass.getuser()}", older_than_days, now)
+    through = f" (through entry {result.through_seq})" if result.through_seq else ""
+    click.echo(f"removed {result.entries} entries older than {older_than_days} days{through}")
