@@ -124,3 +124,26 @@ def audit_prune(database_url: str, older_than_days: int) -> None:
                              f"cli:{getpass.getuser()}", older_than_days, now)
     through = f" (through entry {result.through_seq})" if result.through_seq else ""
     click.echo(f"removed {result.entries} entries older than {older_than_days} days{through}")
+
+
+@audit_group.command("anomalies")
+@click.option("--database-url", default="sqlite:///var/gateway/gateway.db", show_default=True,
+              help="Database holding the audit log (gateway or portal).")
+@click.option("--since-hours", type=float, default=24, show_default=True)
+def audit_anomalies(database_url: str, since_hours: float) -> None:
+    """List anomaly alerts (off hours, bursts, refusals, failed sign-ins, large exports)."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import select
+
+    from sandbox import anomalies
+
+    since = (datetime.now(UTC) - timedelta(hours=since_hours)).isoformat()
+    engine = make_engine(database_url)
+    with engine.connect() as conn:
+        rows = conn.execute(select(audit.audit_log).where(audit.audit_log.c.at >= since))
+        alerts = anomalies.detect(anomalies.Entry.from_row(r) for r in rows)
+    for alert in alerts:
+        click.echo(f"{alert.first_at:%Y-%m-%d %H:%M} {alert.rule:<18} {alert.who:<28} "
+                   f"{alert.reason} (entries {alert.seqs[0]}–{alert.seqs[-1]})")
+    click.echo(f"{len(alerts)} alert(s) in the last {since_hours:g} h", err=True)
