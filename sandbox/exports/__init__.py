@@ -1,0 +1,1 @@
+"""Export requests: automated checks (and, next, review and release)."""
