@@ -4,32 +4,46 @@ from __future__ import annotations
 
 import pytest
 
-from approvals import states
+from approvals import exports, states
 from approvals.errors import IllegalTransition, NotPermitted
 from approvals.states import TRANSITIONS, Action, Role, State
 
+# Every workflow's table: (transitions, states, actions, terminal states, first state)
+TABLES = {
+    "applications": (TRANSITIONS, State, Action, states.TERMINAL, State.DRAFT),
+    "exports": (exports.TRANSITIONS, exports.ExportState, exports.ExportAction,
+                exports.TERMINAL, exports.ExportState.DRAFT),
+}
 
-def test_every_state_is_in_the_table_and_reachable_from_draft():
-    named = {s for (s, _), (t, _) in TRANSITIONS.items()} | {t for (t, _) in TRANSITIONS.values()}
-    assert named == set(State)
-    reached, frontier = {State.DRAFT}, [State.DRAFT]
+
+@pytest.mark.parametrize("table", TABLES)
+def test_every_state_is_in_the_table_and_reachable_from_draft(table):
+    transitions, all_states, _, _, start = TABLES[table]
+    named = {s for (s, _), (t, _) in transitions.items()} | {t for (t, _) in
+                                                              transitions.values()}
+    assert named == set(all_states)
+    reached, frontier = {start}, [start]
     while frontier:
         here = frontier.pop()
-        for (source, _), (target, _) in TRANSITIONS.items():
+        for (source, _), (target, _) in transitions.items():
             if source == here and target not in reached:
                 reached.add(target)
                 frontier.append(target)
-    assert reached == set(State)
+    assert reached == set(all_states)
 
 
-def test_every_action_is_used_and_has_actors():
-    assert {a for (_, a) in TRANSITIONS} == set(Action)
-    assert all(roles for _, roles in TRANSITIONS.values())
+@pytest.mark.parametrize("table", TABLES)
+def test_every_action_is_used_and_has_actors(table):
+    transitions, _, actions, _, _ = TABLES[table]
+    assert {a for (_, a) in transitions} == set(actions)
+    assert all(roles for _, roles in transitions.values())
 
 
-def test_terminal_states_have_no_way_out():
-    for state in states.TERMINAL:
-        assert not [a for (s, a) in TRANSITIONS if s == state]
+@pytest.mark.parametrize("table", TABLES)
+def test_terminal_states_have_no_way_out(table):
+    transitions, _, _, terminal, _ = TABLES[table]
+    for state in terminal:
+        assert not [a for (s, a) in transitions if s == state]
 
 
 def test_the_issue_path_draft_to_closed():
