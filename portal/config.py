@@ -30,6 +30,9 @@ class PortalSettings(BaseSettings):
     gateway_url: str = Field("http://127.0.0.1:8700", description="privacy gateway URL")
     gateway_token_file: Path = Field(Path("var/gateway/admin.token"),
                                      description="the gateway's service token")
+    pseudonym_key_file: Path = Field(Path("var/keys/pseudonym.key"),
+                                     description="the controller's pseudonymisation key "
+                                     "(ID numbers given at consent intake)")
     smtp_host: str = Field("127.0.0.1", description="SMTP server for notifications")
     smtp_port: int = Field(8025, description="SMTP port")
     mail_from: str = Field("data-committee@sandbox.local", description="sender address")

@@ -59,3 +59,11 @@ def _gateway(settings: PortalSettings, method: str, path: str, body: dict, what:
         reason = response.json().get("reason", response.text) if is_json else response.text
         raise GatewayUnavailable(f"the gateway refused to {what}: {reason[:300]}")
     return response.json() if is_json else {}
+
+
+def withdraw(settings: PortalSettings, pseudonym: str, purposes: list[str] | None) -> dict:
+    """Record a patient's withdrawal on the gateway (effective for the next query); the
+    answer lists the datasets holding the patient's records."""
+    return _gateway(settings, "POST", "/v1/admin/consent-withdrawals",
+                    {"pseudonym": pseudonym, "purposes": purposes},
+                    "record the withdrawal")

@@ -87,6 +87,7 @@ class AuditAction(StrEnum):
     RELEASE_REPEATED = "release.repeated"
     RELEASE_FAILED = "release.failed"
     CONSENT_WITHDRAWN = "consent.withdrawn"
+    CONSENT_RECORDED = "consent.recorded"
     USER_REGISTERED = "user.registered"
     LOGIN_SUCCEEDED = "login.succeeded"
     LOGIN_FAILED = "login.failed"

@@ -136,3 +136,34 @@ def create_user(email: str, name: str, role: str, institution: str, title: str,
                      f"cli:{getpass.getuser()}", f"user:{user.id}", {"role": role})
         db.commit()
         click.echo(f"created {role} {email} (id {user.id})")
+
+
+@portal.command("consent-withdraw")
+@click.option("--pseudonym", "patient", help="The patient's pseudonym (64 hex characters).")
+@click.option("--id-number", help="The patient's resident ID number; pseudonymised with "
+              "the key in SANDBOX_PORTAL_PSEUDONYM_KEY_FILE and never stored.")
+@click.option("--purpose", "purposes", multiple=True,
+              help="A purpose withdrawn (repeat); all purposes when omitted.")
+def consent_withdraw(patient: str | None, id_number: str | None,
+                     purposes: tuple[str, ...]) -> None:
+    """Record a patient's withdrawal of consent (controller task) and list the active
+    projects whose scope included the patient."""
+    from portal import consent
+    from portal.config import PortalSettings
+    from portal.db import connect
+
+    settings = PortalSettings()
+    _engine, sessions = connect(settings.database_url)
+    with sessions() as db:
+        report = consent.record_withdrawal(db, settings, f"cli:{getpass.getuser()}",
+                                           patient=patient, id_number=id_number,
+                                           purposes=list(purposes) or None)
+    click.echo(f"withdrawn for patient {report.pseudonym[:12]}…: "
+               f"{', '.join(report.purposes) if report.purposes else 'all purposes'}")
+    click.echo(f"datasets holding the patient: "
+               f"{', '.join(d['id'] for d in report.datasets) or 'none'}")
+    for p in report.projects:
+        touched = "purpose withdrawn" if p.purpose_withdrawn else "other purpose"
+        click.echo(f"  project {p.id} [{p.state}] {p.title} — {p.institution} "
+                   f"({p.purpose}; {touched})")
+    click.echo(f"{len(report.projects)} active project(s) had the patient in scope")

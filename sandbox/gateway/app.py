@@ -5,6 +5,7 @@ and nothing else a caller sees carries a stack trace."""
 from __future__ import annotations
 
 import logging
+import re
 from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Header, Request
@@ -13,7 +14,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sandbox.errors import SandboxError
+from sandbox.errors import InputError, SandboxError
 from sandbox.gateway.queries import QuerySpec
 from sandbox.gateway.service import GatewayService, GrantRequest, Withdrawal
 from sandbox.gateway.settings import GatewaySettings
@@ -28,6 +29,9 @@ class NetworkBinding(BaseModel):
 
 class GrantChange(BaseModel):
     reason: str = Field(default="", max_length=2000, pattern=r"^[^\x00]*$")
+
+
+PSEUDONYM = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _bearer(authorization: Annotated[str | None, Header()] = None) -> str | None:
@@ -128,6 +132,13 @@ def create_app(settings: GatewaySettings | None = None,
     @app.post("/v1/admin/consent-withdrawals", status_code=201)
     def withdraw(request: Withdrawal, actor: Admin) -> dict:
         return service.withdraw(actor, request)
+
+    @app.get("/v1/admin/patients/{pseudonym}/datasets")
+    def patient_datasets(pseudonym: str, _actor: Admin) -> dict:
+        """The datasets holding records of this patient (for transparency reports)."""
+        if not PSEUDONYM.match(pseudonym):
+            raise InputError("a pseudonym is 64 hexadecimal characters")
+        return {"pseudonym": pseudonym, "containing": service.containing(pseudonym)}
 
     @app.get("/v1/datasets")
     def datasets(grant: Project) -> list[dict]:

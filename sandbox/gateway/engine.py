@@ -78,6 +78,13 @@ class Dataset:
         return pl.scan_ipc(self.view, memory_map=True)
 
 
+def contains(dataset: Dataset, pseudonym: str) -> bool:
+    """Whether any restricted record of ``dataset`` belongs to ``pseudonym``."""
+    records = pl.scan_parquet(dataset.directory / "restricted" / f"{RECORDS}.parquet")
+    return records.filter(pl.col("pseudonym") == pseudonym).select(pl.len()).collect(
+    ).item() > 0
+
+
 def prepare(directory: Path, cache: Path, withdrawals: dict[str, set[str]]) -> Dataset:
     """Build (or rebuild) the view of the dataset in ``directory``. ``withdrawals`` maps a
     pseudonym to the purposes withdrawn ("*" for all)."""

@@ -264,7 +264,13 @@ class GatewayService:
         with self._refresh:
             self._load_datasets()
         return {"pseudonym": request.pseudonym, "purposes": purposes,
-                "recorded": new, "datasets": sorted(self.datasets)}
+                "recorded": new, "datasets": sorted(self.datasets),
+                "containing": self.containing(request.pseudonym)}
+
+    def containing(self, pseudonym: str) -> list[dict]:
+        """The served datasets (id and version) holding records of this patient."""
+        return [{"id": d.id, "version": d.version} for d in self.datasets.values()
+                if dpengine.contains(d, pseudonym)]
 
     # -- project side ------------------------------------------------------------------------
     def catalog(self, grant: dict) -> list[dict]:

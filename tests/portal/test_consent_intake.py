@@ -1,0 +1,125 @@
+"""Consent intake against a running gateway (real HTTP): by ID number (pseudonymised with
+the controller's key, never stored raw) or by pseudonym; the gateway stops using the
+patient's records at once; the report names the active projects whose scope held them."""
+
+from __future__ import annotations
+
+import os
+
+import polars as pl
+import pytest
+from sqlalchemy import select
+
+from portal import consent
+from portal.models import Application, Profile, RequestedField, User
+from portal.security import hash_password
+from sandbox import audit
+from sandbox.errors import InputError
+from tests.services import GatewayProcess
+
+
+@pytest.fixture(scope="module")
+def gateway(catalog_dir, tmp_path_factory):
+    state = tmp_path_factory.mktemp("consent-gateway")
+    process = GatewayProcess(catalog_dir, state / "state",
+                             f"sqlite:///{state / 'gateway.db'}").start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def setup(app, portal_settings, gateway, key_file):
+    settings = portal_settings.model_copy(update={
+        "gateway_url": gateway.url, "gateway_token_file": gateway.state_dir / "admin.token",
+        "pseudonym_key_file": key_file})
+    with app.extensions["portal.sessions"]() as db:
+        researcher = User(email="consent-r@example.cn", name="研究者", role="researcher",
+                          password_hash=hash_password("x-password-1"),
+                          profile=Profile(institution="岭南大学"))
+        db.add(researcher)
+        db.flush()
+        ids = {}
+        for title, state, purpose in (("在研项目", "active", "medical_research"),
+                                      ("已暂停项目", "suspended", "public_health"),
+                                      ("已结束项目", "closed", "medical_research"),
+                                      ("草稿", "draft", "medical_research")):
+            application = Application(
+                researcher_id=researcher.id, title=title, purpose=purpose, non_profit=True,
+                state=state, fields=[RequestedField(dataset="emr-visits", field="sex",
+                                                    justification="x")])
+            db.add(application)
+            db.flush()
+            ids[state] = application.id
+        db.commit()
+    return settings, ids
+
+
+def a_patient(raw) -> str:
+    return pl.read_parquet(raw / "patients.parquet", columns=["id_number"])["id_number"][7]
+
+
+def test_withdrawal_by_id_number_reports_projects_in_scope(app, setup, raw, gateway):
+    settings, ids = setup
+    number = a_patient(raw)
+    with app.extensions["portal.sessions"]() as db:
+        report = consent.record_withdrawal(db, settings, "test:controller",
+                                           id_number=number.lower(),
+                                           purposes=["medical_research"])
+    assert report.pseudonym == consent.pseudonym_of(settings, number)
+    assert [d["id"] for d in report.datasets] == ["emr-visits"]
+    scope = {p.id: p for p in report.projects}
+    assert set(scope) == {ids["active"], ids["suspended"]}  # closed and draft are not
+    assert scope[ids["active"]].purpose_withdrawn
+    assert not scope[ids["suspended"]].purpose_withdrawn
+    assert scope[ids["active"]].institution == "岭南大学"
+    with app.extensions["portal.engine"].connect() as conn:
+        details = conn.execute(select(audit.audit_log.c.details).where(
+            audit.audit_log.c.action == "consent.recorded")).scalars().all()
+    assert details and all(number not in d and number.lower() not in d for d in details)
+    # the gateway has it: a second withdrawal records nothing new
+    again = gateway.admin("POST", "/v1/admin/consent-withdrawals",
+                          {"pseudonym": report.pseudonym, "purposes": ["medical_research"]})
+    assert again.json()["recorded"] == []
+
+
+def test_withdrawal_by_pseudonym_of_a_patient_not_held(app, setup):
+    settings, _ = setup
+    with app.extensions["portal.sessions"]() as db:
+        report = consent.record_withdrawal(db, settings, "test:controller",
+                                           patient="ab" * 32)
+    assert report.datasets == [] and report.projects == [] and report.purposes is None
+
+
+def test_bad_input_is_refused_before_anything_is_sent(app, setup):
+    settings, _ = setup
+    with app.extensions["portal.sessions"]() as db:
+        with pytest.raises(InputError, match="not a valid resident ID"):
+            consent.record_withdrawal(db, settings, "t", id_number="110101199001011234")
+        with pytest.raises(InputError, match="either"):
+            consent.record_withdrawal(db, settings, "t")
+
+
+def test_the_cli_records_a_withdrawal(setup, raw, cli, portal_settings):
+    settings, ids = setup
+    env = {"SANDBOX_PORTAL_DATABASE_URL": settings.database_url,
+           "SANDBOX_PORTAL_STATE_DIR": str(settings.state_dir),
+           "SANDBOX_PORTAL_GATEWAY_URL": settings.gateway_url,
+           "SANDBOX_PORTAL_GATEWAY_TOKEN_FILE": str(settings.gateway_token_file),
+           "SANDBOX_PORTAL_PSEUDONYM_KEY_FILE": str(settings.pseudonym_key_file)}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        number = a_patient(raw)
+        wrong = number[:-1] + ("1" if number[-1] != "1" else "2")  # a bad check digit
+        result = cli("portal", "consent-withdraw", "--id-number", wrong)
+        done = cli("portal", "consent-withdraw", "--id-number",
+                   pl.read_parquet(raw / "patients.parquet")["id_number"][9])
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert result.code == 2 and "not a valid resident ID" in result.stderr
+    assert done.code == 0, done.stderr
+    assert f"project {ids['active']}" in done.stdout and "active project(s)" in done.stdout
