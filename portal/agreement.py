@@ -4,17 +4,9 @@ or commercial model training, destruction at the end, liability."""
 
 from __future__ import annotations
 
-import io
 from datetime import datetime
 
-from reportlab.lib.pagesizes import A4
-from reportlab.lib.units import mm
-from reportlab.pdfbase import pdfmetrics
-from reportlab.pdfbase.cidfonts import UnicodeCIDFont
-from reportlab.pdfgen import canvas
-
-FONT = "STSong-Light"
-pdfmetrics.registerFont(UnicodeCIDFont(FONT))
+from portal.pdf import TextPdf
 
 CLAUSES: tuple[tuple[str, str], ...] = (
     ("保密：数据使用方对通过数据沙箱获得的一切信息承担保密义务。",
@@ -37,25 +29,8 @@ CLAUSES: tuple[tuple[str, str], ...] = (
 def render(project: str, researcher: str, institution: str, datasets: list[str],
            fields: list[str], purpose: str, epsilon: float, delta: float, term_months: int,
            signed_at: datetime) -> bytes:
-    buffer = io.BytesIO()
-    pdf = canvas.Canvas(buffer, pagesize=A4)
-    pdf.setTitle(f"DUA {project}")
-    _width, height = A4
-    y = height - 20 * mm
-
-    def line(text: str, size: int = 10, gap: float = 6.5) -> None:
-        nonlocal y
-        pdf.setFont(FONT, size)
-        while text:
-            chunk = text[:52] if any(ord(c) > 0x2E80 for c in text[:52]) else text[:95]
-            pdf.drawString(18 * mm, y, chunk)
-            text = text[len(chunk):]
-            y -= gap * mm
-            if y < 20 * mm:
-                pdf.showPage()
-                y = height - 20 * mm
-                pdf.setFont(FONT, size)
-
+    doc = TextPdf(f"DUA {project}")
+    line = doc.line
     line("数据使用协议 / Data Use Agreement", 16, 10)
     line(f"项目 / Project: {project}")
     line(f"使用方 / User: {researcher} ({institution})")
@@ -64,12 +39,10 @@ def render(project: str, researcher: str, institution: str, datasets: list[str],
     line(f"目的 / Purpose: {purpose}")
     line(f"隐私预算 / Privacy budget: ε = {epsilon:g}, δ = {delta:g}")
     line(f"期限 / Term: {term_months} 个月 / months")
-    y -= 4 * mm
+    doc.space(4)
     for number, (zh, en) in enumerate(CLAUSES, 1):
         line(f"{number}. {zh}")
         line(f"   {en}", 9)
-    y -= 6 * mm
+    doc.space(6)
     line(f"签署 / Signed: {researcher}, {signed_at.isoformat(timespec='seconds')}")
-    pdf.showPage()
-    pdf.save()
-    return buffer.getvalue()
+    return doc.bytes()

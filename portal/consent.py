@@ -5,6 +5,7 @@ scope included the patient (their datasets hold the patient's records)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import polars as pl
@@ -60,16 +61,22 @@ def record_withdrawal(db: Session, settings: PortalSettings, actor: str, *,
     subject = patient.strip().lower() if patient else pseudonym_of(settings, id_number)
     answer = gateway.withdraw(settings, subject, purposes)
     holding = {d["id"] for d in answer.get("containing", [])}
-    projects = [_in_scope(a, purposes) for a in db.scalars(
-        select(Application).where(Application.state.in_(RUNNING))
-        .options(selectinload(Application.fields), selectinload(Application.researcher))
-        .order_by(Application.id)) if {f.dataset for f in a.fields} & holding]
+    projects = [_in_scope(a, purposes) for a in projects_holding(db, RUNNING, holding)]
     audit.append(db.connection(), AuditAction.CONSENT_RECORDED, actor,
                  f"patient:{subject}", {"purposes": purposes, "by": "id_number" if id_number
                                         else "pseudonym", "datasets": sorted(holding),
                                         "projects": [p.id for p in projects]})
     db.commit()
     return WithdrawalReport(subject, purposes, answer.get("containing", []), projects)
+
+
+def projects_holding(db: Session, states: Iterable[State], datasets: set[str]
+                     ) -> list[Application]:
+    """Projects in ``states`` whose requested fields come from one of ``datasets``."""
+    return [a for a in db.scalars(
+        select(Application).where(Application.state.in_(list(states)))
+        .options(selectinload(Application.fields), selectinload(Application.researcher))
+        .order_by(Application.id)) if {f.dataset for f in a.fields} & datasets]
 
 
 def _in_scope(application: Application, purposes: list[str] | None) -> ProjectInScope:

@@ -49,8 +49,9 @@ def _gateway(settings: PortalSettings, method: str, path: str, body: dict, what:
     says what could not be done, and nothing in the portal changes."""
     try:
         token = settings.gateway_token_file.read_text().strip()
-        response = httpx.request(method, f"{settings.gateway_url}{path}", json=body,
-                                 timeout=60, headers={"Authorization": f"Bearer {token}"})
+        response = httpx.request(method, f"{settings.gateway_url}{path}",
+                                 json=body if method != "GET" else None, timeout=60,
+                                 headers={"Authorization": f"Bearer {token}"})
     except (OSError, httpx.HTTPError) as exc:
         raise GatewayUnavailable(f"the gateway could not be reached to {what} ({exc}); "
                                  "nothing was changed, try again") from None
@@ -67,3 +68,9 @@ def withdraw(settings: PortalSettings, pseudonym: str, purposes: list[str] | Non
     return _gateway(settings, "POST", "/v1/admin/consent-withdrawals",
                     {"pseudonym": pseudonym, "purposes": purposes},
                     "record the withdrawal")
+
+
+def datasets_holding(settings: PortalSettings, pseudonym: str) -> list[dict]:
+    """The served datasets (id, version) holding records of this patient."""
+    return _gateway(settings, "GET", f"/v1/admin/patients/{pseudonym}/datasets", {},
+                    "look up the patient's datasets")["containing"]

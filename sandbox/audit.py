@@ -88,6 +88,7 @@ class AuditAction(StrEnum):
     RELEASE_FAILED = "release.failed"
     CONSENT_WITHDRAWN = "consent.withdrawn"
     CONSENT_RECORDED = "consent.recorded"
+    TRANSPARENCY_REPORTED = "transparency.reported"
     USER_REGISTERED = "user.registered"
     LOGIN_SUCCEEDED = "login.succeeded"
     LOGIN_FAILED = "login.failed"

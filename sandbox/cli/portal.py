@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import threading
 import time
+from pathlib import Path
 
 import click
 
@@ -167,3 +168,28 @@ def consent_withdraw(patient: str | None, id_number: str | None,
         click.echo(f"  project {p.id} [{p.state}] {p.title} — {p.institution} "
                    f"({p.purpose}; {touched})")
     click.echo(f"{len(report.projects)} active project(s) had the patient in scope")
+
+
+@portal.command("transparency")
+@click.option("--pseudonym", "patient", help="The patient's pseudonym.")
+@click.option("--id-number", help="The patient's resident ID number (pseudonymised, never "
+              "stored).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the PDF.")
+def transparency(patient: str | None, id_number: str | None, out: Path) -> None:
+    """Write a patient's (or guardian's) data-use transparency report as a PDF."""
+    from portal import consent
+    from portal import transparency as report
+    from portal.config import PortalSettings
+    from portal.db import connect
+
+    if (patient is None) == (id_number is None):
+        raise InputError("give either --pseudonym or --id-number")
+    settings = PortalSettings()
+    subject = patient.strip().lower() if patient else consent.pseudonym_of(settings,
+                                                                            id_number)
+    _engine, sessions = connect(settings.database_url)
+    with sessions() as db:
+        pdf = report.report(db, settings, subject, f"cli:{getpass.getuser()}")
+    out.write_bytes(pdf)
+    click.echo(f"wrote {out} ({len(pdf):,} bytes)")

@@ -1,17 +1,22 @@
-"""Consent intake against a running gateway (real HTTP): by ID number (pseudonymised with
-the controller's key, never stored raw) or by pseudonym; the gateway stops using the
-patient's records at once; the report names the active projects whose scope held them."""
+"""Consent intake and transparency reports against a running gateway (real HTTP): a
+withdrawal by ID number (pseudonymised with the controller's key, never stored raw) or by
+pseudonym reaches the gateway at once and names the active projects whose scope held the
+patient; the transparency PDF lists every project that had access to the patient's
+records."""
 
 from __future__ import annotations
 
+import io
 import os
+from datetime import UTC, datetime
 
 import polars as pl
 import pytest
+from pypdf import PdfReader
 from sqlalchemy import select
 
-from portal import consent
-from portal.models import Application, Profile, RequestedField, User
+from portal import consent, transparency
+from portal.models import Agreement, Application, Profile, RequestedField, User
 from portal.security import hash_password
 from sandbox import audit
 from sandbox.errors import InputError
@@ -50,6 +55,11 @@ def setup(app, portal_settings, gateway, key_file):
             db.add(application)
             db.flush()
             ids[state] = application.id
+            if state != "draft":
+                db.add(Agreement(application_id=application.id, pdf=b"%PDF-", sha256="0",
+                                 signed_by=researcher.id, grant_id=None,
+                                 signed_at=datetime(2026, 1, 5, tzinfo=UTC),
+                                 expires_at=datetime(2026, 7, 5, tzinfo=UTC)))
         db.commit()
     return settings, ids
 
@@ -123,3 +133,25 @@ def test_the_cli_records_a_withdrawal(setup, raw, cli, portal_settings):
     assert result.code == 2 and "not a valid resident ID" in result.stderr
     assert done.code == 0, done.stderr
     assert f"project {ids['active']}" in done.stdout and "active project(s)" in done.stdout
+
+
+def test_transparency_report_lists_projects_with_access(app, setup, raw):
+    settings, ids = setup
+    patient = consent.pseudonym_of(settings, a_patient(raw))
+    with app.extensions["portal.sessions"]() as db:
+        holding, found = transparency.uses(db, settings, patient)
+        pdf = transparency.report(db, settings, patient, "test:guardian")
+    assert [d["id"] for d in holding] == ["emr-visits"]
+    assert [u.project for u in found] == [ids["active"], ids["suspended"], ids["closed"]]
+    text = "".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages)
+    for title in ("在研项目", "已暂停项目", "已结束项目"):
+        assert title in text
+    assert "草稿" not in text and "岭南大学" in text and "2026-01-05 – 2026-07-05" in text
+    with app.extensions["portal.sessions"]() as db:
+        nobody = transparency.report(db, settings, "cd" * 32, "test:guardian")
+    assert "No approved project" in "".join(
+        p.extract_text() for p in PdfReader(io.BytesIO(nobody)).pages)
+    with app.extensions["portal.engine"].connect() as conn:
+        logged = conn.execute(select(audit.audit_log.c.subject).where(
+            audit.audit_log.c.action == "transparency.reported")).scalars().all()
+    assert f"patient:{patient}" in logged
