@@ -89,6 +89,8 @@ class AuditAction(StrEnum):
     CONSENT_WITHDRAWN = "consent.withdrawn"
     CONSENT_RECORDED = "consent.recorded"
     TRANSPARENCY_REPORTED = "transparency.reported"
+    RESEARCHER_BLACKLISTED = "researcher.blacklisted"
+    RESEARCHER_UNLISTED = "researcher.unlisted"
     USER_REGISTERED = "user.registered"
     LOGIN_SUCCEEDED = "login.succeeded"
     LOGIN_FAILED = "login.failed"

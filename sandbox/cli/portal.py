@@ -193,3 +193,33 @@ def transparency(patient: str | None, id_number: str | None, out: Path) -> None:
         pdf = report.report(db, settings, subject, f"cli:{getpass.getuser()}")
     out.write_bytes(pdf)
     click.echo(f"wrote {out} ({len(pdf):,} bytes)")
+
+
+@portal.command("blacklist")
+@click.argument("action", type=click.Choice(["add", "remove"]))
+@click.option("--email", required=True, help="The researcher's account.")
+@click.option("--reason", required=True, help="Recorded in the audit log.")
+def blacklist(action: str, email: str, reason: str) -> None:
+    """Blacklist a researcher (controller task): eligibility fails and their active projects
+    are suspended on the gateway; or take them off the list."""
+    from sqlalchemy import select
+
+    from portal import blacklist as listing
+    from portal.config import PortalSettings
+    from portal.db import connect
+    from portal.models import User
+
+    settings = PortalSettings()
+    _engine, sessions = connect(settings.database_url)
+    with sessions() as db:
+        user = db.scalar(select(User).where(User.email == email.lower()))
+        if user is None:
+            raise NotFound(f"no account {email}")
+        actor = f"cli:{getpass.getuser()}"
+        if action == "add":
+            suspended = listing.confirm(db, settings, user, actor, reason)
+            click.echo(f"blacklisted {email}; suspended projects: "
+                       f"{', '.join(map(str, suspended)) or 'none'}")
+        else:
+            listing.lift(db, user, actor, reason)
+            click.echo(f"{email} is no longer blacklisted (resume projects one by one)")

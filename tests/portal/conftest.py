@@ -12,7 +12,7 @@ from portal import create_app
 from portal.config import PortalSettings
 from portal.models import Profile, User
 from portal.security import hash_password
-from tests.services import Postgres
+from tests.services import GatewayProcess, Postgres
 
 PASSWORD = "correct horse 42"
 
@@ -22,6 +22,16 @@ def catalog_dir(dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("catalog")
     shutil.copytree(dataset, root / "emr-visits")
     return root
+
+
+@pytest.fixture(scope="module")
+def gateway(catalog_dir, tmp_path_factory):
+    """A gateway process serving the catalog, for flows that create and change grants."""
+    state = tmp_path_factory.mktemp("portal-gateway")
+    process = GatewayProcess(catalog_dir, state / "state",
+                             f"sqlite:///{state / 'gateway.db'}").start()
+    yield process
+    process.stop()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

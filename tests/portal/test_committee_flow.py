@@ -18,7 +18,6 @@ from portal.models import Agreement, Application
 from sandbox.client import Gateway, GatewayError
 from tests.mail import start_smtp
 from tests.portal.conftest import enrol_totp, login, make_user
-from tests.services import GatewayProcess
 
 ELIGIBLE = {"title": "主任医师", "years_experience": 12, "credit_grade": "A",
             "institution": "岭南大学", "research_field": "卫生经济学"}
@@ -29,15 +28,6 @@ def smtp():
     controller, inbox = start_smtp()
     yield inbox
     controller.stop()
-
-
-@pytest.fixture(scope="module")
-def gateway(catalog_dir, tmp_path_factory):
-    state = tmp_path_factory.mktemp("flow-gateway")
-    process = GatewayProcess(catalog_dir, state / "state",
-                             f"sqlite:///{state / 'gateway.db'}").start()
-    yield process
-    process.stop()
 
 
 @pytest.fixture(scope="module")

@@ -20,16 +20,6 @@ from portal.models import Agreement, Application, Profile, RequestedField, User
 from portal.security import hash_password
 from sandbox import audit
 from sandbox.errors import InputError
-from tests.services import GatewayProcess
-
-
-@pytest.fixture(scope="module")
-def gateway(catalog_dir, tmp_path_factory):
-    state = tmp_path_factory.mktemp("consent-gateway")
-    process = GatewayProcess(catalog_dir, state / "state",
-                             f"sqlite:///{state / 'gateway.db'}").start()
-    yield process
-    process.stop()
 
 
 @pytest.fixture(scope="module")
