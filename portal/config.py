@@ -42,6 +42,8 @@ class PortalSettings(BaseSettings):
                               description="secrets shared with the hub (OAuth, tokens)")
     term_check_seconds: float = Field(60, description="how often a serving portal ends "
                                       "terms that have passed (0 = never)")
+    destruction_due_days: int = Field(30, ge=1, description="days a closed project's "
+                                      "researcher has to submit the destruction certificate")
     quorum: int = Field(3, description="expert scores needed before a decision")
     aggregation: str = Field("mean", description="how expert totals combine: mean or median")
     testing: bool = Field(False, description="disable CSRF and rate limits for unit tests")

@@ -215,3 +215,22 @@ class OAuthToken(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     scope: Mapped[str] = mapped_column(Text, default="")
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DestructionTask(Base):
+    """The researcher's destruction certificate for a closed project, and its verification
+    (states in ``approvals.destruction``)."""
+
+    __tablename__ = "destruction_tasks"
+
+    application_id: Mapped[int] = mapped_column(ForeignKey("applications.id"),
+                                                primary_key=True)
+    state: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    certificate: Mapped[bytes | None] = mapped_column(LargeBinary)
+    certificate_sha256: Mapped[str | None] = mapped_column(String(64))
+    submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    decided_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reasons: Mapped[str] = mapped_column(Text, default="")

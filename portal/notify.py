@@ -24,3 +24,13 @@ def send(host: str, port: int, sender: str, to: list[str], subject: str, body: s
     except (OSError, smtplib.SMTPException) as exc:
         log.warning("could not send %r to %s: %s", subject, recipients, exc)
         return False
+
+
+def about_application(settings: object, to: list[str], application_id: int, title: str,
+                      what: str) -> bool:
+    """A bilingual note about an application, with a link to its page."""
+    link = f"{settings.public_url}/applications/{application_id}"
+    return send(settings.smtp_host, settings.smtp_port, settings.mail_from, to,
+                f"[数据沙箱 Data sandbox] {title}: {what}",
+                f"申请 #{application_id}「{title}」：{what}\n"
+                f"Application #{application_id} \"{title}\": {what}\n\n{link}\n")

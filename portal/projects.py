@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from approvals import states
 from approvals.states import Action, Role, State
-from portal import gateway, sandboxes
+from portal import destruction, gateway, sandboxes
 from portal.config import PortalSettings
 from portal.models import Agreement, Application
 from sandbox import audit
@@ -47,6 +47,7 @@ def control(db: Session, settings: PortalSettings, application: Application, act
         sandboxes.stop(db, settings, application, actor)
     elif action == Action.REVOKE:
         sandboxes.destroy(db, settings, application, actor)
+        destruction.open_task(db, settings, application, actor)
 
 
 def end_terms(db: Session, settings: PortalSettings, now: datetime | None = None
@@ -65,4 +66,5 @@ def end_terms(db: Session, settings: PortalSettings, now: datetime | None = None
                      f"application:{application.id}", {})
         db.commit()
         sandboxes.destroy(db, settings, application, "system:term-end")
+        destruction.open_task(db, settings, application, "system:term-end", now)
     return [a.id for a in due]

@@ -47,12 +47,8 @@ class Context:
                      f"application:{application.id}", {**details, "ip": self.ip})
 
     def mail(self, to: list[User], application: Application, what: str) -> None:
-        link = f"{self.settings.public_url}/applications/{application.id}"
-        notify.send(self.settings.smtp_host, self.settings.smtp_port, self.settings.mail_from,
-                    [u.email for u in to],
-                    f"[数据沙箱 Data sandbox] {application.title}: {what}",
-                    f"申请 #{application.id}「{application.title}」：{what}\n"
-                    f"Application #{application.id} \"{application.title}\": {what}\n\n{link}\n")
+        notify.about_application(self.settings, [u.email for u in to], application.id,
+                                 application.title, what)
 
 
 def rubric(settings: PortalSettings) -> RubricConfig:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from approvals import exports, states
+from approvals import destruction, exports, states
 from approvals.errors import IllegalTransition, NotPermitted
 from approvals.states import TRANSITIONS, Action, Role, State
 
@@ -13,6 +13,8 @@ TABLES = {
     "applications": (TRANSITIONS, State, Action, states.TERMINAL, State.DRAFT),
     "exports": (exports.TRANSITIONS, exports.ExportState, exports.ExportAction,
                 exports.TERMINAL, exports.ExportState.DRAFT),
+    "destruction": (destruction.TRANSITIONS, destruction.TaskState, destruction.TaskAction,
+                    destruction.TERMINAL, destruction.TaskState.OPEN),
 }
 
 
