@@ -12,8 +12,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from approvals.errors import IllegalTransition, InvalidDecision, NotPermitted
-from approvals.states import Role
+from approvals.errors import InvalidDecision
+from approvals.states import Role, move
 
 DEFAULT_DUE_DAYS = 30
 
@@ -41,12 +41,8 @@ TERMINAL = frozenset({TaskState.VERIFIED})
 
 def check(state: TaskState, action: TaskAction, role: Role, reasons: str = "") -> TaskState:
     """The state ``action`` leads to; a rejection needs its reasons."""
-    move = TRANSITIONS.get((TaskState(state), TaskAction(action)))
-    if move is None:
-        raise IllegalTransition(f"cannot {action} a destruction task that is {state}")
-    target, roles = move
-    if role not in roles:
-        raise NotPermitted(f"a {role} may not {action} a destruction certificate")
+    target = move(TRANSITIONS, TaskState(state), TaskAction(action), role,
+                  "a destruction task")
     if action == TaskAction.REJECT and not reasons.strip():
         raise InvalidDecision("say why the certificate is rejected and what is missing")
     return target

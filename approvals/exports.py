@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from approvals.errors import IllegalTransition, InvalidDecision, NotPermitted
-from approvals.states import Role
+from approvals.errors import InvalidDecision, NotPermitted
+from approvals.states import Role, move
 
 
 class ExportState(StrEnum):
@@ -64,14 +64,8 @@ TERMINAL = frozenset({S.RELEASED, S.REJECTED, S.WITHDRAWN})
 
 def check(state: ExportState, action: ExportAction, role: Role) -> ExportState:
     """The state ``action`` leads to; raises with a readable reason otherwise."""
-    move = TRANSITIONS.get((ExportState(state), ExportAction(action)))
-    if move is None:
-        raise IllegalTransition(f"cannot {action.replace('_', ' ')} an export request that "
-                                f"is {state.replace('_', ' ')}")
-    target, roles = move
-    if role not in roles:
-        raise NotPermitted(f"a {role} may not {action.replace('_', ' ')} an export request")
-    return target
+    return move(TRANSITIONS, ExportState(state), ExportAction(action), role,
+                "an export request")
 
 
 class VoteChoice(StrEnum):

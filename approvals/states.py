@@ -4,6 +4,7 @@ one table, so an illegal move is a lookup miss, never a forgotten ``if``."""
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import TypeVar
 
 from approvals.errors import IllegalTransition, NotPermitted
 
@@ -85,13 +86,24 @@ def can(state: State, action: Action, role: Role) -> bool:
 
 def check(state: State, action: Action, role: Role) -> State:
     """The state ``action`` leads to; raises with a readable reason otherwise."""
-    move = TRANSITIONS.get((State(state), Action(action)))
-    if move is None:
-        raise IllegalTransition(f"cannot {action.replace('_', ' ')} an application that is "
+    return move(TRANSITIONS, State(state), Action(action), role, "an application")
+
+
+StateT = TypeVar("StateT", bound=StrEnum)
+ActionT = TypeVar("ActionT", bound=StrEnum)
+
+
+def move(transitions: dict[tuple[StateT, ActionT], tuple[StateT, frozenset[Role]]],
+         state: StateT, action: ActionT, role: Role, thing: str) -> StateT:
+    """The state a workflow's table sends ``state`` to under ``action`` taken by ``role``;
+    an illegal move or a role that may not take it raises with a readable reason."""
+    found = transitions.get((state, action))
+    if found is None:
+        raise IllegalTransition(f"cannot {action.replace('_', ' ')} {thing} that is "
                                 f"{state.replace('_', ' ')}")
-    if role not in move[1]:
-        raise NotPermitted(f"a {role} may not {action.replace('_', ' ')} an application")
-    return move[0]
+    if role not in found[1]:
+        raise NotPermitted(f"a {role} may not {action.replace('_', ' ')} {thing}")
+    return found[0]
 
 
 def actions(state: State, role: Role) -> list[Action]:
