@@ -223,3 +223,20 @@ def blacklist(action: str, email: str, reason: str) -> None:
         else:
             listing.lift(db, user, actor, reason)
             click.echo(f"{email} is no longer blacklisted (resume projects one by one)")
+
+
+@portal.command("overdue-destruction")
+def overdue_destruction() -> None:
+    """List closed projects whose destruction certificate is overdue: blacklist proposals
+    (confirm one with `sandboxctl portal blacklist add`)."""
+    from portal import destruction
+    from portal.config import PortalSettings
+    from portal.db import connect
+
+    _engine, sessions = connect(PortalSettings().database_url)
+    with sessions() as db:
+        proposals = destruction.overdue(db)
+    for p in proposals:
+        click.echo(f"project {p.application_id} {p.title} — {p.researcher}, "
+                   f"due {p.due_at:%Y-%m-%d}")
+    click.echo(f"{len(proposals)} overdue", err=True)

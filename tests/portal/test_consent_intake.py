@@ -7,7 +7,6 @@ records."""
 from __future__ import annotations
 
 import io
-import os
 from datetime import UTC, datetime
 
 import polars as pl
@@ -99,28 +98,20 @@ def test_bad_input_is_refused_before_anything_is_sent(app, setup):
             consent.record_withdrawal(db, settings, "t")
 
 
-def test_the_cli_records_a_withdrawal(setup, raw, cli, portal_settings):
+def test_the_cli_records_a_withdrawal(setup, raw, cli, monkeypatch):
     settings, ids = setup
-    env = {"SANDBOX_PORTAL_DATABASE_URL": settings.database_url,
-           "SANDBOX_PORTAL_STATE_DIR": str(settings.state_dir),
-           "SANDBOX_PORTAL_GATEWAY_URL": settings.gateway_url,
-           "SANDBOX_PORTAL_GATEWAY_TOKEN_FILE": str(settings.gateway_token_file),
-           "SANDBOX_PORTAL_PSEUDONYM_KEY_FILE": str(settings.pseudonym_key_file)}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        number = a_patient(raw)
-        wrong = number[:-1] + ("1" if number[-1] != "1" else "2")  # a bad check digit
-        result = cli("portal", "consent-withdraw", "--id-number", wrong)
-        done = cli("portal", "consent-withdraw", "--id-number",
-                   pl.read_parquet(raw / "patients.parquet")["id_number"][9])
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    assert result.code == 2 and "not a valid resident ID" in result.stderr
+    for name, value in {"DATABASE_URL": settings.database_url,
+                        "STATE_DIR": settings.state_dir,
+                        "GATEWAY_URL": settings.gateway_url,
+                        "GATEWAY_TOKEN_FILE": settings.gateway_token_file,
+                        "PSEUDONYM_KEY_FILE": settings.pseudonym_key_file}.items():
+        monkeypatch.setenv(f"SANDBOX_PORTAL_{name}", str(value))
+    number = a_patient(raw)
+    wrong = number[:-1] + ("1" if number[-1] != "1" else "2")  # a bad check digit
+    refused = cli("portal", "consent-withdraw", "--id-number", wrong)
+    assert refused.code == 2 and "not a valid resident ID" in refused.stderr
+    done = cli("portal", "consent-withdraw", "--id-number",
+               pl.read_parquet(raw / "patients.parquet")["id_number"][9])
     assert done.code == 0, done.stderr
     assert f"project {ids['active']}" in done.stdout and "active project(s)" in done.stdout
 

@@ -114,3 +114,13 @@ def test_an_overdue_task_is_a_blacklist_proposal(app, ended):
         later = datetime.now(UTC) + timedelta(days=31)
         [proposal] = [p for p in destruction.overdue(db, later) if p.application_id == project]
     assert proposal.researcher_id == researcher_id and proposal.title == "住院费用研究"
+
+
+def test_the_cli_lists_overdue_tasks(app, ended, cli, monkeypatch):
+    settings, project, _, _ = ended
+    with app.extensions["portal.sessions"]() as db:
+        db.get(DestructionTask, project).due_at = datetime.now(UTC) - timedelta(days=1)
+        db.commit()
+    monkeypatch.setenv("SANDBOX_PORTAL_DATABASE_URL", settings.database_url)
+    listed = cli("portal", "overdue-destruction")
+    assert listed.code == 0 and f"project {project} 住院费用研究" in listed.stdout
