@@ -59,12 +59,13 @@ def create_app(settings: PortalSettings | None = None) -> Flask:
     app.jinja_env.globals["current_locale"] = i18n.current_language
     app.jinja_env.filters["label"] = labels.label
 
-    from portal.views import api, auth, catalog, committee, hub, researcher
+    from portal.views import api, auth, catalog, committee, controller, hub, researcher
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(catalog.bp)
     app.register_blueprint(researcher.bp)
     app.register_blueprint(committee.bp)
+    app.register_blueprint(controller.bp)
     app.register_blueprint(api.bp)
     hub.init_app(app)
 

@@ -78,11 +78,11 @@ def submit(db: Session, settings: PortalSettings, application: Application,
     """The researcher uploads the signed certificate (a PDF)."""
     if application.researcher_id != researcher.id:
         raise NotFound("no such destruction task")
+    task = _task(db, application)
     if not certificate.startswith(b"%PDF-"):
         raise InputError("upload the signed certificate as a PDF file")
     if len(certificate) > settings.max_upload_bytes:
         raise InputError("the certificate is too large")
-    task = _task(db, application)
     task.state = rules.check(TaskState(task.state), TaskAction.SUBMIT, Role.RESEARCHER)
     task.certificate, task.certificate_sha256 = certificate, \
         hashlib.sha256(certificate).hexdigest()

@@ -31,6 +31,11 @@ NAMES = {
     "failed": _l("Could not start"),
     "destroyed": _l("Destroyed"),
     "unknown": _l("Hub not reachable"),
+    "open": _l("Open"),
+    "verified": _l("Verified"),
+    "suspend": _l("Suspend"),
+    "resume": _l("Resume"),
+    "revoke": _l("Revoke"),
 }
 PURPOSE_NAMES = {p[0]: (p[1], p[2]) for p in PURPOSES}
 

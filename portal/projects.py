@@ -32,9 +32,9 @@ def control(db: Session, settings: PortalSettings, application: Application, act
     """Suspend, resume or revoke a project: grant, state, sandbox, audit."""
     if action not in CONTROLS:
         raise InputError(f"{action} is not a project control")
+    target = states.check(State(application.state), action, role)
     if not reason.strip():
         raise InputError("give a reason; it is recorded and shown to the researcher")
-    target = states.check(State(application.state), action, role)
     agreement = db.get(Agreement, application.id)
     verb, audited = CONTROLS[action]
     if agreement is not None and agreement.grant_id:

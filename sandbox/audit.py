@@ -74,6 +74,8 @@ class AuditAction(StrEnum):
     """Every kind of audited event, in one place."""
 
     AUDIT_PRUNED = "audit.pruned"
+    AUDIT_VERIFIED = "audit.verified"
+    AUDIT_EXPORTED = "audit.exported"
     GRANT_CREATED = "grant.created"
     GRANT_SUSPENDED = "grant.suspended"
     GRANT_RESUMED = "grant.resumed"

@@ -24,10 +24,10 @@ from approvals.eligibility import Applicant, EligibilityPolicy
 from approvals.errors import Ineligible
 from approvals.states import Action, Role, State
 from portal import catalog as datasets
-from portal import sandboxes, workflow
+from portal import destruction, sandboxes, workflow
 from portal.agreement import CLAUSES
-from portal.models import Agreement, Application
-from portal.views.auth import login_required
+from portal.models import Agreement, Application, DestructionTask
+from portal.views.auth import login_required, reason_of
 from sandbox.data.reference.population import PURPOSES
 from sandbox.errors import InputError, SandboxError
 
@@ -125,6 +125,7 @@ def show(application_id: int) -> ResponseReturnValue:
                            decision=workflow.latest_decision(g.db, app),
                            sandbox=sandboxes.view(g.db, settings, app),
                            destructions=sandboxes.destruction_records(g.db, app),
+                           task=g.db.get(DestructionTask, app.id),
                            can_submit=not reasons and any(
                                states.can(State(app.state), action, Role.RESEARCHER)
                                for action in (Action.SUBMIT, Action.RESUBMIT)))
@@ -187,3 +188,27 @@ def agreement_pdf(application_id: int) -> ResponseReturnValue:
     return Response(record.pdf, mimetype="application/pdf", headers={
         "Content-Disposition": f"attachment; filename=DUA-{app.id}.pdf",
         "X-Content-SHA256": record.sha256})
+
+
+@bp.route("/<int:application_id>/destruction-form.pdf")
+@login_required(Role.RESEARCHER)
+def destruction_form(application_id: int) -> ResponseReturnValue:
+    app = own(application_id)
+    return Response(destruction.form(g.db, app), mimetype="application/pdf", headers={
+        "Content-Disposition": f"attachment; filename=destruction-form-{app.id}.pdf"})
+
+
+@bp.route("/<int:application_id>/destruction", methods=["POST"])
+@login_required(Role.RESEARCHER)
+def destruction_upload(application_id: int) -> ResponseReturnValue:
+    app = own(application_id)
+    upload = request.files.get("certificate")
+    try:
+        destruction.submit(g.db, current_app.extensions["portal.settings"], app, g.user,
+                           upload.read() if upload else b"")
+    except SandboxError as exc:
+        g.db.rollback()
+        return render_template("error.html", status=exc.http_status,
+                               reason=reason_of(exc)), exc.http_status
+    flash(_("Certificate submitted; a controller will verify it."))
+    return redirect(url_for("researcher.show", application_id=app.id))

@@ -55,6 +55,17 @@ ACCESS: dict[str, frozenset[str]] = {
     "hub.grant": NOBODY,             # the hub's service token only
     "hub.destruction": NOBODY,
     "hub.start": frozenset({"researcher"}),
+    "researcher.destruction_form": frozenset({"researcher"}),
+    "researcher.destruction_upload": frozenset({"researcher"}),
+    "controller.audit_page": frozenset({"controller"}),
+    "controller.audit_verify": frozenset({"controller"}),
+    "controller.audit_csv": frozenset({"controller"}),
+    "controller.projects_page": frozenset({"controller"}),
+    "controller.control": frozenset({"controller"}),
+    "controller.destruction_page": frozenset({"controller"}),
+    "controller.certificate": frozenset({"controller"}),
+    "controller.decide": frozenset({"controller"}),
+    "controller.blacklist_user": frozenset({"controller"}),
 }
 
 
@@ -103,9 +114,10 @@ def _url(rule, app_id: int) -> str:
     values = {}
     for arg in rule.arguments:
         values[arg] = {"application_id": app_id, "dataset_id": "emr-visits",
-                       "code": "en"}[arg]
+                       "code": "en", "action": "suspend", "user_id": 1}[arg]
     return rule.rule.replace("<int:application_id>", str(app_id)).replace(
-        "<dataset_id>", "emr-visits").replace("<code>", "en") if values else rule.rule
+        "<dataset_id>", "emr-visits").replace("<code>", "en").replace(
+        "<action>", "suspend").replace("<int:user_id>", "1") if values else rule.rule
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -130,12 +142,18 @@ def test_only_allowed_roles_get_through(app, world, role):
         if rule.endpoint == "auth.logout":  # always succeeds, by sending you to sign in
             assert response.status_code == 302
             continue
-        if rule.endpoint in ("researcher.agreement", "researcher.agreement_pdf") and allowed:
-            # no decision or agreement exists yet: the owner gets a 404, never a 403
+        if rule.endpoint in ("researcher.agreement", "researcher.agreement_pdf",
+                             "researcher.destruction_form", "researcher.destruction_upload",
+                             "controller.certificate", "controller.decide") and allowed:
+            # no decision, agreement or destruction task exists yet: a 404, never a 403
             assert response.status_code == 404, (role, url)
             continue
         if rule.endpoint == "hub.start" and allowed:
             # the owner may ask, but a draft has no sandbox: refused with the reason
             assert response.status_code == 403 and b"active project" in response.data
+            continue
+        if rule.endpoint == "controller.control" and allowed:
+            # a controller may, but not on a project under review: refused with the reason
+            assert response.status_code == 403 and b"cannot suspend" in response.data
             continue
         assert denied != allowed, (role, method, url, response.status_code, location)

@@ -1,0 +1,212 @@
+"""The controller's pages: the audit log (search, chain verification, CSV), running projects
+with ε spent against ε granted (suspend, resume, revoke), and destruction certificates
+(verify, reject, overdue → blacklist). Rules live in ``portal.projects``,
+``portal.destruction``, ``portal.blacklist`` and ``sandbox.audit``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime
+
+import httpx
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask.typing import ResponseReturnValue
+from flask_babel import gettext as _
+from sqlalchemy import Select, or_, select
+
+from approvals.states import Action, Role, State
+from portal import blacklist, destruction, projects
+from portal.models import Agreement, Application, DestructionTask, User
+from portal.views.auth import login_required, reason_of, record
+from sandbox import audit
+from sandbox.audit import AuditAction, audit_log
+from sandbox.errors import SandboxError
+
+bp = Blueprint("controller", __name__, url_prefix="/controller")
+PER_PAGE = 100
+RUNNING = (State.ACTIVE, State.SUSPENDED, State.CLOSING)
+
+
+def _settings():
+    return current_app.extensions["portal.settings"]
+
+
+def _actor() -> str:
+    return f"user:{g.user.id}"
+
+
+# -- audit ------------------------------------------------------------------------------
+
+def _filtered() -> Select:
+    query = select(audit_log)
+    text = request.args.get("q", "").strip()
+    if text:
+        like = f"%{text}%"
+        query = query.where(or_(audit_log.c.actor.like(like), audit_log.c.subject.like(like),
+                                audit_log.c.details.like(like)))
+    if request.args.get("action"):
+        query = query.where(audit_log.c.action == request.args["action"])
+    if request.args.get("since"):
+        query = query.where(audit_log.c.at >= request.args["since"])
+    if request.args.get("until"):
+        query = query.where(audit_log.c.at <= request.args["until"] + "T23:59:59.999999")
+    return query
+
+
+@bp.route("/audit")
+@login_required(Role.CONTROLLER)
+def audit_page() -> ResponseReturnValue:
+    page = max(1, request.args.get("page", 1, type=int) or 1)
+    rows = g.db.execute(_filtered().order_by(audit_log.c.seq.desc()).limit(PER_PAGE + 1)
+                        .offset((page - 1) * PER_PAGE)).all()
+    entries = [(row, json.loads(row.details)) for row in rows[:PER_PAGE]]
+    return render_template("controller/audit.html", entries=entries, page=page,
+                           more=len(rows) > PER_PAGE, actions=sorted(a.value for a in
+                                                                     AuditAction),
+                           args=request.args)
+
+
+@bp.route("/audit/verify", methods=["POST"])
+@login_required(Role.CONTROLLER)
+def audit_verify() -> ResponseReturnValue:
+    result = audit.verify(g.db.connection())
+    g.db.rollback()
+    record(AuditAction.AUDIT_VERIFIED, "audit:log",
+           {"ok": result.ok, "entries": result.entries, "problem": result.problem})
+    if result.ok:
+        flash(_("Chain intact: %(n)d entries verified.", n=result.entries), "verify-ok")
+    else:
+        flash(_("Chain broken after %(n)d good entries: %(problem)s", n=result.entries,
+                problem=result.problem), "verify-broken")
+    return redirect(url_for("controller.audit_page"))
+
+
+@bp.route("/audit.csv")
+@login_required(Role.CONTROLLER)
+def audit_csv() -> ResponseReturnValue:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["seq", "at", "actor", "action", "subject", "ip", "details", "hash"])
+    for row in g.db.execute(_filtered().order_by(audit_log.c.seq)):
+        details = json.loads(row.details)
+        writer.writerow([row.seq, row.at, row.actor, row.action, row.subject,
+                         details.get("ip", ""), row.details, row.hash])
+    record(AuditAction.AUDIT_EXPORTED, "audit:log", {"filters": dict(request.args)})
+    return Response("\ufeff" + out.getvalue(), mimetype="text/csv", headers={
+        "Content-Disposition": "attachment; filename=audit.csv"})
+
+
+# -- projects -----------------------------------------------------------------------------
+
+def _budget(agreement: Agreement | None) -> dict | None:
+    """ε granted and spent, from the gateway (None when it cannot be asked)."""
+    settings = _settings()
+    if agreement is None or not agreement.grant_id:
+        return None
+    try:
+        token = settings.gateway_token_file.read_text().strip()
+        grant = httpx.get(f"{settings.gateway_url}/v1/admin/grants/{agreement.grant_id}",
+                          headers={"Authorization": f"Bearer {token}"}, timeout=5).json()
+        return {"total": grant["epsilon_total"], "spent": grant["epsilon_spent"],
+                "status": grant["status"]}
+    except (OSError, httpx.HTTPError, KeyError, ValueError):
+        return None
+
+
+@bp.route("/projects")
+@login_required(Role.CONTROLLER)
+def projects_page() -> ResponseReturnValue:
+    running = g.db.scalars(select(Application).where(Application.state.in_(RUNNING))
+                           .order_by(Application.id)).all()
+    rows = [(a, _budget(g.db.get(Agreement, a.id))) for a in running]
+    return render_template("controller/projects.html", rows=rows)
+
+
+@bp.route("/projects/<int:application_id>/<action>", methods=["POST"])
+@login_required(Role.CONTROLLER)
+def control(application_id: int, action: str) -> ResponseReturnValue:
+    application = g.db.get(Application, application_id)
+    if application is None or action not in ("suspend", "resume", "revoke"):
+        abort(404)
+    try:
+        projects.control(g.db, _settings(), application, Action(action), Role.CONTROLLER,
+                         _actor(), request.form.get("reason", ""))
+    except SandboxError as exc:
+        g.db.rollback()
+        return render_template("error.html", status=exc.http_status,
+                               reason=reason_of(exc)), exc.http_status
+    flash(_("Project %(id)d is now %(state)s.", id=application.id,
+            state=application.state))
+    return redirect(url_for("controller.projects_page"))
+
+
+# -- destruction and blacklist ------------------------------------------------------------
+
+@bp.route("/destruction")
+@login_required(Role.CONTROLLER)
+def destruction_page() -> ResponseReturnValue:
+    tasks = g.db.scalars(select(DestructionTask).order_by(DestructionTask.due_at)).all()
+    return render_template("controller/destruction.html",
+                           tasks=[(t, g.db.get(Application, t.application_id)) for t in tasks],
+                           proposals=destruction.overdue(g.db), now=datetime.now(UTC))
+
+
+@bp.route("/destruction/<int:application_id>/certificate.pdf")
+@login_required(Role.CONTROLLER)
+def certificate(application_id: int) -> ResponseReturnValue:
+    task = g.db.get(DestructionTask, application_id)
+    if task is None or task.certificate is None:
+        abort(404)
+    return Response(task.certificate, mimetype="application/pdf", headers={
+        "Content-Disposition": f"attachment; filename=destruction-{application_id}.pdf",
+        "X-Content-SHA256": task.certificate_sha256 or ""})
+
+
+@bp.route("/destruction/<int:application_id>/decide", methods=["POST"])
+@login_required(Role.CONTROLLER)
+def decide(application_id: int) -> ResponseReturnValue:
+    application = g.db.get(Application, application_id)
+    if application is None:
+        abort(404)
+    verified = request.form.get("verdict") == "verify"
+    try:
+        destruction.decide(g.db, _settings(), application, g.user, verified,
+                           request.form.get("reasons", ""))
+    except SandboxError as exc:
+        g.db.rollback()
+        return render_template("error.html", status=exc.http_status,
+                               reason=reason_of(exc)), exc.http_status
+    flash(_("Certificate verified; the project is closed.") if verified else
+          _("Certificate returned to the researcher."))
+    return redirect(url_for("controller.destruction_page"))
+
+
+@bp.route("/blacklist/<int:user_id>", methods=["POST"])
+@login_required(Role.CONTROLLER)
+def blacklist_user(user_id: int) -> ResponseReturnValue:
+    user = g.db.get(User, user_id)
+    if user is None:
+        abort(404)
+    try:
+        suspended = blacklist.confirm(g.db, _settings(), user, _actor(),
+                                      request.form.get("reason", ""))
+    except SandboxError as exc:
+        g.db.rollback()
+        return render_template("error.html", status=exc.http_status,
+                               reason=reason_of(exc)), exc.http_status
+    flash(_("%(name)s is blacklisted; %(n)d active project(s) suspended.", name=user.name,
+            n=len(suspended)))
+    return redirect(url_for("controller.destruction_page"))
