@@ -19,6 +19,7 @@ from portal.config import PortalSettings
 from portal.db import connect
 from portal.models import User
 from portal.security import needs_mfa
+from sandbox import audit
 from sandbox.errors import InputError, SandboxError
 
 csrf = CSRFProtect()
@@ -82,6 +83,7 @@ def create_app(settings: PortalSettings | None = None) -> Flask:
 
     @app.before_request
     def _load_user():
+        g.audit_origin = audit.ORIGIN.set(request.remote_addr)
         g.db = sessions()
         g.user = None
         uid = session.get("uid")
@@ -105,6 +107,9 @@ def create_app(settings: PortalSettings | None = None) -> Flask:
         db = g.pop("db", None)
         if db is not None:
             db.close()
+        origin = g.pop("audit_origin", None)
+        if origin is not None:
+            audit.ORIGIN.reset(origin)
 
     @app.errorhandler(SandboxError)
     def _domain_error(exc: SandboxError):

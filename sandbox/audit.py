@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -32,6 +33,10 @@ from sqlalchemy import (
 from sandbox.errors import InputError
 
 GENESIS = "0" * 64
+
+# Where the current request came from (an IP address), set by the HTTP services for each
+# request; every entry appended meanwhile records it, unless its details name one.
+ORIGIN: ContextVar[str | None] = ContextVar("audit_origin", default=None)
 
 metadata = MetaData()
 
@@ -142,6 +147,9 @@ def _hash(entry: dict) -> str:
 def append(conn: Connection, action: AuditAction, actor: str, subject: str,
            details: dict | None = None) -> int:
     """Add an entry within the caller's transaction; returns its sequence number."""
+    details = dict(details or {})
+    if ORIGIN.get() and "ip" not in details:
+        details["ip"] = ORIGIN.get()
     head = conn.execute(select(audit_head).where(audit_head.c.id == 1).with_for_update()).one()
     entry = {
         "seq": head.seq + 1,
@@ -149,7 +157,7 @@ def append(conn: Connection, action: AuditAction, actor: str, subject: str,
         "actor": actor,
         "action": str(action),
         "subject": subject,
-        "details": json.dumps(details or {}, sort_keys=True, ensure_ascii=False),
+        "details": json.dumps(details, sort_keys=True, ensure_ascii=False),
         "prev_hash": head.hash,
     }
     digest = _hash(entry)

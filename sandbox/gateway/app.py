@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from sandbox import audit
 from sandbox.errors import InputError, SandboxError
 from sandbox.gateway.queries import QuerySpec
 from sandbox.gateway.service import GatewayService, GrantRequest, Withdrawal
@@ -81,7 +82,12 @@ def create_app(settings: GatewaySettings | None = None,
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
             return _error(413, "too_large", f"request body over {limit} bytes")
-        return await call_next(request)
+        # Audit entries written for this request record where it came from.
+        origin = audit.ORIGIN.set(request.client.host if request.client else None)
+        try:
+            return await call_next(request)
+        finally:
+            audit.ORIGIN.reset(origin)
 
     @app.exception_handler(SandboxError)
     async def _domain(_request: Request, exc: SandboxError) -> JSONResponse:

@@ -7,8 +7,11 @@ import json
 
 import httpx
 import pytest
+from sqlalchemy import select
 
+from sandbox import audit
 from sandbox.client import Gateway, GatewayError
+from sandbox.db import make_engine
 
 COUNT = {"dataset": "emr-visits", "kind": "count", "epsilon": 0.5}
 
@@ -244,10 +247,18 @@ def test_rate_limit_per_token(fresh_gateway):
 
 
 def test_audit_chain_records_and_verifies(gateway, cli):
-    gw = client(gateway, gateway.grant())
-    gw.count("emr-visits", where={"department": "儿科"}, epsilon=0.2)
+    grant = gateway.grant()
+    gw = client(gateway, grant)
+    release = gw.count("emr-visits", where={"department": "儿科"}, epsilon=0.2)
     result = cli("audit", "verify", "--database-url", gateway.database_url)
     assert result.code == 0 and "chain intact" in result.stdout
+    engine = make_engine(gateway.database_url)
+    with engine.connect() as conn:  # who, what, and from where
+        row = conn.execute(select(audit.audit_log).where(
+            audit.audit_log.c.subject == f"release:{release.release_id}")).first()
+    engine.dispose()
+    assert row.actor == f"grant:{grant['grant']['id']}"
+    assert json.loads(row.details)["ip"] == "127.0.0.1"
 
 
 def test_nul_characters_never_reach_the_database(gateway):

@@ -1,0 +1,200 @@
+"""A controller's day in a real browser (Playwright, Debian's Chromium) against the portal
+and the gateway as their own processes: verify the audit chain, watch ε spent against ε
+granted, reject and then verify a destruction certificate the researcher uploads, confirm
+a blacklisting — which suspends the researcher's grant on the running gateway — and see a
+tampered audit row caught. Screenshots go to test-artifacts/browser/controller-*.png."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+from sqlalchemy import update
+
+from portal import create_app, projects
+from portal import gateway as portal_gateway
+from portal.config import PortalSettings
+from portal.models import (
+    Agreement,
+    Application,
+    DecisionRecord,
+    DestructionTask,
+    Profile,
+    User,
+)
+from portal.security import hash_password
+from sandbox import audit
+from sandbox.client import Gateway
+from tests.browser.test_approval_flow import ARTIFACTS, PASSWORD, browser, sign_in  # noqa: F401
+from tests.conftest import ROOT
+from tests.mail import start_smtp
+from tests.services import GatewayProcess, free_port, portal_env
+
+CERTIFICATE = Path(__file__).with_name("certificate.pdf")
+
+
+def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"controller-{name}.png"), full_page=True)
+
+
+@pytest.fixture(scope="module")
+def world(dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("controller")
+    served = root / "datasets"
+    served.mkdir()
+    os.symlink(dataset, served / "emr-visits")
+    gateway = GatewayProcess(served, root / "gateway", f"sqlite:///{root / 'gw.db'}").start()
+    smtp, inbox = start_smtp()
+    port = free_port()
+    env = portal_env(root, served, gateway, inbox.port, f"http://127.0.0.1:{port}")
+    settings = PortalSettings(**{k.removeprefix("SANDBOX_PORTAL_").lower(): v
+                                 for k, v in env.items()})
+    app = create_app(settings)
+    seeded = seed(app, settings)
+    ctl = str(Path(sys.executable).parent / "sandboxctl")
+    subprocess.run([ctl, "portal", "create-user", "--email", "controller@lingnan.cn",
+                    "--name", "管理员刘", "--role", "controller", "--institution",
+                    "岭南卫健委", "--password", PASSWORD], env=os.environ | env, check=True,
+                   capture_output=True, cwd=ROOT)
+    portal = subprocess.Popen([ctl, "portal", "serve", "--port", str(port)],
+                              env=os.environ | env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            httpx.get(url, timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    yield {"url": url, "gateway": gateway, "app": app, "settings": settings, **seeded}
+    portal.terminate()
+    portal.wait(10)
+    smtp.stop()
+    gateway.stop()
+
+
+def seed(app, settings: PortalSettings) -> dict:
+    """Three researchers' projects with real grants: one running (some ε spent), one whose
+    term has ended (destruction task open), one closed long ago with its certificate
+    overdue — whose researcher also runs a fourth, active project."""
+    now = datetime.now(UTC)
+    made = {}
+    with app.extensions["portal.sessions"]() as db:
+        for key, name, title, expires in (
+                ("running", "陈研究员", "糖尿病门诊费用", now + timedelta(days=90)),
+                ("ended", "王研究员", "住院天数分析", now - timedelta(minutes=5)),
+                ("overdue", "赵研究员", "急诊就诊趋势", now - timedelta(days=60)),
+                ("other", "赵研究员", "慢病管理研究", now + timedelta(days=90))):
+            email = f"{key if key != 'other' else 'overdue'}@lingnan.cn"
+            user = db.query(User).filter_by(email=email).first()
+            if user is None:
+                user = User(email=email, name=name, role="researcher",
+                            password_hash=hash_password(PASSWORD),
+                            profile=Profile(institution="岭南大学", title="主任医师",
+                                            years_experience=12, credit_grade="A"))
+                db.add(user)
+                db.flush()
+            application = Application(researcher_id=user.id, title=title,
+                                      purpose="medical_research", non_profit=True,
+                                      state="active")
+            db.add(application)
+            db.flush()
+            decision = DecisionRecord(application_id=application.id, verdict="approve",
+                                      reasons="同意", fields=["sex", "visit_type"],
+                                      epsilon=2.0, delta=0.0, term_months=6,
+                                      decided_by=user.id)
+            db.add(decision)
+            grant_id, token = portal_gateway.create_grant(
+                settings, application.id, "medical_research", decision, ["emr-visits"],
+                now + timedelta(days=90))
+            db.add(Agreement(application_id=application.id, pdf=b"%PDF-", sha256="0",
+                             signed_by=user.id, grant_id=grant_id, expires_at=expires,
+                             signed_at=now - timedelta(days=120)))
+            db.commit()
+            made[key] = {"id": application.id, "token": token, "grant": grant_id,
+                         "email": email}
+        Gateway(settings.gateway_url, made["running"]["token"]).count(
+            "emr-visits", group_by=["visit_type"], epsilon=1.5)
+        projects.end_terms(db, settings, now)
+        task = db.get(DestructionTask, made["overdue"]["id"])
+        task.due_at = now - timedelta(days=2)
+        db.commit()
+    return made
+
+
+def test_a_controllers_day(world, browser):  # noqa: F811
+    url = world["url"]
+    controller = sign_in(browser, url, "controller@lingnan.cn", totp={})
+    controller.goto(f"{url}/controller/audit")
+    controller.click("#verify")
+    expect(controller.locator("#verify-result")).to_have_attribute("data-ok", "true")
+    expect(controller.locator("#audit")).to_contain_text("term.ended")
+    shot(controller, "01-audit-verified")
+
+    controller.goto(f"{url}/controller/projects")
+    running = controller.locator(f"tr[data-project='{world['running']['id']}']")
+    expect(running).to_contain_text("ε 1.5 / 2")
+    shot(controller, "02-projects-budget")
+
+    # the researcher of the ended project uploads a certificate; it is rejected, then
+    # uploaded again and verified — which closes the project
+    ended = world["ended"]
+    researcher = sign_in(browser, url, ended["email"])
+    researcher.goto(f"{url}/applications/{ended['id']}")
+    expect(researcher.locator("#destruction-state")).to_have_attribute("data-state", "open")
+    researcher.set_input_files("#certificate", str(CERTIFICATE))
+    researcher.click("text=提交销毁证明")
+    expect(researcher.locator("#destruction-state")).to_have_attribute("data-state",
+                                                                     "submitted")
+    controller.goto(f"{url}/controller/destruction")
+    row = controller.locator(f"#tasks tr[data-project='{ended['id']}']")
+    row.locator("textarea[name=reasons]").fill("缺少导出副本存放位置")
+    row.locator("button[value=reject]").click()
+    expect(controller.locator(f"#tasks tr[data-project='{ended['id']}']")).to_have_attribute(
+        "data-state", "open")
+    shot(controller, "03-destruction-rejected")
+    researcher.reload()
+    expect(researcher.locator(".problems")).to_contain_text("缺少导出副本存放位置")
+    researcher.set_input_files("#certificate", str(CERTIFICATE))
+    researcher.click("text=提交销毁证明")
+    controller.reload()
+    controller.locator(f"#tasks tr[data-project='{ended['id']}'] button[value=verify]").click()
+    expect(controller.locator(f"#tasks tr[data-project='{ended['id']}']")).to_have_attribute(
+        "data-state", "verified")
+    shot(controller, "04-destruction-verified")
+    with world["app"].extensions["portal.sessions"]() as db:
+        assert db.get(Application, ended["id"]).state == "closed"
+
+    # the overdue certificate is a blacklist proposal; confirming it suspends the
+    # researcher's other, active project on the running gateway
+    overdue, other = world["overdue"], world["other"]
+    assert Gateway(world["gateway"].url, other["token"]).budget()["epsilon"]["total"] == 2.0
+    controller.locator(f"#proposals tr[data-project='{overdue['id']}'] button").click()
+    expect(controller.locator(".flash")).to_contain_text("已暂停 1 个")
+    shot(controller, "05-blacklisted")
+    grant = world["gateway"].admin("GET", f"/v1/admin/grants/{other['grant']}").json()
+    assert grant["status"] == "suspended"
+    with world["app"].extensions["portal.sessions"]() as db:
+        assert db.get(Application, other["id"]).state == "suspended"
+        assert db.query(User).filter_by(email=overdue["email"]).one().profile.blacklisted
+
+    # someone edits one audit row in the database: verification says where
+    with world["app"].extensions["portal.engine"].begin() as conn:
+        conn.execute(update(audit.audit_log).where(audit.audit_log.c.seq == 3)
+                     .values(actor="user:999"))
+    controller.goto(f"{url}/controller/audit")
+    controller.click("#verify")
+    expect(controller.locator("#verify-result")).to_have_attribute("data-ok", "false")
+    expect(controller.locator("#verify-result")).to_contain_text("entry 3 was altered")
+    shot(controller, "06-audit-tampering-caught")
+    csv = httpx.get(f"{url}/controller/audit.csv", cookies={
+        c["name"]: c["value"] for c in controller.context.cookies()})
+    assert csv.status_code == 200 and "destruction.verified" in csv.text
