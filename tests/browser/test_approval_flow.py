@@ -4,17 +4,12 @@ server. A screenshot of each step goes to test-artifacts/browser/."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pyotp
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 from sqlalchemy import select
 
 from portal.config import PortalSettings
@@ -23,65 +18,30 @@ from portal.models import Agreement
 from portal.workflow import grant_token
 from sandbox import audit
 from sandbox.client import Gateway, GatewayError
-from tests.conftest import ROOT
-from tests.mail import start_smtp
-from tests.services import GatewayProcess, free_port, portal_env
+from tests.browser.conftest import ARTIFACTS, PASSWORD, PortalStack, portal_stack
 
-ARTIFACTS = ROOT / "test-artifacts" / "browser"
-PASSWORD = "Browser-test-42"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+ACCOUNTS = [("chair@lingnan.cn", "周主任", "chair", "岭南卫健委"),
+            ("expert1@lingnan.cn", "专家甲", "expert", "中山医院"),
+            ("expert2@lingnan.cn", "专家乙", "expert", "南方医院"),
+            ("expert3@lingnan.cn", "专家丙", "expert", "珠江医院"),
+            ("expert4@lingnan.cn", "专家丁", "expert", "岭南大学")]
+
+
+def _committee(stack: PortalStack) -> None:
+    for account in ACCOUNTS:
+        stack.create_user(*account)
 
 
 @pytest.fixture(scope="module")
 def stack(dataset, tmp_path_factory):
-    root = tmp_path_factory.mktemp("browser")
-    served = root / "datasets"
-    served.mkdir()
-    os.symlink(dataset, served / "emr-visits")
-    gateway = GatewayProcess(served, root / "gateway", f"sqlite:///{root / 'gw.db'}").start()
-    smtp, inbox = start_smtp()
-    port = free_port()
-    env = os.environ | portal_env(root, served, gateway, inbox.port,
-                                  f"http://127.0.0.1:{port}")
-    ctl = str(Path(sys.executable).parent / "sandboxctl")
-    accounts = [("chair@lingnan.cn", "周主任", "chair", "岭南卫健委"),
-                ("expert1@lingnan.cn", "专家甲", "expert", "中山医院"),
-                ("expert2@lingnan.cn", "专家乙", "expert", "南方医院"),
-                ("expert3@lingnan.cn", "专家丙", "expert", "珠江医院"),
-                ("expert4@lingnan.cn", "专家丁", "expert", "岭南大学")]
-    for email, name, role, institution in accounts:
-        subprocess.run([ctl, "portal", "create-user", "--email", email, "--name", name,
-                        "--role", role, "--institution", institution, "--password", PASSWORD],
-                       env=env, check=True, capture_output=True, cwd=ROOT)
-    portal = subprocess.Popen([ctl, "portal", "serve", "--port", str(port)], env=env,
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            httpx.get(url, timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    engine, _ = connect(env["SANDBOX_PORTAL_DATABASE_URL"])
-    with engine.connect() as conn:  # accounts made from the command line are audited
-        created = conn.execute(select(audit.audit_log.c.subject).where(
-            audit.audit_log.c.action == "user.registered")).scalars().all()
-    assert len(created) == len(accounts)
-    yield {"url": url, "gateway": gateway, "inbox": inbox, "root": root}
-    portal.terminate()
-    portal.wait(10)
-    smtp.stop()
-    gateway.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        instance = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield instance
-        instance.close()
+    for served in portal_stack(dataset, tmp_path_factory.mktemp("browser"), _committee):
+        engine, _ = connect(served.env["SANDBOX_PORTAL_DATABASE_URL"])
+        with engine.connect() as conn:  # accounts made from the command line are audited
+            created = conn.execute(select(audit.audit_log.c.subject).where(
+                audit.audit_log.c.action == "user.registered")).scalars().all()
+        assert len(created) == len(ACCOUNTS)
+        yield {"url": served.url, "gateway": served.gateway, "inbox": served.inbox,
+               "root": served.root}
 
 
 class Shots:

@@ -6,10 +6,6 @@ tampered audit row caught. Screenshots go to test-artifacts/browser/controller-*
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,10 +28,8 @@ from portal.models import (
 from portal.security import hash_password
 from sandbox import audit
 from sandbox.client import Gateway
-from tests.browser.test_approval_flow import ARTIFACTS, PASSWORD, browser, sign_in  # noqa: F401
-from tests.conftest import ROOT
-from tests.mail import start_smtp
-from tests.services import GatewayProcess, free_port, portal_env
+from tests.browser.conftest import ARTIFACTS, PASSWORD, PortalStack, portal_stack
+from tests.browser.test_approval_flow import sign_in
 
 CERTIFICATE = Path(__file__).with_name("certificate.pdf")
 
@@ -47,38 +41,15 @@ def shot(page: Page, name: str) -> None:
 
 @pytest.fixture(scope="module")
 def world(dataset, tmp_path_factory):
-    root = tmp_path_factory.mktemp("controller")
-    served = root / "datasets"
-    served.mkdir()
-    os.symlink(dataset, served / "emr-visits")
-    gateway = GatewayProcess(served, root / "gateway", f"sqlite:///{root / 'gw.db'}").start()
-    smtp, inbox = start_smtp()
-    port = free_port()
-    env = portal_env(root, served, gateway, inbox.port, f"http://127.0.0.1:{port}")
-    settings = PortalSettings(**{k.removeprefix("SANDBOX_PORTAL_").lower(): v
-                                 for k, v in env.items()})
-    app = create_app(settings)
-    seeded = seed(app, settings)
-    ctl = str(Path(sys.executable).parent / "sandboxctl")
-    subprocess.run([ctl, "portal", "create-user", "--email", "controller@lingnan.cn",
-                    "--name", "管理员刘", "--role", "controller", "--institution",
-                    "岭南卫健委", "--password", PASSWORD], env=os.environ | env, check=True,
-                   capture_output=True, cwd=ROOT)
-    portal = subprocess.Popen([ctl, "portal", "serve", "--port", str(port)],
-                              env=os.environ | env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            httpx.get(url, timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    yield {"url": url, "gateway": gateway, "app": app, "settings": settings, **seeded}
-    portal.terminate()
-    portal.wait(10)
-    smtp.stop()
-    gateway.stop()
+    seeded = {}
+
+    def prepare(stack: PortalStack) -> None:
+        app = create_app(stack.settings)
+        seeded.update(seed(app, stack.settings), app=app, settings=stack.settings)
+        stack.create_user("controller@lingnan.cn", "管理员刘", "controller", "岭南卫健委")
+
+    for stack in portal_stack(dataset, tmp_path_factory.mktemp("controller"), prepare):
+        yield {"url": stack.url, "gateway": stack.gateway, **seeded}
 
 
 def seed(app, settings: PortalSettings) -> dict:
@@ -130,7 +101,7 @@ def seed(app, settings: PortalSettings) -> dict:
     return made
 
 
-def test_a_controllers_day(world, browser):  # noqa: F811
+def test_a_controllers_day(world, browser):
     url = world["url"]
     controller = sign_in(browser, url, "controller@lingnan.cn", totp={})
     controller.goto(f"{url}/controller/audit")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from playwright.sync_api import expect
 
 from sandbox.hub.names import server_name
-from tests.browser.test_approval_flow import ARTIFACTS, browser  # noqa: F401  (fixture)
+from tests.browser.conftest import ARTIFACTS, browser  # noqa: F401  (fixture)
 
 
 def test_open_the_sandbox_from_the_portal(stack, browser):  # noqa: F811

@@ -1,0 +1,85 @@
+"""What the browser tests share: Chromium (Debian's, driven by Playwright), and a portal
+served as its own process beside a gateway process and a real SMTP server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import sync_playwright
+
+from portal.config import PortalSettings
+from tests.conftest import ROOT
+from tests.mail import Inbox, start_smtp
+from tests.services import GatewayProcess, free_port, portal_env
+
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+PASSWORD = "Browser-test-42"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+CTL = str(Path(sys.executable).parent / "sandboxctl")
+
+
+@dataclass
+class PortalStack:
+    url: str
+    env: dict[str, str]
+    gateway: GatewayProcess
+    inbox: Inbox
+    root: Path
+
+    @property
+    def settings(self) -> PortalSettings:
+        return PortalSettings(**{k.removeprefix("SANDBOX_PORTAL_").lower(): v
+                                 for k, v in self.env.items()
+                                 if k.startswith("SANDBOX_PORTAL_")})
+
+    def create_user(self, email: str, name: str, role: str, institution: str) -> None:
+        subprocess.run([CTL, "portal", "create-user", "--email", email, "--name", name,
+                        "--role", role, "--institution", institution, "--password",
+                        PASSWORD], env=self.env, check=True, capture_output=True, cwd=ROOT)
+
+
+def portal_stack(dataset: Path, root: Path, before_serving=None) -> Iterator[PortalStack]:
+    """Gateway, SMTP and ``sandboxctl portal serve`` over ``dataset``; ``before_serving``
+    (given the stack) runs once the database exists and before the portal starts."""
+    served = root / "datasets"
+    served.mkdir()
+    os.symlink(dataset, served / "emr-visits")
+    gateway = GatewayProcess(served, root / "gateway", f"sqlite:///{root / 'gw.db'}").start()
+    smtp, inbox = start_smtp()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    stack = PortalStack(url, os.environ | portal_env(root, served, gateway, inbox.port, url),
+                        gateway, inbox, root)
+    if before_serving is not None:
+        before_serving(stack)
+    portal = subprocess.Popen([CTL, "portal", "serve", "--port", str(port)], env=stack.env,
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            httpx.get(url, timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    yield stack
+    portal.terminate()
+    portal.wait(10)
+    smtp.stop()
+    gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
