@@ -37,14 +37,17 @@ CTL = str(Path(sys.executable).parent / "sandboxctl")
 FIELDS = ["sex", "age_band", "visit_type", "total_cost"]
 
 
-def _wait(url: str, what: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+def _wait(url: str, what: str, proc: subprocess.Popen, log: Path, timeout: float = 120,
+          ready: tuple[int, ...] = (200, 302, 404)) -> None:
+    """Until ``url`` answers one of ``ready`` (the hub's proxy answers 404 before the hub
+    itself is up, so the hub is waited for with 200 only)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode}:\n"
                                + log.read_text(errors="replace")[-3000:])
         try:
-            if httpx.get(url, timeout=2).status_code < 500:
+            if httpx.get(url, timeout=2).status_code in ready:
                 return
         except httpx.HTTPError:
             pass
@@ -202,7 +205,7 @@ def start_stack(client: docker.DockerClient, host: str, dataset: Path, root: Pat
     with hub_log.open("ab") as out:
         hub = subprocess.Popen([CTL, "hub", "serve"], env=os.environ | hub_env, cwd=ROOT,
                                stdout=out, stderr=out)
-    _wait(f"{hub_url}/hub/api/", "hub", hub, hub_log)
+    _wait(f"{hub_url}/hub/api/", "hub", hub, hub_log, ready=(200,))
     settings = PortalSettings(**{k.removeprefix("SANDBOX_PORTAL_").lower(): v
                                  for k, v in portal_env.items()})
     stack = Stack(client, host, gateway, portal_url, hub_url, settings, create_app(settings),
