@@ -44,6 +44,8 @@ class PortalSettings(BaseSettings):
                                       "terms that have passed (0 = never)")
     destruction_due_days: int = Field(30, ge=1, description="days a closed project's "
                                       "researcher has to submit the destruction certificate")
+    anomaly_policy: dict = Field(default_factory=dict, description="thresholds of the "
+                                 "anomaly rules (JSON; see sandbox.anomalies.AnomalyPolicy)")
     quorum: int = Field(3, description="expert scores needed before a decision")
     aggregation: str = Field("mean", description="how expert totals combine: mean or median")
     testing: bool = Field(False, description="disable CSRF and rate limits for unit tests")

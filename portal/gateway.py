@@ -74,3 +74,22 @@ def datasets_holding(settings: PortalSettings, pseudonym: str) -> list[dict]:
     """The served datasets (id, version) holding records of this patient."""
     return _gateway(settings, "GET", f"/v1/admin/patients/{pseudonym}/datasets", {},
                     "look up the patient's datasets")["containing"]
+
+
+def audit_entries(settings: PortalSettings, since: str) -> list[dict]:
+    """The gateway's audit entries recorded since ``since`` (ISO time), oldest first."""
+    entries: list[dict] = []
+    after = 0
+    while True:
+        page = _gateway(settings, "GET", f"/v1/admin/audit?since={since}&after_seq={after}"
+                        "&limit=5000", {}, "read the gateway's audit log")["entries"]
+        entries += page
+        if len(page) < 5000:
+            return entries
+        after = page[-1]["seq"]
+
+
+def verify_audit(settings: PortalSettings) -> dict:
+    """The gateway's own chain verification."""
+    return _gateway(settings, "GET", "/v1/admin/audit/verify", {},
+                    "verify the gateway's audit log")

@@ -81,6 +81,7 @@ class AuditAction(StrEnum):
     AUDIT_PRUNED = "audit.pruned"
     AUDIT_VERIFIED = "audit.verified"
     AUDIT_EXPORTED = "audit.exported"
+    ALERT_SENT = "alert.sent"
     GRANT_CREATED = "grant.created"
     GRANT_SUSPENDED = "grant.suspended"
     GRANT_RESUMED = "grant.resumed"

@@ -28,7 +28,8 @@ from flask_babel import gettext as _
 from sqlalchemy import Select, or_, select
 
 from approvals.states import Action, Role, State
-from portal import blacklist, destruction, projects
+from portal import alerts, blacklist, destruction, projects
+from portal import gateway as portal_gateway
 from portal.models import Agreement, Application, DestructionTask, User
 from portal.views.auth import login_required, reason_of, record
 from sandbox import audit
@@ -88,9 +89,14 @@ def audit_page() -> ResponseReturnValue:
 def audit_verify() -> ResponseReturnValue:
     result = audit.verify(g.db.connection())
     g.db.rollback()
+    try:
+        at_gateway = portal_gateway.verify_audit(_settings())
+    except SandboxError as exc:
+        at_gateway = {"ok": False, "entries": 0, "problem": exc.reason}
     # The result is itself audited; the page shows the latest verification from the log.
     record(AuditAction.AUDIT_VERIFIED, "audit:log",
-           {"ok": result.ok, "entries": result.entries, "problem": result.problem})
+           {"ok": result.ok, "entries": result.entries, "problem": result.problem,
+            "gateway": at_gateway})
     return redirect(url_for("controller.audit_page"))
 
 
@@ -107,6 +113,14 @@ def audit_csv() -> ResponseReturnValue:
     record(AuditAction.AUDIT_EXPORTED, "audit:log", {"filters": dict(request.args)})
     return Response("\ufeff" + out.getvalue(), mimetype="text/csv", headers={
         "Content-Disposition": "attachment; filename=audit.csv"})
+
+
+@bp.route("/alerts")
+@login_required(Role.CONTROLLER)
+def alerts_page() -> ResponseReturnValue:
+    hours = min(max(request.args.get("hours", 24, type=float) or 24, 1), 24 * 90)
+    found = alerts.scan(g.db, _settings(), hours)
+    return render_template("controller/alerts.html", found=found, hours=hours)
 
 
 # -- projects -----------------------------------------------------------------------------

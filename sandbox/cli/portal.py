@@ -38,19 +38,22 @@ def serve(host: str, port: int) -> None:
 
 
 def _keep_terms(app, interval: float) -> None:
-    """End the terms that have passed, every ``interval`` seconds, for as long as the
-    portal serves; a failure is reported and retried next time."""
-    from portal import projects
+    """Every ``interval`` seconds, for as long as the portal serves: end the terms that have
+    passed, and mail controllers the new anomaly alerts. A failure is reported and retried
+    next time."""
+    from portal import alerts, projects
 
+    settings = app.extensions["portal.settings"]
     while True:
         time.sleep(interval)
         try:
             with app.extensions["portal.sessions"]() as db:
-                ended = projects.end_terms(db, app.extensions["portal.settings"])
-            if ended:
-                click.echo(f"term ended for projects {ended}", err=True)
+                ended = projects.end_terms(db, settings)
+                sent = alerts.notify_new(db, settings, alerts.scan(db, settings))
+            if ended or sent:
+                click.echo(f"term ended for projects {ended}; {sent} alert(s) sent", err=True)
         except Exception as exc:  # keep serving; the next round retries
-            click.echo(f"term check failed: {exc}", err=True)
+            click.echo(f"periodic check failed: {exc}", err=True)
 
 
 @portal.command("end-terms")

@@ -146,6 +146,18 @@ def create_app(settings: GatewaySettings | None = None,
             raise InputError("a pseudonym is 64 hexadecimal characters")
         return {"pseudonym": pseudonym, "containing": service.containing(pseudonym)}
 
+    @app.get("/v1/admin/audit")
+    def audit_entries(_actor: Admin, since: str = "", after_seq: int = 0,
+                      limit: int = 1000) -> dict:
+        """The gateway's audit entries (oldest first), for controllers' review and the
+        anomaly rules; ``since`` is an ISO time, ``after_seq`` pages on."""
+        return {"entries": service.audit_entries(since, after_seq, min(max(limit, 1), 5000))}
+
+    @app.get("/v1/admin/audit/verify")
+    def audit_verify(_actor: Admin) -> dict:
+        """Walk the gateway's audit chain and report the first break, if any."""
+        return service.verify_audit()
+
     @app.get("/v1/datasets")
     def datasets(grant: Project) -> list[dict]:
         return service.catalog(grant)

@@ -180,6 +180,20 @@ class GatewayService:
         self.limiter.take(row["id"])
         return _grant(row)
 
+    def audit_entries(self, since: str, after_seq: int, limit: int) -> list[dict]:
+        query = select(audit.audit_log).where(audit.audit_log.c.seq > after_seq)
+        if since:
+            query = query.where(audit.audit_log.c.at >= since)
+        with self.db.connect() as conn:
+            rows = conn.execute(query.order_by(audit.audit_log.c.seq).limit(limit)).mappings()
+            return [dict(row) for row in rows]
+
+    def verify_audit(self) -> dict:
+        with self.db.connect() as conn:
+            result = audit.verify(conn)
+        return {"ok": result.ok, "entries": result.entries, "problem": result.problem,
+                "seq": result.seq}
+
     def bind_networks(self, actor: str, grant_id: str, networks: list[str]) -> dict:
         """Accept the grant's token only from ``networks`` (replacing earlier ones)."""
         try:

@@ -61,6 +61,7 @@ ACCESS: dict[str, frozenset[str]] = {
     "controller.audit_verify": frozenset({"controller"}),
     "controller.audit_csv": frozenset({"controller"}),
     "controller.projects_page": frozenset({"controller"}),
+    "controller.alerts_page": frozenset({"controller"}),
     "controller.control": frozenset({"controller"}),
     "controller.destruction_page": frozenset({"controller"}),
     "controller.certificate": frozenset({"controller"}),

@@ -1,0 +1,63 @@
+"""Anomaly alerts over both logs: refused queries probing the gateway (its own audit log,
+read over HTTP) and a password-guessing run at the portal raise alerts, listed on the
+controller's page and mailed to controllers exactly once (real SMTP server)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import time
+
+import pytest
+
+from portal import alerts
+from sandbox.client import Gateway, GatewayError
+from tests.mail import start_smtp
+from tests.portal.conftest import login, make_user
+
+
+@pytest.fixture(scope="module")
+def inbox():
+    controller, box = start_smtp()
+    yield box
+    controller.stop()
+
+
+def test_alerts_from_both_logs_are_listed_and_mailed_once(app, client, portal_settings,
+                                                          gateway, inbox):
+    settings = portal_settings.model_copy(update={
+        "gateway_url": gateway.url, "gateway_token_file": gateway.state_dir / "admin.token",
+        "smtp_port": inbox.port,
+        "anomaly_policy": {"work_start": time(0, 0), "work_end": time(23, 59, 59)}})
+    probe = Gateway(gateway.url, gateway.grant(fields=["sex"])["token"])
+    for n in range(12):  # asking for fields outside the grant, again and again
+        with pytest.raises(GatewayError):
+            probe.count("emr-visits", where={"department": f"科{n}"}, epsilon=0.1)
+    tag = uuid.uuid4().hex[:6]
+    make_user(app, f"target-{tag}@example.cn", role="chair")
+    for _ in range(5):
+        login(client, f"target-{tag}@example.cn", "wrong password 1")
+    make_user(app, f"watch-{tag}@example.cn", role="controller")
+
+    with app.extensions["portal.sessions"]() as db:
+        found = alerts.scan(db, settings, hours=1)
+    rules = {(source, a.rule) for source, a in found.alerts}
+    assert ("gateway", "repeated_refusals") in rules
+    assert ("portal", "failed_logins") in rules
+    assert found.gateway_problem is None
+
+    with app.extensions["portal.sessions"]() as db:
+        assert alerts.notify_new(db, settings, found) == len(found.alerts)
+        assert alerts.notify_new(db, settings, alerts.scan(db, settings, hours=1)) == 0
+    [mail] = inbox.to(f"watch-{tag}@example.cn")
+    assert "repeated_refusals" in mail.get_content() and "failed_logins" in mail.get_content()
+
+
+def test_the_alerts_page_says_when_the_gateway_cannot_be_read(app):
+    email = f"c-{uuid.uuid4().hex[:6]}@example.cn"
+    make_user(app, email, role="controller")
+    page = app.test_client()
+    login(page, email)
+    with page.session_transaction() as session:
+        session["mfa_ok"] = True
+    body = page.get("/controller/alerts").get_data(as_text=True)
+    assert 'id="alerts"' in body and "无法读取网关日志" in body  # no gateway here
