@@ -43,13 +43,13 @@ def create_grant(settings: PortalSettings, application_id: int, purpose: str,
     return body["grant"]["id"], body["token"]
 
 
-def _gateway(settings: PortalSettings, method: str, path: str, body: dict, what: str
-             ) -> dict:
+def _gateway(settings: PortalSettings, method: str, path: str, body: dict, what: str,
+             params: dict | None = None) -> dict:
     """One call on the gateway's admin API; any failure is a ``GatewayUnavailable`` that
     says what could not be done, and nothing in the portal changes."""
     try:
         token = settings.gateway_token_file.read_text().strip()
-        response = httpx.request(method, f"{settings.gateway_url}{path}",
+        response = httpx.request(method, f"{settings.gateway_url}{path}", params=params,
                                  json=body if method != "GET" else None, timeout=60,
                                  headers={"Authorization": f"Bearer {token}"})
     except (OSError, httpx.HTTPError) as exc:
@@ -81,8 +81,8 @@ def audit_entries(settings: PortalSettings, since: str) -> list[dict]:
     entries: list[dict] = []
     after = 0
     while True:
-        page = _gateway(settings, "GET", f"/v1/admin/audit?since={since}&after_seq={after}"
-                        "&limit=5000", {}, "read the gateway's audit log")["entries"]
+        page = _gateway(settings, "GET", "/v1/admin/audit", {}, "read the gateway's audit log",
+                        {"since": since, "after_seq": after, "limit": 5000})["entries"]
         entries += page
         if len(page) < 5000:
             return entries

@@ -95,6 +95,7 @@ class AuditAction(StrEnum):
     RELEASE_REPEATED = "release.repeated"
     RELEASE_FAILED = "release.failed"
     CONSENT_WITHDRAWN = "consent.withdrawn"
+    EXPORT_SUBMITTED = "export.submitted"
     CONSENT_RECORDED = "consent.recorded"
     TRANSPARENCY_REPORTED = "transparency.reported"
     RESEARCHER_BLACKLISTED = "researcher.blacklisted"

@@ -15,6 +15,7 @@ with a signed receipt::
 
 from __future__ import annotations
 
+import base64
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -186,6 +187,20 @@ class Gateway:
     def verify(self, receipt: dict) -> dict:
         """Check a receipt against the gateway's public key; returns its payload."""
         return receipts.verify(receipt, self.public_key())
+
+    def export(self, files: list[str | os.PathLike], results: list[DPResult | dict],
+               note: str = "") -> dict:
+        """Ask to take ``files`` (code, figures, tables, text — never data) out of the
+        sandbox, citing the releases they come from. Automated checks and controllers'
+        review follow in the portal; nothing leaves until they approve."""
+        payload = []
+        for path in files:
+            with open(path, "rb") as handle:
+                payload.append({"name": os.path.basename(path),
+                                "content": base64.b64encode(handle.read()).decode()})
+        receipts_out = [r.receipt if isinstance(r, DPResult) else r for r in results]
+        return self._call("POST", "/v1/exports", {"files": payload, "receipts": receipts_out,
+                                                  "note": note})
 
     # -- questions ---------------------------------------------------------------------
     def query(self, spec: dict) -> DPResult:

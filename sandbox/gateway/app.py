@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from sandbox import audit
 from sandbox.errors import InputError, SandboxError
 from sandbox.gateway.queries import QuerySpec
-from sandbox.gateway.service import GatewayService, GrantRequest, Withdrawal
+from sandbox.gateway.service import ExportIn, GatewayService, GrantRequest, Withdrawal
 from sandbox.gateway.settings import GatewaySettings
 
 log = logging.getLogger("sandbox.gateway")
@@ -72,6 +72,7 @@ def create_app(settings: GatewaySettings | None = None,
     """The gateway application for ``settings`` (or an already built service)."""
     service = service or GatewayService(settings or GatewaySettings())
     limit = service.settings.max_body_bytes
+    export_limit = service.settings.max_export_bytes
     app = FastAPI(title="Sandbox privacy gateway", version="1",
                   description="Differentially private answers over restricted datasets; "
                               "every answer is charged before it is computed and receipted.")
@@ -80,8 +81,9 @@ def create_app(settings: GatewaySettings | None = None,
     @app.middleware("http")
     async def _body_limit(request: Request, call_next):
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            return _error(413, "too_large", f"request body over {limit} bytes")
+        allowed = export_limit if request.url.path == "/v1/exports" else limit
+        if length is not None and (not length.isdigit() or int(length) > allowed):
+            return _error(413, "too_large", f"request body over {allowed} bytes")
         # Audit entries written for this request record where it came from.
         origin = audit.ORIGIN.set(request.client.host if request.client else None)
         try:
@@ -173,6 +175,16 @@ def create_app(settings: GatewaySettings | None = None,
     @app.post("/v1/preview")
     def preview(spec: QuerySpec, grant: Project) -> dict:
         return service.preview(grant, spec)
+
+    @app.post("/v1/exports", status_code=201)
+    def submit_export(request: ExportIn, grant: Project) -> dict:
+        """Ask to take files out: recorded for the portal's checks and review."""
+        return service.submit_export(grant, request)
+
+    @app.get("/v1/admin/exports")
+    def list_exports(_actor: Admin, after: str = "") -> dict:
+        """Export requests recorded after ``after`` (creation time), with their files."""
+        return {"exports": service.exports_after(after)}
 
     @app.get("/v1/releases")
     def list_releases(grant: Project) -> list[dict]:

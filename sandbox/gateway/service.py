@@ -14,6 +14,7 @@ Composition is basic sequential composition: a grant's spent ε is the sum of it
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
@@ -48,6 +49,7 @@ from sandbox.gateway.ratelimit import RateLimiter
 from sandbox.gateway.settings import GatewaySettings
 from sandbox.gateway.store import (
     create_tables,
+    exports,
     grant_networks,
     grants,
     releases,
@@ -92,6 +94,23 @@ class GrantRequest(BaseModel):
     @classmethod
     def _aware(cls, when: datetime) -> datetime:
         return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+class ExportFileIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[^/\\\x00]+$")
+    content: str = Field(description="base64")
+
+
+class ExportIn(BaseModel):
+    """Files and receipts a project asks to take out (checked and reviewed in the portal)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    files: list[ExportFileIn] = Field(min_length=1, max_length=200)
+    receipts: list[dict] = Field(default_factory=list, max_length=1000)
+    note: str = Field(default="", max_length=5000, pattern=r"^[^\x00]*$")
 
 
 class Withdrawal(BaseModel):
@@ -179,6 +198,40 @@ class GatewayService:
             raise Forbidden("this project's token works only from the project's sandbox")
         self.limiter.take(row["id"])
         return _grant(row)
+
+    def submit_export(self, grant: dict, request: ExportIn) -> dict:
+        """Record an export request of this project; nothing leaves until it is reviewed."""
+        check_usable(grant)
+        files = []
+        for item in request.files:
+            if item.name.startswith(".") or item.name in {n["name"] for n in files}:
+                raise InputError(f"file name {item.name!r} is hidden or given twice")
+            try:
+                content = base64.b64decode(item.content, validate=True)
+            except ValueError:
+                raise InputError(f"{item.name}: content is not base64") from None
+            files.append({"name": item.name, "size": len(content),
+                          "sha256": hashlib.sha256(content).hexdigest(),
+                          "content": item.content})
+        row = {"id": uuid.uuid4().hex, "grant_id": grant["id"], "project": grant["project"],
+               "note": request.note, "files": json.dumps(files),
+               "receipts": json.dumps(request.receipts), "created_at": _now()}
+        with self.db.begin() as conn:
+            conn.execute(insert(exports).values(**row))
+            audit.append(conn, AuditAction.EXPORT_SUBMITTED, f"grant:{grant['id']}",
+                         f"export:{row['id']}", {"files": len(files),
+                                                 "bytes": sum(f["size"] for f in files),
+                                                 "receipts": len(request.receipts)})
+        return {"export": row["id"], "files": [{k: f[k] for k in ("name", "size", "sha256")}
+                                               for f in files]}
+
+    def exports_after(self, after: str) -> list[dict]:
+        """Export requests recorded after ``after`` (a creation time), with their files."""
+        with self.db.connect() as conn:
+            rows = conn.execute(select(exports).where(exports.c.created_at > after)
+                                .order_by(exports.c.created_at)).mappings().all()
+        return [{**dict(r), "files": json.loads(r["files"]),
+                 "receipts": json.loads(r["receipts"])} for r in rows]
 
     def audit_entries(self, since: str, after_seq: int, limit: int) -> list[dict]:
         query = select(audit.audit_log).where(audit.audit_log.c.seq > after_seq)

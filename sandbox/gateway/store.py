@@ -46,6 +46,19 @@ grant_networks = Table(
     Column("bound_at", String(40), nullable=False),
 )
 
+# Export requests as submitted from sandboxes (the only way out of a sandbox is through the
+# gateway); the portal collects them for checks and review.
+exports = Table(
+    "exports", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("grant_id", String(32), nullable=False, index=True),
+    Column("project", String(100), nullable=False),
+    Column("note", Text, nullable=False, default=""),
+    Column("files", Text, nullable=False),  # JSON [{name, size, sha256, content (base64)}]
+    Column("receipts", Text, nullable=False),  # JSON list of receipts
+    Column("created_at", String(40), nullable=False),
+)
+
 releases = Table(
     "releases", metadata,
     Column("id", String(32), primary_key=True),

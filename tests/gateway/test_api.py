@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -271,3 +272,28 @@ def test_nul_characters_never_reach_the_database(gateway):
     assert bad_project.status_code == bad_reason.status_code == 422
     assert gateway.admin("GET", f"/v1/admin/grants/{grant['grant']['id']}").json()[
         "status"] == "active"
+
+
+def test_an_export_request_is_recorded_for_review(gateway, tmp_path):
+    grant = gateway.grant()
+    gw = client(gateway, grant)
+    result = gw.count("emr-visits", group_by=["sex"], epsilon=0.3)
+    table = tmp_path / "by-sex.csv"
+    table.write_text("sex,n\n" + "\n".join(f"{r['sex']},{r['count']}"
+                                             for r in result.df.to_dicts()))
+    figure = tmp_path / "figure.png"
+    figure.write_bytes(b"\x89PNG\r\n\x1a\n")
+    answer = gw.export([table, figure], [result], note="表1")
+    assert [f["name"] for f in answer["files"]] == ["by-sex.csv", "figure.png"]
+    listed = gateway.admin("GET", "/v1/admin/exports").json()["exports"]
+    mine = next(e for e in listed if e["id"] == answer["export"])
+    assert mine["project"] == grant["grant"]["project"] and mine["note"] == "表1"
+    assert mine["receipts"] == [result.receipt]
+    later = gateway.admin("GET", "/v1/admin/exports?" + urlencode(
+        {"after": mine["created_at"]})).json()
+    assert answer["export"] not in {e["id"] for e in later["exports"]}
+    with pytest.raises(GatewayError, match="hidden or given twice"):
+        gw.export([table, table], [result])
+    assert httpx.post(f"{gateway.url}/v1/exports", json={"files": [{
+        "name": "../x", "content": ""}]}, headers={
+        "Authorization": f"Bearer {grant['token']}"}).status_code == 422
