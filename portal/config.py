@@ -46,6 +46,8 @@ class PortalSettings(BaseSettings):
                                       "researcher has to submit the destruction certificate")
     anomaly_policy: dict = Field(default_factory=dict, description="thresholds of the "
                                  "anomaly rules (JSON; see sandbox.anomalies.AnomalyPolicy)")
+    export_reviewers: int = Field(2, ge=1, description="independent reviewers each export "
+                                  "request needs")
     quorum: int = Field(3, description="expert scores needed before a decision")
     aggregation: str = Field("mean", description="how expert totals combine: mean or median")
     testing: bool = Field(False, description="disable CSRF and rate limits for unit tests")

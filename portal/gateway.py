@@ -93,3 +93,9 @@ def verify_audit(settings: PortalSettings) -> dict:
     """The gateway's own chain verification."""
     return _gateway(settings, "GET", "/v1/admin/audit/verify", {},
                     "verify the gateway's audit log")
+
+
+def list_exports(settings: PortalSettings, after: str) -> list[dict]:
+    """Export requests the gateway recorded after ``after`` (creation time), oldest first."""
+    return _gateway(settings, "GET", "/v1/admin/exports", {}, "collect export requests",
+                    {"after": after})["exports"]

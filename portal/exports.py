@@ -1,0 +1,163 @@
+"""Export requests in the portal: collected from the gateway (the sandbox's only way out),
+checked automatically, then reviewed by independent controllers, blinded to each other until
+the round is complete. Rules in ``approvals.exports`` and ``sandbox.exports.checks``.
+
+A bundle that fails an automated check goes straight back to its author with the reasons;
+a new bundle from a project with a returned request is its resubmission (a new round).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from datetime import UTC, datetime
+
+import httpx
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from approvals import exports as rules
+from approvals.exports import ExportAction, ExportState, Vote, VoteChoice
+from approvals.states import Role
+from portal import gateway, notify
+from portal.config import PortalSettings
+from portal.models import Application, ExportFile, ExportRequest, ExportVote, User
+from sandbox import audit
+from sandbox.audit import AuditAction
+from sandbox.errors import InputError, NotFound
+from sandbox.exports import checks
+
+PROJECT_PREFIX = "application-"
+log = logging.getLogger("portal.exports")
+
+
+def sync(db: Session, settings: PortalSettings) -> list[int]:
+    """Collect the export requests the gateway recorded since the last one seen; returns
+    the requests created or resubmitted."""
+    last = db.scalar(select(ExportRequest.gateway_created_at)
+                     .order_by(ExportRequest.gateway_created_at.desc()).limit(1)) or ""
+    db.commit()
+    bundles = gateway.list_exports(settings, last)
+    public_key = httpx.get(f"{settings.gateway_url}/v1/public-key", timeout=30).text.encode() \
+        if bundles else b""
+    touched = []
+    for bundle in bundles:
+        if db.scalar(select(ExportRequest.id).where(ExportRequest.gateway_id == bundle["id"])):
+            continue
+        application = _application(db, bundle["project"])
+        if application is None:
+            log.warning("export %s names project %r, unknown to this portal; skipped",
+                        bundle["id"], bundle["project"])
+            continue
+        touched.append(_take(db, settings, application, bundle, public_key))
+    return touched
+
+
+def _application(db: Session, project: str) -> Application | None:
+    number = project.removeprefix(PROJECT_PREFIX)
+    return db.get(Application, int(number)) if project.startswith(PROJECT_PREFIX) \
+        and number.isdigit() else None
+
+
+def _take(db: Session, settings: PortalSettings, application: Application, bundle: dict,
+          public_key: bytes) -> int:
+    project = bundle["project"]
+    returned = db.scalar(select(ExportRequest).where(
+        ExportRequest.application_id == application.id,
+        ExportRequest.state == ExportState.RETURNED).order_by(ExportRequest.id.desc()))
+    files = [ExportFile(name=f["name"], content=base64.b64decode(f["content"]),
+                        sha256=hashlib.sha256(base64.b64decode(f["content"])).hexdigest())
+             for f in bundle["files"]]
+    if returned is not None:  # the author's corrected bundle: a new round
+        request = returned
+        request.state = rules.check(ExportState(request.state), ExportAction.RESUBMIT,
+                                    Role.RESEARCHER)
+        request.round += 1
+        request.files = files
+        request.gateway_id, request.gateway_created_at = bundle["id"], bundle["created_at"]
+    else:
+        request = ExportRequest(application_id=application.id, gateway_id=bundle["id"],
+                                gateway_created_at=bundle["created_at"], round=1,
+                                state=rules.check(ExportState.DRAFT, ExportAction.SUBMIT,
+                                                  Role.RESEARCHER), files=files)
+        db.add(request)
+    request.note, request.receipts = bundle.get("note", ""), bundle["receipts"]
+    request.submitted_at = datetime.now(UTC)
+    found = checks.check_bundle([checks.ExportFile(f.name, f.content) for f in files],
+                                request.receipts, project, public_key)
+    request.checks = [{"check": c.check, "outcome": str(c.outcome), "reason": c.reason,
+                       "file": c.file} for c in found]
+    request.verdict = str(checks.verdict(found))
+    next_action = ExportAction.RETURN if request.verdict == checks.Outcome.FAIL \
+        else ExportAction.START_REVIEW
+    request.state = rules.check(ExportState(request.state), next_action, Role.SYSTEM)
+    db.flush()
+    audit.append(db.connection(), AuditAction.EXPORT_CHECKED, "system:export-checks",
+                 f"export:{request.id}", {"application": application.id,
+                                          "round": request.round, "verdict": request.verdict,
+                                          "files": [f.name for f in files]})
+    db.commit()
+    if next_action == ExportAction.RETURN:
+        _mail(settings, application, "导出申请未通过自动检查 / export request failed the "
+              "automated checks")
+    return request.id
+
+
+def vote(db: Session, settings: PortalSettings, request: ExportRequest, reviewer: User,
+         choice: VoteChoice, comment: str) -> ExportState:
+    """A controller's vote in the current round; when the round is complete its outcome
+    moves the request (approved, returned to the author, or rejected)."""
+    if reviewer.role != Role.CONTROLLER:
+        raise NotFound("no such export request")
+    if ExportState(request.state) != ExportState.UNDER_REVIEW:
+        raise InputError("this export request is not under review")
+    application = db.get(Application, request.application_id)
+    cast = round_votes(db, request)
+    new = Vote(f"user:{reviewer.id}", VoteChoice(choice), comment.strip())
+    rules.check_vote(f"user:{application.researcher_id}", new.reviewer, cast, new,
+                     settings.export_reviewers)
+    db.add(ExportVote(request_id=request.id, round=request.round, reviewer_id=reviewer.id,
+                      choice=str(new.choice), comment=new.comment))
+    audit.append(db.connection(), AuditAction.EXPORT_VOTED, f"user:{reviewer.id}",
+                 f"export:{request.id}", {"round": request.round, "choice": str(new.choice)})
+    decided = rules.outcome([*cast, new], settings.export_reviewers)
+    if decided is not None:
+        request.state = rules.check(ExportState(request.state), decided, Role.SYSTEM)
+        audit.append(db.connection(), AuditAction.EXPORT_DECIDED, "system:export-review",
+                     f"export:{request.id}", {"round": request.round, "state": request.state})
+    db.commit()
+    if decided is not None:
+        _mail(settings, application, {
+            ExportAction.APPROVE: "导出申请已批准 / export request approved",
+            ExportAction.RETURN: "导出申请需要修改 / changes requested on your export",
+            ExportAction.REJECT: "导出申请被拒绝 / export request rejected"}[decided])
+    return ExportState(request.state)
+
+
+def round_votes(db: Session, request: ExportRequest) -> list[Vote]:
+    return [Vote(f"user:{v.reviewer_id}", VoteChoice(v.choice), v.comment)
+            for v in db.scalars(select(ExportVote).where(
+                ExportVote.request_id == request.id, ExportVote.round == request.round)
+                .order_by(ExportVote.id))]
+
+
+def visible_votes(db: Session, settings: PortalSettings, request: ExportRequest,
+                  viewer: User) -> list[Vote]:
+    """What ``viewer`` may see of the current round (blinding)."""
+    return rules.visible_votes(round_votes(db, request), f"user:{viewer.id}",
+                               settings.export_reviewers)
+
+
+def earlier(db: Session, request: ExportRequest) -> list[ExportRequest]:
+    """The project's earlier approved or released exports, for spotting differencing."""
+    return list(db.scalars(select(ExportRequest).where(
+        ExportRequest.application_id == request.application_id,
+        ExportRequest.id != request.id,
+        ExportRequest.state.in_([ExportState.APPROVED, ExportState.RELEASED]))
+        .order_by(ExportRequest.id)))
+
+
+def _mail(settings: PortalSettings, application: Application, what: str) -> None:
+    notify.about_application(settings, [application.researcher.email], application.id,
+                             application.title, what)

@@ -1,0 +1,135 @@
+"""Export requests end to end with a running gateway (real HTTP): a researcher exports from
+the client, the portal collects the bundle and checks it, two controllers review it blinded
+to each other, changes are requested, the corrected bundle is a new round and is approved;
+a bundle with an ID number goes straight back to its author."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from approvals.exports import VoteChoice
+from portal import exports
+from portal import gateway as portal_gateway
+from portal.models import Application, DecisionRecord, ExportRequest, Profile, User
+from portal.security import hash_password
+from sandbox.client import Gateway
+from sandbox.data import idcard
+from sandbox.errors import InputError
+from tests.mail import start_smtp
+from tests.services import GatewayProcess
+
+
+@pytest.fixture(scope="module")
+def gateway(portal_settings, catalog_dir, tmp_path_factory):
+    """A gateway of this portal's own (one per database backend): a gateway serves one
+    portal, whose application numbers its projects carry."""
+    state = tmp_path_factory.mktemp("exports-gateway")
+    process = GatewayProcess(catalog_dir, state / "state",
+                             f"sqlite:///{state / 'gateway.db'}").start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def inbox():
+    controller, box = start_smtp()
+    yield box
+    controller.stop()
+
+
+def project(app, settings) -> tuple[int, str, str]:
+    """An active project with a real grant: (application id, token, researcher e-mail)."""
+    with app.extensions["portal.sessions"]() as db:
+        email = f"r-{uuid.uuid4().hex[:6]}@example.cn"
+        user = User(email=email, name="研究者", role="researcher",
+                    password_hash=hash_password("x-password-1"),
+                    profile=Profile(institution="岭南大学"))
+        db.add(user)
+        db.flush()
+        application = Application(researcher_id=user.id, title="导出测试",
+                                  purpose="medical_research", non_profit=True, state="active")
+        db.add(application)
+        db.flush()
+        decision = DecisionRecord(application_id=application.id, verdict="approve",
+                                  reasons="ok", fields=["sex", "visit_type"], epsilon=2.0,
+                                  delta=0.0, term_months=6, decided_by=user.id)
+        _grant, token = portal_gateway.create_grant(
+            settings, application.id, "medical_research", decision, ["emr-visits"],
+            datetime.now(UTC) + timedelta(days=30))
+        db.commit()
+        return application.id, token, email
+
+
+def controllers(app, n: int) -> list[int]:
+    ids = []
+    with app.extensions["portal.sessions"]() as db:
+        for _ in range(n):
+            user = User(email=f"c-{uuid.uuid4().hex[:6]}@example.cn", name="管理者",
+                        role="controller", password_hash=hash_password("x-password-1"))
+            db.add(user)
+            db.flush()
+            ids.append(user.id)
+        db.commit()
+    return ids
+
+
+def test_two_blinded_reviewers_a_returned_round_and_approval(app, portal_settings, gateway,
+                                                             inbox, tmp_path):
+    settings = portal_settings.model_copy(update={
+        "gateway_url": gateway.url, "gateway_token_file": gateway.state_dir / "admin.token",
+        "smtp_port": inbox.port})
+    _, token, email = project(app, settings)
+    gw = Gateway(gateway.url, token)
+    counts = gw.count("emr-visits", group_by=["visit_type"], epsilon=0.5)
+    table = tmp_path / "visits.csv"
+    table.write_text("visit_type,n\n" + "\n".join(
+        f"{r['visit_type']},{r['count']}" for r in counts.df.to_dicts()))
+    gw.export([table], [counts], note="表1 就诊类型")
+    first, second = controllers(app, 2)
+    with app.extensions["portal.sessions"]() as db:
+        [request_id] = exports.sync(db, settings)
+        request = db.get(ExportRequest, request_id)
+        assert request.state == "under_review" and request.verdict == "pass", request.checks
+        assert exports.vote(db, settings, request, db.get(User, first), VoteChoice.APPROVE,
+                            "") == "under_review"
+        # blinded: the second reviewer sees nothing of the first vote yet
+        assert exports.visible_votes(db, settings, request, db.get(User, second)) == []
+        assert exports.vote(db, settings, request, db.get(User, second),
+                            VoteChoice.REQUEST_CHANGES, "请合并小于10的类别") == "returned"
+        assert len(exports.visible_votes(db, settings, request, db.get(User, second))) == 2
+    assert any("changes requested" in m["Subject"] for m in inbox.to(email))
+
+    gw.export([table], [counts], note="已合并")  # the corrected bundle: round two
+    with app.extensions["portal.sessions"]() as db:
+        assert exports.sync(db, settings) == [request_id]
+        request = db.get(ExportRequest, request_id)
+        assert (request.state, request.round, request.note) == ("under_review", 2, "已合并")
+        exports.vote(db, settings, request, db.get(User, second), VoteChoice.APPROVE, "")
+        assert exports.vote(db, settings, request, db.get(User, first), VoteChoice.APPROVE,
+                            "") == "approved"
+    assert any("approved" in m["Subject"] for m in inbox.to(email))
+
+
+def test_a_bundle_failing_the_checks_goes_back_to_its_author(app, portal_settings, gateway,
+                                                             tmp_path):
+    settings = portal_settings.model_copy(update={
+        "gateway_url": gateway.url, "gateway_token_file": gateway.state_dir / "admin.token"})
+    _, token, _ = project(app, settings)
+    gw = Gateway(gateway.url, token)
+    result = gw.count("emr-visits", epsilon=0.2)
+    first17 = "44010619850312123"
+    notes = tmp_path / "notes.txt"
+    notes.write_text(f"患者 {first17 + idcard.check_digit(first17)} 需要随访\n")
+    gw.export([notes], [result])
+    [reviewer_id] = controllers(app, 1)
+    with app.extensions["portal.sessions"]() as db:
+        [request_id] = exports.sync(db, settings)
+        request = db.get(ExportRequest, request_id)
+        assert (request.state, request.verdict) == ("returned", "fail")
+        assert any("resident ID number" in c["reason"] for c in request.checks)
+        with pytest.raises(InputError, match="not under review"):
+            exports.vote(db, settings, request, db.get(User, reviewer_id),
+                         VoteChoice.APPROVE, "")
