@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import re
 import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import pyotp
 import pytest
 
 from portal import create_app
+from portal import gateway as portal_gateway
 from portal.config import PortalSettings
-from portal.models import Profile, User
+from portal.models import Agreement, Application, DecisionRecord, Profile, User
 from portal.security import hash_password
 from tests.services import GatewayProcess, Postgres
 
@@ -79,3 +83,41 @@ def enrol_totp(client) -> str:
     response = client.post("/mfa", data={"code": pyotp.TOTP(secret).now()})
     assert response.status_code == 302
     return secret
+
+
+@dataclass(frozen=True)
+class Project:
+    application_id: int
+    researcher_id: int
+    email: str
+    grant_id: str
+    token: str
+
+
+def active_project(app, settings: PortalSettings, fields: list[str],
+                   epsilon: float = 2.0, project_title: str = "测试项目",
+                   **profile) -> Project:
+    """An active project with a real grant on the gateway ``settings`` names (and its
+    agreement), for a new researcher."""
+    with app.extensions["portal.sessions"]() as db:
+        email = f"r-{uuid.uuid4().hex[:8]}@example.cn"
+        user = User(email=email, name="研究者", role="researcher",
+                    password_hash=hash_password(PASSWORD),
+                    profile=Profile(**({"institution": "岭南大学"} | profile)))
+        db.add(user)
+        db.flush()
+        application = Application(researcher_id=user.id, title=project_title,
+                                  purpose="medical_research", non_profit=True, state="active")
+        db.add(application)
+        db.flush()
+        decision = DecisionRecord(application_id=application.id, verdict="approve",
+                                  reasons="ok", fields=fields, epsilon=epsilon, delta=0.0,
+                                  term_months=6, decided_by=user.id)
+        expires = datetime.now(UTC) + timedelta(days=180)
+        grant_id, token = portal_gateway.create_grant(settings, application.id,
+                                                      "medical_research", decision,
+                                                      ["emr-visits"], expires)
+        db.add(Agreement(application_id=application.id, pdf=b"%PDF-", sha256="0",
+                         signed_by=user.id, grant_id=grant_id, expires_at=expires))
+        db.commit()
+        return Project(application.id, user.id, email, grant_id, token)

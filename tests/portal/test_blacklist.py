@@ -3,53 +3,33 @@ HTTP) — their token stops working at once — and they fail eligibility from t
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
 import pytest
 from sqlalchemy import select
 
 from approvals import eligibility
 from approvals.states import Role
 from portal import blacklist
-from portal import gateway as portal_gateway
-from portal.models import Agreement, Application, DecisionRecord, Profile, User
-from portal.security import hash_password
+from portal.models import Application, User
 from sandbox import audit
 from sandbox.client import Gateway, GatewayError
 from sandbox.errors import InputError
+from tests.portal.conftest import active_project
 
 ELIGIBLE = {"title": "主任医师", "years_experience": 12, "credit_grade": "A",
             "institution": "岭南大学", "research_field": "流行病学"}
 
 
 @pytest.fixture
-def active_project(app, portal_settings, gateway):
+def running(app, portal_settings, gateway):
     settings = portal_settings.model_copy(update={
         "gateway_url": gateway.url, "gateway_token_file": gateway.state_dir / "admin.token"})
-    with app.extensions["portal.sessions"]() as db:
-        user = User(email=f"bl-{id(db)}@example.cn", name="被列入者", role="researcher",
-                    password_hash=hash_password("x-password-1"), profile=Profile(**ELIGIBLE))
-        db.add(user)
-        db.flush()
-        application = Application(researcher_id=user.id, title="黑名单测试",
-                                  purpose="medical_research", non_profit=True, state="active")
-        db.add(application)
-        db.flush()
-        decision = DecisionRecord(application_id=application.id, verdict="approve",
-                                  reasons="ok", fields=["sex"], epsilon=1.0, delta=0.0,
-                                  term_months=6, decided_by=user.id)
-        expires = datetime.now(UTC) + timedelta(days=180)
-        grant_id, token = portal_gateway.create_grant(settings, application.id,
-                                                      "medical_research", decision,
-                                                      ["emr-visits"], expires)
-        db.add(Agreement(application_id=application.id, pdf=b"%PDF-", sha256="0",
-                         signed_by=user.id, grant_id=grant_id, expires_at=expires))
-        db.commit()
-        return settings, user.id, application.id, grant_id, token
+    made = active_project(app, settings, ["sex"], epsilon=1.0, project_title="黑名单测试",
+                          **ELIGIBLE)
+    return settings, made.researcher_id, made.application_id, made.grant_id, made.token
 
 
-def test_blacklisting_suspends_the_grant_on_the_gateway(app, gateway, active_project):
-    settings, user_id, project, grant_id, token = active_project
+def test_blacklisting_suspends_the_grant_on_the_gateway(app, gateway, running):
+    settings, user_id, project, grant_id, token = running
     researcher = Gateway(gateway.url, token)
     assert researcher.budget()["epsilon"]["total"] == 1.0
     with app.extensions["portal.sessions"]() as db:

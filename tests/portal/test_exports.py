@@ -6,19 +6,18 @@ a bundle with an ID number goes straight back to its author."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from approvals.exports import VoteChoice
 from portal import exports
-from portal import gateway as portal_gateway
-from portal.models import Application, DecisionRecord, ExportRequest, Profile, User
+from portal.models import ExportRequest, User
 from portal.security import hash_password
 from sandbox.client import Gateway
 from sandbox.data import idcard
 from sandbox.errors import InputError
 from tests.mail import start_smtp
+from tests.portal.conftest import active_project
 from tests.services import GatewayProcess
 
 
@@ -42,25 +41,8 @@ def inbox():
 
 def project(app, settings) -> tuple[int, str, str]:
     """An active project with a real grant: (application id, token, researcher e-mail)."""
-    with app.extensions["portal.sessions"]() as db:
-        email = f"r-{uuid.uuid4().hex[:6]}@example.cn"
-        user = User(email=email, name="研究者", role="researcher",
-                    password_hash=hash_password("x-password-1"),
-                    profile=Profile(institution="岭南大学"))
-        db.add(user)
-        db.flush()
-        application = Application(researcher_id=user.id, title="导出测试",
-                                  purpose="medical_research", non_profit=True, state="active")
-        db.add(application)
-        db.flush()
-        decision = DecisionRecord(application_id=application.id, verdict="approve",
-                                  reasons="ok", fields=["sex", "visit_type"], epsilon=2.0,
-                                  delta=0.0, term_months=6, decided_by=user.id)
-        _grant, token = portal_gateway.create_grant(
-            settings, application.id, "medical_research", decision, ["emr-visits"],
-            datetime.now(UTC) + timedelta(days=30))
-        db.commit()
-        return application.id, token, email
+    made = active_project(app, settings, ["sex", "visit_type"], project_title="导出测试")
+    return made.application_id, made.token, made.email
 
 
 def controllers(app, n: int) -> list[int]:
