@@ -23,9 +23,10 @@ from approvals.states import Role
 from portal import gateway, notify
 from portal.config import PortalSettings
 from portal.models import Application, ExportFile, ExportRequest, ExportVote, User
-from sandbox import audit
+from sandbox import audit, receipts
 from sandbox.audit import AuditAction
 from sandbox.errors import InputError, NotFound
+from sandbox.exports import bundle as zipped
 from sandbox.exports import checks
 
 PROJECT_PREFIX = "application-"
@@ -133,6 +134,44 @@ def vote(db: Session, settings: PortalSettings, request: ExportRequest, reviewer
             ExportAction.RETURN: "导出申请需要修改 / changes requested on your export",
             ExportAction.REJECT: "导出申请被拒绝 / export request rejected"}[decided])
     return ExportState(request.state)
+
+
+def signer(settings: PortalSettings) -> receipts.Signer:
+    """The portal's key for released bundles (created on first use, owner-only)."""
+    return receipts.Signer(settings.state_dir / "export-signing-key.pem")
+
+
+def release(db: Session, settings: PortalSettings, request: ExportRequest,
+            actor: str) -> bytes:
+    """Release an approved request: the signed, watermarked zip with its provenance
+    manifest, stored and audited; returns the zip."""
+    request.state = rules.check(ExportState(request.state), ExportAction.RELEASE, Role.SYSTEM)
+    application = db.get(Application, request.application_id)
+    payloads = [r["payload"] for r in request.receipts]
+    reviewers = [{"reviewer": v.reviewer_id, "choice": v.choice, "round": v.round,
+                  "at": v.at.isoformat(timespec="seconds")}
+                 for v in db.scalars(select(ExportVote).where(
+                     ExportVote.request_id == request.id).order_by(ExportVote.id))]
+    datasets = sorted({(p["dataset"], p.get("dataset_version", "")) for p in payloads})
+    manifest = {
+        "export": request.id, "project": f"{PROJECT_PREFIX}{application.id}",
+        "title": application.title, "purpose": application.purpose,
+        "datasets": [{"id": d, "version": v} for d, v in datasets],
+        "receipts": request.receipts,
+        "epsilon_spent": round(sum(p.get("epsilon", 0.0) for p in payloads), 12),
+        "submitted_at": request.submitted_at.isoformat(timespec="seconds"),
+        "rounds": request.round, "reviewers": reviewers, "checks": request.checks,
+    }
+    now = datetime.now(UTC)
+    request.bundle = zipped.build([(f.name, f.content) for f in request.files], manifest,
+                                  signer(settings), now)
+    request.released_at = now
+    audit.append(db.connection(), AuditAction.EXPORT_RELEASED, actor, f"export:{request.id}",
+                 {"sha256": hashlib.sha256(request.bundle).hexdigest(),
+                  "epsilon_spent": manifest["epsilon_spent"]})
+    db.commit()
+    _mail(settings, application, "导出文件已发布 / export released")
+    return request.bundle
 
 
 def round_votes(db: Session, request: ExportRequest) -> list[Vote]:

@@ -253,6 +253,8 @@ class ExportRequest(Base):
     checks: Mapped[list] = mapped_column(JSON, default=list)
     verdict: Mapped[str] = mapped_column(String(10), default="")
     submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    bundle: Mapped[bytes | None] = mapped_column(LargeBinary)  # the signed zip, once released
     files: Mapped[list[ExportFile]] = relationship(cascade="all, delete-orphan",
                                                    order_by="ExportFile.id")
 

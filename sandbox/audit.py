@@ -99,6 +99,7 @@ class AuditAction(StrEnum):
     EXPORT_CHECKED = "export.checked"
     EXPORT_VOTED = "export.voted"
     EXPORT_DECIDED = "export.decided"
+    EXPORT_RELEASED = "export.released"
     CONSENT_RECORDED = "consent.recorded"
     TRANSPARENCY_REPORTED = "transparency.reported"
     RESEARCHER_BLACKLISTED = "researcher.blacklisted"

@@ -5,9 +5,12 @@ a bundle with an ID number goes straight back to its author."""
 
 from __future__ import annotations
 
+import io
 import uuid
+import zipfile
 
 import pytest
+from PIL import Image
 
 from approvals.exports import VoteChoice
 from portal import exports
@@ -16,6 +19,7 @@ from portal.security import hash_password
 from sandbox.client import Gateway
 from sandbox.data import idcard
 from sandbox.errors import InputError
+from sandbox.exports import bundle
 from tests.mail import start_smtp
 from tests.portal.conftest import active_project
 from tests.services import GatewayProcess
@@ -69,7 +73,9 @@ def test_two_blinded_reviewers_a_returned_round_and_approval(app, portal_setting
     table = tmp_path / "visits.csv"
     table.write_text("visit_type,n\n" + "\n".join(
         f"{r['visit_type']},{r['count']}" for r in counts.df.to_dicts()))
-    gw.export([table], [counts], note="表1 就诊类型")
+    figure = tmp_path / "figure.png"
+    Image.new("RGB", (320, 200), "white").save(figure)
+    gw.export([table, figure], [counts], note="表1 就诊类型")
     first, second = controllers(app, 2)
     with app.extensions["portal.sessions"]() as db:
         [request_id] = exports.sync(db, settings)
@@ -84,7 +90,7 @@ def test_two_blinded_reviewers_a_returned_round_and_approval(app, portal_setting
         assert len(exports.visible_votes(db, settings, request, db.get(User, second))) == 2
     assert any("changes requested" in m["Subject"] for m in inbox.to(email))
 
-    gw.export([table], [counts], note="已合并")  # the corrected bundle: round two
+    gw.export([table, figure], [counts], note="已合并")  # the corrected bundle: round two
     with app.extensions["portal.sessions"]() as db:
         assert exports.sync(db, settings) == [request_id]
         request = db.get(ExportRequest, request_id)
@@ -92,7 +98,29 @@ def test_two_blinded_reviewers_a_returned_round_and_approval(app, portal_setting
         exports.vote(db, settings, request, db.get(User, second), VoteChoice.APPROVE, "")
         assert exports.vote(db, settings, request, db.get(User, first), VoteChoice.APPROVE,
                             "") == "approved"
+        released = exports.release(db, settings, request, "test:controller")
+        assert db.get(ExportRequest, request_id).state == "released"
     assert any("approved" in m["Subject"] for m in inbox.to(email))
+    manifest = bundle.verify(released, exports.signer(settings).public_pem)
+    assert manifest["epsilon_spent"] == 0.5 and manifest["rounds"] == 2
+    assert [d["id"] for d in manifest["datasets"]] == ["emr-visits"]
+    assert len(manifest["reviewers"]) == 4 and manifest["receipts"] == [counts.receipt]
+    with zipfile.ZipFile(io.BytesIO(released)) as archive:
+        names = set(archive.namelist())
+        marked = Image.open(io.BytesIO(archive.read("files/figure.png")))
+        citation = archive.read("CITATION.txt").decode()
+    assert {"files/visits.csv", "files/figure.png", "manifest.json"} <= names
+    assert marked.tobytes() != Image.new("RGB", (320, 200), "white").tobytes()  # watermarked
+    assert "emr-visits" in citation and "ε = 0.5" in citation
+    # a bundle altered after release no longer verifies
+    tampered = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(released)) as source, \
+            zipfile.ZipFile(tampered, "w") as target:
+        for item in source.namelist():
+            data = source.read(item)
+            target.writestr(item, data + b"1" if item == "files/visits.csv" else data)
+    with pytest.raises(InputError, match="altered after release"):
+        bundle.verify(tampered.getvalue(), exports.signer(settings).public_pem)
 
 
 def test_a_bundle_failing_the_checks_goes_back_to_its_author(app, portal_settings, gateway,

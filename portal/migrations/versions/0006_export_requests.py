@@ -30,6 +30,8 @@ def upgrade() -> None:
     sa.Column('checks', sa.JSON(), nullable=False),
     sa.Column('verdict', sa.String(length=10), nullable=False),
     sa.Column('submitted_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('released_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('bundle', sa.LargeBinary(), nullable=True),
     sa.ForeignKeyConstraint(['application_id'], ['applications.id'], ),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('gateway_id')
