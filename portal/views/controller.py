@@ -5,6 +5,7 @@ with ε spent against ε granted (suspend, resume, revoke), and destruction cert
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -27,10 +28,11 @@ from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 from sqlalchemy import Select, or_, select
 
+from approvals.exports import VoteChoice
 from approvals.states import Action, Role, State
-from portal import alerts, blacklist, destruction, projects
+from portal import alerts, blacklist, destruction, exports, projects
 from portal import gateway as portal_gateway
-from portal.models import Agreement, Application, DestructionTask, User
+from portal.models import Agreement, Application, DestructionTask, ExportRequest, User
 from portal.views.auth import login_required, reason_of, record
 from sandbox import audit
 from sandbox.audit import AuditAction, audit_log
@@ -224,3 +226,96 @@ def blacklist_user(user_id: int) -> ResponseReturnValue:
     flash(_("%(name)s is blacklisted; %(n)d active project(s) suspended.", name=user.name,
             n=len(suspended)))
     return redirect(url_for("controller.destruction_page"))
+
+
+# -- exports ------------------------------------------------------------------------------
+
+def _export(export_id: int) -> ExportRequest:
+    request_ = g.db.get(ExportRequest, export_id)
+    if request_ is None:
+        abort(404)
+    return request_
+
+
+@bp.route("/exports")
+@login_required(Role.CONTROLLER)
+def exports_page() -> ResponseReturnValue:
+    problem = None
+    try:
+        exports.sync(g.db, _settings())
+    except SandboxError as exc:
+        g.db.rollback()
+        problem = reason_of(exc)
+    listed = g.db.scalars(select(ExportRequest).order_by(ExportRequest.id.desc())
+                          .limit(PER_PAGE)).all()
+    return render_template("controller/exports.html", requests=listed, problem=problem)
+
+
+@bp.route("/exports/<int:export_id>")
+@login_required(Role.CONTROLLER)
+def export_page(export_id: int) -> ResponseReturnValue:
+    request_ = _export(export_id)
+    settings = _settings()
+    voted = any(v.reviewer == f"user:{g.user.id}"
+                for v in exports.round_votes(g.db, request_))
+    return render_template(
+        "controller/export.html", request_=request_,
+        application=g.db.get(Application, request_.application_id),
+        votes=exports.visible_votes(g.db, settings, request_, g.user), voted=voted,
+        required=settings.export_reviewers, earlier=exports.earlier(g.db, request_),
+        previews={f.id: _preview(f.name, f.content) for f in request_.files})
+
+
+def _preview(name: str, content: bytes) -> dict:
+    """What a reviewer sees of a file: text inline, images inline, others by size."""
+    suffix = name.lower().rsplit(".", 1)[-1]
+    if suffix in ("png", "jpg", "jpeg"):
+        mime = "png" if suffix == "png" else "jpeg"
+        return {"image": f"data:image/{mime};base64,{base64.b64encode(content).decode()}"}
+    if suffix in ("csv", "tsv", "txt", "md", "py", "r", "json"):
+        return {"text": content.decode("utf-8", errors="replace")[:20_000]}
+    return {}
+
+
+@bp.route("/exports/<int:export_id>/vote", methods=["POST"])
+@login_required(Role.CONTROLLER)
+def export_vote(export_id: int) -> ResponseReturnValue:
+    request_ = _export(export_id)
+    try:
+        exports.vote(g.db, _settings(), request_, g.user,
+                     VoteChoice(request.form.get("choice", "")),
+                     request.form.get("comment", ""))
+    except ValueError:
+        g.db.rollback()
+        return render_template("error.html", status=422,
+                               reason=_("Choose approve, request changes or reject.")), 422
+    except SandboxError as exc:
+        g.db.rollback()
+        return render_template("error.html", status=exc.http_status,
+                               reason=reason_of(exc)), exc.http_status
+    flash(_("Vote recorded."))
+    return redirect(url_for("controller.export_page", export_id=export_id))
+
+
+@bp.route("/exports/<int:export_id>/release", methods=["POST"])
+@login_required(Role.CONTROLLER)
+def export_release(export_id: int) -> ResponseReturnValue:
+    request_ = _export(export_id)
+    try:
+        exports.release(g.db, _settings(), request_, _actor())
+    except SandboxError as exc:
+        g.db.rollback()
+        return render_template("error.html", status=exc.http_status,
+                               reason=reason_of(exc)), exc.http_status
+    flash(_("Released: the signed bundle is ready."))
+    return redirect(url_for("controller.export_page", export_id=export_id))
+
+
+@bp.route("/exports/<int:export_id>/bundle.zip")
+@login_required(Role.CONTROLLER)
+def export_bundle(export_id: int) -> ResponseReturnValue:
+    request_ = _export(export_id)
+    if request_.bundle is None:
+        abort(404)
+    return Response(request_.bundle, mimetype="application/zip", headers={
+        "Content-Disposition": f"attachment; filename=export-{export_id}.zip"})

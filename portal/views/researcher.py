@@ -26,7 +26,7 @@ from approvals.states import Action, Role, State
 from portal import catalog as datasets
 from portal import destruction, sandboxes, workflow
 from portal.agreement import CLAUSES
-from portal.models import Agreement, Application, DestructionTask
+from portal.models import Agreement, Application, DestructionTask, ExportRequest
 from portal.views.auth import login_required, reason_of
 from sandbox.data.reference.population import PURPOSES
 from sandbox.errors import InputError, SandboxError
@@ -126,6 +126,9 @@ def show(application_id: int) -> ResponseReturnValue:
                            sandbox=sandboxes.view(g.db, settings, app),
                            destructions=sandboxes.destruction_records(g.db, app),
                            task=g.db.get(DestructionTask, app.id),
+                           exports=g.db.scalars(select(ExportRequest).where(
+                               ExportRequest.application_id == app.id)
+                               .order_by(ExportRequest.id)).all(),
                            can_submit=not reasons and any(
                                states.can(State(app.state), action, Role.RESEARCHER)
                                for action in (Action.SUBMIT, Action.RESUBMIT)))

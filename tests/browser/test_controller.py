@@ -11,10 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 from playwright.sync_api import Page, expect
 from sqlalchemy import update
 
-from portal import create_app, projects
+from portal import create_app, exports, projects
 from portal import gateway as portal_gateway
 from portal.config import PortalSettings
 from portal.models import (
@@ -28,10 +29,12 @@ from portal.models import (
 from portal.security import hash_password
 from sandbox import audit
 from sandbox.client import Gateway
+from sandbox.exports import bundle
 from tests.browser.conftest import ARTIFACTS, PASSWORD, PortalStack, portal_stack
 from tests.browser.test_approval_flow import sign_in
 
 CERTIFICATE = Path(__file__).with_name("certificate.pdf")
+TOTP: dict[str, str] = {}  # each account's TOTP secret, once enrolled
 
 
 def shot(page: Page, name: str) -> None:
@@ -47,6 +50,7 @@ def world(dataset, tmp_path_factory):
         app = create_app(stack.settings)
         seeded.update(seed(app, stack.settings), app=app, settings=stack.settings)
         stack.create_user("controller@lingnan.cn", "管理员刘", "controller", "岭南卫健委")
+        stack.create_user("reviewer@lingnan.cn", "审核员孙", "controller", "岭南卫健委")
 
     for stack in portal_stack(dataset, tmp_path_factory.mktemp("controller"), prepare):
         yield {"url": stack.url, "gateway": stack.gateway, **seeded}
@@ -103,7 +107,7 @@ def seed(app, settings: PortalSettings) -> dict:
 
 def test_a_controllers_day(world, browser):
     url = world["url"]
-    controller = sign_in(browser, url, "controller@lingnan.cn", totp={})
+    controller = sign_in(browser, url, "controller@lingnan.cn", totp=TOTP)
     controller.goto(f"{url}/controller/audit")
     controller.click("#verify")
     expect(controller.locator("#verify-result")).to_have_attribute("data-ok", "true")
@@ -169,3 +173,43 @@ def test_a_controllers_day(world, browser):
     csv = httpx.get(f"{url}/controller/audit.csv", cookies={
         c["name"]: c["value"] for c in controller.context.cookies()})
     assert csv.status_code == 200 and "destruction.verified" in csv.text
+
+
+def test_export_review_with_two_blinded_reviewers(world, browser, tmp_path):
+    url, running = world["url"], world["running"]
+    gw = Gateway(world["gateway"].url, running["token"])
+    counts = gw.count("emr-visits", group_by=["sex"], epsilon=0.2)
+    table = tmp_path / "by-sex.csv"
+    table.write_text("sex,n\n" + "\n".join(f"{r['sex']},{r['count']}"
+                                             for r in counts.df.to_dicts()))
+    figure = tmp_path / "by-sex.png"
+    Image.new("RGB", (360, 220), "white").save(figure)
+    gw.export([table, figure], [counts], note="表2 按性别")
+
+    first = sign_in(browser, url, "controller@lingnan.cn", totp=TOTP)
+    first.goto(f"{url}/controller/exports")
+    first.click("#exports a")
+    expect(first.locator("#export-state")).to_have_attribute("data-state", "under_review")
+    expect(first.locator("#checks")).to_contain_text("traceable numbers")
+    first.click("button[value=approve]")
+    expect(first.locator("#votes li")).to_have_count(1)  # only their own vote so far
+    shot(first, "07-export-first-vote")
+
+    second = sign_in(browser, url, "reviewer@lingnan.cn", totp=TOTP)
+    second.goto(first.url)
+    expect(second.locator("#votes")).to_contain_text("彼此不可见")  # the first vote is hidden
+    second.fill("#comment", "数字均可追溯到发布结果")
+    second.click("button[value=approve]")
+    expect(second.locator("#export-state")).to_have_attribute("data-state", "approved")
+    expect(second.locator("#votes li")).to_have_count(2)
+    shot(second, "08-export-approved")
+
+    first.reload()
+    first.click("#release")
+    expect(first.locator("#export-state")).to_have_attribute("data-state", "released")
+    shot(first, "09-export-released")
+    zipped = httpx.get(url + first.locator("#bundle").get_attribute("href"),
+                       cookies={c["name"]: c["value"] for c in first.context.cookies()})
+    manifest = bundle.verify(zipped.content, exports.signer(world["settings"]).public_pem)
+    assert manifest["project"] == f"application-{running['id']}"
+    assert [r["choice"] for r in manifest["reviewers"]] == ["approve", "approve"]

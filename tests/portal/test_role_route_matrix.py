@@ -62,6 +62,11 @@ ACCESS: dict[str, frozenset[str]] = {
     "controller.audit_csv": frozenset({"controller"}),
     "controller.projects_page": frozenset({"controller"}),
     "controller.alerts_page": frozenset({"controller"}),
+    "controller.exports_page": frozenset({"controller"}),
+    "controller.export_page": frozenset({"controller"}),
+    "controller.export_vote": frozenset({"controller"}),
+    "controller.export_release": frozenset({"controller"}),
+    "controller.export_bundle": frozenset({"controller"}),
     "controller.control": frozenset({"controller"}),
     "controller.destruction_page": frozenset({"controller"}),
     "controller.certificate": frozenset({"controller"}),
@@ -115,10 +120,12 @@ def _url(rule, app_id: int) -> str:
     values = {}
     for arg in rule.arguments:
         values[arg] = {"application_id": app_id, "dataset_id": "emr-visits",
-                       "code": "en", "action": "suspend", "user_id": 1}[arg]
+                       "code": "en", "action": "suspend", "user_id": 1,
+                       "export_id": 999}[arg]
     return rule.rule.replace("<int:application_id>", str(app_id)).replace(
         "<dataset_id>", "emr-visits").replace("<code>", "en").replace(
-        "<action>", "suspend").replace("<int:user_id>", "1") if values else rule.rule
+        "<action>", "suspend").replace("<int:user_id>", "1").replace(
+        "<int:export_id>", "999") if values else rule.rule
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -143,9 +150,12 @@ def test_only_allowed_roles_get_through(app, world, role):
         if rule.endpoint == "auth.logout":  # always succeeds, by sending you to sign in
             assert response.status_code == 302
             continue
-        if rule.endpoint in ("researcher.agreement", "researcher.agreement_pdf",
+        if (rule.endpoint in ("researcher.agreement", "researcher.agreement_pdf",
                              "researcher.destruction_form", "researcher.destruction_upload",
-                             "controller.certificate", "controller.decide") and allowed:
+                             "controller.certificate", "controller.decide",
+                             "controller.export_page", "controller.export_vote",
+                             "controller.export_release", "controller.export_bundle")
+                and allowed):
             # no decision, agreement or destruction task exists yet: a 404, never a 403
             assert response.status_code == 404, (role, url)
             continue
