@@ -1,7 +1,8 @@
-"""The controller's pages: the audit log (search, chain verification, CSV), running projects
-with ε spent against ε granted (suspend, resume, revoke), and destruction certificates
-(verify, reject, overdue → blacklist). Rules live in ``portal.projects``,
-``portal.destruction``, ``portal.blacklist`` and ``sandbox.audit``."""
+"""The controller's pages: the audit log (search, chain verification, CSV), anomaly
+alerts, running projects with ε spent against ε granted (suspend, resume, revoke), export
+review, and destruction certificates (verify, reject, overdue → blacklist). Rules live in
+``portal.*`` and ``sandbox.*`` modules; a refusal from them becomes the error page with its
+reason, and the request's uncommitted changes go with its session."""
 
 from __future__ import annotations
 
@@ -157,13 +158,8 @@ def control(application_id: int, action: str) -> ResponseReturnValue:
     application = g.db.get(Application, application_id)
     if application is None or action not in ("suspend", "resume", "revoke"):
         abort(404)
-    try:
-        projects.control(g.db, _settings(), application, Action(action), Role.CONTROLLER,
-                         _actor(), request.form.get("reason", ""))
-    except SandboxError as exc:
-        g.db.rollback()
-        return render_template("error.html", status=exc.http_status,
-                               reason=reason_of(exc)), exc.http_status
+    projects.control(g.db, _settings(), application, Action(action), Role.CONTROLLER,
+                     _actor(), request.form.get("reason", ""))
     flash(_("Project %(id)d is now %(state)s.", id=application.id,
             state=application.state))
     return redirect(url_for("controller.projects_page"))
@@ -198,13 +194,8 @@ def decide(application_id: int) -> ResponseReturnValue:
     if application is None:
         abort(404)
     verified = request.form.get("verdict") == "verify"
-    try:
-        destruction.decide(g.db, _settings(), application, g.user, verified,
-                           request.form.get("reasons", ""))
-    except SandboxError as exc:
-        g.db.rollback()
-        return render_template("error.html", status=exc.http_status,
-                               reason=reason_of(exc)), exc.http_status
+    destruction.decide(g.db, _settings(), application, g.user, verified,
+                       request.form.get("reasons", ""))
     flash(_("Certificate verified; the project is closed.") if verified else
           _("Certificate returned to the researcher."))
     return redirect(url_for("controller.destruction_page"))
@@ -216,13 +207,8 @@ def blacklist_user(user_id: int) -> ResponseReturnValue:
     user = g.db.get(User, user_id)
     if user is None:
         abort(404)
-    try:
-        suspended = blacklist.confirm(g.db, _settings(), user, _actor(),
-                                      request.form.get("reason", ""))
-    except SandboxError as exc:
-        g.db.rollback()
-        return render_template("error.html", status=exc.http_status,
-                               reason=reason_of(exc)), exc.http_status
+    suspended = blacklist.confirm(g.db, _settings(), user, _actor(),
+                                  request.form.get("reason", ""))
     flash(_("%(name)s is blacklisted; %(n)d active project(s) suspended.", name=user.name,
             n=len(suspended)))
     return redirect(url_for("controller.destruction_page"))
@@ -286,13 +272,8 @@ def export_vote(export_id: int) -> ResponseReturnValue:
                      VoteChoice(request.form.get("choice", "")),
                      request.form.get("comment", ""))
     except ValueError:
-        g.db.rollback()
         return render_template("error.html", status=422,
                                reason=_("Choose approve, request changes or reject.")), 422
-    except SandboxError as exc:
-        g.db.rollback()
-        return render_template("error.html", status=exc.http_status,
-                               reason=reason_of(exc)), exc.http_status
     flash(_("Vote recorded."))
     return redirect(url_for("controller.export_page", export_id=export_id))
 
@@ -301,12 +282,7 @@ def export_vote(export_id: int) -> ResponseReturnValue:
 @login_required(Role.CONTROLLER)
 def export_release(export_id: int) -> ResponseReturnValue:
     request_ = _export(export_id)
-    try:
-        exports.release(g.db, _settings(), request_, _actor())
-    except SandboxError as exc:
-        g.db.rollback()
-        return render_template("error.html", status=exc.http_status,
-                               reason=reason_of(exc)), exc.http_status
+    exports.release(g.db, _settings(), request_, _actor())
     flash(_("Released: the signed bundle is ready."))
     return redirect(url_for("controller.export_page", export_id=export_id))
 
