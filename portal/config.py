@@ -48,6 +48,9 @@ class PortalSettings(BaseSettings):
                                  "anomaly rules (JSON; see sandbox.anomalies.AnomalyPolicy)")
     export_reviewers: int = Field(2, ge=1, description="independent reviewers each export "
                                   "request needs")
+    audit_retention_days: int = Field(365, ge=183, description="audit entries older than "
+                                      "this are pruned while the portal serves (at least "
+                                      "183 days)")
     quorum: int = Field(3, description="expert scores needed before a decision")
     aggregation: str = Field("mean", description="how expert totals combine: mean or median")
     testing: bool = Field(False, description="disable CSRF and rate limits for unit tests")

@@ -244,11 +244,14 @@ def export_page(export_id: int) -> ResponseReturnValue:
     settings = _settings()
     voted = any(v.reviewer == f"user:{g.user.id}"
                 for v in exports.round_votes(g.db, request_))
+    names = {f"user:{u.id}": u.name for u in g.db.scalars(
+        select(User).where(User.role == Role.CONTROLLER))}
     return render_template(
         "controller/export.html", request_=request_,
         application=g.db.get(Application, request_.application_id),
         votes=exports.visible_votes(g.db, settings, request_, g.user), voted=voted,
         required=settings.export_reviewers, earlier=exports.earlier(g.db, request_),
+        names=names,
         previews={f.id: _preview(f.name, f.content) for f in request_.files})
 
 

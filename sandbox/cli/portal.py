@@ -38,20 +38,19 @@ def serve(host: str, port: int) -> None:
 
 
 def _keep_terms(app, interval: float) -> None:
-    """Every ``interval`` seconds, for as long as the portal serves: end the terms that have
-    passed, and mail controllers the new anomaly alerts. A failure is reported and retried
-    next time."""
-    from portal import alerts, projects
+    """``portal.periodic.run_once`` every ``interval`` seconds while the portal serves; a
+    failure is reported and retried next time."""
+    from portal import periodic
 
     settings = app.extensions["portal.settings"]
     while True:
         time.sleep(interval)
         try:
             with app.extensions["portal.sessions"]() as db:
-                ended = projects.end_terms(db, settings)
-                sent = alerts.notify_new(db, settings, alerts.scan(db, settings))
-            if ended or sent:
-                click.echo(f"term ended for projects {ended}; {sent} alert(s) sent", err=True)
+                done = periodic.run_once(db, settings)
+            if done.ended or done.alerts_sent or done.pruned:
+                click.echo(f"terms ended {done.ended}; {done.alerts_sent} alert(s) sent; "
+                           f"{done.pruned} audit entries pruned", err=True)
         except Exception as exc:  # keep serving; the next round retries
             click.echo(f"periodic check failed: {exc}", err=True)
 

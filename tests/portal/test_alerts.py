@@ -5,14 +5,16 @@ controller's page and mailed to controllers exactly once (real SMTP server)."""
 from __future__ import annotations
 
 import uuid
-from datetime import time
+from datetime import UTC, datetime, time, timedelta
 
 import pytest
 
-from portal import alerts
+from portal import alerts, periodic
+from portal.models import Agreement, Application
+from sandbox import audit
 from sandbox.client import Gateway, GatewayError
 from tests.mail import start_smtp
-from tests.portal.conftest import login, make_user
+from tests.portal.conftest import active_project, login, make_user
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +63,22 @@ def test_the_alerts_page_says_when_the_gateway_cannot_be_read(app):
         session["mfa_ok"] = True
     body = page.get("/controller/alerts").get_data(as_text=True)
     assert 'id="alerts"' in body and "无法读取网关日志" in body  # no gateway here
+
+
+def test_the_periodic_round_ends_terms_sends_alerts_and_keeps_the_audit_verifiable(
+        app, portal_settings, gateway, inbox):
+    settings = portal_settings.model_copy(update={
+        "gateway_url": gateway.url, "gateway_token_file": gateway.state_dir / "admin.token",
+        "smtp_port": inbox.port})
+    made = active_project(app, settings, ["sex"])
+    with app.extensions["portal.sessions"]() as db:
+        db.get(Agreement, made.application_id).expires_at = \
+            datetime.now(UTC) - timedelta(minutes=1)
+        db.commit()
+        done = periodic.run_once(db, settings)
+        assert made.application_id in done.ended and done.pruned == 0
+        assert db.get(Application, made.application_id).state == "closing"
+        # a year and a half later the retention policy removes what is past it
+        later = periodic.run_once(db, settings, datetime.now(UTC) + timedelta(days=550))
+        assert later.pruned > 0
+        assert audit.verify(db.connection()).ok
