@@ -174,6 +174,18 @@ def release(db: Session, settings: PortalSettings, request: ExportRequest,
     return request.bundle
 
 
+def withdraw(db: Session, request: ExportRequest, researcher: User) -> None:
+    """The author takes the request back (before it is approved)."""
+    application = db.get(Application, request.application_id)
+    if application.researcher_id != researcher.id:
+        raise NotFound("no such export request")
+    request.state = rules.check(ExportState(request.state), ExportAction.WITHDRAW,
+                                Role.RESEARCHER)
+    audit.append(db.connection(), AuditAction.EXPORT_WITHDRAWN, f"user:{researcher.id}",
+                 f"export:{request.id}", {"round": request.round})
+    db.commit()
+
+
 def round_votes(db: Session, request: ExportRequest) -> list[Vote]:
     return [Vote(f"user:{v.reviewer_id}", VoteChoice(v.choice), v.comment)
             for v in db.scalars(select(ExportVote).where(

@@ -100,6 +100,7 @@ class AuditAction(StrEnum):
     EXPORT_VOTED = "export.voted"
     EXPORT_DECIDED = "export.decided"
     EXPORT_RELEASED = "export.released"
+    EXPORT_WITHDRAWN = "export.withdrawn"
     CONSENT_RECORDED = "consent.recorded"
     TRANSPARENCY_REPORTED = "transparency.reported"
     RESEARCHER_BLACKLISTED = "researcher.blacklisted"

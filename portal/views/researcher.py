@@ -24,7 +24,7 @@ from approvals.eligibility import Applicant, EligibilityPolicy
 from approvals.errors import Ineligible
 from approvals.states import Action, Role, State
 from portal import catalog as datasets
-from portal import destruction, sandboxes, workflow
+from portal import destruction, exports, sandboxes, workflow
 from portal.agreement import CLAUSES
 from portal.models import Agreement, Application, DestructionTask, ExportRequest
 from portal.views.auth import login_required, reason_of
@@ -214,4 +214,16 @@ def destruction_upload(application_id: int) -> ResponseReturnValue:
         return render_template("error.html", status=exc.http_status,
                                reason=reason_of(exc)), exc.http_status
     flash(_("Certificate submitted; a controller will verify it."))
+    return redirect(url_for("researcher.show", application_id=app.id))
+
+
+@bp.route("/<int:application_id>/exports/<int:export_id>/withdraw", methods=["POST"])
+@login_required(Role.RESEARCHER)
+def export_withdraw(application_id: int, export_id: int) -> ResponseReturnValue:
+    app = own(application_id)
+    request_ = g.db.get(ExportRequest, export_id)
+    if request_ is None or request_.application_id != app.id:
+        abort(404)
+    exports.withdraw(g.db, request_, g.user)
+    flash(_("Export request withdrawn."))
     return redirect(url_for("researcher.show", application_id=app.id))

@@ -14,11 +14,11 @@ from PIL import Image
 
 from approvals.exports import VoteChoice
 from portal import exports
-from portal.models import ExportRequest, User
+from portal.models import Application, ExportRequest, User
 from portal.security import hash_password
 from sandbox.client import Gateway
 from sandbox.data import idcard
-from sandbox.errors import InputError
+from sandbox.errors import InputError, NotFound
 from sandbox.exports import bundle
 from tests.mail import start_smtp
 from tests.portal.conftest import active_project
@@ -143,3 +143,8 @@ def test_a_bundle_failing_the_checks_goes_back_to_its_author(app, portal_setting
         with pytest.raises(InputError, match="not under review"):
             exports.vote(db, settings, request, db.get(User, reviewer_id),
                          VoteChoice.APPROVE, "")
+        with pytest.raises(NotFound):  # only its author withdraws it
+            exports.withdraw(db, request, db.get(User, reviewer_id))
+        author = db.get(Application, request.application_id).researcher
+        exports.withdraw(db, request, author)
+        assert db.get(ExportRequest, request_id).state == "withdrawn"
