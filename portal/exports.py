@@ -67,9 +67,14 @@ def _take(db: Session, settings: PortalSettings, application: Application, bundl
     returned = db.scalar(select(ExportRequest).where(
         ExportRequest.application_id == application.id,
         ExportRequest.state == ExportState.RETURNED).order_by(ExportRequest.id.desc()))
-    files = [ExportFile(name=f["name"], content=base64.b64decode(f["content"]),
-                        sha256=hashlib.sha256(base64.b64decode(f["content"])).hexdigest())
-             for f in bundle["files"]]
+    files = []
+    for item in bundle["files"]:
+        content = base64.b64decode(item["content"])
+        digest = hashlib.sha256(content).hexdigest()
+        if digest != item["sha256"]:  # what the gateway recorded is what is reviewed
+            raise InputError(f"export {bundle['id']}: {item['name']} does not match the "
+                             "digest the gateway recorded")
+        files.append(ExportFile(name=item["name"], content=content, sha256=digest))
     if returned is not None:  # the author's corrected bundle: a new round
         request = returned
         request.state = rules.check(ExportState(request.state), ExportAction.RESUBMIT,

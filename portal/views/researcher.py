@@ -27,7 +27,7 @@ from portal import catalog as datasets
 from portal import destruction, exports, sandboxes, workflow
 from portal.agreement import CLAUSES
 from portal.models import Agreement, Application, DestructionTask, ExportRequest
-from portal.views.auth import login_required, reason_of
+from portal.views.auth import login_required
 from sandbox.data.reference.population import PURPOSES
 from sandbox.errors import InputError, SandboxError
 
@@ -206,13 +206,8 @@ def destruction_form(application_id: int) -> ResponseReturnValue:
 def destruction_upload(application_id: int) -> ResponseReturnValue:
     app = own(application_id)
     upload = request.files.get("certificate")
-    try:
-        destruction.submit(g.db, current_app.extensions["portal.settings"], app, g.user,
-                           upload.read() if upload else b"")
-    except SandboxError as exc:
-        g.db.rollback()
-        return render_template("error.html", status=exc.http_status,
-                               reason=reason_of(exc)), exc.http_status
+    destruction.submit(g.db, current_app.extensions["portal.settings"], app, g.user,
+                       upload.read() if upload else b"")
     flash(_("Certificate submitted; a controller will verify it."))
     return redirect(url_for("researcher.show", application_id=app.id))
 

@@ -183,21 +183,20 @@ class GatewayService:
         from a network the grant is bound to (when it is bound to any)."""
         if not token:
             raise Unauthenticated("a project token is required (Authorization: Bearer …)")
-        with self.db.connect() as conn:
-            row = conn.execute(select(grants).where(grants.c.token_hash == _hash_token(token))
-                               ).mappings().first()
-            bound = None if row is None else conn.execute(
-                select(grant_networks.c.networks).where(grant_networks.c.grant_id == row["id"])
-            ).scalar()
+        with self.db.connect() as conn:  # one round trip: the grant and its networks
+            row = conn.execute(
+                select(grants, grant_networks.c.networks)
+                .outerjoin(grant_networks, grant_networks.c.grant_id == grants.c.id)
+                .where(grants.c.token_hash == _hash_token(token))).mappings().first()
         if row is None:
             raise Unauthenticated("unknown project token")
-        if bound is not None and not _within(client, json.loads(bound)):
+        if row["networks"] is not None and not _within(client, json.loads(row["networks"])):
             with self.db.begin() as conn:
                 audit.append(conn, AuditAction.TOKEN_MISPLACED, f"grant:{row['id']}",
                              f"grant:{row['id']}", {"client": client})
             raise Forbidden("this project's token works only from the project's sandbox")
         self.limiter.take(row["id"])
-        return _grant(row)
+        return _grant({k: v for k, v in row.items() if k != "networks"})
 
     def submit_export(self, grant: dict, request: ExportIn) -> dict:
         """Record an export request of this project; nothing leaves until it is reviewed."""

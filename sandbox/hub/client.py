@@ -68,15 +68,19 @@ class HubClient:
         return ServerStatus(True, bool(model.get("ready")), model.get("pending"),
                             f"{self.public}{model.get('url', '')}")
 
-    def wait_ready(self, user: str, server: str, timeout: float = 120) -> ServerStatus:
+    def _until(self, user: str, server: str, done, timeout: float) -> ServerStatus:
+        """Poll the server's status until ``done(status)`` or ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while True:
             status = self.status(user, server)
-            if status.ready or (not status.pending and not status.exists):
-                return status
-            if time.monotonic() > deadline:
+            if done(status) or time.monotonic() > deadline:
                 return status
             time.sleep(0.1)
+
+    def wait_ready(self, user: str, server: str, timeout: float = 120) -> ServerStatus:
+        """The status once the server is ready, or has failed and gone, or after timeout."""
+        return self._until(user, server, lambda s: s.ready or not (s.pending or s.exists),
+                           timeout)
 
     def stop(self, user: str, server: str, remove: bool = False,
              timeout: float = 120) -> None:
@@ -84,10 +88,9 @@ class HubClient:
         returns once the hub no longer lists it as running or pending."""
         self._call("DELETE", f"/users/{quote(user)}/servers/{quote(server)}",
                    (202, 204, 404), json={"remove": remove})
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status = self.status(user, server)
-            if not status.pending and (not status.exists if remove else not status.ready):
-                return
-            time.sleep(0.2)
+        def stopped(status: ServerStatus) -> bool:
+            return not status.pending and (not status.exists if remove else not status.ready)
+
+        if stopped(self._until(user, server, stopped, timeout)):
+            return
         raise Unavailable(f"the sandbox {user}/{server} did not stop within {timeout:.0f} s")
