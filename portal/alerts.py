@@ -31,7 +31,7 @@ def scan(db: Session, settings: PortalSettings, hours: float = 24,
          now: datetime | None = None) -> Scan:
     """The alerts the rules raise over the last ``hours`` of both logs."""
     since = ((now or datetime.now(UTC)) - timedelta(hours=hours)).isoformat()
-    policy = AnomalyPolicy(**settings.anomaly_policy)
+    policy = AnomalyPolicy.from_mapping(settings.anomaly_policy)
     portal_entries = [Entry.from_row(r) for r in db.execute(
         select(audit_log).where(audit_log.c.at >= since))]
     db.commit()

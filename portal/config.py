@@ -6,9 +6,11 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sandbox.anomalies import AnomalyPolicy
+from sandbox.errors import InputError
 from sandbox.secretfile import read_or_create
 
 
@@ -45,7 +47,17 @@ class PortalSettings(BaseSettings):
     destruction_due_days: int = Field(30, ge=1, description="days a closed project's "
                                       "researcher has to submit the destruction certificate")
     anomaly_policy: dict = Field(default_factory=dict, description="thresholds of the "
-                                 "anomaly rules (JSON; see sandbox.anomalies.AnomalyPolicy)")
+                                 "anomaly rules, JSON such as {\"work_start\": \"08:00\", "
+                                 "\"burst_queries\": 30} (see sandbox.anomalies)")
+
+    @field_validator("anomaly_policy")
+    @classmethod
+    def _anomaly_policy(cls, values: dict) -> dict:
+        try:
+            AnomalyPolicy.from_mapping(values)
+        except InputError as exc:
+            raise ValueError(exc.reason) from None
+        return values
     export_reviewers: int = Field(2, ge=1, description="independent reviewers each export "
                                   "request needs")
     audit_retention_days: int = Field(365, ge=183, description="audit entries older than "

@@ -4,6 +4,10 @@ the round is complete. Rules in ``approvals.exports`` and ``sandbox.exports.chec
 
 A bundle that fails an automated check goes straight back to its author with the reasons;
 a new bundle from a project with a returned request is its resubmission (a new round).
+
+Researchers send a bundle with ``gw.export`` in the notebook, or from the project page:
+the portal lists the files in the running sandbox's workspace and the project's releases,
+and records the chosen ones on the gateway for them — the same path, the same checks.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import posixpath
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import httpx
@@ -19,13 +25,21 @@ from sqlalchemy.orm import Session
 
 from approvals import exports as rules
 from approvals.exports import ExportAction, ExportState, Vote, VoteChoice
-from approvals.states import Role
-from portal import gateway, notify
+from approvals.states import Role, State
+from portal import gateway, notify, sandboxes
 from portal.config import PortalSettings
-from portal.models import Application, ExportFile, ExportRequest, ExportVote, User
+from portal.models import (
+    Agreement,
+    Application,
+    ExportFile,
+    ExportRequest,
+    ExportVote,
+    Sandbox,
+    User,
+)
 from sandbox import audit, receipts
 from sandbox.audit import AuditAction
-from sandbox.errors import InputError, NotFound
+from sandbox.errors import Forbidden, InputError, NotFound
 from sandbox.exports import bundle as zipped
 from sandbox.exports import checks
 
@@ -108,6 +122,84 @@ def _take(db: Session, settings: PortalSettings, application: Application, bundl
         _mail(settings, application, "导出申请未通过自动检查 / export request failed the "
               "automated checks")
     return request.id
+
+
+@dataclass(frozen=True)
+class Choices:
+    """What a researcher may put in an export request from the project page."""
+
+    files: list[dict]     # the sandbox workspace's files: path, size, last_modified
+    releases: list[dict]  # the project's releases that carry a receipt, oldest first
+
+
+def _source(db: Session, application: Application, researcher: User
+            ) -> tuple[Sandbox, str]:
+    """The project's sandbox and grant, if its researcher may export from them now."""
+    if application.researcher_id != researcher.id:
+        raise NotFound("no such project")
+    record, agreement = db.get(Sandbox, application.id), db.get(Agreement, application.id)
+    if State(application.state) != State.ACTIVE or record is None or agreement is None \
+            or not agreement.grant_id:
+        raise Forbidden("exports are requested from an active project's sandbox",
+                        zh="只能从有效项目的沙箱申请导出")
+    db.commit()  # no transaction open while the hub and the gateway are asked
+    return record, agreement.grant_id
+
+
+def choices(db: Session, settings: PortalSettings, application: Application,
+            researcher: User) -> Choices:
+    record, grant_id = _source(db, application, researcher)
+    client = sandboxes.hub(settings)
+    try:
+        files = list(client.files(record.hub_user, record.server))
+    finally:
+        client.close()
+    return Choices(files, [r for r in gateway.releases(settings, grant_id) if r["receipt"]])
+
+
+def request_from_sandbox(db: Session, settings: PortalSettings, application: Application,
+                         researcher: User, paths: list[str], release_ids: list[str],
+                         note: str) -> int:
+    """Record an export request of the chosen workspace files and releases, as if sent
+    with ``gw.export`` from the sandbox; returns the portal's request id."""
+    record, grant_id = _source(db, application, researcher)
+    paths = list(dict.fromkeys(p.strip() for p in paths if p.strip()))
+    if not paths:
+        raise InputError("choose at least one file from the sandbox",
+                         zh="请至少从沙箱中选择一个文件")
+    for path in paths:
+        if path.startswith("/") or any(part in ("", ".", "..") or part.startswith(".")
+                                       for part in path.split("/")):
+            raise InputError(f"{path!r} is not a workspace file",
+                             zh=f"{path!r} 不是工作区中的文件")
+    names = [posixpath.basename(p) for p in paths]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InputError(f"two chosen files share a name ({', '.join(twice)}); rename one "
+                         "in the sandbox", zh=f"所选文件重名（{'、'.join(twice)}），请在沙箱中改名")
+    released = {r["release"]: r["receipt"]
+                for r in gateway.releases(settings, grant_id) if r["receipt"]}
+    unknown = [r for r in release_ids if r not in released]
+    if unknown:
+        raise InputError(f"not a release of this project: {', '.join(unknown)}",
+                         zh=f"不是本项目的发布结果：{'、'.join(unknown)}")
+    client = sandboxes.hub(settings)
+    try:
+        payload = [{"name": name, "content": base64.b64encode(
+                        client.read(record.hub_user, record.server, path)).decode()}
+                   for name, path in zip(names, paths, strict=True)]
+    finally:
+        client.close()
+    answer = gateway.submit_export(settings, grant_id, payload,
+                                   [released[r] for r in release_ids], note.strip())
+    audit.append(db.connection(), AuditAction.EXPORT_SUBMITTED, f"user:{researcher.id}",
+                 f"application:{application.id}",
+                 {"gateway_export": answer["export"], "files": paths,
+                  "releases": release_ids})
+    db.commit()
+    sync(db, settings)
+    return db.scalar(select(ExportRequest.id).where(
+        ExportRequest.gateway_id == answer["export"]))
 
 
 def vote(db: Session, settings: PortalSettings, request: ExportRequest, reviewer: User,

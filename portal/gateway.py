@@ -99,3 +99,18 @@ def list_exports(settings: PortalSettings, after: str) -> list[dict]:
     """Export requests the gateway recorded after ``after`` (creation time), oldest first."""
     return _gateway(settings, "GET", "/v1/admin/exports", {}, "collect export requests",
                     {"after": after})["exports"]
+
+
+def releases(settings: PortalSettings, grant_id: str) -> list[dict]:
+    """The project's releases on the gateway, oldest first, with their receipts."""
+    return _gateway(settings, "GET", f"/v1/admin/grants/{grant_id}/releases", {},
+                    "list the project's releases")
+
+
+def submit_export(settings: PortalSettings, grant_id: str, files: list[dict],
+                  receipts: list[dict], note: str) -> dict:
+    """Record an export request for the project (files as ``{"name", "content"}`` with
+    base64 content); the portal collects it like one sent from the sandbox."""
+    return _gateway(settings, "POST", f"/v1/admin/grants/{grant_id}/exports",
+                    {"files": files, "receipts": receipts, "note": note},
+                    "record the export request")

@@ -20,9 +20,11 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, time, timedelta
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sandbox.errors import InputError
 
 QUERY_ACTIONS = frozenset({"release.charged", "query.previewed"})
 REFUSED = "query.refused"
@@ -45,6 +47,39 @@ class AnomalyPolicy:
     login_minutes: int = 15
     export_bytes: int = 20 * 1024 * 1024
     export_files: int = 50
+
+    @classmethod
+    def from_mapping(cls, values: dict) -> AnomalyPolicy:
+        """The policy from configuration (JSON): times of day as ``"HH:MM"``, numbers as
+        numbers, a known time zone; anything else is an ``InputError`` naming the key."""
+        known = {f.name: f for f in fields(cls)}
+        parsed: dict[str, object] = {}
+        for key, value in values.items():
+            if key not in known:
+                raise InputError(f"anomaly policy: unknown setting {key!r} (known: "
+                                 f"{', '.join(known)})")
+            default = getattr(cls, key)
+            try:
+                if isinstance(default, time):
+                    parsed[key] = value if isinstance(value, time) else time.fromisoformat(value)
+                elif isinstance(default, bool):
+                    if not isinstance(value, bool):
+                        raise ValueError("true or false")
+                    parsed[key] = value
+                elif isinstance(default, int):
+                    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                        raise ValueError("a whole number of at least 1")
+                    parsed[key] = value
+                else:
+                    ZoneInfo(value)
+                    parsed[key] = value
+            except (TypeError, ValueError, ZoneInfoNotFoundError) as exc:
+                raise InputError(f"anomaly policy: {key} = {value!r} is not valid "
+                                 f"({exc or 'expected like ' + str(default)})") from None
+        policy = cls(**parsed)
+        if policy.work_start >= policy.work_end:
+            raise InputError("anomaly policy: work_start must come before work_end")
+        return policy
 
 
 @dataclass(frozen=True)

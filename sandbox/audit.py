@@ -182,6 +182,7 @@ class Verification:
     entries: int
     problem: str | None = None
     seq: int | None = None
+    problem_zh: str | None = None  # the same problem, for pages in Chinese
 
 
 def verify(conn: Connection) -> Verification:
@@ -196,12 +197,15 @@ def verify(conn: Connection) -> Verification:
         entry = {k: getattr(row, k) for k in
                  ("seq", "at", "actor", "action", "subject", "details", "prev_hash")}
         if row.seq != expected_seq:
-            return Verification(False, count, f"entry {expected_seq} is missing", expected_seq)
+            return Verification(False, count, f"entry {expected_seq} is missing", expected_seq,
+                                f"第 {expected_seq} 条记录缺失")
         if row.prev_hash != prev:
             return Verification(False, count, f"entry {row.seq} does not follow entry "
-                                f"{row.seq - 1} (deleted or reordered)", row.seq)
+                                f"{row.seq - 1} (deleted or reordered)", row.seq,
+                                f"第 {row.seq} 条记录未接续第 {row.seq - 1} 条（被删除或调换顺序）")
         if _hash(entry) != row.hash:
-            return Verification(False, count, f"entry {row.seq} was altered", row.seq)
+            return Verification(False, count, f"entry {row.seq} was altered", row.seq,
+                                f"第 {row.seq} 条记录被篡改")
         if checkpoint and row.action == AuditAction.AUDIT_PRUNED:
             pruned = json.loads(row.details)
             vouched = vouched or (pruned.get("through_seq") == checkpoint.seq
@@ -210,12 +214,14 @@ def verify(conn: Connection) -> Verification:
     if not vouched:
         return Verification(False, count, f"the chain starts after entry {checkpoint.seq}, "
                             "but no pruning entry in the chain records that checkpoint",
-                            checkpoint.seq)
+                            checkpoint.seq, f"链条从第 {checkpoint.seq} 条之后开始，"
+                            "但链中没有记录该检查点的清理条目")
     last = expected_seq - 1
     head = conn.execute(select(audit_head).where(audit_head.c.id == 1)).first()
     if head is not None and (head.seq != last or head.hash != prev):
         return Verification(False, count, f"the log ends at entry {last} but the head "
-                            f"records entry {head.seq} (entries were removed)", head.seq)
+                            f"records entry {head.seq} (entries were removed)", head.seq,
+                            f"日志止于第 {last} 条，但链头记录为第 {head.seq} 条（有记录被删除）")
     return Verification(True, count)
 
 

@@ -7,12 +7,15 @@ from datetime import UTC, datetime, timedelta
 from itertools import count
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import select
 
+from portal.config import PortalSettings
 from sandbox import anomalies, audit
 from sandbox.anomalies import AnomalyPolicy, Entry
 from sandbox.audit import AuditAction
 from sandbox.db import make_engine
+from sandbox.errors import InputError
 
 SHANGHAI_9AM = datetime(2026, 11, 16, 1, 0, tzinfo=UTC)  # Monday 09:00 in Shanghai
 POLICY = AnomalyPolicy()
@@ -106,6 +109,34 @@ def test_thresholds_come_from_the_policy():
     trace = normal_week()  # 20 queries in ~4 hours a day
     strict = AnomalyPolicy(burst_queries=10, burst_minutes=240)
     assert {a.rule for a in anomalies.detect(trace.entries, strict)} == {"query_burst"}
+
+
+def test_working_hours_come_from_configuration():
+    trace = Trace()  # a Saturday, 07:30 in Shanghai
+    trace.add(SHANGHAI_9AM + timedelta(days=5, minutes=-90), "release.charged")
+    assert rules(trace) == []
+    configured = AnomalyPolicy.from_mapping({"work_start": "08:00", "work_end": "18:30"})
+    assert configured.work_start.hour == 8 and configured.work_end.minute == 30
+    assert [a.rule for a in anomalies.detect(trace.entries, configured)] == ["off_hours"]
+    weekends = AnomalyPolicy.from_mapping({"work_start": "07:00", "weekends_off": True})
+    assert [a.rule for a in anomalies.detect(trace.entries, weekends)] == ["off_hours"]
+    berlin = AnomalyPolicy.from_mapping({"timezone": "Europe/Berlin", "work_start": "00:00"})
+    assert anomalies.detect(trace.entries, berlin) == []  # 00:30 in Berlin, within hours
+
+
+@pytest.mark.parametrize(("values", "says"), [
+    ({"work_start": "25:00"}, "work_start"), ({"work_strat": "08:00"}, "unknown setting"),
+    ({"burst_queries": 0}, "at least 1"), ({"timezone": "Mars/Base"}, "timezone"),
+    ({"weekends_off": "yes"}, "true or false"), ({"work_start": 8}, "work_start"),
+    ({"work_start": "20:00", "work_end": "08:00"}, "before work_end")])
+def test_a_bad_configuration_is_refused_with_its_reason(values, says):
+    with pytest.raises(InputError, match=says):
+        AnomalyPolicy.from_mapping(values)
+
+
+def test_the_portal_refuses_to_start_with_a_bad_policy(tmp_path):
+    with pytest.raises(ValidationError, match="work_end"):
+        PortalSettings(state_dir=tmp_path, anomaly_policy={"work_end": "7pm"})
 
 
 @pytest.fixture

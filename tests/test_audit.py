@@ -67,6 +67,7 @@ def test_a_deleted_row_is_detected(chain):
         conn.execute(delete(audit_log).where(audit_log.c.seq == 4))
     result = check(chain)
     assert not result.ok and "entry 4 is missing" in result.problem
+    assert result.problem_zh == "第 4 条记录缺失"
 
 
 def test_a_deleted_last_row_is_detected(chain):

@@ -95,10 +95,12 @@ def audit_verify() -> ResponseReturnValue:
     try:
         at_gateway = portal_gateway.verify_audit(_settings())
     except SandboxError as exc:
-        at_gateway = {"ok": False, "entries": 0, "problem": exc.reason}
+        at_gateway = {"ok": False, "entries": 0, "problem": exc.reason,
+                      "problem_zh": exc.details.get("zh")}
     # The result is itself audited; the page shows the latest verification from the log.
     record(AuditAction.AUDIT_VERIFIED, "audit:log",
            {"ok": result.ok, "entries": result.entries, "problem": result.problem,
+            "problem_zh": result.problem_zh,
             "gateway": at_gateway})
     return redirect(url_for("controller.audit_page"))
 

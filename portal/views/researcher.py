@@ -27,7 +27,7 @@ from portal import catalog as datasets
 from portal import destruction, exports, sandboxes, workflow
 from portal.agreement import CLAUSES
 from portal.models import Agreement, Application, DestructionTask, ExportRequest
-from portal.views.auth import login_required
+from portal.views.auth import login_required, reason_of
 from sandbox.data.reference.population import PURPOSES
 from sandbox.errors import InputError, SandboxError
 
@@ -222,3 +222,28 @@ def export_withdraw(application_id: int, export_id: int) -> ResponseReturnValue:
     exports.withdraw(g.db, request_, g.user)
     flash(_("Export request withdrawn."))
     return redirect(url_for("researcher.show", application_id=app.id))
+
+
+@bp.route("/<int:application_id>/exports/new", methods=["GET", "POST"])
+@login_required(Role.RESEARCHER)
+def export_new(application_id: int) -> ResponseReturnValue:
+    """Choose files in the running sandbox and releases to ask to take out."""
+    app = own(application_id)
+    settings = current_app.extensions["portal.settings"]
+    problems: list[str] = []
+    if request.method == "POST":
+        try:
+            exports.request_from_sandbox(g.db, settings, app, g.user,
+                                         request.form.getlist("file"),
+                                         request.form.getlist("release"),
+                                         request.form.get("note", ""))
+        except InputError as exc:
+            g.db.rollback()
+            problems.append(reason_of(exc))
+        else:
+            flash(_("Export request sent; automated checks and the controllers' review "
+                    "follow."))
+            return redirect(url_for("researcher.show", application_id=app.id))
+    return render_template("researcher/export_new.html", app=app, problems=problems,
+                           chosen=exports.choices(g.db, settings, app, g.user),
+                           form=request.form), 422 if problems else 200

@@ -132,6 +132,17 @@ def create_app(settings: GatewaySettings | None = None,
         """Accept the project's token only from these networks (its sandbox's)."""
         return service.bind_networks(actor, grant_id, binding.networks)
 
+    @app.post("/v1/admin/grants/{grant_id}/exports", status_code=201)
+    def submit_export_for(grant_id: str, request: ExportIn, actor: Admin) -> dict:
+        """An export request the portal makes for a project (files it read from the
+        project's sandbox when the researcher asked): recorded like the sandbox's own."""
+        return service.submit_export(service.grant(grant_id), request, actor)
+
+    @app.get("/v1/admin/grants/{grant_id}/releases")
+    def grant_releases(grant_id: str, _actor: Admin) -> list[dict]:
+        """The project's releases with their receipts (for export requests and review)."""
+        return service.releases(service.grant(grant_id))
+
     @app.post("/v1/admin/grants/{grant_id}/{action}")
     def change_grant(grant_id: str, action: Literal["suspend", "resume", "revoke"],
                      change: GrantChange, actor: Admin) -> dict:

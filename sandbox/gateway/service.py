@@ -198,8 +198,10 @@ class GatewayService:
         self.limiter.take(row["id"])
         return _grant({k: v for k, v in row.items() if k != "networks"})
 
-    def submit_export(self, grant: dict, request: ExportIn) -> dict:
-        """Record an export request of this project; nothing leaves until it is reviewed."""
+    def submit_export(self, grant: dict, request: ExportIn, actor: str | None = None) -> dict:
+        """Record an export request of this project; nothing leaves until it is reviewed.
+        ``actor``: who asked, when not the project's own token (the portal, for files it
+        read from the project's sandbox on the researcher's request)."""
         check_usable(grant)
         files = []
         for item in request.files:
@@ -217,8 +219,8 @@ class GatewayService:
                "receipts": json.dumps(request.receipts), "created_at": _now()}
         with self.db.begin() as conn:
             conn.execute(insert(exports).values(**row))
-            audit.append(conn, AuditAction.EXPORT_SUBMITTED, f"grant:{grant['id']}",
-                         f"export:{row['id']}", {"files": len(files),
+            audit.append(conn, AuditAction.EXPORT_SUBMITTED, actor or f"grant:{grant['id']}",
+                         f"export:{row['id']}", {"grant": grant["id"], "files": len(files),
                                                  "bytes": sum(f["size"] for f in files),
                                                  "receipts": len(request.receipts)})
         return {"export": row["id"], "files": [{k: f[k] for k in ("name", "size", "sha256")}
@@ -244,7 +246,7 @@ class GatewayService:
         with self.db.connect() as conn:
             result = audit.verify(conn)
         return {"ok": result.ok, "entries": result.entries, "problem": result.problem,
-                "seq": result.seq}
+                "problem_zh": result.problem_zh, "seq": result.seq}
 
     def bind_networks(self, actor: str, grant_id: str, networks: list[str]) -> dict:
         """Accept the grant's token only from ``networks`` (replacing earlier ones)."""

@@ -1,15 +1,19 @@
 """The portal's client for the hub's REST API (JupyterHub 6), with the ``portal`` service
-token: create a user, start, inspect, stop and delete one of their named servers."""
+token: create a user, start, inspect, stop and delete one of their named servers, and
+read files in a running server's workspace (through the hub's proxy and the server's
+contents API) when its researcher asks to export them."""
 
 from __future__ import annotations
 
+import base64
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import quote
 
 import httpx
 
-from sandbox.errors import Forbidden, Unavailable
+from sandbox.errors import Forbidden, NotFound, Unavailable
 
 
 @dataclass(frozen=True)
@@ -94,3 +98,45 @@ class HubClient:
         if stopped(self._until(user, server, stopped, timeout)):
             return
         raise Unavailable(f"the sandbox {user}/{server} did not stop within {timeout:.0f} s")
+
+    # -- the workspace of a running server ------------------------------------------------
+    def _contents(self, user: str, server: str, path: str, **params: str) -> dict:
+        url = (f"{self.public}/user/{quote(user)}/{quote(server)}/api/contents/"
+               f"{quote(path.strip('/'))}")
+        try:
+            response = self._http.get(url, params={"content": "1", **params})
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"the sandbox could not be reached ({exc})") from None
+        if response.status_code == 404:
+            raise NotFound(f"no file {path!r} in the sandbox's workspace")
+        if response.status_code != 200 or not response.headers.get(
+                "content-type", "").startswith("application/json"):
+            raise Unavailable(f"the sandbox's workspace could not be read (HTTP "
+                              f"{response.status_code}); start the sandbox and try again",
+                              zh=f"无法读取沙箱工作区（HTTP {response.status_code}），"
+                                 "请先启动沙箱再试")
+        return response.json()
+
+    def files(self, user: str, server: str, limit: int = 500, depth: int = 4
+              ) -> Iterator[dict]:
+        """The workspace's visible files (``path``, ``size``, ``last_modified``), folders
+        walked breadth first, at most ``limit`` files and ``depth`` levels."""
+        folders, found = [("", 0)], 0
+        while folders:
+            folder, level = folders.pop(0)
+            for item in sorted(self._contents(user, server, folder)["content"],
+                               key=lambda i: i["path"]):
+                if item["type"] == "directory":
+                    if level + 1 < depth and not item["name"].startswith("."):
+                        folders.append((item["path"], level + 1))
+                    continue
+                yield {"path": item["path"], "size": item.get("size") or 0,
+                       "last_modified": item.get("last_modified", "")}
+                found += 1
+                if found >= limit:
+                    return
+
+    def read(self, user: str, server: str, path: str) -> bytes:
+        """One workspace file's bytes, as stored (notebooks included)."""
+        model = self._contents(user, server, path, type="file", format="base64")
+        return base64.b64decode(model["content"])

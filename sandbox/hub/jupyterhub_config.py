@@ -1,8 +1,8 @@
 """JupyterHub configuration of the sandbox hub, read from SANDBOX_HUB_* (see settings.py).
 
 Started by ``sandboxctl hub serve``. Users sign in at the portal (OAuth2); the portal is a
-service with just the scopes it needs to create users and start/stop their named servers;
-the idle culler stops sandboxes nobody uses.
+service with just the scopes it needs to create users, start/stop their named servers and
+read the workspace files a researcher asks to export; the idle culler stops sandboxes nobody uses.
 """
 
 # ruff: noqa: F821  (``get_config`` is provided by JupyterHub when it loads this file)
@@ -82,7 +82,7 @@ c.JupyterHub.services = [
 ]
 c.JupyterHub.load_roles = [
     {"name": "portal-provisioner", "services": [PORTAL_SERVICE],
-     "scopes": ["admin:users", "admin:servers", "read:users"]},
+     "scopes": ["admin:users", "admin:servers", "read:users", "access:servers"]},
     {"name": "idle-culler", "services": ["idle-culler"],
      "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"]},
 ]

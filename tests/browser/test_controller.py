@@ -168,7 +168,7 @@ def test_a_controllers_day(world, browser):
     controller.goto(f"{url}/controller/audit")
     controller.click("#verify")
     expect(controller.locator("#verify-result")).to_have_attribute("data-ok", "false")
-    expect(controller.locator("#verify-result")).to_contain_text("entry 3 was altered")
+    expect(controller.locator("#verify-result")).to_contain_text("第 3 条记录被篡改")
     shot(controller, "06-audit-tampering-caught")
     csv = httpx.get(f"{url}/controller/audit.csv", cookies={
         c["name"]: c["value"] for c in controller.context.cookies()})

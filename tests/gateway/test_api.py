@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from urllib.parse import urlencode
 
@@ -297,3 +298,31 @@ def test_an_export_request_is_recorded_for_review(gateway, tmp_path):
     assert httpx.post(f"{gateway.url}/v1/exports", json={"files": [{
         "name": "../x", "content": ""}]}, headers={
         "Authorization": f"Bearer {grant['token']}"}).status_code == 422
+
+
+def test_the_portal_records_an_export_for_a_project(gateway):
+    """What the researcher picks on the project page: the project's releases listed with
+    their receipts, and a request recorded on the project's behalf (not by its token)."""
+    grant = gateway.grant()
+    grant_id = grant["grant"]["id"]
+    result = client(gateway, grant).count("emr-visits", epsilon=0.2)
+    listed = gateway.admin("GET", f"/v1/admin/grants/{grant_id}/releases").json()
+    assert [(r["release"], r["receipt"]) for r in listed] == [
+        (result.release_id, result.receipt)]
+    body = {"files": [{"name": "n.txt", "content": base64.b64encode(b"n").decode()}],
+            "receipts": [result.receipt], "note": ""}
+    for token in (None, grant["token"]):  # the project's own token may not
+        assert httpx.post(f"{gateway.url}/v1/admin/grants/{grant_id}/exports", json=body,
+                          headers={"Authorization": f"Bearer {token}"} if token else {}
+                          ).status_code == 401
+    answer = gateway.admin("POST", f"/v1/admin/grants/{grant_id}/exports", body)
+    assert answer.status_code == 201
+    recent = gateway.admin("GET", "/v1/admin/audit?" + urlencode(
+        {"since": listed[0]["created_at"]})).json()["entries"]
+    [entry] = [e for e in recent if e["subject"] == f"export:{answer.json()['export']}"]
+    assert entry["action"] == "export.submitted" and entry["actor"] == "service"
+    assert json.loads(entry["details"])["grant"] == grant_id
+    assert gateway.admin("GET", "/v1/admin/grants/nope/releases").status_code == 404
+    gateway.admin("POST", f"/v1/admin/grants/{grant_id}/revoke", {"reason": "违规"})
+    refused = gateway.admin("POST", f"/v1/admin/grants/{grant_id}/exports", body)
+    assert refused.status_code == 403 and "revoked" in refused.json()["reason"]
