@@ -52,14 +52,20 @@ class Signer:
                 "key_id": self.key_id}
 
 
-def verify(receipt: dict, public_pem: bytes) -> dict:
-    """The payload of a valid receipt; raises InputError for anything else."""
+def public_key(public_pem: bytes) -> Ed25519PublicKey:
+    """The Ed25519 public key in ``public_pem``; InputError for anything else."""
     try:
         key = serialization.load_pem_public_key(public_pem)
     except ValueError:
         raise InputError("the public key is not a PEM public key") from None
     if not isinstance(key, Ed25519PublicKey):
         raise InputError("the public key is not an Ed25519 key")
+    return key
+
+
+def verify(receipt: dict, public_pem: bytes) -> dict:
+    """The payload of a valid receipt; raises InputError for anything else."""
+    key = public_key(public_pem)
     try:
         payload, signature = receipt["payload"], base64.b64decode(receipt["signature"])
     except (KeyError, TypeError, ValueError):

@@ -61,6 +61,35 @@ class Postgres:
                             "stop"], check=False)
 
 
+def start_service(args: list[str], url: str, log_path: Path,
+                  timeout: float = 120) -> subprocess.Popen:
+    """``sandboxctl ARGS`` as its own process, once ``url``/v1/health answers."""
+    log = open(log_path, "ab")  # noqa: SIM115
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "sandboxctl"), *args],
+                            stdout=log, stderr=log, cwd=ROOT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{args[:2]} exited with {proc.returncode}; see {log_path}")
+        try:
+            if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"{args[:2]} did not become ready; see {log_path}")
+
+
+def stop_process(proc: subprocess.Popen | None) -> None:
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @dataclass
 class GatewayProcess:
     """``sandboxctl gateway serve`` in its own process."""
@@ -72,6 +101,7 @@ class GatewayProcess:
     host: str = "127.0.0.1"
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    federation_file: Path | None = None
 
     @property
     def url(self) -> str:
@@ -82,33 +112,17 @@ class GatewayProcess:
         return (self.state_dir / "admin.token").read_text().strip()
 
     def start(self) -> GatewayProcess:
-        log = open(self.state_dir.parent / f"gateway-{self.port}.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "sandboxctl"), "gateway", "serve",
-             "--host", self.host, "--port", str(self.port), "--database-url", self.database_url,
-             "--datasets-dir", str(self.datasets_dir), "--state-dir", str(self.state_dir),
-             "--rate-limit", str(self.rate_limit)],
-            stdout=log, stderr=log, cwd=ROOT,
-        )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited with {self.proc.returncode}; see {log.name}")
-            try:
-                if httpx.get(f"{self.url}/v1/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise RuntimeError("gateway did not become ready")
+        args = ["gateway", "serve", "--host", self.host, "--port", str(self.port),
+                "--database-url", self.database_url, "--datasets-dir", str(self.datasets_dir),
+                "--state-dir", str(self.state_dir), "--rate-limit", str(self.rate_limit)]
+        if self.federation_file:
+            args += ["--federation-file", str(self.federation_file)]
+        self.proc = start_service(args, self.url,
+                                  self.state_dir.parent / f"gateway-{self.port}.log")
+        return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def kill9(self) -> None:
         assert self.proc is not None

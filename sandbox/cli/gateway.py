@@ -30,6 +30,9 @@ def gateway() -> None:
                    "var/gateway].")
 @click.option("--rate-limit", type=float, help="Requests per second per token (0 = off) "
               "[env SANDBOX_GATEWAY_RATE_LIMIT; 5].")
+@click.option("--federation-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Federated datasets, their sites and the key service (JSON) "
+                   "[env SANDBOX_GATEWAY_FEDERATION_FILE; none].")
 def serve(**options: object) -> None:
     """Serve the gateway over HTTP until interrupted."""
     import uvicorn

@@ -9,6 +9,7 @@ import sys
 import click
 
 from sandbox.cli.data import data
+from sandbox.cli.federated import keys, site
 from sandbox.cli.gateway import audit_group, gateway
 from sandbox.cli.hub import hub, image
 from sandbox.cli.portal import portal
@@ -29,6 +30,8 @@ cli.add_command(audit_group)
 cli.add_command(portal)
 cli.add_command(hub)
 cli.add_command(image)
+cli.add_command(site)
+cli.add_command(keys)
 
 
 def main(argv: list[str] | None = None) -> None:

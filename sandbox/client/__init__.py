@@ -115,6 +115,7 @@ class Gateway:
         self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport,
                                   headers={"Authorization": f"Bearer {token}"})
         self._public_key: bytes | None = None
+        self.federated = Federated(self)
 
     @classmethod
     def from_env(cls) -> Gateway:
@@ -262,3 +263,57 @@ class Gateway:
                       group_by: list[str] | None = None) -> pl.DataFrame:
         return self.preview(self._spec("count", dataset, epsilon, filters=_filters(where),
                                        group_by=group_by))
+
+
+class Federated:
+    """Questions about federated datasets (``gw.federated``): each site computes its part
+    under CKKS encryption; only the noisy total is decrypted, by the key service. Answers
+    carry receipts like any other release."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+
+    def query(self, spec: dict) -> DPResult:
+        """Send a raw federated spec (see docs/federated.md)."""
+        answer = self._gateway._call("POST", "/v1/federated/query", spec)
+        return DPResult(pl.DataFrame(answer["result"]), answer["release"], answer["receipt"],
+                        answer["epsilon"], answer["delta"], answer.get("repeated", False),
+                        spec)
+
+    def preview(self, spec: dict) -> pl.DataFrame:
+        """Per slot of the encrypted vector: noise scale, 95 % noise bound and the CKKS
+        approximation error bound; spends nothing."""
+        return pl.DataFrame(self._gateway._call("POST", "/v1/federated/preview",
+                                                spec)["statistics"])
+
+    @staticmethod
+    def _spec(kind: str, dataset: str, epsilon: float, **extra: Any) -> dict:
+        spec = {"dataset": dataset, "kind": kind, "epsilon": epsilon}
+        spec.update({k: v for k, v in extra.items() if v not in (None, [], {})})
+        return spec
+
+    def histogram(self, dataset: str, field: str, bins: list[float], *, epsilon: float,
+                  where: Where = None) -> DPResult:
+        """Counts per bin (a cell under 5 patients is withheld)."""
+        return self.query(self._spec("histogram", dataset, epsilon, field=field, bins=bins,
+                                     filters=_filters(where)))
+
+    def mean(self, dataset: str, field: str, *, epsilon: float,
+             bounds: tuple[float, float] | None = None, where: Where = None) -> DPResult:
+        """Count, mean and standard deviation of ``field`` clamped to ``bounds``."""
+        return self.query(self._spec("mean", dataset, epsilon, field=field, bounds=bounds,
+                                     filters=_filters(where)))
+
+    def linear_regression(self, dataset: str, target: str, features: list[str], *,
+                          epsilon: float, bounds: tuple[float, float] | None = None,
+                          feature_bounds: dict[str, tuple[float, float]] | None = None,
+                          where: Where = None) -> DPResult:
+        """Least-squares coefficients of ``target`` on ``features`` (text features one-hot,
+        first category as reference) from noisy XᵀX and Xᵀy, with n and R²."""
+        return self.query(self._spec("linear_regression", dataset, epsilon, target=target,
+                                     features=features, bounds=bounds,
+                                     feature_bounds=feature_bounds, filters=_filters(where)))
+
+    def preview_mean(self, dataset: str, field: str, *, epsilon: float,
+                     bounds: tuple[float, float] | None = None) -> pl.DataFrame:
+        return self.preview(self._spec("mean", dataset, epsilon, field=field, bounds=bounds))

@@ -9,13 +9,12 @@ import re
 from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Header, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sandbox import audit
-from sandbox.errors import InputError, SandboxError
+from sandbox import httpapi
+from sandbox.errors import InputError
+from sandbox.federated.plan import FederatedSpec
 from sandbox.gateway.queries import QuerySpec
 from sandbox.gateway.service import ExportIn, GatewayService, GrantRequest, Withdrawal
 from sandbox.gateway.settings import GatewaySettings
@@ -54,19 +53,6 @@ Admin = Annotated[str, Depends(_admin)]
 Project = Annotated[dict, Depends(_project)]
 
 
-def _error(status: int, code: str, reason: str, **details: object) -> JSONResponse:
-    return JSONResponse({"error": code, "reason": reason, **details}, status_code=status)
-
-
-def _readable(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(x) for x in err["loc"] if x not in ("body",))
-        message = str(err["msg"]).removeprefix("Value error, ")
-        parts.append(f"{where}: {message}" if where else message)
-    return "; ".join(parts) or "malformed request"
-
-
 def create_app(settings: GatewaySettings | None = None,
                service: GatewayService | None = None) -> FastAPI:
     """The gateway application for ``settings`` (or an already built service)."""
@@ -78,37 +64,11 @@ def create_app(settings: GatewaySettings | None = None,
                               "every answer is charged before it is computed and receipted.")
     app.state.service = service
 
-    @app.middleware("http")
-    async def _body_limit(request: Request, call_next):
-        length = request.headers.get("content-length")
-        allowed = export_limit if request.url.path == "/v1/exports" else limit
-        if length is not None and (not length.isdigit() or int(length) > allowed):
-            return _error(413, "too_large", f"request body over {allowed} bytes")
-        # Audit entries written for this request record where it came from.
-        origin = audit.ORIGIN.set(request.client.host if request.client else None)
-        try:
-            return await call_next(request)
-        finally:
-            audit.ORIGIN.reset(origin)
-
-    @app.exception_handler(SandboxError)
-    async def _domain(_request: Request, exc: SandboxError) -> JSONResponse:
-        return _error(exc.http_status, exc.code, exc.reason, **exc.details)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(422, "invalid_input", _readable(exc))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, "http_error", str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error")
-        return _error(500, "internal", "internal error; no answer was released, and a "
-                      "charge already made stands (sending the identical query again "
-                      "costs nothing)")
+    # Export requests carry files (the sandbox's own, or the portal's for a project).
+    httpapi.install(app, log, lambda path: export_limit if path.endswith("/exports")
+                    else limit,
+                    "internal error; no answer was released, and a charge already made "
+                    "stands (sending the identical query again costs nothing)")
 
     @app.get("/v1/health")
     def health() -> dict:
@@ -186,6 +146,17 @@ def create_app(settings: GatewaySettings | None = None,
     @app.post("/v1/preview")
     def preview(spec: QuerySpec, grant: Project) -> dict:
         return service.preview(grant, spec)
+
+    @app.post("/v1/federated/query")
+    def federated_query(spec: FederatedSpec, grant: Project) -> dict:
+        """A histogram, mean or linear regression over a federated dataset: the sites
+        compute under encryption; only the noisy total is decrypted (by the key service)."""
+        return service.federated_query(grant, spec)
+
+    @app.post("/v1/federated/preview")
+    def federated_preview(spec: FederatedSpec, grant: Project) -> dict:
+        """Noise scale, 95 % noise bound and CKKS error bound of each slot; spends nothing."""
+        return service.federated_preview(grant, spec)
 
     @app.post("/v1/exports", status_code=201)
     def submit_export(request: ExportIn, grant: Project) -> dict:

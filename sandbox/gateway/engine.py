@@ -147,6 +147,39 @@ def _domain(schema: pl.Schema, metadata: dict) -> object:
                        Margin(by=(), max_length=max_length))
 
 
+def check_fields(names: list[str], fields: dict[str, dict], allowed: set[str]) -> None:
+    """Refuse a field the dataset does not publish, or the grant does not cover."""
+    granted = sorted(f for f in allowed if f in fields)
+    for name in names:
+        if name not in fields or fields[name]["role"] in ("patient_key", "label"):
+            raise InputError(f"unknown field {name!r}; allowed fields: "
+                             f"{', '.join(granted)}", allowed=granted)
+        if name not in allowed:
+            raise PolicyRefusal(f"field {name!r} is outside this project's grant; "
+                                f"allowed fields: {', '.join(granted)}", allowed=granted)
+
+
+def check_filters(filters: list[Filter], fields: dict[str, dict]) -> None:
+    """Refuse a filter whose values do not fit its field's type or public categories."""
+    for flt in filters:
+        f = fields[flt.field]
+        values = flt.value if isinstance(flt.value, list) else [flt.value]
+        if f["type"] == "string":
+            if flt.op not in ("eq", "ne", "in"):
+                raise InputError(f"filter {flt.op!r} does not apply to text field "
+                                 f"{flt.field!r}")
+            unknown = [v for v in values if v not in (f.get("categories") or [])]
+            if unknown:
+                raise InputError(f"{unknown} not among the public categories of "
+                                 f"{flt.field!r}: {', '.join(f.get('categories') or [])}")
+        elif f["type"] in ("integer", "float"):
+            if not all(isinstance(v, int | float) and not isinstance(v, bool)
+                       for v in values):
+                raise InputError(f"filter on {flt.field!r} needs numbers")
+        elif f["type"] == "boolean" and not all(isinstance(v, bool) for v in values):
+            raise InputError(f"filter on {flt.field!r} needs true or false")
+
+
 @dataclass(frozen=True)
 class Release:
     """What OpenDP released, as rows, and what it cost."""
@@ -168,15 +201,7 @@ class Engine:
     # -- validation ------------------------------------------------------------------
     def check(self, spec: QuerySpec, dataset: Dataset, allowed: set[str]) -> None:
         """Refuse a spec the dataset or the grant does not allow; nothing is spent."""
-        granted = sorted(f for f in allowed if f in dataset.fields)
-        for name in spec.fields_used():
-            if name not in dataset.fields or dataset.fields[name]["role"] in (
-                    "patient_key", "label"):
-                raise InputError(f"unknown field {name!r}; allowed fields: "
-                                 f"{', '.join(granted)}", allowed=granted)
-            if name not in allowed:
-                raise PolicyRefusal(f"field {name!r} is outside this project's grant; "
-                                    f"allowed fields: {', '.join(granted)}", allowed=granted)
+        check_fields(spec.fields_used(), dataset.fields, allowed)
         if spec.field:
             f = dataset.fields[spec.field]
             if f["type"] not in ("integer", "float"):
@@ -197,23 +222,7 @@ class Engine:
         if spec.group_by and spec.keys == "public" and cells > MAX_CELLS:
             raise InputError(f"grouping by {spec.group_by} makes {cells} cells; "
                              f"at most {MAX_CELLS}")
-        for flt in spec.filters:
-            f = dataset.fields[flt.field]
-            values = flt.value if isinstance(flt.value, list) else [flt.value]
-            if f["type"] == "string":
-                if flt.op not in ("eq", "ne", "in"):
-                    raise InputError(f"filter {flt.op!r} does not apply to text field "
-                                     f"{flt.field!r}")
-                unknown = [v for v in values if v not in (f.get("categories") or [])]
-                if unknown:
-                    raise InputError(f"{unknown} not among the public categories of "
-                                     f"{flt.field!r}: {', '.join(f.get('categories') or [])}")
-            elif f["type"] in ("integer", "float"):
-                if not all(isinstance(v, int | float) and not isinstance(v, bool)
-                           for v in values):
-                    raise InputError(f"filter on {flt.field!r} needs numbers")
-            elif f["type"] == "boolean" and not all(isinstance(v, bool) for v in values):
-                raise InputError(f"filter on {flt.field!r} needs true or false")
+        check_filters(spec.filters, dataset.fields)
 
     # -- compilation -----------------------------------------------------------------
     def _plan(self, spec: QuerySpec, dataset: Dataset, purpose: str) -> pl.LazyFrame:
@@ -224,7 +233,7 @@ class Engine:
             # for sums and means: a projection drops the margin their sensitivity needs.)
             frame = frame.select(spec.fields_used() or [consent])
         for flt in spec.filters:
-            frame = frame.filter(_predicate(flt))
+            frame = frame.filter(predicate(flt))
         if spec.kind == "histogram":
             return self._histogram(spec, frame)
         aggs = self._aggregates(spec, dataset)
@@ -351,7 +360,7 @@ def _public_keys(names: list[str], dataset: Dataset) -> pl.LazyFrame:
     return frame.lazy()
 
 
-def _predicate(flt: Filter) -> pl.Expr:
+def predicate(flt: Filter) -> pl.Expr:
     col = pl.col(flt.field)
     match flt.op:
         case "eq":

@@ -22,8 +22,10 @@ import json
 import secrets
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Connection, and_, delete, insert, select, update
@@ -42,7 +44,9 @@ from sandbox.errors import (
     SandboxError,
     Unauthenticated,
 )
+from sandbox.federated.plan import ALPHA, FederatedSpec, Plan, accuracy
 from sandbox.gateway import engine as dpengine
+from sandbox.gateway.federation import FederatedDataset, Federation
 from sandbox.gateway.grants import GrantState, check_usable, next_state
 from sandbox.gateway.queries import QuerySpec
 from sandbox.gateway.ratelimit import RateLimiter
@@ -134,18 +138,26 @@ class Withdrawal(BaseModel):
 class GatewayService:
     """Everything the gateway does, callable without HTTP."""
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: GatewaySettings, federated_noise: bool = True) -> None:
+        """``federated_noise=False`` (tests only; no setting reaches it) releases
+        federated totals without noise, to compare them with the pooled computation."""
         self.settings = settings
+        self.federated_noise = federated_noise
         self.db = make_engine(settings.database_url)
         create_tables(self.db)
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.signer = Signer(settings.signing_key_file)
+        # Sites and the key service trust this key for the gateway's signed requests.
+        published = settings.state_dir / "public-key.pem"
+        if not published.exists() or published.read_bytes() != self.signer.public_pem:
+            published.write_bytes(self.signer.public_pem)
         self.admin_token_hash = _hash_token(self._admin_token())
         self.engine = dpengine.Engine()
         self.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
         self._refresh = threading.Lock()
         self.datasets: dict[str, dpengine.Dataset] = {}
         self._load_datasets()
+        self.federation = Federation(settings.federation_file, self.signer)
 
     # -- set-up ------------------------------------------------------------------------
     def _admin_token(self) -> str:
@@ -269,11 +281,12 @@ class GatewayService:
 
     # -- grants ----------------------------------------------------------------------------
     def create_grant(self, actor: str, request: GrantRequest) -> tuple[dict, str]:
+        served = {**self.datasets, **self.federation.datasets}
         for name in request.datasets:
-            if name not in self.datasets:
+            if name not in served:
                 raise InputError(f"unknown dataset {name!r}; served: "
-                                 f"{', '.join(sorted(self.datasets))}")
-        known = set().union(*(self.datasets[d].fields for d in request.datasets))
+                                 f"{', '.join(sorted(served))}")
+        known = set().union(*(served[d].fields for d in request.datasets))
         unknown = sorted(set(request.fields) - known)
         if unknown:
             raise InputError(f"unknown fields {unknown}")
@@ -331,9 +344,11 @@ class GatewayService:
         # Takes effect before this call returns: the views are rebuilt now.
         with self._refresh:
             self._load_datasets()
+        # Sites hold their own rows: they are told now, and say if they could not be.
+        missed = self.federation.forward_withdrawal(request.pseudonym, purposes)
         return {"pseudonym": request.pseudonym, "purposes": purposes,
                 "recorded": new, "datasets": sorted(self.datasets),
-                "containing": self.containing(request.pseudonym)}
+                "containing": self.containing(request.pseudonym), "sites_missed": missed}
 
     def containing(self, pseudonym: str) -> list[dict]:
         """The served datasets (id and version) holding records of this patient."""
@@ -345,13 +360,16 @@ class GatewayService:
         check_usable(grant)
         out = []
         for name in grant["datasets"]:
-            meta = self.datasets[name].metadata
+            federated = name in self.federation.datasets
+            meta = (self.federation.datasets[name] if federated else self.datasets[name]
+                    ).metadata
             fields = [f for f in meta["tables"]["records"]["fields"]
                       if f["name"] in grant["fields"]]
             out.append({"id": meta["id"], "version": meta["version"], "title": meta["title"],
                         "unit": meta["unit"], "sample_size": meta["sample_size"],
                         "years": meta["years"], "contribution_bound": meta["contribution_bound"],
-                        "fields": fields})
+                        "fields": fields, "federated": federated,
+                        "sites": len(meta.get("sites", [])) if federated else 0})
         return out
 
     def budget(self, grant: dict) -> dict:
@@ -368,6 +386,9 @@ class GatewayService:
             raise Forbidden(f"dataset {spec.dataset!r} is outside this project's grant; "
                             f"granted: {', '.join(grant['datasets'])}")
         dataset = self.datasets.get(spec.dataset)
+        if spec.dataset in self.federation.datasets:
+            raise InputError(f"{spec.dataset!r} is federated: its rows stay at its sites; "
+                             "ask with gw.federated.histogram / mean / linear_regression")
         if dataset is None:
             raise NotFound(f"dataset {spec.dataset!r} is not served")
         self.engine.check(spec, dataset, set(grant["fields"]))
@@ -393,12 +414,51 @@ class GatewayService:
                          {"spec": json.loads(spec.canonical()), "reason": exc.reason})
 
     def query(self, grant: dict, spec: QuerySpec) -> dict:
-        """Charge, compute, record, sign, return — in that order."""
-        try:
+        def prepare() -> tuple[dpengine.Dataset, Callable[[dict], dpengine.Release]]:
             dataset = self._resolve(grant, spec)
             # Compile (and calibrate) before charging: a query OpenDP cannot answer is
             # refused without spending anything.
             measurement = self.engine.measurement(spec, dataset, grant["purpose"])
+            return dataset, lambda _claim: self.engine.run(spec, dataset, measurement)
+
+        return self._answer(grant, spec, prepare)
+
+    def _federated_plan(self, grant: dict, spec: FederatedSpec) -> Plan:
+        check_usable(grant)
+        if spec.dataset not in grant["datasets"]:
+            raise Forbidden(f"dataset {spec.dataset!r} is outside this project's grant; "
+                            f"granted: {', '.join(grant['datasets'])}")
+        return self.federation.plan(spec, set(grant["fields"]))
+
+    def federated_query(self, grant: dict, spec: FederatedSpec) -> dict:
+        """A federated answer: charged here first, computed by the sites under
+        encryption, decrypted (noisy) by the key service, recorded and receipted here."""
+        def prepare() -> tuple[FederatedDataset, Callable[[dict], dpengine.Release]]:
+            plan = self._federated_plan(grant, spec)
+            # The key service checks the grant as it stands after this query's charge.
+            return self.federation.datasets[spec.dataset], lambda claim: self.federation.run(
+                plan, self.grant(grant["id"]), claim["id"], self.federated_noise)
+
+        return self._answer(grant, spec, prepare)
+
+    def federated_preview(self, grant: dict, spec: FederatedSpec) -> dict:
+        try:
+            plan = self._federated_plan(grant, spec)
+        except SandboxError as exc:
+            self._refused(grant, spec, exc)
+            raise
+        with self.db.begin() as conn:
+            audit.append(conn, AuditAction.QUERY_PREVIEWED, f"grant:{grant['id']}",
+                         f"dataset:{spec.dataset}", {"spec": json.loads(spec.canonical())})
+        return {"epsilon": spec.epsilon, "delta": 0.0, "alpha": ALPHA,
+                "statistics": accuracy(plan), "min_count": plan.min_count, "spends": 0}
+
+    def _answer(self, grant: dict, spec: QuerySpec | FederatedSpec,
+                prepare: Callable[[], tuple[Any, Callable[[dict], dpengine.Release]]]
+                ) -> dict:
+        """Charge, compute, record, sign, return — in that order."""
+        try:
+            dataset, run = prepare()
             claim = self._charge(grant, spec, dataset)
         except SandboxError as exc:
             self._refused(grant, spec, exc)
@@ -406,7 +466,7 @@ class GatewayService:
         if claim["status"] == "released":
             return self._stored(claim)
         try:
-            result = self.engine.run(spec, dataset, measurement)
+            result = run(claim)
         except Exception as exc:
             self._fail(claim, exc)
             raise

@@ -23,6 +23,9 @@ class GatewaySettings(BaseSettings):
     rate_limit: float = Field(5.0, description="requests per second per token (0 = off)")
     rate_burst: int = Field(10, description="requests a token may make at once")
     max_body_bytes: int = Field(64 * 1024, description="largest request body accepted")
+    federation_file: Path | None = Field(None, description="federated datasets, their "
+                                         "sites and the key service (JSON; see "
+                                         "docs/federated.md)")
     max_export_bytes: int = Field(30 * 1024 * 1024, description="largest export request "
                                   "body accepted (files are base64 in JSON)")
 

@@ -309,7 +309,8 @@ def test_the_portal_records_an_export_for_a_project(gateway):
     listed = gateway.admin("GET", f"/v1/admin/grants/{grant_id}/releases").json()
     assert [(r["release"], r["receipt"]) for r in listed] == [
         (result.release_id, result.receipt)]
-    body = {"files": [{"name": "n.txt", "content": base64.b64encode(b"n").decode()}],
+    body = {"files": [{"name": "n.txt",  # larger than a query body may be
+                       "content": base64.b64encode(b"n" * 100_000).decode()}],
             "receipts": [result.receipt], "note": ""}
     for token in (None, grant["token"]):  # the project's own token may not
         assert httpx.post(f"{gateway.url}/v1/admin/grants/{grant_id}/exports", json=body,

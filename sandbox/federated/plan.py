@@ -1,0 +1,359 @@
+"""Federated queries: what is asked, what each site computes, how it is noised and read.
+
+A query becomes a *plan*: a vector layout (one slot per aggregate), each slot's
+per-row sensitivity, and which slots are counts. Every party derives the same plan from
+the spec and the dataset's public metadata:
+
+- a **site** computes its local vector over its own rows (``local_vector``): OpenDP's
+  stable transformation clamps each value to public bounds on a view holding at most
+  ``contribution_bound`` rows per patient, so OpenDP states how many rows one patient can
+  change; the slots are then exact sums over those rows;
+- the **gateway** adds the sites' ciphertexts and OpenDP Laplace noise (``noise``), scaled
+  per slot to the slot's sensitivity;
+- the **key service** decrypts only the noisy total; ``finish`` turns it into the answer.
+
+Layouts (x clamped to [L, U], M = max(|L|, |U|), r = rows per patient):
+
+- histogram: one count per bin; a row moves one count by 1;
+- mean: [n, Σx, Σx²]; a row moves them by at most 1, M, M²;
+- linear regression of y on z = (1, x₁ … x_p) (text features one-hot, first category
+  left out): the upper triangle of ZᵀZ (its first slot is n), Zᵀy and Σy²; a row moves
+  slot (i, j) by at most max|zᵢ|·max|zⱼ|.
+
+Sites encrypt the vector divided slot by slot by those sensitivities (the *normalised*
+vector: every slot then has about the magnitude of a row count, which keeps the CKKS error,
+shared across slots, small for every slot). It changes by at most ``row_l1 · r`` in L1
+when one patient comes or goes (``row_l1`` = 1 for a histogram, the number of slots
+otherwise), so OpenDP's Laplace mechanism with scale ``row_l1 · r / ε`` on it is ε-DP;
+multiplying back by the sensitivities after decryption is post-processing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import opendp.prelude as dp
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from sandbox.errors import InputError, PolicyRefusal
+from sandbox.federated import ckks
+from sandbox.gateway import engine as dpengine
+from sandbox.gateway.queries import MAX_BINS, MAX_FILTERS, Filter
+
+dp.enable_features("contrib")
+
+MAX_FEATURES = 20
+MIN_PATIENTS = 5
+ALPHA = 0.05
+Kind = Literal["histogram", "mean", "linear_regression"]
+
+
+class FederatedSpec(BaseModel):
+    """One question about a federated dataset."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: str = Field(min_length=1, max_length=64)
+    kind: Kind
+    field: str | None = None
+    bins: list[float] | None = None
+    bounds: tuple[float, float] | None = None
+    target: str | None = None
+    features: list[str] = Field(default_factory=list, max_length=MAX_FEATURES)
+    feature_bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    filters: list[Filter] = Field(default_factory=list, max_length=MAX_FILTERS)
+    epsilon: float = Field(gt=0, le=10)
+    delta: float = Field(default=0.0, ge=0, le=0)  # pure ε-DP (Laplace)
+
+    @field_validator("bounds")
+    @classmethod
+    def _bounds(cls, bounds: tuple[float, float] | None) -> tuple[float, float] | None:
+        if bounds is not None:
+            _check_bounds(bounds)
+        return bounds
+
+    @field_validator("feature_bounds")
+    @classmethod
+    def _feature_bounds(cls, bounds: dict[str, tuple[float, float]]
+                        ) -> dict[str, tuple[float, float]]:
+        for pair in bounds.values():
+            _check_bounds(pair)
+        return bounds
+
+    @model_validator(mode="after")
+    def _shape(self) -> FederatedSpec:
+        if self.kind in ("histogram", "mean") and not self.field:
+            raise ValueError(f"a {self.kind} needs a field")
+        if self.kind == "histogram":
+            if not self.bins or len(self.bins) < 2 or len(self.bins) - 1 > MAX_BINS:
+                raise ValueError(f"a histogram needs 2 to {MAX_BINS + 1} bin edges")
+            if not all(map(math.isfinite, self.bins)) or any(
+                    b <= a for a, b in itertools.pairwise(self.bins)):
+                raise ValueError("bin edges must be finite and increasing")
+        elif self.bins is not None:
+            raise ValueError("bins only go with a histogram")
+        if self.kind == "linear_regression":
+            if not self.target or not self.features or self.field:
+                raise ValueError("a linear regression takes a target and features, "
+                                 "not a field")
+            if self.target in self.features or len(set(self.features)) != len(self.features):
+                raise ValueError("features must be distinct and differ from the target")
+        elif self.target or self.features or self.feature_bounds:
+            raise ValueError("target, features and feature_bounds go with a linear "
+                             "regression")
+        unknown = set(self.feature_bounds) - set(self.features)
+        if unknown:
+            raise ValueError(f"feature_bounds name fields that are not features: "
+                             f"{sorted(unknown)}")
+        return self
+
+    def canonical(self) -> str:
+        return json.dumps({"federated": True, **self.model_dump(mode="json")},
+                          sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.canonical().encode()).hexdigest()
+
+    def fields_used(self) -> list[str]:
+        used = [f.field for f in self.filters]
+        used += [self.field] if self.field else []
+        used += [self.target, *self.features] if self.target else []
+        return list(dict.fromkeys(used))
+
+
+def _check_bounds(bounds: tuple[float, float]) -> None:
+    if not all(map(math.isfinite, bounds)) or bounds[0] >= bounds[1]:
+        raise ValueError("bounds must be two finite numbers, low < high")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One design column: a clamped numeric field, or one category of a text field."""
+
+    name: str
+    field: str
+    low: float
+    high: float
+    category: str | None = None
+
+    @property
+    def magnitude(self) -> float:
+        return max(abs(self.low), abs(self.high))
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: FederatedSpec
+    slots: list[str]              # what each slot of the vector holds
+    sensitivity: list[float]      # how far one row can move each slot
+    count_slots: list[int]        # slots that count rows
+    row_l1: int                   # L1 change of the normalised vector per row
+    rows_per_patient: int         # r: rows one patient can change (the view's bound)
+    records: int                  # public upper bound on the rows a query can read
+    columns: list[Column]         # numeric inputs, in slot order (x, or z then y)
+    labels: list[str]             # bin labels / coefficient names
+
+    @property
+    def size(self) -> int:
+        return len(self.slots)
+
+    @property
+    def scale(self) -> float:
+        """Laplace scale on the normalised vector."""
+        return self.row_l1 * self.rows_per_patient / self.spec.epsilon
+
+    @property
+    def min_count(self) -> int:
+        """Noisy row count a released cell needs: ≥ 5 patients of r rows each."""
+        return MIN_PATIENTS * self.rows_per_patient
+
+    def limits(self) -> list[float]:
+        """The largest magnitude each normalised slot can take (every row at its bound,
+        plus noise far into its tail): what the encrypted range must hold."""
+        return [self.records + 50 * self.scale] * self.size
+
+    def describe(self) -> dict:
+        """What the key service needs to apply its policy."""
+        return {"size": self.size, "count_slots": self.count_slots,
+                "min_count": self.min_count, "kind": self.spec.kind}
+
+
+def _field(metadata: dict, name: str) -> dict:
+    return {f["name"]: f for f in metadata["tables"]["records"]["fields"]}[name]
+
+
+def make_plan(spec: FederatedSpec, metadata: dict, allowed: set[str] | None = None) -> Plan:
+    """Check ``spec`` against the public metadata (and the grant's fields) and lay out its
+    vector; refuses what cannot be answered within the encrypted range."""
+    fields = {f["name"]: f for f in metadata["tables"]["records"]["fields"]}
+    dpengine.check_fields(spec.fields_used(), fields,
+                          set(fields) if allowed is None else allowed)
+    dpengine.check_filters(spec.filters, fields)
+    r = int(metadata["contribution_bound"])
+    records = int(metadata["sample_size"]["records"])
+    if spec.kind == "histogram":
+        column = _numeric(fields, spec.field, (spec.bins[0], spec.bins[-1]), "bins")
+        labels = [f"[{a:g}, {b:g})" for a, b in itertools.pairwise(spec.bins)]
+        labels[-1] = labels[-1][:-1] + "]"
+        k = len(labels)
+        plan = Plan(spec, [f"count {label}" for label in labels], [1.0] * k, list(range(k)),
+                    1, r, records, [column], labels)
+    elif spec.kind == "mean":
+        column = _numeric(fields, spec.field, spec.bounds, "bounds")
+        m = column.magnitude
+        plan = Plan(spec, ["n", f"sum {column.name}", f"sum {column.name}²"],
+                    [1.0, m, m * m], [0], 3, r, records, [column], ["count", "mean", "std"])
+    else:
+        design = [Column("intercept", "", 1.0, 1.0)]
+        for name in spec.features:
+            design += _design(fields, name, spec.feature_bounds.get(name))
+        target = _numeric(fields, spec.target, spec.bounds, "bounds")
+        slots, sensitivity = [], []
+        for i, j in itertools.combinations_with_replacement(range(len(design)), 2):
+            slots.append("n" if i == j == 0 else f"Σ {design[i].name}·{design[j].name}")
+            sensitivity.append(design[i].magnitude * design[j].magnitude)
+        for column in design:
+            slots.append(f"Σ {column.name}·{target.name}")
+            sensitivity.append(column.magnitude * target.magnitude)
+        slots.append(f"Σ {target.name}²")
+        sensitivity.append(target.magnitude ** 2)
+        plan = Plan(spec, slots, sensitivity, [0], len(slots), r, records,
+                    [*design, target], [c.name for c in design])
+    if plan.size > ckks.SLOTS:
+        raise InputError(f"this query needs {plan.size} slots; one ciphertext holds "
+                         f"{ckks.SLOTS}")
+    ckks.check_range(plan.limits())
+    return plan
+
+
+def _numeric(fields: dict, name: str, bounds: tuple[float, float] | None,
+             what: str) -> Column:
+    f = fields[name]
+    if f["type"] not in ("integer", "float"):
+        raise InputError(f"{name!r} is {f['type']}; this needs a numeric field")
+    low, high = f["bounds"]
+    chosen = bounds or (low, high)
+    if chosen[0] < low or chosen[1] > high:
+        raise InputError(f"{what} {list(chosen)} lie outside the public bounds "
+                         f"[{low:g}, {high:g}] of {name!r}")
+    return Column(name, name, float(chosen[0]), float(chosen[1]))
+
+
+def _design(fields: dict, name: str, bounds: tuple[float, float] | None) -> list[Column]:
+    f = fields[name]
+    if f["type"] == "string" and f.get("categories"):
+        if bounds is not None:
+            raise InputError(f"{name!r} is a text field; it takes no bounds")
+        return [Column(f"{name}={c}", name, 0.0, 1.0, c) for c in f["categories"][1:]]
+    return [_numeric(fields, name, bounds, f"bounds of {name}")]
+
+
+# -- at a site ----------------------------------------------------------------------------
+
+def local_vector(plan: Plan, dataset: dpengine.Dataset, purpose: str) -> np.ndarray:
+    """This site's exact aggregate vector over its consented rows (never leaves the site
+    in the clear)."""
+    spec = plan.spec
+    frame = dataset.placeholder().filter(pl.col(dpengine.consent_column(purpose)))
+    for flt in spec.filters:
+        frame = frame.filter(dpengine.predicate(flt))
+    numeric = [c for c in plan.columns if c.category is None and c.field]
+    text = sorted({c.field for c in plan.columns if c.category is not None})
+    frame = frame.select(
+        *(pl.col(c.field).cast(pl.Float64).fill_null(c.low).clip(c.low, c.high).alias(c.name)
+          for c in numeric), *text)
+    stable = dp.t.make_stable_lazyframe(dataset.domain, dp.symmetric_distance(), frame)
+    rows_per_patient = max(b.per_group or 0 for b in stable.map(dataset.contribution_bound))
+    if rows_per_patient > plan.rows_per_patient:
+        raise PolicyRefusal(f"a patient can change {rows_per_patient} rows here, more than "
+                            f"the {plan.rows_per_patient} the plan allows for")
+    rows = stable(dataset.scan()).collect()
+    return _exact(plan, rows) / np.asarray(plan.sensitivity)
+
+
+def _exact(plan: Plan, rows: pl.DataFrame) -> np.ndarray:
+    spec = plan.spec
+    if spec.kind == "histogram":
+        values = rows[plan.columns[0].name].to_numpy()
+        bins = np.searchsorted(np.asarray(spec.bins[1:-1]), values, side="right")
+        return np.bincount(bins, minlength=len(plan.labels)).astype(np.float64)
+    if spec.kind == "mean":
+        x = rows[plan.columns[0].name].to_numpy()
+        return np.array([len(x), x.sum(), (x * x).sum()], dtype=np.float64)
+    z = np.column_stack([_design_values(c, rows) for c in plan.columns[:-1]])
+    y = rows[plan.columns[-1].name].to_numpy()
+    upper = np.triu_indices(z.shape[1])
+    return np.concatenate([(z.T @ z)[upper], z.T @ y, [y @ y]]).astype(np.float64)
+
+
+def _design_values(column: Column, rows: pl.DataFrame) -> np.ndarray:
+    if not column.field:
+        return np.ones(rows.height)
+    if column.category is not None:
+        return (rows[column.field].cast(pl.String) == column.category).fill_null(
+            False).to_numpy().astype(np.float64)
+    return rows[column.name].to_numpy()
+
+
+# -- at the gateway -----------------------------------------------------------------------
+
+def noise(plan: Plan) -> list[float]:
+    """Laplace noise for each normalised slot, from OpenDP, whose privacy loss OpenDP
+    checks."""
+    domain = dp.vector_domain(dp.atom_domain(T=float, nan=False), size=plan.size)
+    mechanism = dp.m.make_laplace(domain, dp.l1_distance(T=float), scale=plan.scale)
+    d_in = float(plan.row_l1 * plan.rows_per_patient)
+    if mechanism.map(d_in) > plan.spec.epsilon * (1 + 1e-9):
+        raise PolicyRefusal("the noise would not keep this query within its ε")
+    return mechanism([0.0] * plan.size)
+
+
+def accuracy(plan: Plan) -> list[dict]:
+    """Per slot: the noise scale, the (1 − α) bound of the noise, and the CKKS error bound
+    at the largest value the slot can hold."""
+    ckks_error = ckks.error_bound(plan.limits())
+    out = []
+    for name, s in zip(plan.slots, plan.sensitivity, strict=True):
+        scale = s * plan.scale
+        out.append({"slot": name, "noise_scale": scale,
+                    "noise_bound_95": scale * math.log(1 / ALPHA),
+                    "ckks_error_bound": s * ckks_error})
+    return out
+
+
+def finish(plan: Plan, normalised: list[float | None]) -> list[dict]:
+    """The released rows from the decrypted noisy normalised vector (post-processing)."""
+    spec = plan.spec
+    values = [None if v is None else v * s
+              for v, s in zip(normalised, plan.sensitivity, strict=True)]
+    if spec.kind == "histogram":
+        return [{"bin": label, "count": None if v is None else max(0, round(v)),
+                 "suppressed": v is None} for label, v in zip(plan.labels, values,
+                                                               strict=True)]
+    if spec.kind == "mean":
+        n, total, squares = values
+        column = plan.columns[0]
+        mean = min(max(total / n, column.low), column.high)
+        std = math.sqrt(max(0.0, squares / n - mean * mean))
+        return [{"count": round(n), "mean": mean, "std": std}]
+    p = len(plan.labels)
+    upper = np.triu_indices(p)
+    xtx = np.zeros((p, p))
+    xtx[upper] = values[:len(upper[0])]
+    xtx = xtx + np.triu(xtx, 1).T
+    xty = np.asarray(values[len(upper[0]):len(upper[0]) + p])
+    yty = values[-1]
+    beta, *_ = np.linalg.lstsq(xtx, xty, rcond=None)
+    n = xtx[0, 0]
+    ss_res = max(0.0, yty - 2 * beta @ xty + beta @ xtx @ beta)
+    ss_tot = max(1e-12, yty - xty[0] ** 2 / n)
+    r2 = 1 - ss_res / ss_tot
+    return [{"term": name, "coefficient": float(b), "n": round(n), "r2": float(r2)}
+            for name, b in zip(plan.labels, beta, strict=True)]

@@ -1,0 +1,228 @@
+"""A site node: one hospital's partition of a federated dataset, served as encrypted
+aggregates only.
+
+The site answers the gateway alone (requests signed with the gateway's key, meant for this
+site, fresh). For each query it computes its local aggregate vector over its consented rows
+(``plan.local_vector``), encrypts it under the key service's public context — which it
+cannot decrypt — and signs an attestation binding the ciphertext's digest to the query, so
+the key service can tell that this site took part. Rows, and the site's own aggregate in
+the clear, never leave. Consent withdrawals the gateway forwards take effect at once.
+Every request is an entry in the site's own audit chain.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import Column, MetaData, String, Table, insert, select
+
+from sandbox import audit, httpapi, receipts
+from sandbox.audit import AuditAction
+from sandbox.db import make_engine
+from sandbox.errors import InputError, SandboxError, Unavailable
+from sandbox.federated import ckks, messages
+from sandbox.federated.plan import FederatedSpec, local_vector, make_plan
+from sandbox.gateway import engine as dpengine
+
+log = logging.getLogger("sandbox.site")
+
+metadata = MetaData()
+withdrawals = Table(
+    "site_withdrawals", metadata,
+    Column("pseudonym", String(64), primary_key=True),
+    Column("purpose", String(40), primary_key=True),
+    Column("at", String(40), nullable=False),
+)
+
+
+class SiteSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SANDBOX_SITE_", extra="ignore")
+
+    site: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,40}$", description="this site's name")
+    dataset_dir: Path = Field(description="this site's partition (an onboarded dataset)")
+    state_dir: Path = Field(Path("var/site"), description="signing key, view, database")
+    database_url: str = Field("", description="SQLite or PostgreSQL URL (default: "
+                              "site.db in the state directory)")
+    keys_url: str = Field("http://127.0.0.1:8720", description="the key service")
+    gateway_key_file: Path = Field(Path("var/gateway/public-key.pem"),
+                                   description="the gateway's public signing key (PEM)")
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8731, description="port to listen on")
+
+    @property
+    def audience(self) -> str:
+        return f"site:{self.site}"
+
+
+class SiteService:
+    def __init__(self, settings: SiteSettings) -> None:
+        self.settings = settings
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.db = make_engine(settings.database_url or
+                              f"sqlite:///{settings.state_dir / 'site.db'}")
+        metadata.create_all(self.db)
+        audit.create_tables(self.db)
+        self.signer = receipts.Signer(settings.state_dir / "signing-key.pem")
+        self._lock = threading.Lock()
+        self._context = None
+        self.dataset = self._prepare()
+
+    def _prepare(self) -> dpengine.Dataset:
+        withdrawn: dict[str, set[str]] = {}
+        with self.db.connect() as conn:
+            for row in conn.execute(select(withdrawals)):
+                withdrawn.setdefault(row.pseudonym, set()).add(row.purpose)
+        return dpengine.prepare(self.settings.dataset_dir, self.settings.state_dir / "views",
+                                withdrawn)
+
+    def context(self):
+        """The key service's public context (fetched once)."""
+        with self._lock:
+            if self._context is None:
+                try:
+                    data = httpx.get(f"{self.settings.keys_url}/v1/context", timeout=60)
+                    data.raise_for_status()
+                except httpx.HTTPError as exc:
+                    raise Unavailable(f"the key service could not be reached ({exc})") from None
+                context = ckks.load(data.content)
+                if ckks.holds_secret(context):
+                    raise InputError("the key service published a secret key; refusing it")
+                self._context = context
+            return self._context
+
+    def _open(self, message: dict) -> dict:
+        try:
+            key = self.settings.gateway_key_file.read_bytes()
+        except OSError as exc:
+            raise Unavailable(f"the gateway's public key is not configured ({exc})") from None
+        return messages.open_signed(message, key, self.settings.audience)
+
+    def aggregate(self, message: dict) -> dict:
+        """The encrypted local aggregate for the gateway's signed query, with this site's
+        attestation."""
+        try:
+            request = self._open(message)
+            spec = FederatedSpec(**request["spec"])
+            if spec.dataset != self.dataset.id:
+                raise InputError(f"this site serves {self.dataset.id!r}, not {spec.dataset!r}")
+            plan = make_plan(spec, self.dataset.metadata, set(request["fields"]))
+            vector = local_vector(plan, self.dataset, str(request["purpose"]))
+        except SandboxError as exc:
+            self._audit(AuditAction.SITE_REFUSED, message, {"reason": exc.reason})
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            self._audit(AuditAction.SITE_REFUSED, message, {"reason": str(exc)[:500]})
+            raise InputError(f"the request does not describe a query: {exc}") from None
+        ciphertext = ckks.encrypt(self.context(), vector.tolist())
+        covered = int(self.dataset.metadata["sample_size"]["patients"])
+        attestation = self.signer.sign({
+            "site": self.settings.site, "query_id": request["query_id"],
+            "fingerprint": spec.fingerprint(), "sha256": messages.digest(ciphertext),
+            "size": plan.size, "covered": covered})
+        self._audit(AuditAction.SITE_AGGREGATED, message,
+                    {"fingerprint": spec.fingerprint(), "purpose": request["purpose"],
+                     "slots": plan.size})
+        return {"site": self.settings.site, "covered": covered, "attestation": attestation,
+                "ciphertext": ckks.b64(ciphertext)}
+
+    def withdraw(self, message: dict) -> dict:
+        """Record a patient's withdrawal (forwarded by the gateway) and rebuild the view."""
+        request = self._open(message)
+        pseudonym, purposes = str(request["pseudonym"]), request.get("purposes") or ["*"]
+        with self.db.begin() as conn:
+            for purpose in purposes:
+                if conn.execute(select(withdrawals).where(
+                        withdrawals.c.pseudonym == pseudonym,
+                        withdrawals.c.purpose == purpose)).first() is None:
+                    conn.execute(insert(withdrawals).values(
+                        pseudonym=pseudonym, purpose=purpose,
+                        at=datetime.now(UTC).isoformat()))
+            audit.append(conn, AuditAction.CONSENT_WITHDRAWN, "gateway",
+                         f"patient:{pseudonym}", {"purposes": purposes})
+        with self._lock:
+            self.dataset = self._prepare()
+        return {"site": self.settings.site, "recorded": purposes}
+
+    def _audit(self, action: AuditAction, message: dict, details: dict) -> None:
+        payload = message.get("payload") if isinstance(message, dict) else None
+        query = payload.get("query_id") if isinstance(payload, dict) else None
+        with self.db.begin() as conn:
+            audit.append(conn, action, "gateway", f"query:{query or '?'}", details)
+
+
+def create_app(settings: SiteSettings) -> FastAPI:
+    service = SiteService(settings)
+    app = FastAPI(title=f"Federated site {settings.site}", version="1",
+                  description="Encrypted local aggregates of this site's partition.")
+    app.state.service = service
+    httpapi.install(app, log, lambda _path: 256 * 1024)
+
+    @app.get("/v1/health")
+    def health() -> dict:
+        return {"status": "ok", "site": settings.site, "dataset": service.dataset.id}
+
+    @app.get("/v1/public-key", response_class=PlainTextResponse)
+    def public_key() -> str:
+        """This site's attestation key, to register with the key service."""
+        return service.signer.public_pem.decode()
+
+    @app.post("/v1/aggregate")
+    def aggregate(message: dict) -> dict:
+        return service.aggregate(message)
+
+    @app.post("/v1/withdrawals")
+    def withdraw(message: dict) -> dict:
+        return service.withdraw(message)
+
+    return app
+
+
+def split(dataset_dir: Path, sites: list[str], out: Path, dataset_id: str = "") -> dict:
+    """Split an onboarded dataset into site partitions, each patient at one site (chosen
+    by their pseudonym): ``out/<site>/`` is an onboarded dataset of that site's rows, and
+    ``out/metadata.json`` the federation's public metadata. The federated dataset's id is
+    ``dataset_id`` (default: the dataset's own, with ``-federated``)."""
+    import hashlib
+
+    import polars as pl
+
+    if len(sites) < 3 or len(set(sites)) != len(sites):
+        raise InputError("a federation needs at least 3 distinct sites")
+    try:
+        meta = json.loads((dataset_dir / "metadata.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{dataset_dir} is not an onboarded dataset: {exc}") from None
+    meta["id"] = dataset_id or f"{meta['id']}-federated"
+    key = meta["patient_key"]
+    records = pl.read_parquet(dataset_dir / "restricted" / "records.parquet")
+    consent = pl.read_parquet(dataset_dir / "restricted" / "consent.parquet")
+    site_of = pl.col(key).map_elements(
+        lambda p: int(hashlib.sha256(p.encode()).hexdigest()[:8], 16) % len(sites),
+        return_dtype=pl.Int64)
+    records = records.with_columns(site_of.alias("_site"))
+    consent = consent.with_columns(site_of.alias("_site"))
+    out.mkdir(parents=True, exist_ok=True)
+    for index, site in enumerate(sites):
+        part = out / site
+        (part / "restricted").mkdir(parents=True, exist_ok=True)
+        rows = records.filter(pl.col("_site") == index).drop("_site")
+        rows.write_parquet(part / "restricted" / "records.parquet")
+        consent.filter(pl.col("_site") == index).drop("_site").write_parquet(
+            part / "restricted" / "consent.parquet")
+        site_meta = {**{k: v for k, v in meta.items() if k != "files"}, "site": site,
+                     "sample_size": {"patients": rows[key].n_unique(), "records": rows.height}}
+        (part / "metadata.json").write_text(json.dumps(site_meta, ensure_ascii=False,
+                                                       indent=2), encoding="utf-8")
+    public = {**meta, "federated": True, "sites": sites}
+    (out / "metadata.json").write_text(json.dumps(public, ensure_ascii=False, indent=2),
+                                       encoding="utf-8")
+    return {"dataset": meta["id"], "sites": sites, "records": records.height}

@@ -1,0 +1,123 @@
+"""A federation for real (tests and bench/federated.py): the key service and one process
+per site, each started with ``sandboxctl``, reached over HTTP; the sites' keys registered
+with the key service through its CLI; and a gateway — as its own process, or in this
+process with the test-only noise switch, served over HTTP all the same."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from sandbox import receipts
+from sandbox.gateway.app import create_app
+from sandbox.gateway.service import GatewayService
+from sandbox.gateway.settings import GatewaySettings
+from tests.conftest import run_cli
+from tests.services import free_port, start_service, stop_process
+
+SITES = ("north", "south", "east")
+
+
+@dataclass
+class Cluster:
+    root: Path
+    dataset_id: str
+    parts: Path
+    keys_url: str
+    keys_db: str
+    sites: dict[str, str]
+    federation_file: Path
+    gateway_state: Path
+    processes: dict = field(default_factory=dict)
+
+    @property
+    def gateway_key(self) -> Path:
+        return self.gateway_state / "public-key.pem"
+
+    def signer(self) -> receipts.Signer:
+        """The gateway's signing key (what sites and the key service trust)."""
+        return receipts.Signer(self.gateway_state / "signing-key.pem")
+
+    def gateway_settings(self, name: str) -> GatewaySettings:
+        empty = self.root / "central"
+        empty.mkdir(exist_ok=True)
+        return GatewaySettings(database_url=f"sqlite:///{self.root / f'{name}.db'}",
+                               datasets_dir=empty, state_dir=self.gateway_state,
+                               federation_file=self.federation_file, rate_limit=0)
+
+    def close(self) -> None:
+        for proc in self.processes.values():
+            stop_process(proc)
+
+
+def start_cluster(parts: Path, dataset_id: str, root: Path,
+                  names: tuple[str, ...] = SITES) -> Cluster:
+    """Start the key service and a site per partition in ``parts`` (``sandboxctl site
+    split`` output), register the sites' keys, and write ``federation.json``."""
+    gateway_state = root / "gateway"
+    signer = receipts.Signer(gateway_state / "signing-key.pem")
+    (gateway_state / "public-key.pem").write_bytes(signer.public_pem)
+    keys_port = free_port()
+    keys_url, keys_db = f"http://127.0.0.1:{keys_port}", f"sqlite:///{root / 'keys.db'}"
+    cluster = Cluster(root, dataset_id, parts, keys_url, keys_db, {},
+                      root / "federation.json", gateway_state)
+    try:
+        cluster.processes["keys"] = start_service(
+            ["keys", "serve", "--state-dir", str(root / "keys"), "--database-url", keys_db,
+             "--gateway-key", str(cluster.gateway_key), "--port", str(keys_port)],
+            keys_url, root / "keys.log")
+        for name in names:
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            cluster.processes[name] = start_service(
+                ["site", "serve", "--site", name, "--dataset-dir", str(parts / name),
+                 "--state-dir", str(root / f"site-{name}"), "--keys-url", keys_url,
+                 "--gateway-key", str(cluster.gateway_key), "--port", str(port)],
+                url, root / f"site-{name}.log", timeout=600)
+            cluster.sites[name] = url
+            public = root / f"site-{name}.pub.pem"
+            public.write_text(httpx.get(f"{url}/v1/public-key").text)
+            registered = run_cli("keys", "register-site", name, public, "--state-dir",
+                                 root / "keys", "--database-url", keys_db)
+            assert registered.code == 0, registered.stderr
+    except BaseException:
+        cluster.close()
+        raise
+    cluster.federation_file.write_text(json.dumps({"keys_url": keys_url, "datasets": {
+        dataset_id: {"metadata": str(parts / "metadata.json"), "sites": cluster.sites}}}))
+    return cluster
+
+
+class ServedApp:
+    """A gateway built in this process (so tests can pass what no setting can), served
+    over real HTTP on its own port."""
+
+    def __init__(self, service: GatewayService) -> None:
+        self.service = service
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(create_app(service=service),
+                                                    host="127.0.0.1", port=self.port,
+                                                    log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the in-process gateway did not start")
+            time.sleep(0.05)
+
+    def admin(self, method: str, path: str, body: dict | None = None) -> httpx.Response:
+        token = (self.service.settings.admin_token_file).read_text().strip()
+        return httpx.request(method, f"{self.url}{path}", json=body, timeout=300,
+                             headers={"Authorization": f"Bearer {token}"})
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)

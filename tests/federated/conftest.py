@@ -1,0 +1,54 @@
+"""A federation of three site processes and a key service over the session's dataset,
+split by patient; gateways with and without the test-only noise switch."""
+
+from __future__ import annotations
+
+import pytest
+
+from sandbox.gateway.service import GatewayService
+from tests.conftest import run_cli
+from tests.federated.cluster import SITES, ServedApp, start_cluster
+from tests.services import GatewayProcess
+
+DATASET = "emr-visits-federated"
+FIELDS = ["length_of_stay", "total_cost", "sex", "visit_type", "age_band"]
+
+
+@pytest.fixture(scope="session")
+def cluster(dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("federation")
+    split = run_cli("site", "split", dataset, "--sites", ",".join(SITES), "--out",
+                    root / "parts")
+    assert split.code == 0, split.stderr
+    running = start_cluster(root / "parts", DATASET, root)
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="session")
+def exact(cluster):
+    """A gateway that releases federated totals without noise (tests only)."""
+    served = ServedApp(GatewayService(cluster.gateway_settings("exact"),
+                                      federated_noise=False))
+    yield served
+    served.close()
+
+
+@pytest.fixture(scope="session")
+def noisy(cluster):
+    """The gateway as deployed: its own process, configuration only."""
+    process = GatewayProcess(cluster.root / "central", cluster.gateway_state,
+                             f"sqlite:///{cluster.root / 'noisy.db'}",
+                             federation_file=cluster.federation_file)
+    (cluster.root / "central").mkdir(exist_ok=True)
+    yield process.start()
+    process.stop()
+
+
+def grant(gateway, **overrides: object) -> dict:
+    body = {"project": "fed-project", "datasets": [DATASET], "fields": FIELDS,
+            "purpose": "medical_research", "epsilon": 10.0,
+            "expires_at": "2030-01-01T00:00:00Z"} | overrides
+    response = gateway.admin("POST", "/v1/admin/grants", body)
+    assert response.status_code == 201, response.text
+    return response.json()

@@ -1,0 +1,283 @@
+"""Federated queries end to end: three site processes, the key service and the gateway over
+real HTTP. Without noise (the test-only switch) the answers match the pooled computation
+within the CKKS error bound; the gateway holds no secret key; the key service decrypts only
+what its policy allows, and says why not."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+
+import httpx
+import numpy as np
+import polars as pl
+import pytest
+import tenseal as ts
+
+from sandbox import receipts
+from sandbox.client import Gateway, GatewayError
+from sandbox.errors import PolicyRefusal
+from sandbox.federated import ckks, messages
+from sandbox.federated.plan import FederatedSpec, make_plan
+from sandbox.gateway.engine import consent_column
+from tests.conftest import run_cli
+from tests.federated.conftest import DATASET, grant
+
+BINS = [0, 1, 3, 7, 30, 365]
+PURPOSE = "medical_research"
+
+
+def pooled(cluster) -> pl.DataFrame:
+    """Every site's view (its rows after per-patient bounding), pooled: what a central
+    computation would see, consented rows only."""
+    views = [next((cluster.root / f"site-{name}" / "views").glob("*.arrow"))
+             for name in cluster.sites]
+    return pl.concat([pl.read_ipc(v, memory_map=False) for v in views]).filter(
+        pl.col(consent_column(PURPOSE)))
+
+
+def test_answers_match_the_pooled_computation(cluster, exact):
+    project = grant(exact)
+    gw = Gateway(exact.url, project["token"])
+    rows = pooled(cluster)
+    stay = rows["length_of_stay"].cast(pl.Float64).fill_null(0).clip(0, 365).to_numpy()
+    cost = rows["total_cost"].fill_null(0).clip(0, 500_000).to_numpy()
+
+    histogram = gw.federated.histogram(DATASET, "length_of_stay", BINS, epsilon=0.5)
+    counts = np.bincount(np.searchsorted(BINS[1:-1], stay, side="right"), minlength=5)
+    min_count = 5 * int(json.loads((cluster.parts / "metadata.json").read_text())[
+        "contribution_bound"])
+    for row, count in zip(histogram.df.iter_rows(named=True), counts, strict=True):
+        if count >= min_count:
+            assert row["count"] == count and not row["suppressed"], row
+        else:  # withheld by the key service: fewer than 5 patients could be in it
+            assert row["count"] is None and row["suppressed"], row
+    assert set(histogram.df["sites"]) == {3}
+
+    metadata = json.loads((cluster.parts / "metadata.json").read_text())
+    spec = FederatedSpec(dataset=DATASET, kind="mean", field="total_cost", epsilon=0.5)
+    error = ckks.error_bound(make_plan(spec, metadata).limits())  # per normalised slot
+    mean = gw.federated.mean(DATASET, "total_cost", epsilon=0.5).df.row(0, named=True)
+    assert mean["count"] == len(cost)
+    # Σx is off by at most 500 000 · error, n by at most error
+    assert abs(mean["mean"] - cost.mean()) <= (500_000 + cost.mean()) * error / len(cost)
+    assert mean["std"] == pytest.approx(cost.std(), rel=1e-6)
+
+    fit = gw.federated.linear_regression(DATASET, "total_cost",
+                                         ["length_of_stay", "sex", "visit_type"],
+                                         epsilon=1.0).df
+    design = np.column_stack([
+        np.ones(rows.height), stay,
+        (rows["sex"].cast(pl.String) == "男").fill_null(False).to_numpy(),
+        *((rows["visit_type"].cast(pl.String) == v).fill_null(False).to_numpy()
+          for v in ("急诊", "住院"))]).astype(float)
+    beta, *_ = np.linalg.lstsq(design, cost, rcond=None)
+    assert fit["term"].to_list() == ["intercept", "length_of_stay", "sex=男",
+                                     "visit_type=急诊", "visit_type=住院"]
+    # Within what the CKKS error bound allows: each slot of XᵀX and Xᵀy is off by at
+    # most its sensitivity times the bound; perturbation theory of linear systems.
+    magnitude = np.array([1, 365, 1, 1, 1.0])
+    d_xtx = np.outer(magnitude, magnitude) * error
+    d_xty = magnitude * 500_000 * error
+    xtx, xty = design.T @ design, design.T @ cost
+    allowed = np.linalg.cond(xtx) * (np.linalg.norm(d_xtx) / np.linalg.norm(xtx)
+                                     + np.linalg.norm(d_xty) / np.linalg.norm(xty))
+    deviation = np.linalg.norm(fit["coefficient"].to_numpy() - beta) / np.linalg.norm(beta)
+    assert deviation <= allowed + 1e-12, (deviation, allowed)
+    assert np.allclose(fit["coefficient"].to_numpy(), beta, rtol=1e-6)
+    assert fit["n"][0] == rows.height
+
+    # every answer is a release: charged, receipted, listed
+    budget = gw.budget()["epsilon"]
+    assert budget["spent"] == pytest.approx(2.0)
+    payload = gw.verify(histogram.receipt)
+    assert payload["dataset"] == DATASET and payload["query"]["federated"] is True
+    assert len(gw.releases()) == 3
+
+
+def test_the_gateway_cannot_decrypt_what_a_site_sends(cluster, exact):
+    context = exact.service.federation.context()
+    assert not context.has_secret_key()
+    assert not any(b"secret" in p.name.encode() or p.suffix == ".context"
+                   for p in cluster.gateway_state.rglob("*") if p.is_file())
+    spec = FederatedSpec(dataset=DATASET, kind="mean", field="total_cost", epsilon=1.0)
+    part = _ask(cluster, "north", spec)
+    with pytest.raises(ValueError, match="secret_key"):
+        ts.ckks_vector_from(context, ckks.unb64(part["ciphertext"])).decrypt()
+    # and the site's attestation binds that very ciphertext to the query
+    attested = receipts.verify(part["attestation"], httpx.get(
+        f"{cluster.sites['north']}/v1/public-key").text.encode())
+    assert attested["sha256"] == messages.digest(ckks.unb64(part["ciphertext"]))
+    assert attested["fingerprint"] == spec.fingerprint()
+
+
+def test_a_site_answers_only_the_gateway(cluster):
+    spec = FederatedSpec(dataset=DATASET, kind="mean", field="total_cost", epsilon=1.0)
+    url = cluster.sites["south"]
+    unsigned = httpx.post(f"{url}/v1/aggregate", json={"payload": {
+        "spec": spec.model_dump(mode="json")}})
+    assert unsigned.status_code == 401
+    for_north = messages.sign(cluster.signer(), "site:north", {
+        "query_id": "q", "spec": spec.model_dump(mode="json"), "purpose": PURPOSE,
+        "fields": ["total_cost"]})
+    misdirected = httpx.post(f"{url}/v1/aggregate", json=for_north)
+    assert misdirected.status_code == 401 and "site:north" in misdirected.json()["reason"]
+    outside = messages.sign(cluster.signer(), "site:south", {
+        "query_id": "q", "spec": spec.model_dump(mode="json"), "purpose": PURPOSE,
+        "fields": ["sex"]})
+    refused = httpx.post(f"{url}/v1/aggregate", json=outside)
+    assert refused.status_code == 403 and "outside this project's grant" in refused.text
+
+
+def _ask(cluster, site: str, spec: FederatedSpec, query_id: str | None = None,
+         fields: list[str] | None = None) -> dict:
+    body = messages.sign(cluster.signer(), f"site:{site}", {
+        "query_id": query_id or uuid.uuid4().hex, "spec": spec.model_dump(mode="json"),
+        "purpose": PURPOSE, "fields": fields or ["total_cost", "length_of_stay"]})
+    response = httpx.post(f"{cluster.sites[site]}/v1/aggregate", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+GRANT = {"id": "g-test", "project": "fed-project", "status": "active",
+         "expires_at": "2030-01-01T00:00:00+00:00", "datasets": [DATASET],
+         "fields": ["total_cost", "length_of_stay"], "epsilon_total": 5.0,
+         "epsilon_spent": 1.0}
+
+
+def _decrypt(cluster, context, spec: FederatedSpec, sites: list[str], *,
+             signer=None, grant_: dict | None = None, combined_from: list[int] | None = None,
+             query_id: str | None = None) -> httpx.Response:
+    """Act as the gateway: collect parts from ``sites``, add noise-free zeros, sign."""
+    query_id = query_id or uuid.uuid4().hex
+    plan = make_plan(spec, json.loads((cluster.parts / "metadata.json").read_text()))
+    parts = [_ask(cluster, s, spec, query_id) for s in sites]
+    cts = [ckks.unb64(p["ciphertext"]) for p in parts]
+    zero = ckks.encrypt(context, [0.0] * plan.size)
+    chosen = cts if combined_from is None else [cts[i] for i in combined_from]
+    combined = ckks.add(context, [*chosen, zero])
+    request = messages.sign(signer or cluster.signer(), "keys", {
+        "query_id": query_id, "spec": spec.model_dump(mode="json"),
+        "layout": plan.describe(), "grant": grant_ or GRANT,
+        "attestations": [p["attestation"] for p in parts],
+        "noise_sha256": messages.digest(zero), "combined_sha256": messages.digest(combined)})
+    return httpx.post(f"{cluster.keys_url}/v1/decrypt", timeout=120, json={
+        "request": request, "parts": [p["ciphertext"] for p in parts],
+        "noise": ckks.b64(zero), "combined": ckks.b64(combined)})
+
+
+def test_the_key_service_decrypts_only_within_policy(cluster, exact, tmp_path):
+    context = exact.service.federation.context()
+    spec = FederatedSpec(dataset=DATASET, kind="mean", field="total_cost", epsilon=1.0)
+    everyone = list(cluster.sites)
+
+    ok = _decrypt(cluster, context, spec, everyone, query_id="q-policy-ok")
+    assert ok.status_code == 200, ok.text
+    assert set(ok.json()["sites"]) == set(everyone) and len(ok.json()["values"]) == 3
+
+    refusals = {
+        "unsigned": httpx.post(f"{cluster.keys_url}/v1/decrypt", json={
+            "request": {"payload": {"query_id": "x"}}, "parts": ["AA=="], "noise": "AA==",
+            "combined": "AA=="}),
+        "another key": _decrypt(cluster, context, spec, everyone,
+                                signer=receipts.Signer(tmp_path / "forged.pem")),
+        "two sites": _decrypt(cluster, context, spec, everyone[:2]),
+        "a site twice": _decrypt(cluster, context, spec, [everyone[0], everyone[0],
+                                                          everyone[1]]),
+        "not the sum": _decrypt(cluster, context, spec, everyone, combined_from=[0]),
+        "outside the grant": _decrypt(cluster, context, spec, everyone,
+                                      grant_=GRANT | {"datasets": ["emr-visits"]}),
+        "suspended": _decrypt(cluster, context, spec, everyone,
+                              grant_=GRANT | {"status": "suspended"}),
+        "overspent": _decrypt(cluster, context, spec, everyone,
+                              grant_=GRANT | {"epsilon_spent": 6.0}),
+        "replayed": _decrypt(cluster, context, spec, everyone, query_id="q-policy-ok"),
+        "too few patients": _decrypt(cluster, context, FederatedSpec(
+            dataset=DATASET, kind="mean", field="total_cost", epsilon=1.0,
+            filters=[{"field": "length_of_stay", "op": "between", "value": [364, 365]}]),
+            everyone),
+    }
+    expected = {"unsigned": (401, "signature"), "another key": (401, "signature"),
+                "two sites": (403, "2 sites contributed; the policy needs at least 3"),
+                "a site twice": (403, "contributed twice"),
+                "not the sum": (403, "not the sum"),
+                "outside the grant": (403, "outside grant"),
+                "suspended": (403, "suspended"), "overspent": (403, "more than its ε"),
+                "replayed": (409, "decrypted before"),
+                "too few patients": (403, "fewer than 5 patients")}
+    for case, (status, reason) in expected.items():
+        response = refusals[case]
+        assert response.status_code == status, (case, response.text)
+        assert reason in response.json()["reason"], (case, response.json())
+
+    # every decryption and every refusal is in the key service's own chain, which verifies
+    verified = run_cli("audit", "verify", "--database-url", cluster.keys_db)
+    assert verified.code == 0, verified.stderr
+    from sqlalchemy import create_engine, select
+
+    from sandbox import audit
+    engine = create_engine(cluster.keys_db)
+    with engine.connect() as conn:
+        actions = [r.action for r in conn.execute(select(audit.audit_log.c.action))]
+    engine.dispose()
+    assert actions.count("keys.refused") >= len(expected)
+    assert actions.count("keys.decrypted") >= 1
+
+
+def test_values_beyond_the_encrypted_range_are_refused(cluster, exact):
+    metadata = json.loads((cluster.parts / "metadata.json").read_text())
+    spec = FederatedSpec(dataset=DATASET, kind="mean", field="total_cost", epsilon=1.0)
+    huge = {**metadata, "sample_size": {"patients": 10**18, "records": 10**19}}
+    with pytest.raises(PolicyRefusal, match="beyond the encrypted range"):
+        make_plan(spec, huge)
+    large = {**metadata, "sample_size": {"patients": 10**8, "records": 10**9}}
+    assert make_plan(spec, large).size == 3
+    project = grant(exact)
+    gw = Gateway(exact.url, project["token"])
+    with pytest.raises(GatewayError, match="outside the public bounds"):
+        gw.federated.mean(DATASET, "total_cost", epsilon=0.1, bounds=(0, 1e9))
+    assert ckks.error_bound([1.0, 1e15]) < 1e15 * 1e-13
+    assert gw.budget()["epsilon"]["spent"] == 0
+
+
+def test_noise_is_on_as_deployed(cluster, noisy):
+    project = grant(noisy)
+    gw = Gateway(noisy.url, project["token"])
+    rows = pooled(cluster)
+    preview = gw.federated.preview_mean(DATASET, "total_cost", epsilon=1.0,
+                                        bounds=(0, 20_000))
+    assert preview["slot"].to_list() == ["n", "sum total_cost", "sum total_cost²"]
+    assert (preview["ckks_error_bound"] > 0).all() and (preview["noise_scale"] > 0).all()
+    first = gw.federated.mean(DATASET, "total_cost", epsilon=1.0, bounds=(0, 20_000))
+    again = gw.federated.mean(DATASET, "total_cost", epsilon=1.0, bounds=(0, 20_000))
+    assert again.repeated and again.df.equals(first.df)  # no second decryption, no charge
+    n = first.df["count"][0]
+    assert n != rows.height, "the released count is noisy"
+    scale = preview["noise_scale"][0]
+    assert abs(n - rows.height) < 30 * scale
+    assert gw.budget()["epsilon"]["spent"] == pytest.approx(1.0)
+
+
+def test_a_withdrawal_reaches_the_sites(cluster, exact):
+    project = grant(exact, fields=["length_of_stay"])
+    gw = Gateway(exact.url, project["token"])
+    before = gw.federated.histogram(DATASET, "length_of_stay", [0, 365], epsilon=0.1)
+    records = pl.concat([pl.read_parquet(cluster.parts / name / "restricted" /
+                                         "records.parquet") for name in cluster.sites])
+    patient = records.group_by("pseudonym").len().sort("len", descending=True)[
+        "pseudonym"][0]
+    answer = exact.admin("POST", "/v1/admin/consent-withdrawals",
+                         {"pseudonym": patient, "purposes": None})
+    assert answer.status_code == 201 and answer.json()["sites_missed"] == []
+    after = gw.federated.histogram(DATASET, "length_of_stay", [0, 365], epsilon=0.2)
+    removed = before.df["count"][0] - after.df["count"][0]
+    bound = json.loads((cluster.parts / "metadata.json").read_text())["contribution_bound"]
+    assert 1 <= removed <= bound
+    assert math.isfinite(after.df["count"][0])
+
+
+def test_split_needs_three_sites(dataset, tmp_path):
+    refused = run_cli("site", "split", dataset, "--sites", "a,b", "--out", tmp_path / "x")
+    assert refused.code != 0 and "at least 3 distinct sites" in refused.stderr
+    assert not (tmp_path / "x").exists()
