@@ -62,6 +62,7 @@ bench: demo
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/portal.py
 	$(BIN)/python bench/sandboxes.py
+	$(BIN)/python bench/federated.py
 
 clean-demo:
 	rm -rf $(VAR)/demo $(VAR)/datasets

@@ -1,11 +1,13 @@
 """The CKKS scheme as the federation uses it (TenSEAL over Microsoft SEAL).
 
-Parameters: ring dimension N = 8192 (4096 slots), coefficient modulus of 60 + 40 + 40 + 60
-= 200 bits, scale 2^40. The homomorphic encryption standard (Albrecht et al., 2018) puts
+Parameters: ring dimension N = 8192 (4096 slots), coefficient modulus of 60 + 40 + 60
+= 160 bits, scale 2^40. The homomorphic encryption standard (Albrecht et al., 2018) puts
 the limit for 128-bit classical security at N = 8192 at 218 bits of modulus, so these
-parameters give 128-bit security. Only additions are done on ciphertexts (depth 0), so no
-relinearisation or Galois keys are made, and the public context (public key only) is
-about 1.9 MB; a ciphertext is about 330 kB.
+parameters give 128-bit security. Only additions are done on ciphertexts (depth 0: no
+rescaling, so one 40-bit prime between the 60-bit ones is enough), no relinearisation or
+Galois keys are published, and the public context (public key only) is about 0.35 MB;
+a ciphertext is about 235 kB. Encoding needs |v| · 2^40 below the 100-bit data modulus,
+so |v| < 2^59.
 
 Approximation: CKKS is approximate, and its error is shared across the slots of a vector
 (encoding mixes them): measured on sums of four ciphertexts, the absolute error of any
@@ -13,14 +15,15 @@ slot stays below 1.3e-8 + 2.5e-16 · max|v| over the vector. The documented boun
 margin of 40 or more, is ``ERROR_ABSOLUTE + ERROR_RELATIVE · max|v|``. The federation
 therefore encrypts each slot divided by its sensitivity (so slots have like magnitudes,
 at most about the number of rows) and multiplies back after decryption. Vectors whose
-magnitude could exceed ``SAFE_MAX`` (2^60 ≈ 1.2e18) are refused before anything is
-computed: beyond it the error bound is no longer small beside the values, and far beyond
-it (2^99 here) encoding fails.
+magnitude could exceed ``SAFE_MAX`` (2^50 ≈ 1.1e15) are refused before anything is
+computed, well inside the 2^59 where encoding fails.
 """
 
 from __future__ import annotations
 
 import base64
+import queue
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,11 +32,11 @@ import tenseal as ts
 from sandbox.errors import InputError, PolicyRefusal
 
 POLY_MODULUS_DEGREE = 8192
-COEFF_MOD_BIT_SIZES = (60, 40, 40, 60)
+COEFF_MOD_BIT_SIZES = (60, 40, 60)
 SCALE_BITS = 40
 SECURITY_BITS = 128
 SLOTS = POLY_MODULUS_DEGREE // 2
-SAFE_MAX = 2.0 ** 60
+SAFE_MAX = 2.0 ** 50
 ERROR_ABSOLUTE = 1e-6
 ERROR_RELATIVE = 1e-14
 
@@ -57,7 +60,8 @@ def public_bytes(secret: ts.Context) -> bytes:
     """The context without its secret key, as published to the gateway and the sites."""
     public = secret.copy()
     public.make_context_public()
-    return public.serialize()
+    return public.serialize(save_public_key=True, save_secret_key=False,
+                            save_galois_keys=False, save_relin_keys=False)
 
 
 def load(data: bytes) -> ts.Context:
@@ -86,9 +90,53 @@ def error_bound(values: Sequence[float]) -> float:
 
 
 def encrypt(context: ts.Context, values: Sequence[float]) -> bytes:
+    """A fresh encryption of ``values`` (padded with zeros to every slot)."""
+    return _zero(context).add_(_padded(values)).serialize()
+
+
+def _zero(context: ts.Context) -> ts.CKKSVector:
+    return ts.ckks_vector(context, [0.0] * SLOTS)
+
+
+def _padded(values: Sequence[float]) -> list[float]:
     if len(values) > SLOTS:
         raise InputError(f"{len(values)} values do not fit one ciphertext ({SLOTS} slots)")
-    return ts.ckks_vector(context, [float(v) for v in values]).serialize()
+    return [float(v) for v in values] + [0.0] * (SLOTS - len(values))
+
+
+class EncryptionPool:
+    """Encryptions of zero made ahead of time, each used once: Enc(0; r) + v is a fresh
+    encryption of v under the same randomness r, which is never used again. A background
+    thread keeps ``depth`` ready, so a query pays for encoding and one addition (about
+    1 ms) instead of a public-key encryption (about 3 ms); an empty pool encrypts on the
+    spot."""
+
+    def __init__(self, context: ts.Context, depth: int = 8, background: bool = True
+                 ) -> None:
+        self._context = context
+        self._ready: queue.Queue[ts.CKKSVector] = queue.Queue(depth)
+        if background:
+            threading.Thread(target=self._keep_full, daemon=True, name="ckks-pool").start()
+
+    def _keep_full(self) -> None:
+        while True:
+            self._ready.put(_zero(self._context))  # blocks while the pool is full
+
+    def fill(self) -> None:
+        """Top the pool up now (for a pool without its background thread)."""
+        while not self._ready.full():
+            self._ready.put(_zero(self._context))
+
+    def encrypt(self, values: Sequence[float]) -> bytes:
+        padded = _padded(values)
+        try:
+            zero = self._ready.get_nowait()
+        except queue.Empty:
+            zero = _zero(self._context)
+        return zero.add_(padded).serialize()
+
+    def ready(self) -> int:
+        return self._ready.qsize()
 
 
 def add(context: ts.Context, ciphertexts: Sequence[bytes]) -> bytes:

@@ -191,13 +191,8 @@ class KeyService:
         if total != combined:
             raise PolicyRefusal("the total is not the sum of the attested parts and the "
                                 "noise; nothing was decrypted")
-        with self.db.begin() as conn:  # one decryption per query, whatever happens next
-            try:
-                conn.execute(insert(decryptions).values(
-                    query_id=query_id, grant_id=str(grant.get("id")),
-                    sites=json.dumps(contributed), at=_now()))
-            except IntegrityError:
-                raise Conflict(f"query {query_id} was decrypted before") from None
+        if self._decrypted(query_id):
+            raise Conflict(f"query {query_id} was decrypted before")
         values: list[float | None] = list(ckks.decrypt(self._secret, combined, size))
         small = [i for i in count_slots if values[i] is not None and values[i] < min_count]
         if small and layout.get("kind") != "histogram":
@@ -205,11 +200,27 @@ class KeyService:
                                 "released")
         for i in small:
             values[i] = None
-        self._log(AuditAction.KEYS_DECRYPTED, query_id, grant, contributed,
-                  {"dataset": spec.dataset, "kind": spec.kind, "slots": size,
-                   "withheld": len(small), "epsilon": spec.epsilon})
+        # The values leave only once this query's decryption and its audit entry are
+        # recorded, together; a concurrent request for the same query loses here.
+        try:
+            with self.db.begin() as conn:
+                conn.execute(insert(decryptions).values(
+                    query_id=query_id, grant_id=str(grant.get("id")),
+                    sites=json.dumps(contributed), at=_now()))
+                audit.append(conn, AuditAction.KEYS_DECRYPTED, "gateway", f"query:{query_id}",
+                             {"grant": grant.get("id"), "project": grant.get("project"),
+                              "sites": contributed, "dataset": spec.dataset,
+                              "kind": spec.kind, "slots": size, "withheld": len(small),
+                              "epsilon": spec.epsilon})
+        except IntegrityError:
+            raise Conflict(f"query {query_id} was decrypted before") from None
         return {"query_id": query_id, "values": values, "withheld": small,
                 "sites": contributed}
+
+    def _decrypted(self, query_id: str) -> bool:
+        with self.db.connect() as conn:
+            return conn.execute(select(decryptions.c.query_id).where(
+                decryptions.c.query_id == query_id)).first() is not None
 
     def _attested(self, attestations: list, parts: list[bytes], query_id: str,
                   spec: FederatedSpec, size: int) -> list[str]:
@@ -238,13 +249,6 @@ class KeyService:
             raise PolicyRefusal(f"{len(seen)} sites contributed; the policy needs at least "
                                 f"{self.settings.min_sites}")
         return seen
-
-    def _log(self, action: AuditAction, query_id: str, grant: dict, contributed: list[str],
-             details: dict) -> None:
-        with self.db.begin() as conn:
-            audit.append(conn, action, "gateway", f"query:{query_id}",
-                         {"grant": grant.get("id"), "project": grant.get("project"),
-                          "sites": contributed, **details})
 
     def verify_audit(self) -> dict:
         with self.db.connect() as conn:

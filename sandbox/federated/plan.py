@@ -142,6 +142,7 @@ class Column:
     low: float
     high: float
     category: str | None = None
+    code: int = -1  # the category's position in the field's public list (its Enum code)
 
     @property
     def magnitude(self) -> float:
@@ -251,7 +252,8 @@ def _design(fields: dict, name: str, bounds: tuple[float, float] | None) -> list
     if f["type"] == "string" and f.get("categories"):
         if bounds is not None:
             raise InputError(f"{name!r} is a text field; it takes no bounds")
-        return [Column(f"{name}={c}", name, 0.0, 1.0, c) for c in f["categories"][1:]]
+        return [Column(f"{name}={c}", name, 0.0, 1.0, c, code)
+                for code, c in enumerate(f["categories"]) if code > 0]
     return [_numeric(fields, name, bounds, f"bounds of {name}")]
 
 
@@ -287,18 +289,20 @@ def _exact(plan: Plan, rows: pl.DataFrame) -> np.ndarray:
     if spec.kind == "mean":
         x = rows[plan.columns[0].name].to_numpy()
         return np.array([len(x), x.sum(), (x * x).sum()], dtype=np.float64)
-    z = np.column_stack([_design_values(c, rows) for c in plan.columns[:-1]])
+    codes = {f: rows[f].to_physical().to_numpy() for f in
+             {c.field for c in plan.columns if c.category is not None}}
+    z = np.column_stack([_design_values(c, rows, codes) for c in plan.columns[:-1]])
     y = rows[plan.columns[-1].name].to_numpy()
     upper = np.triu_indices(z.shape[1])
     return np.concatenate([(z.T @ z)[upper], z.T @ y, [y @ y]]).astype(np.float64)
 
 
-def _design_values(column: Column, rows: pl.DataFrame) -> np.ndarray:
+def _design_values(column: Column, rows: pl.DataFrame, codes: dict[str, np.ndarray]
+                   ) -> np.ndarray:
     if not column.field:
         return np.ones(rows.height)
-    if column.category is not None:
-        return (rows[column.field].cast(pl.String) == column.category).fill_null(
-            False).to_numpy().astype(np.float64)
+    if column.category is not None:  # one-hot on the Enum codes (a missing value: all 0)
+        return (codes[column.field] == column.code).astype(np.float64)
     return rows[column.name].to_numpy()
 
 
@@ -352,8 +356,10 @@ def finish(plan: Plan, normalised: list[float | None]) -> list[dict]:
     yty = values[-1]
     beta, *_ = np.linalg.lstsq(xtx, xty, rcond=None)
     n = xtx[0, 0]
-    ss_res = max(0.0, yty - 2 * beta @ xty + beta @ xtx @ beta)
-    ss_tot = max(1e-12, yty - xty[0] ** 2 / n)
-    r2 = 1 - ss_res / ss_tot
-    return [{"term": name, "coefficient": float(b), "n": round(n), "r2": float(r2)}
+    ss_res = yty - 2 * beta @ xty + beta @ xtx @ beta
+    ss_tot = yty - xty[0] ** 2 / n
+    # With noise either sum of squares can come out ≤ 0: then R² cannot be told.
+    r2 = float(1 - ss_res / ss_tot) if ss_res > 0 and ss_tot > 0 else None
+    return [{"term": name, "coefficient": float(b), "n": round(n),
+             "r2": None if r2 is None else min(max(r2, 0.0), 1.0)}
             for name, b in zip(plan.labels, beta, strict=True)]

@@ -73,7 +73,7 @@ class SiteService:
         audit.create_tables(self.db)
         self.signer = receipts.Signer(settings.state_dir / "signing-key.pem")
         self._lock = threading.Lock()
-        self._context = None
+        self._pool: ckks.EncryptionPool | None = None
         self.dataset = self._prepare()
 
     def _prepare(self) -> dpengine.Dataset:
@@ -84,10 +84,10 @@ class SiteService:
         return dpengine.prepare(self.settings.dataset_dir, self.settings.state_dir / "views",
                                 withdrawn)
 
-    def context(self):
-        """The key service's public context (fetched once)."""
+    def pool(self) -> ckks.EncryptionPool:
+        """Encryptions under the key service's public context (fetched once)."""
         with self._lock:
-            if self._context is None:
+            if self._pool is None:
                 try:
                     data = httpx.get(f"{self.settings.keys_url}/v1/context", timeout=60)
                     data.raise_for_status()
@@ -96,8 +96,8 @@ class SiteService:
                 context = ckks.load(data.content)
                 if ckks.holds_secret(context):
                     raise InputError("the key service published a secret key; refusing it")
-                self._context = context
-            return self._context
+                self._pool = ckks.EncryptionPool(context)
+            return self._pool
 
     def _open(self, message: dict) -> dict:
         try:
@@ -122,7 +122,7 @@ class SiteService:
         except (KeyError, TypeError, ValueError) as exc:
             self._audit(AuditAction.SITE_REFUSED, message, {"reason": str(exc)[:500]})
             raise InputError(f"the request does not describe a query: {exc}") from None
-        ciphertext = ckks.encrypt(self.context(), vector.tolist())
+        ciphertext = self.pool().encrypt(vector.tolist())
         covered = int(self.dataset.metadata["sample_size"]["patients"])
         attestation = self.signer.sign({
             "site": self.settings.site, "query_id": request["query_id"],

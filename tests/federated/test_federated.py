@@ -87,6 +87,9 @@ def test_answers_match_the_pooled_computation(cluster, exact):
     assert deviation <= allowed + 1e-12, (deviation, allowed)
     assert np.allclose(fit["coefficient"].to_numpy(), beta, rtol=1e-6)
     assert fit["n"][0] == rows.height
+    residual, centred = cost - design @ beta, cost - cost.mean()
+    assert fit["r2"][0] == pytest.approx(1 - residual @ residual / (centred @ centred),
+                                         abs=1e-6)
 
     # every answer is a release: charged, receipted, listed
     budget = gw.budget()["epsilon"]
