@@ -158,17 +158,18 @@ class KeyService:
 
     # -- decryption --------------------------------------------------------------------
     def decrypt(self, body: DecryptIn) -> dict:
+        request: dict = {}
         try:
             request = messages.open_signed(body.request, self._gateway_key(), AUDIENCE)
-            answer = self._decrypt(request, body)
+            return self._decrypt(request, body)
         except SandboxError as exc:
             payload = body.request.get("payload") if isinstance(body.request, dict) else None
             query = payload.get("query_id") if isinstance(payload, dict) else None
             with self.db.begin() as conn:
-                audit.append(conn, AuditAction.KEYS_REFUSED, "gateway",
+                audit.append(conn, AuditAction.KEYS_REFUSED,
+                             "gateway" if request else "unauthenticated",
                              f"query:{query or '?'}", {"reason": exc.reason})
             raise
-        return answer
 
     def _decrypt(self, request: dict, body: DecryptIn) -> dict:
         query_id = str(request.get("query_id") or "")

@@ -109,6 +109,7 @@ class SiteService:
     def aggregate(self, message: dict) -> dict:
         """The encrypted local aggregate for the gateway's signed query, with this site's
         attestation."""
+        request: dict = {}
         try:
             request = self._open(message)
             spec = FederatedSpec(**request["spec"])
@@ -117,7 +118,8 @@ class SiteService:
             plan = make_plan(spec, self.dataset.metadata, set(request["fields"]))
             vector = local_vector(plan, self.dataset, str(request["purpose"]))
         except SandboxError as exc:
-            self._audit(AuditAction.SITE_REFUSED, message, {"reason": exc.reason})
+            self._audit(AuditAction.SITE_REFUSED, message, {"reason": exc.reason},
+                        signed=bool(request))
             raise
         except (KeyError, TypeError, ValueError) as exc:
             self._audit(AuditAction.SITE_REFUSED, message, {"reason": str(exc)[:500]})
@@ -152,11 +154,14 @@ class SiteService:
             self.dataset = self._prepare()
         return {"site": self.settings.site, "recorded": purposes}
 
-    def _audit(self, action: AuditAction, message: dict, details: dict) -> None:
+    def _audit(self, action: AuditAction, message: dict, details: dict,
+               signed: bool = True) -> None:
+        """``signed``: the gateway's signature was verified (else the actor is unknown)."""
         payload = message.get("payload") if isinstance(message, dict) else None
         query = payload.get("query_id") if isinstance(payload, dict) else None
         with self.db.begin() as conn:
-            audit.append(conn, action, "gateway", f"query:{query or '?'}", details)
+            audit.append(conn, action, "gateway" if signed else "unauthenticated",
+                         f"query:{query or '?'}", details)
 
 
 def create_app(settings: SiteSettings) -> FastAPI:

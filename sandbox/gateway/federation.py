@@ -29,6 +29,8 @@ from sandbox.federated.keys import MIN_SITES
 from sandbox.federated.plan import FederatedSpec, Plan, finish, make_plan, noise
 from sandbox.gateway.engine import Release
 
+WITHDRAWAL_TIMEOUT = 15.0
+
 
 @dataclass(frozen=True)
 class FederatedDataset:
@@ -141,18 +143,19 @@ class Federation:
         missed = []
         for dataset in self.datasets.values():
             for name, url in dataset.sites.items():
-                try:
+                try:  # a site that is down must not hold up the intake for long
                     self._post(f"{url.rstrip('/')}/v1/withdrawals", messages.sign(
                         self.signer, f"site:{name}", {"pseudonym": pseudonym,
                                                       "purposes": purposes}),
-                               f"site {name}")
+                               f"site {name}", timeout=WITHDRAWAL_TIMEOUT)
                 except SandboxError:
                     missed.append(name)
         return missed
 
-    def _post(self, url: str, body: dict, who: str) -> dict:
+    def _post(self, url: str, body: dict, who: str, timeout: float | None = None) -> dict:
         try:
-            response = self._http.post(url, json=body)
+            response = self._http.post(url, json=body,
+                                       **({"timeout": timeout} if timeout else {}))
         except httpx.HTTPError as exc:
             raise Unavailable(f"{who} could not be reached ({exc})") from None
         if response.status_code != 200:

@@ -21,7 +21,9 @@ from sandbox.errors import PolicyRefusal
 from sandbox.federated import ckks, messages
 from sandbox.federated.plan import FederatedSpec, make_plan
 from sandbox.gateway.engine import consent_column
+from sandbox.gateway.service import GatewayService
 from tests.conftest import run_cli
+from tests.federated.cluster import ServedApp
 from tests.federated.conftest import DATASET, grant
 
 BINS = [0, 1, 3, 7, 30, 365]
@@ -284,3 +286,41 @@ def test_split_needs_three_sites(dataset, tmp_path):
     refused = run_cli("site", "split", dataset, "--sites", "a,b", "--out", tmp_path / "x")
     assert refused.code != 0 and "at least 3 distinct sites" in refused.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_a_site_that_is_down_fails_the_release_and_the_retry_costs_nothing(cluster, tmp_path):
+    """Two of three sites answer: nothing is decrypted, the charge stands (charge first);
+    once the third is back, the identical query is answered under that same charge."""
+    config = json.loads(cluster.federation_file.read_text())
+    sites = config["datasets"][DATASET]["sites"]
+    down = tmp_path / "down.json"
+    down.write_text(json.dumps({**config, "datasets": {DATASET: {
+        **config["datasets"][DATASET], "sites": {**sites, "east": "http://127.0.0.1:9"}}}}))
+    settings = cluster.gateway_settings("outage").model_copy(
+        update={"federation_file": down})
+    served = ServedApp(GatewayService(settings, federated_noise=False))
+    try:
+        project = grant(served)
+        gw = Gateway(served.url, project["token"])
+        with pytest.raises(GatewayError, match="only 2 of 3 sites answered") as failed:
+            gw.federated.mean(DATASET, "total_cost", epsilon=0.5)
+        assert failed.value.status == 503
+        assert gw.budget()["epsilon"]["spent"] == pytest.approx(0.5)
+    finally:
+        served.close()
+    restored = ServedApp(GatewayService(cluster.gateway_settings("outage"),
+                                        federated_noise=False))
+    try:
+        gw = Gateway(restored.url, project["token"])
+        answer = gw.federated.mean(DATASET, "total_cost", epsilon=0.5)
+        assert answer.df["count"][0] > 0
+        assert gw.budget()["epsilon"]["spent"] == pytest.approx(0.5)
+    finally:
+        restored.close()
+
+
+def test_no_setting_turns_the_noise_off(cli):
+    from sandbox.gateway.settings import GatewaySettings
+    assert not [name for name in GatewaySettings.model_fields if "noise" in name]
+    served = cli("gateway", "serve", "--help")
+    assert served.code == 0 and "noise" not in served.stdout.lower()
