@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The embedded stack on one machine: the privacy gateway and, when this is Linux and we are
-# root, the project's Docker engine and the sandbox hub (background), and the research
+# The embedded stack on one machine: the privacy gateway, a federation of three site nodes
+# (the demo dataset split by patient) with its key service, and, when this is Linux and we
+# are root, the project's Docker engine and the sandbox hub (background), and the research
 # portal (foreground), over the datasets in $VAR/datasets. Ctrl-C stops everything started
 # here — and only that.
 set -euo pipefail
@@ -16,6 +17,9 @@ export SANDBOX_PORTAL_DATABASE_URL=${SANDBOX_PORTAL_DATABASE_URL:-sqlite:///$VAR
 export SANDBOX_PORTAL_GATEWAY_TOKEN_FILE=$VAR/gateway/admin.token
 export SANDBOX_PORTAL_SECRETS_DIR=$VAR/secrets SANDBOX_HUB_SECRETS_DIR=$VAR/secrets
 export SANDBOX_HUB_STATE_DIR=$VAR/hub
+export SANDBOX_KEYS_STATE_DIR=$VAR/keyservice SANDBOX_KEYS_DATABASE_URL=sqlite:///$VAR/keyservice/keys.db
+export SANDBOX_KEYS_GATEWAY_KEY_FILE=$VAR/gateway/public-key.pem
+SITES=(north south east)
 pids=()
 docker_started=
 stop() {
@@ -25,6 +29,27 @@ stop() {
 }
 trap stop EXIT
 trap 'exit 130' INT TERM
+wait_for() {  # URL: until it answers (up to a minute)
+  for _ in $(seq 1 300); do
+    "$BIN/python" -c "import httpx,sys; httpx.get('$1').raise_for_status()" 2>/dev/null && return 0
+    sleep 0.2
+  done
+  echo "error: $1 did not answer" >&2
+  return 1
+}
+# Federated demo: each patient of the demo dataset at one of three sites.
+fed=$VAR/federated/emr-visits
+[ -s "$fed/metadata.json" ] || "$BIN/sandboxctl" site split "$VAR/datasets/emr-visits" \
+  --sites "$(IFS=,; echo "${SITES[*]}")" --out "$fed" --catalog-dir "$VAR/datasets" >/dev/null
+sites_json=
+for i in "${!SITES[@]}"; do
+  sites_json+="${sites_json:+, }\"${SITES[$i]}\": \"http://127.0.0.1:$((8731 + i))\""
+done
+cat > "$VAR/federated/federation.json" <<EOF
+{"keys_url": "http://127.0.0.1:8720",
+ "datasets": {"emr-visits-federated": {"metadata": "$fed/metadata.json", "sites": {$sites_json}}}}
+EOF
+export SANDBOX_GATEWAY_FEDERATION_FILE=$VAR/federated/federation.json
 # Sandboxes reach the gateway through their network's host address: listen on all
 # addresses; the hub's firewall admits sandboxes to this port and the hub's API only.
 hub=
@@ -41,11 +66,22 @@ else
 fi
 "$BIN/sandboxctl" gateway serve &
 pids+=($!)
-for _ in $(seq 1 300); do
-  [ -s "$VAR/gateway/admin.token" ] && "$BIN/python" -c "import httpx,sys; httpx.get('http://127.0.0.1:8700/v1/health').raise_for_status()" 2>/dev/null && break
-  sleep 0.2
-done
+wait_for http://127.0.0.1:8700/v1/health
 echo "gateway: http://127.0.0.1:8700 (service token in $VAR/gateway/admin.token)"
+"$BIN/sandboxctl" keys serve &
+pids+=($!)
+for i in "${!SITES[@]}"; do
+  site=${SITES[$i]} port=$((8731 + i))
+  "$BIN/sandboxctl" site serve --site "$site" --dataset-dir "$fed/$site" \
+    --state-dir "$VAR/sites/$site" --gateway-key "$VAR/gateway/public-key.pem" --port "$port" &
+  pids+=($!)
+  wait_for "http://127.0.0.1:$port/v1/health"
+  "$BIN/python" -c "import httpx; print(httpx.get('http://127.0.0.1:$port/v1/public-key').text, end='')" \
+    > "$VAR/sites/$site.pem"
+  "$BIN/sandboxctl" keys register-site "$site" "$VAR/sites/$site.pem" >/dev/null
+done
+wait_for http://127.0.0.1:8720/v1/health
+echo "federation: emr-visits-federated at ${SITES[*]} (:8731-:$((8730 + ${#SITES[@]}))), key service :8720 (operator token in $VAR/keyservice/operator.token)"
 if [ -n "$hub" ]; then
   "$BIN/sandboxctl" hub serve &
   pids+=($!)

@@ -55,12 +55,15 @@ def site_serve(site_name: str | None, **options: object) -> None:
               help="Directory for the partitions (one per site) and the public metadata.")
 @click.option("--id", "dataset_id", default="", help="The federated dataset's id "
               "[default: the dataset's, with -federated].")
-def site_split(dataset_dir: Path, sites: str, out: Path, dataset_id: str) -> None:
+@click.option("--catalog-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Also list it there (the portal's datasets directory).")
+def site_split(dataset_dir: Path, sites: str, out: Path, dataset_id: str,
+               catalog_dir: Path | None) -> None:
     """Split an onboarded dataset into site partitions, each patient at one site."""
     from sandbox.federated.site import split
 
     click.echo(json.dumps(split(dataset_dir, [s.strip() for s in sites.split(",")
-                                              if s.strip()], out, dataset_id),
+                                              if s.strip()], out, dataset_id, catalog_dir),
                           ensure_ascii=False))
 
 
@@ -77,9 +80,9 @@ def _key_settings(options: dict):
 
 _state = click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False),
                       help="Secret context, operator token [env SANDBOX_KEYS_STATE_DIR; "
-                           "var/keys].")
+                           "var/keyservice].")
 _database = click.option("--database-url", help="Database [env SANDBOX_KEYS_DATABASE_URL; "
-                         "sqlite:///var/keys/keys.db].")
+                         "sqlite:///var/keyservice/keys.db].")
 
 
 @keys.command("serve")

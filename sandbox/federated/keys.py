@@ -71,9 +71,9 @@ decryptions = Table(
 class KeySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SANDBOX_KEYS_", extra="ignore")
 
-    state_dir: Path = Field(Path("var/keys"), description="secret context and operator "
+    state_dir: Path = Field(Path("var/keyservice"), description="secret context and operator "
                             "token (owner-only files)")
-    database_url: str = Field("sqlite:///var/keys/keys.db",
+    database_url: str = Field("sqlite:///var/keyservice/keys.db",
                               description="SQLite or PostgreSQL URL: sites, decryptions, audit")
     gateway_key_file: Path = Field(Path("var/gateway/public-key.pem"),
                                    description="the gateway's public signing key (PEM)")

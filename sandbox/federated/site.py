@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -191,11 +192,14 @@ def create_app(settings: SiteSettings) -> FastAPI:
     return app
 
 
-def split(dataset_dir: Path, sites: list[str], out: Path, dataset_id: str = "") -> dict:
+def split(dataset_dir: Path, sites: list[str], out: Path, dataset_id: str = "",
+          catalog_dir: Path | None = None) -> dict:
     """Split an onboarded dataset into site partitions, each patient at one site (chosen
     by their pseudonym): ``out/<site>/`` is an onboarded dataset of that site's rows, and
     ``out/metadata.json`` the federation's public metadata. The federated dataset's id is
-    ``dataset_id`` (default: the dataset's own, with ``-federated``)."""
+    ``dataset_id`` (default: the dataset's own, with ``-federated``). With ``catalog_dir``
+    the public metadata and the dummy data also go to ``catalog_dir/<id>/``, where the
+    portal lists the dataset (the gateway serves it through its sites, not from there)."""
     import hashlib
 
     import polars as pl
@@ -227,7 +231,16 @@ def split(dataset_dir: Path, sites: list[str], out: Path, dataset_id: str = "") 
                      "sample_size": {"patients": rows[key].n_unique(), "records": rows.height}}
         (part / "metadata.json").write_text(json.dumps(site_meta, ensure_ascii=False,
                                                        indent=2), encoding="utf-8")
-    public = {**meta, "federated": True, "sites": sites}
-    (out / "metadata.json").write_text(json.dumps(public, ensure_ascii=False, indent=2),
-                                       encoding="utf-8")
+    public = {**{k: v for k, v in meta.items() if k != "files"}, "federated": True,
+              "sites": sites, "title": {
+                  "zh": f"{meta['title']['zh']}（联邦：{len(sites)} 家机构）",
+                  "en": f"{meta['title']['en']} (federated: {len(sites)} sites)"}}
+    text = json.dumps(public, ensure_ascii=False, indent=2)
+    (out / "metadata.json").write_text(text, encoding="utf-8")
+    if catalog_dir is not None:
+        entry = catalog_dir / meta["id"]
+        entry.mkdir(parents=True, exist_ok=True)
+        (entry / "metadata.json").write_text(text, encoding="utf-8")
+        if (dataset_dir / "dummy").is_dir():
+            shutil.copytree(dataset_dir / "dummy", entry / "dummy", dirs_exist_ok=True)
     return {"dataset": meta["id"], "sites": sites, "records": records.height}

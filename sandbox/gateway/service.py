@@ -179,8 +179,8 @@ class GatewayService:
         loaded = {}
         for directory in sorted(p for p in root.iterdir() if (p / "metadata.json").is_file()):
             meta = json.loads((directory / "metadata.json").read_text(encoding="utf-8"))
-            if meta.get("grade") == "public":
-                continue
+            if meta.get("grade") == "public" or meta.get("federated"):
+                continue  # nothing to serve here (federated rows stay at their sites)
             loaded[meta["id"]] = dpengine.prepare(directory, self.settings.cache_dir, withdrawn)
         self.datasets = loaded
 

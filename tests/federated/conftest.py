@@ -18,7 +18,7 @@ FIELDS = ["length_of_stay", "total_cost", "sex", "visit_type", "age_band"]
 def cluster(dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("federation")
     split = run_cli("site", "split", dataset, "--sites", ",".join(SITES), "--out",
-                    root / "parts")
+                    root / "parts", "--catalog-dir", root / "central")
     assert split.code == 0, split.stderr
     running = start_cluster(root / "parts", DATASET, root)
     yield running

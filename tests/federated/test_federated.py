@@ -324,3 +324,17 @@ def test_no_setting_turns_the_noise_off(cli):
     assert not [name for name in GatewaySettings.model_fields if "noise" in name]
     served = cli("gateway", "serve", "--help")
     assert served.code == 0 and "noise" not in served.stdout.lower()
+
+
+def test_the_portal_lists_it_and_the_gateway_serves_it_through_its_sites(cluster, exact):
+    from portal import catalog
+    [entry] = [e for e in catalog.load(cluster.root / "central") if e["id"] == DATASET]
+    assert entry["federated"] and entry["sites"] == list(cluster.sites)
+    assert "federated" in entry["title"]["en"] and "联邦" in entry["title"]["zh"]
+    assert (cluster.root / "central" / DATASET / "dummy").is_dir()  # for the sandbox image
+    assert DATASET not in exact.service.datasets  # no rows to serve centrally
+    gw = Gateway(exact.url, grant(exact)["token"])
+    [listed] = gw.datasets()
+    assert listed["federated"] and listed["sites"] == 3
+    with pytest.raises(GatewayError, match="federated: its rows stay at its sites"):
+        gw.count(DATASET, epsilon=0.1)
