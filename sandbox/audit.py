@@ -97,6 +97,7 @@ class AuditAction(StrEnum):
     CONSENT_WITHDRAWN = "consent.withdrawn"
     SITE_AGGREGATED = "site.aggregated"
     SITE_REFUSED = "site.refused"
+    SITE_PATIENT_LOOKED_UP = "site.patient_looked_up"
     KEYS_SITE_REGISTERED = "keys.site_registered"
     KEYS_DECRYPTED = "keys.decrypted"
     KEYS_REFUSED = "keys.refused"

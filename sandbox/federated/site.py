@@ -155,6 +155,17 @@ class SiteService:
             self.dataset = self._prepare()
         return {"site": self.settings.site, "recorded": purposes}
 
+    def holds(self, message: dict) -> dict:
+        """Whether this site holds records of a patient (for the gateway's consent and
+        transparency reports); asked by pseudonym, answered yes or no."""
+        request = self._open(message)
+        pseudonym = str(request.get("pseudonym", ""))
+        found = dpengine.contains(self.dataset, pseudonym)
+        with self.db.begin() as conn:
+            audit.append(conn, AuditAction.SITE_PATIENT_LOOKED_UP, "gateway",
+                         f"patient:{pseudonym}", {"found": found})
+        return {"site": self.settings.site, "dataset": self.dataset.id, "holds": found}
+
     def _audit(self, action: AuditAction, message: dict, details: dict,
                signed: bool = True) -> None:
         """``signed``: the gateway's signature was verified (else the actor is unknown)."""
@@ -184,6 +195,10 @@ def create_app(settings: SiteSettings) -> FastAPI:
     @app.post("/v1/aggregate")
     def aggregate(message: dict) -> dict:
         return service.aggregate(message)
+
+    @app.post("/v1/patients")
+    def holds(message: dict) -> dict:
+        return service.holds(message)
 
     @app.post("/v1/withdrawals")
     def withdraw(message: dict) -> dict:

@@ -138,6 +138,25 @@ class Federation:
         except SandboxError as exc:
             return f"{name}: {exc.reason}"
 
+    def holding(self, pseudonym: str, strict: bool) -> list[dict]:
+        """The federated datasets (id, version) one of whose sites holds the patient. A site
+        that cannot be asked fails the call when ``strict``, else is passed over."""
+        found = []
+        for dataset in self.datasets.values():
+            for name, url in sorted(dataset.sites.items()):
+                try:
+                    answer = self._post(f"{url.rstrip('/')}/v1/patients", messages.sign(
+                        self.signer, f"site:{name}", {"pseudonym": pseudonym}),
+                        f"site {name}", timeout=WITHDRAWAL_TIMEOUT)
+                except SandboxError:
+                    if strict:
+                        raise
+                    continue
+                if answer.get("holds"):
+                    found.append({"id": dataset.id, "version": dataset.version})
+                    break
+        return found
+
     def forward_withdrawal(self, pseudonym: str, purposes: list[str]) -> list[str]:
         """Tell every site of every federated dataset; the sites that could not be told."""
         missed = []

@@ -348,12 +348,16 @@ class GatewayService:
         missed = self.federation.forward_withdrawal(request.pseudonym, purposes)
         return {"pseudonym": request.pseudonym, "purposes": purposes,
                 "recorded": new, "datasets": sorted(self.datasets),
-                "containing": self.containing(request.pseudonym), "sites_missed": missed}
+                "containing": self.containing(request.pseudonym, strict=False),
+                "sites_missed": missed}
 
-    def containing(self, pseudonym: str) -> list[dict]:
-        """The served datasets (id and version) holding records of this patient."""
+    def containing(self, pseudonym: str, strict: bool = True) -> list[dict]:
+        """The datasets (id and version) holding records of this patient, federated ones
+        included (their sites are asked; ``strict``: a site that cannot answer fails the
+        call rather than leave a report incomplete)."""
         return [{"id": d.id, "version": d.version} for d in self.datasets.values()
-                if dpengine.contains(d, pseudonym)]
+                if dpengine.contains(d, pseudonym)] + self.federation.holding(pseudonym,
+                                                                              strict)
 
     # -- project side ------------------------------------------------------------------------
     def catalog(self, grant: dict) -> list[dict]:

@@ -272,9 +272,16 @@ def test_a_withdrawal_reaches_the_sites(cluster, exact):
                                          "records.parquet") for name in cluster.sites])
     patient = records.group_by("pseudonym").len().sort("len", descending=True)[
         "pseudonym"][0]
+    # a transparency report finds the patient in the federated dataset (the sites say so)
+    version = json.loads((cluster.parts / "metadata.json").read_text())["version"]
+    held = exact.admin("GET", f"/v1/admin/patients/{patient}/datasets").json()
+    assert held["containing"] == [{"id": DATASET, "version": version}]
+    nobody = exact.admin("GET", f"/v1/admin/patients/{'0' * 64}/datasets").json()
+    assert nobody["containing"] == []
     answer = exact.admin("POST", "/v1/admin/consent-withdrawals",
                          {"pseudonym": patient, "purposes": None})
     assert answer.status_code == 201 and answer.json()["sites_missed"] == []
+    assert answer.json()["containing"] == [{"id": DATASET, "version": version}]
     after = gw.federated.histogram(DATASET, "length_of_stay", [0, 365], epsilon=0.2)
     removed = before.df["count"][0] - after.df["count"][0]
     bound = json.loads((cluster.parts / "metadata.json").read_text())["contribution_bound"]
