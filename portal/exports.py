@@ -19,7 +19,6 @@ import posixpath
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -54,8 +53,7 @@ def sync(db: Session, settings: PortalSettings) -> list[int]:
                      .order_by(ExportRequest.gateway_created_at.desc()).limit(1)) or ""
     db.commit()
     bundles = gateway.list_exports(settings, last)
-    public_key = httpx.get(f"{settings.gateway_url}/v1/public-key", timeout=30).text.encode() \
-        if bundles else b""
+    public_key = gateway.public_key(settings) if bundles else b""
     touched = []
     for bundle in bundles:
         if db.scalar(select(ExportRequest.id).where(ExportRequest.gateway_id == bundle["id"])):

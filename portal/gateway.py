@@ -3,6 +3,7 @@ grant, suspend/resume/revoke it, bind it to its sandbox's network."""
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime
 
 import httpx
@@ -43,15 +44,45 @@ def create_grant(settings: PortalSettings, application_id: int, purpose: str,
     return body["grant"]["id"], body["token"]
 
 
+_client: httpx.Client | None = None
+_client_lock = threading.Lock()
+
+
+def _http() -> httpx.Client:
+    """One connection pool for every call (a new client costs ~20 ms to set up)."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            _client = httpx.Client(timeout=60)
+        return _client
+
+
+def grant(settings: PortalSettings, grant_id: str, timeout: float = 60) -> dict:
+    """The grant as the gateway holds it: state, ε granted and spent."""
+    return _gateway(settings, "GET", f"/v1/admin/grants/{grant_id}", {}, "read the grant",
+                    timeout=timeout)
+
+
+def public_key(settings: PortalSettings) -> bytes:
+    """The key the gateway signs receipts with (PEM)."""
+    try:
+        response = _http().get(f"{settings.gateway_url}/v1/public-key")
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise GatewayUnavailable(f"the gateway's public key could not be read ({exc})") \
+            from None
+    return response.text.encode()
+
+
 def _gateway(settings: PortalSettings, method: str, path: str, body: dict, what: str,
-             params: dict | None = None) -> dict:
+             params: dict | None = None, timeout: float = 60) -> dict:
     """One call on the gateway's admin API; any failure is a ``GatewayUnavailable`` that
     says what could not be done, and nothing in the portal changes."""
     try:
         token = settings.gateway_token_file.read_text().strip()
-        response = httpx.request(method, f"{settings.gateway_url}{path}", params=params,
-                                 json=body if method != "GET" else None, timeout=60,
-                                 headers={"Authorization": f"Bearer {token}"})
+        response = _http().request(method, f"{settings.gateway_url}{path}", params=params,
+                                   json=body if method != "GET" else None, timeout=timeout,
+                                   headers={"Authorization": f"Bearer {token}"})
     except (OSError, httpx.HTTPError) as exc:
         raise GatewayUnavailable(f"the gateway could not be reached to {what} ({exc}); "
                                  "nothing was changed, try again") from None

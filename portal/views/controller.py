@@ -12,7 +12,6 @@ import io
 import json
 from datetime import UTC, datetime
 
-import httpx
 from flask import (
     Blueprint,
     Response,
@@ -136,13 +135,11 @@ def _budget(agreement: Agreement | None) -> dict | None:
     if agreement is None or not agreement.grant_id:
         return None
     try:
-        token = settings.gateway_token_file.read_text().strip()
-        grant = httpx.get(f"{settings.gateway_url}/v1/admin/grants/{agreement.grant_id}",
-                          headers={"Authorization": f"Bearer {token}"}, timeout=5).json()
-        return {"total": grant["epsilon_total"], "spent": grant["epsilon_spent"],
-                "status": grant["status"]}
-    except (OSError, httpx.HTTPError, KeyError, ValueError):
+        grant = portal_gateway.grant(settings, agreement.grant_id, timeout=5)
+    except SandboxError:
         return None
+    return {"total": grant["epsilon_total"], "spent": grant["epsilon_spent"],
+            "status": grant["status"]}
 
 
 @bp.route("/projects")
