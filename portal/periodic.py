@@ -1,16 +1,22 @@
 """What a serving portal does every minute: end the terms that have passed, mail
-controllers the new anomaly alerts, and prune audit entries past the retention policy."""
+controllers the new anomaly alerts, prune audit entries past the retention policy, and
+collect new export requests from the gateway (checked, and their authors told of a
+failed check, without waiting for a controller to open the exports page)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from portal import alerts, projects
+from portal import alerts, exports, projects
 from portal.config import PortalSettings
 from sandbox import audit
+from sandbox.errors import SandboxError
+
+log = logging.getLogger("portal.periodic")
 
 
 @dataclass(frozen=True)
@@ -18,6 +24,7 @@ class Round:
     ended: list[int]
     alerts_sent: int
     pruned: int
+    exports_collected: int = 0
 
 
 def run_once(db: Session, settings: PortalSettings, now: datetime | None = None) -> Round:
@@ -27,4 +34,10 @@ def run_once(db: Session, settings: PortalSettings, now: datetime | None = None)
     pruned = audit.prune(db.connection(), now - timedelta(days=settings.audit_retention_days),
                          "system:retention", settings.audit_retention_days, now)
     db.commit()
-    return Round(ended, sent, pruned.entries)
+    try:
+        collected = len(exports.sync(db, settings))
+    except SandboxError as exc:  # the gateway is away: the next round collects them
+        db.rollback()
+        log.warning("export requests not collected: %s", exc.reason)
+        collected = 0
+    return Round(ended, sent, pruned.entries, collected)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, time, timedelta
 import pytest
 
 from portal import alerts, periodic
-from portal.models import Agreement, Application
+from portal.models import Agreement, Application, ExportRequest
 from sandbox import audit
 from sandbox.client import Gateway, GatewayError
 from tests.mail import start_smtp
@@ -66,17 +66,25 @@ def test_the_alerts_page_says_when_the_gateway_cannot_be_read(app):
 
 
 def test_the_periodic_round_ends_terms_sends_alerts_and_keeps_the_audit_verifiable(
-        app, portal_settings, gateway, inbox):
+        app, portal_settings, gateway, inbox, tmp_path):
     settings = portal_settings.model_copy(update={
         "gateway_url": gateway.url, "gateway_token_file": gateway.state_dir / "admin.token",
         "smtp_port": inbox.port})
     made = active_project(app, settings, ["sex"])
+    note = tmp_path / "method.md"
+    note.write_text("Method: counts by sex.\n")
+    Gateway(gateway.url, made.token).export([note], [], note="方法说明")
     with app.extensions["portal.sessions"]() as db:
         db.get(Agreement, made.application_id).expires_at = \
             datetime.now(UTC) - timedelta(minutes=1)
         db.commit()
         done = periodic.run_once(db, settings)
         assert made.application_id in done.ended and done.pruned == 0
+        # the export request was collected and checked without anyone opening a page
+        assert done.exports_collected >= 1
+        collected = [r for r in db.query(ExportRequest).filter_by(
+            application_id=made.application_id) if r.note == "方法说明"]
+        assert [f.name for f in collected[0].files] == ["method.md"] and collected[0].checks
         assert db.get(Application, made.application_id).state == "closing"
         # a year and a half later the retention policy removes what is past it
         later = periodic.run_once(db, settings, datetime.now(UTC) + timedelta(days=550))
