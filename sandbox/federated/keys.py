@@ -181,9 +181,10 @@ class KeyService:
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"the request does not describe a query: {exc}") from None
         _within_grant(grant, spec)
+        _check_layout(spec, size, count_slots)
         parts = [ckks.unb64(p) for p in body.parts]
         contributed = self._attested(request.get("attestations") or [], parts, query_id,
-                                     spec, size)
+                                     spec, size, min_count)
         noise, combined = ckks.unb64(body.noise), ckks.unb64(body.combined)
         if messages.digest(noise) != request.get("noise_sha256") or \
                 messages.digest(combined) != request.get("combined_sha256"):
@@ -224,7 +225,9 @@ class KeyService:
                 decryptions.c.query_id == query_id)).first() is not None
 
     def _attested(self, attestations: list, parts: list[bytes], query_id: str,
-                  spec: FederatedSpec, size: int) -> list[str]:
+                  spec: FederatedSpec, size: int, min_count: float) -> list[str]:
+        """The sites whose attestations hold: registered, signed by the site, for this
+        query, this ciphertext, this layout, and no laxer a minimum count than theirs."""
         if len(attestations) != len(parts):
             raise InputError("one attestation per part is needed")
         keys, seen = self.site_keys(), []
@@ -243,6 +246,9 @@ class KeyService:
                     payload.get("size") != size:
                 raise Unauthenticated(f"site {site}'s attestation is for another query or "
                                       "another ciphertext")
+            if not isinstance(payload.get("min_count"), int | float) or \
+                    min_count < payload["min_count"]:
+                raise PolicyRefusal(f"the request's minimum count is below site {site}'s")
             if site in seen:
                 raise PolicyRefusal(f"site {site} contributed twice")
             seen.append(site)
@@ -263,6 +269,14 @@ class KeyService:
                 audit.audit_log.c.seq > after_seq).order_by(audit.audit_log.c.seq)
                 .limit(limit)).mappings()
             return [dict(r) for r in rows]
+
+
+def _check_layout(spec: FederatedSpec, size: int, count_slots: list[int]) -> None:
+    """The count slots follow from the kind of query, whatever the request says."""
+    expected = list(range(len(spec.bins) - 1)) if spec.kind == "histogram" else [0]
+    if count_slots != expected or (spec.kind == "histogram" and size != len(expected)) \
+            or (spec.kind == "mean" and size != 3):
+        raise PolicyRefusal("the request's layout does not fit its query")
 
 
 def _within_grant(grant: dict, spec: FederatedSpec) -> None:

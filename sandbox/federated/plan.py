@@ -186,10 +186,6 @@ class Plan:
                 "min_count": self.min_count, "kind": self.spec.kind}
 
 
-def _field(metadata: dict, name: str) -> dict:
-    return {f["name"]: f for f in metadata["tables"]["records"]["fields"]}[name]
-
-
 def make_plan(spec: FederatedSpec, metadata: dict, allowed: set[str] | None = None) -> Plan:
     """Check ``spec`` against the public metadata (and the grant's fields) and lay out its
     vector; refuses what cannot be answered within the encrypted range."""

@@ -130,7 +130,7 @@ class SiteService:
         attestation = self.signer.sign({
             "site": self.settings.site, "query_id": request["query_id"],
             "fingerprint": spec.fingerprint(), "sha256": messages.digest(ciphertext),
-            "size": plan.size, "covered": covered})
+            "size": plan.size, "min_count": plan.min_count, "covered": covered})
         self._audit(AuditAction.SITE_AGGREGATED, message,
                     {"fingerprint": spec.fingerprint(), "purpose": request["purpose"],
                      "slots": plan.size})

@@ -153,7 +153,7 @@ GRANT = {"id": "g-test", "project": "fed-project", "status": "active",
 
 def _decrypt(cluster, context, spec: FederatedSpec, sites: list[str], *,
              signer=None, grant_: dict | None = None, combined_from: list[int] | None = None,
-             query_id: str | None = None) -> httpx.Response:
+             query_id: str | None = None, layout: dict | None = None) -> httpx.Response:
     """Act as the gateway: collect parts from ``sites``, add noise-free zeros, sign."""
     query_id = query_id or uuid.uuid4().hex
     plan = make_plan(spec, json.loads((cluster.parts / "metadata.json").read_text()))
@@ -164,7 +164,7 @@ def _decrypt(cluster, context, spec: FederatedSpec, sites: list[str], *,
     combined = ckks.add(context, [*chosen, zero])
     request = messages.sign(signer or cluster.signer(), "keys", {
         "query_id": query_id, "spec": spec.model_dump(mode="json"),
-        "layout": plan.describe(), "grant": grant_ or GRANT,
+        "layout": plan.describe() | (layout or {}), "grant": grant_ or GRANT,
         "attestations": [p["attestation"] for p in parts],
         "noise_sha256": messages.digest(zero), "combined_sha256": messages.digest(combined)})
     return httpx.post(f"{cluster.keys_url}/v1/decrypt", timeout=120, json={
@@ -198,6 +198,10 @@ def test_the_key_service_decrypts_only_within_policy(cluster, exact, tmp_path):
         "overspent": _decrypt(cluster, context, spec, everyone,
                               grant_=GRANT | {"epsilon_spent": 6.0}),
         "replayed": _decrypt(cluster, context, spec, everyone, query_id="q-policy-ok"),
+        "no count slot": _decrypt(cluster, context, spec, everyone,
+                                  layout={"count_slots": []}),
+        "a laxer minimum": _decrypt(cluster, context, spec, everyone,
+                                    layout={"min_count": 1}),
         "too few patients": _decrypt(cluster, context, FederatedSpec(
             dataset=DATASET, kind="mean", field="total_cost", epsilon=1.0,
             filters=[{"field": "length_of_stay", "op": "between", "value": [364, 365]}]),
@@ -210,6 +214,8 @@ def test_the_key_service_decrypts_only_within_policy(cluster, exact, tmp_path):
                 "outside the grant": (403, "outside grant"),
                 "suspended": (403, "suspended"), "overspent": (403, "more than its ε"),
                 "replayed": (409, "decrypted before"),
+                "no count slot": (403, "layout does not fit"),
+                "a laxer minimum": (403, "minimum count is below"),
                 "too few patients": (403, "fewer than 5 patients")}
     for case, (status, reason) in expected.items():
         response = refusals[case]
