@@ -384,11 +384,15 @@ class GatewayService:
             "delta": _budget(grant["delta_total"], grant["delta_spent"]),
         }
 
-    def _resolve(self, grant: dict, spec: QuerySpec) -> dpengine.Dataset:
+    @staticmethod
+    def _granted(grant: dict, dataset: str) -> None:
         check_usable(grant)
-        if spec.dataset not in grant["datasets"]:
-            raise Forbidden(f"dataset {spec.dataset!r} is outside this project's grant; "
+        if dataset not in grant["datasets"]:
+            raise Forbidden(f"dataset {dataset!r} is outside this project's grant; "
                             f"granted: {', '.join(grant['datasets'])}")
+
+    def _resolve(self, grant: dict, spec: QuerySpec) -> dpengine.Dataset:
+        self._granted(grant, spec.dataset)
         dataset = self.datasets.get(spec.dataset)
         if spec.dataset in self.federation.datasets:
             raise InputError(f"{spec.dataset!r} is federated: its rows stay at its sites; "
@@ -399,17 +403,22 @@ class GatewayService:
         return dataset
 
     def preview(self, grant: dict, spec: QuerySpec) -> dict:
+        return self._preview(grant, spec, lambda: {"statistics": self.engine.preview(
+            spec, self._resolve(grant, spec), grant["purpose"], ALPHA)})
+
+    def _preview(self, grant: dict, spec: QuerySpec | FederatedSpec,
+                 compute: Callable[[], dict]) -> dict:
+        """Accuracy of a query, audited; spends nothing (a refusal is audited too)."""
         try:
-            dataset = self._resolve(grant, spec)
-            statistics = self.engine.preview(spec, dataset, grant["purpose"])
+            answer = compute()
         except SandboxError as exc:
             self._refused(grant, spec, exc)
             raise
         with self.db.begin() as conn:
             audit.append(conn, AuditAction.QUERY_PREVIEWED, f"grant:{grant['id']}",
                          f"dataset:{spec.dataset}", {"spec": json.loads(spec.canonical())})
-        return {"epsilon": spec.epsilon, "delta": spec.delta, "alpha": 0.05,
-                "statistics": statistics, "spends": 0}
+        return {"epsilon": spec.epsilon, "delta": spec.delta, "alpha": ALPHA, "spends": 0,
+                **answer}
 
     def _refused(self, grant: dict, spec: QuerySpec, exc: SandboxError) -> None:
         with self.db.begin() as conn:
@@ -428,10 +437,7 @@ class GatewayService:
         return self._answer(grant, spec, prepare)
 
     def _federated_plan(self, grant: dict, spec: FederatedSpec) -> Plan:
-        check_usable(grant)
-        if spec.dataset not in grant["datasets"]:
-            raise Forbidden(f"dataset {spec.dataset!r} is outside this project's grant; "
-                            f"granted: {', '.join(grant['datasets'])}")
+        self._granted(grant, spec.dataset)
         return self.federation.plan(spec, set(grant["fields"]))
 
     def federated_query(self, grant: dict, spec: FederatedSpec) -> dict:
@@ -446,16 +452,11 @@ class GatewayService:
         return self._answer(grant, spec, prepare)
 
     def federated_preview(self, grant: dict, spec: FederatedSpec) -> dict:
-        try:
+        def compute() -> dict:
             plan = self._federated_plan(grant, spec)
-        except SandboxError as exc:
-            self._refused(grant, spec, exc)
-            raise
-        with self.db.begin() as conn:
-            audit.append(conn, AuditAction.QUERY_PREVIEWED, f"grant:{grant['id']}",
-                         f"dataset:{spec.dataset}", {"spec": json.loads(spec.canonical())})
-        return {"epsilon": spec.epsilon, "delta": 0.0, "alpha": ALPHA,
-                "statistics": accuracy(plan), "min_count": plan.min_count, "spends": 0}
+            return {"statistics": accuracy(plan), "min_count": plan.min_count}
+
+        return self._preview(grant, spec, compute)
 
     def _answer(self, grant: dict, spec: QuerySpec | FederatedSpec,
                 prepare: Callable[[], tuple[Any, Callable[[dict], dpengine.Release]]]
