@@ -180,6 +180,8 @@ class KeyService:
             min_count = float(layout["min_count"])
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"the request does not describe a query: {exc}") from None
+        if not query_id:
+            raise InputError("the request names no query")
         _within_grant(grant, spec)
         _check_layout(spec, size, count_slots)
         parts = [ckks.unb64(p) for p in body.parts]
@@ -197,7 +199,7 @@ class KeyService:
             raise Conflict(f"query {query_id} was decrypted before")
         values: list[float | None] = list(ckks.decrypt(self._secret, combined, size))
         small = [i for i in count_slots if values[i] is not None and values[i] < min_count]
-        if small and layout.get("kind") != "histogram":
+        if small and spec.kind != "histogram":
             raise PolicyRefusal("the answer would cover fewer than 5 patients; nothing was "
                                 "released")
         for i in small:

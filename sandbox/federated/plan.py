@@ -183,7 +183,7 @@ class Plan:
     def describe(self) -> dict:
         """What the key service needs to apply its policy."""
         return {"size": self.size, "count_slots": self.count_slots,
-                "min_count": self.min_count, "kind": self.spec.kind}
+                "min_count": self.min_count}
 
 
 def make_plan(spec: FederatedSpec, metadata: dict, allowed: set[str] | None = None) -> Plan:

@@ -14,8 +14,9 @@ import numpy as np
 import polars as pl
 import pytest
 import tenseal as ts
+from sqlalchemy import create_engine, select
 
-from sandbox import receipts
+from sandbox import audit, receipts
 from sandbox.client import Gateway, GatewayError
 from sandbox.errors import PolicyRefusal
 from sandbox.federated import ckks, messages
@@ -225,9 +226,6 @@ def test_the_key_service_decrypts_only_within_policy(cluster, exact, tmp_path):
     # every decryption and every refusal is in the key service's own chain, which verifies
     verified = run_cli("audit", "verify", "--database-url", cluster.keys_db)
     assert verified.code == 0, verified.stderr
-    from sqlalchemy import create_engine, select
-
-    from sandbox import audit
     engine = create_engine(cluster.keys_db)
     with engine.connect() as conn:
         actions = [r.action for r in conn.execute(select(audit.audit_log.c.action))]
