@@ -82,7 +82,7 @@ def verify_receipt(receipt_file: Path, public_key: Path) -> None:
         raise InputError(f"cannot read {receipt_file}: {exc}") from None
     if not isinstance(receipt, dict):
         raise InputError("not a receipt")
-    payload = receipts.verify(receipt, pem)
+    payload = receipts.verify(receipt, pem, receipts.Domain.RECEIPT)
     click.echo(f"valid: release {payload['release']} of project {payload['project']} on "
                f"{payload['dataset']} {payload['dataset_version']}, ε = {payload['epsilon']}, "
                f"δ = {payload['delta']}, released {payload['released_at']}")

@@ -187,7 +187,7 @@ class Gateway:
 
     def verify(self, receipt: dict) -> dict:
         """Check a receipt against the gateway's public key; returns its payload."""
-        return receipts.verify(receipt, self.public_key())
+        return receipts.verify(receipt, self.public_key(), receipts.Domain.RECEIPT)
 
     def export(self, files: list[str | os.PathLike], results: list[DPResult | dict],
                note: str = "") -> dict:

@@ -62,7 +62,7 @@ def build(files: list[tuple[str, bytes]], manifest: dict, signer: receipts.Signe
     manifest = {**manifest, "released_at": released_at.isoformat(timespec="seconds"),
                 "files": [{"name": name, "sha256": hashlib.sha256(content).hexdigest(),
                            "bytes": len(content)} for name, content in marked]}
-    signed = signer.sign(manifest)
+    signed = signer.sign(manifest, receipts.Domain.MANIFEST)
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, content in marked:
@@ -88,7 +88,8 @@ def verify(bundle: bytes, public_pem: bytes) -> dict:
     with zipfile.ZipFile(io.BytesIO(bundle)) as archive:
         manifest = json.loads(archive.read(MANIFEST))
         signature = json.loads(archive.read(SIGNATURE))
-        receipts.verify({"payload": manifest, **signature}, public_pem)
+        receipts.verify({"payload": manifest, **signature}, public_pem,
+                        receipts.Domain.MANIFEST)
         for entry in manifest["files"]:
             if hashlib.sha256(archive.read(f"files/{entry['name']}")).hexdigest() \
                     != entry["sha256"]:

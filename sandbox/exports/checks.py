@@ -110,7 +110,7 @@ def _receipts(bundle_receipts: list[dict], project: str, public_key: bytes
               ) -> Iterator[Check]:
     for number, receipt in enumerate(bundle_receipts, 1):
         try:
-            payload = receipts.verify(receipt, public_key)
+            payload = receipts.verify(receipt, public_key, receipts.Domain.RECEIPT)
         except InputError as exc:
             yield Check("receipt", Outcome.FAIL, f"receipt {number} does not verify: "
                         f"{exc.reason} (forged or altered)")

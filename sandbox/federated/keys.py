@@ -239,7 +239,7 @@ class KeyService:
             if site not in keys:
                 raise Forbidden(f"site {site!r} is not registered with the key service")
             try:
-                receipts.verify(attestation, keys[site])
+                receipts.verify(attestation, keys[site], receipts.Domain.ATTESTATION)
             except InputError as exc:
                 raise Unauthenticated(f"site {site}'s attestation: {exc.reason}") from None
             if payload.get("query_id") != query_id or \

@@ -23,7 +23,7 @@ def digest(data: bytes) -> str:
 
 def sign(signer: receipts.Signer, audience: str, body: dict) -> dict:
     return signer.sign({**body, "audience": audience, "nonce": secrets.token_hex(16),
-                        "issued_at": datetime.now(UTC).isoformat()})
+                        "issued_at": datetime.now(UTC).isoformat()}, receipts.Domain.MESSAGE)
 
 
 def open_signed(message: object, public_pem: bytes, audience: str,
@@ -33,7 +33,7 @@ def open_signed(message: object, public_pem: bytes, audience: str,
     if not isinstance(message, dict):
         raise Unauthenticated("the request is not signed")
     try:
-        payload = receipts.verify(message, public_pem)
+        payload = receipts.verify(message, public_pem, receipts.Domain.MESSAGE)
     except InputError as exc:
         raise Unauthenticated(f"the request's signature is not valid: {exc.reason}") from None
     if payload.get("audience") != audience:

@@ -130,7 +130,8 @@ class SiteService:
         attestation = self.signer.sign({
             "site": self.settings.site, "query_id": request["query_id"],
             "fingerprint": spec.fingerprint(), "sha256": messages.digest(ciphertext),
-            "size": plan.size, "min_count": plan.min_count, "covered": covered})
+            "size": plan.size, "min_count": plan.min_count, "covered": covered},
+            receipts.Domain.ATTESTATION)
         self._audit(AuditAction.SITE_AGGREGATED, message,
                     {"fingerprint": spec.fingerprint(), "purpose": request["purpose"],
                      "slots": plan.size})

@@ -59,7 +59,7 @@ from sandbox.gateway.store import (
     releases,
     withdrawals,
 )
-from sandbox.receipts import Signer
+from sandbox.receipts import Domain, Signer
 from sandbox.secretfile import read_or_create
 
 PURPOSE_IDS = tuple(p[0] for p in PURPOSES)
@@ -565,7 +565,7 @@ class GatewayService:
             "epsilon": spec.epsilon, "delta": spec.delta,
             "opendp_loss": [result.epsilon, result.delta], "released_at": _now(),
         }
-        receipt = self.signer.sign(payload)
+        receipt = self.signer.sign(payload, Domain.RECEIPT)
         with self.db.begin() as conn:
             done = conn.execute(update(releases).where(and_(
                 releases.c.id == claim["id"], releases.c.status == "charged"))

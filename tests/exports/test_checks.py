@@ -16,7 +16,7 @@ from sandbox.exports.checks import (
     check_bundle,
     verdict,
 )
-from sandbox.receipts import Signer
+from sandbox.receipts import Domain, Signer
 
 PROJECT = "application-7"
 
@@ -32,7 +32,7 @@ def release(signer, project: str = PROJECT, rows: list[dict] | None = None,
                         "epsilon": 0.5, "result": rows or [
                             {"visit_type": "门诊", "mean": 1234.5678},
                             {"visit_type": "住院", "mean": 18765.4321},
-                            {"visit_type": "急诊", "mean": 905.0}]})
+                            {"visit_type": "急诊", "mean": 905.0}]}, Domain.RECEIPT)
 
 
 def csv_file(text: str, name: str = "table.csv") -> ExportFile:

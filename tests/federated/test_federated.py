@@ -113,7 +113,7 @@ def test_the_gateway_cannot_decrypt_what_a_site_sends(cluster, exact):
         ts.ckks_vector_from(context, ckks.unb64(part["ciphertext"])).decrypt()
     # and the site's attestation binds that very ciphertext to the query
     attested = receipts.verify(part["attestation"], httpx.get(
-        f"{cluster.sites['north']}/v1/public-key").text.encode())
+        f"{cluster.sites['north']}/v1/public-key").text.encode(), receipts.Domain.ATTESTATION)
     assert attested["sha256"] == messages.digest(ckks.unb64(part["ciphertext"]))
     assert attested["fingerprint"] == spec.fingerprint()
 

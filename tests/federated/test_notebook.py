@@ -27,7 +27,8 @@ def test_the_federated_notebook_runs(noisy, tmp_path, monkeypatch):
     printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     line = next(s for s in printed.splitlines() if s.startswith("RECEIPTS "))
     public_key = noisy.admin("GET", "/v1/public-key").text.encode()
-    payloads = [receipts.verify(r, public_key) for r in json.loads(line[9:])]
+    payloads = [receipts.verify(r, public_key, receipts.Domain.RECEIPT)
+                for r in json.loads(line[9:])]
     assert [p["query"]["kind"] for p in payloads] == ["histogram", "mean",
                                                        "linear_regression"]
     assert {p["project"] for p in payloads} == {"notebook"}

@@ -327,3 +327,27 @@ def test_the_portal_records_an_export_for_a_project(gateway):
     gateway.admin("POST", f"/v1/admin/grants/{grant_id}/revoke", {"reason": "违规"})
     refused = gateway.admin("POST", f"/v1/admin/grants/{grant_id}/exports", body)
     assert refused.status_code == 403 and "revoked" in refused.json()["reason"]
+
+
+def test_a_message_signed_by_the_gateway_never_passes_as_a_receipt(gateway, cli, tmp_path):
+    """One key signs receipts and the gateway's messages to sites and the key service: a
+    message carrying every field of a receipt (signed through the gateway's message path)
+    is still refused as a receipt, by the CLI and by the export checks."""
+    from sandbox.exports.checks import Outcome, check_bundle
+    from sandbox.federated import messages
+    from sandbox.receipts import Signer
+
+    gw = client(gateway, gateway.grant())
+    genuine = gw.count("emr-visits", epsilon=0.2).receipt
+    signer = Signer(gateway.state_dir / "signing-key.pem")
+    message = messages.sign(signer, "site:north", {
+        k: v for k, v in genuine["payload"].items() if k != "domain"})
+    disguised = tmp_path / "message.json"
+    disguised.write_text(json.dumps(message, ensure_ascii=False))
+    key = tmp_path / "gateway.pem"
+    key.write_bytes(gw.public_key())
+    refused = cli("gateway", "verify-receipt", disguised, "--public-key", key)
+    assert refused.code != 0 and "not as a release-receipt" in refused.stderr
+    project = genuine["payload"]["project"]
+    checks = check_bundle([], [message], project, gw.public_key())
+    assert [c.outcome for c in checks if c.check == "receipt"] == [Outcome.FAIL]

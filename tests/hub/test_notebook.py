@@ -56,7 +56,7 @@ def executed(stack):
 def test_getting_started_runs_in_a_sandbox(stack, executed):
     project, _researcher, box, released = executed
     public_key = httpx.get(f"{stack.gateway.url}/v1/public-key").text.encode()
-    payloads = [receipts.verify(r, public_key) for r in released]
+    payloads = [receipts.verify(r, public_key, receipts.Domain.RECEIPT) for r in released]
     assert {p["project"] for p in payloads} == {f"application-{project}"}
     assert sum(p["epsilon"] for p in payloads) == 0.5
     code, _ = box.exec_run(["test", "-s", PLOT], user="1000:1000", workdir=WORK)
