@@ -63,6 +63,7 @@ def build(files: list[tuple[str, bytes]], manifest: dict, signer: receipts.Signe
                 "files": [{"name": name, "sha256": hashlib.sha256(content).hexdigest(),
                            "bytes": len(content)} for name, content in marked]}
     signed = signer.sign(manifest, receipts.Domain.MANIFEST)
+    manifest = signed["payload"]  # what was signed, its domain included
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, content in marked:
