@@ -6,17 +6,18 @@ that site, so every site holds about 1.1M visit rows of realistic shape. For a h
 a mean and a linear regression's statistics (XᵀX, Xᵀy, Σy²), in one run:
 
 1. **plaintext**: each site's exact local vector (OpenDP-bounded, as the sites compute
-   it), summed, OpenDP noise added — no encryption;
-2. **encrypted, same work**: the same, plus encrypting each site's vector under the public
-   context, adding ciphertexts and the encrypted noise, and decrypting the total — the
-   cost of CKKS alone (goal ≤ 1.5× the plaintext run). As deployed, encryptions of zero
-   are made ahead while idle (``ckks.EncryptionPool``) and each used once; their cost is
-   printed apart;
+   it) plus its OpenDP noise share, summed — no encryption;
+2. **encrypted, same work**: the same, plus encrypting each site's noisy vector under the
+   public context, adding the ciphertexts and decrypting the total — the cost of CKKS
+   alone (goal ≤ 1.5× the plaintext run). As deployed, encryptions of zero are made ahead
+   while idle (``ckks.EncryptionPool``) and each used once; their cost is printed apart;
 3. **end to end**: the real protocol over HTTP — three site processes in parallel, signed
-   requests and attestations, the key service checking its policy and recomputing the
-   total before decrypting.
+   requests and attestations, each site storing its share under the query id, the key
+   service checking its policy, adding the parts and storing the outcome.
 
-Prints medians over ``--rounds``, the ratios, and the sizes of what travels.
+Prints medians over ``--rounds``, the ratios, the sizes of what travels, the noise of the
+total beside one share's (the utility cost of every part being DP on its own, ADR 0011),
+and the cost of the federation's overlap check (blinded pseudonyms from every site).
 
     .venv/bin/python bench/federated.py [--rounds 5]
 """
@@ -41,7 +42,14 @@ sys.path.insert(0, str(ROOT))
 
 from sandbox import receipts  # noqa: E402
 from sandbox.federated import ckks  # noqa: E402
-from sandbox.federated.plan import FederatedSpec, finish, local_vector, make_plan, noise  # noqa: E402
+from sandbox.federated.plan import (  # noqa: E402
+    FederatedSpec,
+    accuracy,
+    finish,
+    local_vector,
+    make_plan,
+    noisy,
+)
 from sandbox.gateway import engine as dpengine  # noqa: E402
 from sandbox.gateway.federation import Federation  # noqa: E402
 from tests.federated.cluster import SITES, start_cluster  # noqa: E402
@@ -131,7 +139,7 @@ def run(cluster, public: dict, rounds: int) -> None:
     # As deployed, each site and the gateway keep encryptions of zero made while idle
     # (there: a thread of each process; here: topped up between timed rounds).
     pools = {s: ckks.EncryptionPool(public_context, depth=2, background=False)
-             for s in [*SITES, "gateway"]}
+             for s in SITES}
 
     def refill() -> None:
         for pool in pools.values():
@@ -149,19 +157,18 @@ def run(cluster, public: dict, rounds: int) -> None:
              "epsilon_total": 100.0, "epsilon_spent": 0.0}
     print(f"\n{'query':<11}{'slots':>6}{'plaintext':>12}{'encrypted':>12}{'ratio':>8}"
           f"{'end to end':>13}{'ratio':>8}")
-    worst, sizes = 0.0, {}
+    worst, sizes, noise_of = 0.0, {}, {}
     for name, spec in QUERIES.items():
         plan = make_plan(spec, public, set(grant["fields"]))
 
         def plaintext(plan=plan):
-            total = sum(local_vector(plan, views[s], PURPOSE) for s in SITES)
-            return finish(plan, list(total + np.asarray(noise(plan))))
+            total = sum(noisy(plan, local_vector(plan, views[s], PURPOSE)) for s in SITES)
+            return finish(plan, list(np.asarray(total)))
 
         def encrypted(plan=plan):
-            parts = [pools[s].encrypt(local_vector(plan, views[s], PURPOSE).tolist())
+            parts = [pools[s].encrypt(noisy(plan, local_vector(plan, views[s], PURPOSE)))
                      for s in SITES]
-            noisy = pools["gateway"].encrypt(noise(plan))
-            total = ckks.add(public_context, [*parts, noisy])
+            total = ckks.add(public_context, parts)
             return finish(plan, ckks.decrypt(secret, total, plan.size)), len(parts[0])
 
         def end_to_end(plan=plan):
@@ -174,15 +181,28 @@ def run(cluster, public: dict, rounds: int) -> None:
         print(f"{name:<11}{plan.size:>6}{plain_s * 1000:>10.0f}ms{enc_s * 1000:>10.0f}ms"
               f"{enc_s / plain_s:>7.2f}×{e2e_s * 1000:>11.0f}ms{e2e_s / plain_s:>7.2f}×")
         assert rows, "the end-to-end query released nothing"
+        first = accuracy(plan)[0]
+        noise_of[name] = (first["slot"], first["noise_scale"] * 2 ** 0.5,
+                          first["noise_std"])
     print(f"\nCKKS overhead on the same work: worst ratio {worst:.2f}× "
           f"(goal ≤ {GOAL}×) — {'met' if worst <= GOAL else 'NOT met'}")
     print(f"an encryption of zero, made ahead while idle: {offline_ms:.1f} ms each "
-          f"({len(SITES) + 1} per query)")
+          f"({len(SITES)} per query)")
     largest = max(sizes.values())
     print(f"sizes: public context {len(ckks.public_bytes(secret)) / 1e6:.2f} MB; per-site "
           "ciphertext " + ", ".join(f"{k} {b / 1e3:.0f} kB" for k, b in sizes.items())
-          + f"; per query the key service receives {len(SITES) + 2} ciphertexts (parts, "
-          f"noise, total), {(len(SITES) + 2) * largest * 4 / 3 / 1e6:.1f} MB as base64")
+          + f"; per query the key service receives {len(SITES)} ciphertexts (the parts), "
+          f"{len(SITES) * largest * 4 / 3 / 1e6:.1f} MB as base64")
+    print("\nnoise (standard deviation of the first slot): one share beside the total of "
+          f"{len(SITES)} shares")
+    for name, (slot, one, total) in noise_of.items():
+        print(f"  {name:<11}{slot:<10} one share {one:>10.3g}   total {total:>10.3g}   "
+              f"({total / one:.2f}×)")
+    start = time.perf_counter()
+    overlap = federation.check_overlap(DATASET, force=True)
+    print(f"\noverlap check (blinded pseudonyms of {sum(overlap.held_by.values()):,} "
+          f"patients from {len(SITES)} sites): {time.perf_counter() - start:.2f} s; "
+          f"patients by sites holding them: {overlap.held_by}")
     print(f"parameters: N = {ckks.POLY_MODULUS_DEGREE}, modulus {sum(ckks.COEFF_MOD_BIT_SIZES)} "
           f"bits, scale 2^{ckks.SCALE_BITS}, {ckks.SECURITY_BITS}-bit security")
 

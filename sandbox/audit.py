@@ -139,6 +139,9 @@ class AuditAction(StrEnum):
     PROJECT_RESUMED = "project.resumed"
     PROJECT_REVOKED = "project.revoked"
     OAUTH_AUTHORIZED = "oauth.authorized"
+    SITE_OVERLAP_REPORTED = "site.overlap_reported"
+    KEYS_REPEATED = "keys.repeated"
+    FEDERATION_CHECKED = "federation.checked"
 
 
 def create_tables(engine: Engine) -> None:

@@ -63,6 +63,14 @@ class BudgetExhausted(PolicyRefusal):
     code = "budget_exhausted"
 
 
+class RefusedRelease(PolicyRefusal):
+    """A charged query whose outcome, decided from noisy values, is a refusal ("fewer than
+    5 patients"): that refusal is the release — stored, receipted, and the same for the
+    identical query again. The details carry the release id and its receipt."""
+
+    code = "refused_release"
+
+
 class NotFound(SandboxError):
     """The thing asked for does not exist (or is not the caller's to see)."""
 

@@ -1,18 +1,25 @@
 """The key service: the only holder of the CKKS secret key, apart from the gateway.
 
-It publishes the public context, and decrypts one thing — the noisy total of a federated
-query — when the gateway's signed request satisfies its policy:
+It publishes the public context, and decrypts one thing — the sum of the sites' noisy
+parts of a federated query, which it adds up itself — when the gateway's signed request
+satisfies its policy (``policy``):
 
-- signed by the gateway, meant for the key service, fresh, and never decrypted before;
+- signed by the gateway, meant for the key service, fresh;
 - within the project's grant as the gateway states it (active, unexpired, the dataset and
-  fields granted, ε not overspent);
+  fields granted, ε not overspent — also by the key service's own tally of what it
+  decrypted for that grant);
 - at least ``min_sites`` (≥ 3) registered sites attest, each with its own key, that they
-  computed a part for this very query; the total is recomputed here from those parts and
-  the noise, and must equal the gateway's;
+  computed a part for this very query, with noise of the scale its ε needs;
 - after decryption every count slot covers at least 5 patients: a histogram cell below is
   withheld, a mean or regression below is refused.
 
-Every decryption and every refusal is an entry in the key service's own audit chain.
+One query id, one outcome. Whatever the key service decides for a query id — the values it
+decrypted, or a refusal, including a refusal made after decrypting ("fewer than 5
+patients") — is stored with the query's fingerprint before it is answered, and the same
+query id gets that same outcome again, without a new decryption. Nothing the gateway sends
+is decrypted as it is: there is no noise or total of the gateway's making to trust.
+
+Every decryption, refusal and repeat is an entry in the key service's own audit chain.
 Operators sign in with their own token (``operator.token``), not the gateway's.
 """
 
@@ -30,21 +37,26 @@ from fastapi import Depends, FastAPI, Header
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import Column, Engine, MetaData, String, Table, Text, insert, select
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Engine,
+    Float,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    insert,
+    select,
+)
 from sqlalchemy.exc import IntegrityError
 
 from sandbox import audit, httpapi, receipts
 from sandbox.audit import AuditAction
 from sandbox.db import make_engine
-from sandbox.errors import (
-    Conflict,
-    Forbidden,
-    InputError,
-    PolicyRefusal,
-    SandboxError,
-    Unauthenticated,
-)
-from sandbox.federated import ckks, messages
+from sandbox.errors import Conflict, Forbidden, InputError, SandboxError, Unauthenticated
+from sandbox.federated import ckks, messages, policy
 from sandbox.federated.plan import FederatedSpec
 from sandbox.secretfile import read_or_create
 
@@ -59,11 +71,15 @@ sites = Table(
     Column("public_pem", Text, nullable=False),
     Column("registered_at", String(40), nullable=False),
 )
-decryptions = Table(
-    "decryptions", metadata,
+# Every query id the key service decided, and how: its outcome is final.
+queries = Table(
+    "queries", metadata,
     Column("query_id", String(64), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
     Column("grant_id", String(64), nullable=False),
-    Column("sites", Text, nullable=False),
+    Column("epsilon", Float, nullable=False),
+    Column("decrypted", Boolean, nullable=False),
+    Column("outcome", Text, nullable=False),
     Column("at", String(40), nullable=False),
 )
 
@@ -94,24 +110,18 @@ class KeySettings(BaseSettings):
 class DecryptIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    request: dict = Field(description="the gateway's signed request (a receipt)")
-    parts: list[str] = Field(min_length=1, max_length=64, description="base64 ciphertexts, "
-                             "in the order of the request's attestations")
-    noise: str = Field(description="base64 ciphertext of the noise")
-    combined: str = Field(description="base64 ciphertext: the parts plus the noise")
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    request: dict = Field(description="the gateway's signed request (a service message)")
+    parts: list[str] = Field(min_length=1, max_length=64, description="base64 ciphertexts "
+                             "of the sites' noisy parts, in the order of the request's "
+                             "attestations")
 
 
 class KeyService:
-    def __init__(self, settings: KeySettings) -> None:
+    def __init__(self, settings: KeySettings, require_noise: bool = True) -> None:
+        """``require_noise=False`` (tests only; no setting reaches it) accepts parts from
+        sites that add no noise, to compare answers with the pooled computation."""
         self.settings = settings
+        self.require_noise = require_noise
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.db: Engine = make_engine(settings.database_url)
         metadata.create_all(self.db)
@@ -158,106 +168,120 @@ class KeyService:
 
     # -- decryption --------------------------------------------------------------------
     def decrypt(self, body: DecryptIn) -> dict:
-        request: dict = {}
+        """The outcome of the gateway's request: ``released`` values or ``refused`` with a
+        reason — stored and final for the query id. A request not signed by the gateway,
+        or not describing a query, is refused (4xx) without deciding anything."""
         try:
             request = messages.open_signed(body.request, self._gateway_key(), AUDIENCE)
-            return self._decrypt(request, body)
         except SandboxError as exc:
-            payload = body.request.get("payload") if isinstance(body.request, dict) else None
-            query = payload.get("query_id") if isinstance(payload, dict) else None
-            with self.db.begin() as conn:
-                audit.append(conn, AuditAction.KEYS_REFUSED,
-                             "gateway" if request else "unauthenticated",
-                             f"query:{query or '?'}", {"reason": exc.reason})
+            self._audit(AuditAction.KEYS_REFUSED, "unauthenticated",
+                        _query_of(body.request), {"reason": exc.reason})
             raise
-
-    def _decrypt(self, request: dict, body: DecryptIn) -> dict:
         query_id = str(request.get("query_id") or "")
         try:
+            if not 1 <= len(query_id) <= 64:
+                raise InputError("the request names no query")
             spec = FederatedSpec(**request["spec"])
-            grant, layout = request["grant"], request["layout"]
-            size, count_slots = int(layout["size"]), [int(i) for i in layout["count_slots"]]
-            min_count = float(layout["min_count"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"the request does not describe a query: {exc}") from None
-        if not query_id:
-            raise InputError("the request names no query")
-        _within_grant(grant, spec)
-        _check_layout(spec, size, count_slots)
+        except (SandboxError, KeyError, TypeError, ValueError) as exc:
+            reason = exc.reason if isinstance(exc, SandboxError) else \
+                f"the request does not describe a query: {exc}"
+            self._audit(AuditAction.KEYS_REFUSED, "gateway", query_id or "?",
+                        {"reason": reason})
+            raise InputError(reason) from None
+        stored = self._outcome(query_id, spec)
+        if stored is not None:
+            self._audit(AuditAction.KEYS_REPEATED, "gateway", query_id,
+                        {"outcome": stored["outcome"]})
+            return {**stored, "repeated": True}
+        grant = request.get("grant") if isinstance(request.get("grant"), dict) else {}
+        try:
+            outcome, decrypted = self._decide(request, spec, body), True
+        except SandboxError as exc:
+            outcome, decrypted = {"outcome": "refused", "reason": exc.reason}, False
+            if getattr(exc, "after_decryption", False):
+                decrypted = True
+        return self._remember(query_id, spec, grant, outcome, decrypted)
+
+    def _decide(self, request: dict, spec: FederatedSpec, body: DecryptIn) -> dict:
+        """Check the policy, add the attested parts, decrypt the total, withhold or refuse
+        what covers fewer than 5 patients."""
+        layout = policy.Layout.of(request)
+        grant = request.get("grant")
+        if not isinstance(grant, dict):
+            raise InputError("the request does not describe the grant")
+        policy.within_grant(grant, spec)
+        policy.check_layout(spec, layout)
+        self._within_tally(grant, spec)
         parts = [ckks.unb64(p) for p in body.parts]
-        contributed = self._attested(request.get("attestations") or [], parts, query_id,
-                                     spec, size, min_count)
-        noise, combined = ckks.unb64(body.noise), ckks.unb64(body.combined)
-        if messages.digest(noise) != request.get("noise_sha256") or \
-                messages.digest(combined) != request.get("combined_sha256"):
-            raise Unauthenticated("the ciphertexts are not the ones the gateway signed")
-        total = ckks.add(self._public, [*parts, noise])
-        if total != combined:
-            raise PolicyRefusal("the total is not the sum of the attested parts and the "
-                                "noise; nothing was decrypted")
-        if self._decrypted(query_id):
-            raise Conflict(f"query {query_id} was decrypted before")
-        values: list[float | None] = list(ckks.decrypt(self._secret, combined, size))
-        small = [i for i in count_slots if values[i] is not None and values[i] < min_count]
+        sites = policy.attested(request.get("attestations") or [], parts,
+                                str(request["query_id"]), spec, layout, self.site_keys(),
+                                self.settings.min_sites, self.require_noise)
+        total = ckks.add(self._public, parts)  # the key service adds the parts itself
+        values: list[float | None] = list(ckks.decrypt(self._secret, total, layout.size))
+        small = [i for i in layout.count_slots
+                 if values[i] is not None and values[i] < layout.min_count]
         if small and spec.kind != "histogram":
-            raise PolicyRefusal("the answer would cover fewer than 5 patients; nothing was "
-                                "released")
+            raise _RefusedAfterDecryption("the answer would cover fewer than 5 patients; "
+                                          "nothing was released")
         for i in small:
             values[i] = None
-        # The values leave only once this query's decryption and its audit entry are
-        # recorded, together; a concurrent request for the same query loses here.
+        return {"outcome": "released", "values": values, "withheld": small, "sites": sites}
+
+    def _within_tally(self, grant: dict, spec: FederatedSpec) -> None:
+        """The key service's own account of ε: what it decrypted for this grant, plus this
+        query, stays within the grant's total (a gateway whose ledger was rewound is
+        stopped here)."""
+        with self.db.connect() as conn:
+            spent = conn.execute(select(func.coalesce(func.sum(queries.c.epsilon), 0.0))
+                                 .where(queries.c.grant_id == str(grant.get("id")),
+                                        queries.c.decrypted.is_(True))).scalar_one()
+        try:
+            total = float(grant["epsilon_total"])
+        except (KeyError, TypeError, ValueError):
+            raise InputError("the request does not describe the grant's ε") from None
+        if float(spent) + spec.epsilon > total + 1e-9:
+            raise Forbidden(f"grant {grant.get('id')}: the key service has decrypted ε = "
+                            f"{float(spent):g} for it; ε = {spec.epsilon:g} more would exceed "
+                            f"its total of {total:g}")
+
+    def _remember(self, query_id: str, spec: FederatedSpec, grant: dict, outcome: dict,
+                  decrypted: bool) -> dict:
+        """Store the outcome and its audit entry together, then answer with it; a
+        concurrent request for the same query that stored first wins, and its outcome is
+        the answer."""
+        action = AuditAction.KEYS_DECRYPTED if outcome["outcome"] == "released" \
+            else AuditAction.KEYS_REFUSED
+        details = {"grant": grant.get("id"), "project": grant.get("project"),
+                   "dataset": spec.dataset, "kind": spec.kind, "epsilon": spec.epsilon,
+                   "decrypted": decrypted, "outcome": outcome["outcome"],
+                   **({"reason": outcome["reason"]} if "reason" in outcome else
+                      {"sites": outcome["sites"], "withheld": len(outcome["withheld"])})}
         try:
             with self.db.begin() as conn:
-                conn.execute(insert(decryptions).values(
-                    query_id=query_id, grant_id=str(grant.get("id")),
-                    sites=json.dumps(contributed), at=_now()))
-                audit.append(conn, AuditAction.KEYS_DECRYPTED, "gateway", f"query:{query_id}",
-                             {"grant": grant.get("id"), "project": grant.get("project"),
-                              "sites": contributed, "dataset": spec.dataset,
-                              "kind": spec.kind, "slots": size, "withheld": len(small),
-                              "epsilon": spec.epsilon})
+                conn.execute(insert(queries).values(
+                    query_id=query_id, fingerprint=spec.fingerprint(),
+                    grant_id=str(grant.get("id")), epsilon=spec.epsilon,
+                    decrypted=decrypted, outcome=json.dumps(outcome), at=_now()))
+                audit.append(conn, action, "gateway", f"query:{query_id}", details)
         except IntegrityError:
-            raise Conflict(f"query {query_id} was decrypted before") from None
-        return {"query_id": query_id, "values": values, "withheld": small,
-                "sites": contributed}
+            stored = self._outcome(query_id, spec)
+            if stored is None:
+                raise
+            return {**stored, "repeated": True}
+        return {"query_id": query_id, **outcome, "repeated": False}
 
-    def _decrypted(self, query_id: str) -> bool:
+    def _outcome(self, query_id: str, spec: FederatedSpec) -> dict | None:
         with self.db.connect() as conn:
-            return conn.execute(select(decryptions.c.query_id).where(
-                decryptions.c.query_id == query_id)).first() is not None
+            row = conn.execute(select(queries).where(queries.c.query_id == query_id)).first()
+        if row is None:
+            return None
+        if row.fingerprint != spec.fingerprint():
+            raise Conflict(f"query {query_id} was decided before for another question")
+        return {"query_id": query_id, **json.loads(row.outcome)}
 
-    def _attested(self, attestations: list, parts: list[bytes], query_id: str,
-                  spec: FederatedSpec, size: int, min_count: float) -> list[str]:
-        """The sites whose attestations hold: registered, signed by the site, for this
-        query, this ciphertext, this layout, and no laxer a minimum count than theirs."""
-        if len(attestations) != len(parts):
-            raise InputError("one attestation per part is needed")
-        keys, seen = self.site_keys(), []
-        for attestation, part in zip(attestations, parts, strict=True):
-            payload = attestation.get("payload") if isinstance(attestation, dict) else None
-            site = payload.get("site") if isinstance(payload, dict) else None
-            if site not in keys:
-                raise Forbidden(f"site {site!r} is not registered with the key service")
-            try:
-                receipts.verify(attestation, keys[site], receipts.Domain.ATTESTATION)
-            except InputError as exc:
-                raise Unauthenticated(f"site {site}'s attestation: {exc.reason}") from None
-            if payload.get("query_id") != query_id or \
-                    payload.get("fingerprint") != spec.fingerprint() or \
-                    payload.get("sha256") != messages.digest(part) or \
-                    payload.get("size") != size:
-                raise Unauthenticated(f"site {site}'s attestation is for another query or "
-                                      "another ciphertext")
-            if not isinstance(payload.get("min_count"), int | float) or \
-                    min_count < payload["min_count"]:
-                raise PolicyRefusal(f"the request's minimum count is below site {site}'s")
-            if site in seen:
-                raise PolicyRefusal(f"site {site} contributed twice")
-            seen.append(site)
-        if len(seen) < self.settings.min_sites:
-            raise PolicyRefusal(f"{len(seen)} sites contributed; the policy needs at least "
-                                f"{self.settings.min_sites}")
-        return seen
+    def _audit(self, action: AuditAction, actor: str, query: str, details: dict) -> None:
+        with self.db.begin() as conn:
+            audit.append(conn, action, actor, f"query:{query}", details)
 
     def verify_audit(self) -> dict:
         with self.db.connect() as conn:
@@ -273,34 +297,29 @@ class KeyService:
             return [dict(r) for r in rows]
 
 
-def _check_layout(spec: FederatedSpec, size: int, count_slots: list[int]) -> None:
-    """The count slots follow from the kind of query, whatever the request says."""
-    expected = list(range(len(spec.bins) - 1)) if spec.kind == "histogram" else [0]
-    if count_slots != expected or (spec.kind == "histogram" and size != len(expected)) \
-            or (spec.kind == "mean" and size != 3):
-        raise PolicyRefusal("the request's layout does not fit its query")
+class _RefusedAfterDecryption(SandboxError):
+    """A refusal made from decrypted values: the query's outcome all the same."""
+
+    after_decryption = True
 
 
-def _within_grant(grant: dict, spec: FederatedSpec) -> None:
-    try:
-        expired = datetime.fromisoformat(grant["expires_at"]) <= datetime.now(UTC)
-        over = float(grant["epsilon_spent"]) > float(grant["epsilon_total"]) + 1e-9
-        if grant["status"] != "active" or expired:
-            raise Forbidden(f"grant {grant['id']} is {grant['status']}"
-                            f"{' and expired' if expired else ''}")
-        if spec.dataset not in grant["datasets"]:
-            raise Forbidden(f"dataset {spec.dataset!r} is outside grant {grant['id']}")
-        outside = sorted(set(spec.fields_used()) - set(grant["fields"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"the request does not describe the grant: {exc}") from None
-    if outside:
-        raise Forbidden(f"fields {outside} are outside grant {grant['id']}")
-    if over:
-        raise Forbidden(f"grant {grant['id']} has spent more than its ε")
+def _query_of(message: object) -> str:
+    payload = message.get("payload") if isinstance(message, dict) else None
+    query = payload.get("query_id") if isinstance(payload, dict) else None
+    return str(query)[:64] if query else "?"
 
 
-def create_app(settings: KeySettings | None = None) -> FastAPI:
-    service = KeyService(settings or KeySettings())
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_app(settings: KeySettings | None = None, service: KeyService | None = None
+               ) -> FastAPI:
+    service = service or KeyService(settings or KeySettings())
     app = FastAPI(title="Sandbox key service", version="1",
                   description="Holds the CKKS secret key; decrypts only noisy federated "
                               "totals that satisfy its policy.")

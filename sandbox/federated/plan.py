@@ -7,10 +7,12 @@ the spec and the dataset's public metadata:
 - a **site** computes its local vector over its own rows (``local_vector``): OpenDP's
   stable transformation clamps each value to public bounds on a view holding at most
   ``contribution_bound`` rows per patient, so OpenDP states how many rows one patient can
-  change; the slots are then exact sums over those rows;
-- the **gateway** adds the sites' ciphertexts and OpenDP Laplace noise (``noise``), scaled
-  per slot to the slot's sensitivity;
-- the **key service** decrypts only the noisy total; ``finish`` turns it into the answer.
+  change; the slots are then exact sums over those rows. The site adds its own share of
+  OpenDP Laplace noise (``noise``) before it encrypts, so every part that leaves it is
+  ε-differentially private on its own;
+- the **gateway** only relays: it never holds a key, nor a noise value it could remove;
+- the **key service** adds the sites' ciphertexts itself and decrypts only that sum of
+  noisy parts; ``finish`` turns it into the answer.
 
 Layouts (x clamped to [L, U], M = max(|L|, |U|), r = rows per patient):
 
@@ -22,10 +24,14 @@ Layouts (x clamped to [L, U], M = max(|L|, |U|), r = rows per patient):
 
 Sites encrypt the vector divided slot by slot by those sensitivities (the *normalised*
 vector: every slot then has about the magnitude of a row count, which keeps the CKKS error,
-shared across slots, small for every slot). It changes by at most ``row_l1 · r`` in L1
-when one patient comes or goes (``row_l1`` = 1 for a histogram, the number of slots
-otherwise), so OpenDP's Laplace mechanism with scale ``row_l1 · r / ε`` on it is ε-DP;
-multiplying back by the sensitivities after decryption is post-processing.
+shared across slots, small for every slot). At one site it changes by at most
+``row_l1 · r`` in L1 when one patient comes or goes (``row_l1`` = 1 for a histogram, the
+number of slots otherwise). A patient may be held by up to ``m`` sites (the federation's
+declared ``sites_per_patient``, checked against the sites' pseudonyms), so each site's
+share is OpenDP's Laplace mechanism with scale ``row_l1 · r · m / ε``: the ``m`` parts one
+patient can touch are together ε-DP, and so is everything computed from all parts — the
+released total included (post-processing). The total carries the sum of the ``k`` sites'
+shares: its noise is √k times one share's (ADR 0011).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from sandbox.gateway.queries import MAX_BINS, MAX_FILTERS, Filter
 dp.enable_features("contrib")
 
 MAX_FEATURES = 20
+MAX_SHARES = 64
 MIN_PATIENTS = 5
 ALPHA = 0.05
 Kind = Literal["histogram", "mean", "linear_regression"]
@@ -156,7 +163,9 @@ class Plan:
     sensitivity: list[float]      # how far one row can move each slot
     count_slots: list[int]        # slots that count rows
     row_l1: int                   # L1 change of the normalised vector per row
-    rows_per_patient: int         # r: rows one patient can change (the view's bound)
+    rows_per_patient: int         # r: rows one patient can change at one site
+    sites_per_patient: int        # m: sites that may hold one patient (declared, checked)
+    shares: int                   # k: sites whose noisy parts make the total
     records: int                  # public upper bound on the rows a query can read
     columns: list[Column]         # numeric inputs, in slot order (x, or z then y)
     labels: list[str]             # bin labels / coefficient names
@@ -167,23 +176,25 @@ class Plan:
 
     @property
     def scale(self) -> float:
-        """Laplace scale on the normalised vector."""
-        return self.row_l1 * self.rows_per_patient / self.spec.epsilon
+        """Laplace scale of one site's noise share on the normalised vector."""
+        return self.row_l1 * self.rows_per_patient * self.sites_per_patient / \
+            self.spec.epsilon
 
     @property
     def min_count(self) -> int:
-        """Noisy row count a released cell needs: ≥ 5 patients of r rows each."""
-        return MIN_PATIENTS * self.rows_per_patient
+        """Noisy row count a released cell needs: ≥ 5 patients of r rows at m sites."""
+        return MIN_PATIENTS * self.rows_per_patient * self.sites_per_patient
 
     def limits(self) -> list[float]:
         """The largest magnitude each normalised slot can take (every row at its bound,
-        plus noise far into its tail): what the encrypted range must hold."""
-        return [self.records + 50 * self.scale] * self.size
+        plus every share's noise far into its tail): what the encrypted range must hold."""
+        return [self.records + 50 * self.shares * self.scale] * self.size
 
     def describe(self) -> dict:
         """What the key service needs to apply its policy."""
         return {"size": self.size, "count_slots": self.count_slots,
-                "min_count": self.min_count}
+                "min_count": self.min_count, "rows_per_patient": self.rows_per_patient,
+                "sites_per_patient": self.sites_per_patient, "noise_scale": self.scale}
 
 
 def make_plan(spec: FederatedSpec, metadata: dict, allowed: set[str] | None = None) -> Plan:
@@ -194,6 +205,8 @@ def make_plan(spec: FederatedSpec, metadata: dict, allowed: set[str] | None = No
                           set(fields) if allowed is None else allowed)
     dpengine.check_filters(spec.filters, fields)
     r = int(metadata["contribution_bound"])
+    m = sites_per_patient(metadata)
+    shares = max(1, len(metadata.get("sites") or [])) if metadata.get("federated") else 1
     records = int(metadata["sample_size"]["records"])
     if spec.kind == "histogram":
         column = _numeric(fields, spec.field, (spec.bins[0], spec.bins[-1]), "bins")
@@ -201,12 +214,13 @@ def make_plan(spec: FederatedSpec, metadata: dict, allowed: set[str] | None = No
         labels[-1] = labels[-1][:-1] + "]"
         k = len(labels)
         plan = Plan(spec, [f"count {label}" for label in labels], [1.0] * k, list(range(k)),
-                    1, r, records, [column], labels)
+                    1, r, m, shares, records, [column], labels)
     elif spec.kind == "mean":
         column = _numeric(fields, spec.field, spec.bounds, "bounds")
-        m = column.magnitude
+        top = column.magnitude
         plan = Plan(spec, ["n", f"sum {column.name}", f"sum {column.name}²"],
-                    [1.0, m, m * m], [0], 3, r, records, [column], ["count", "mean", "std"])
+                    [1.0, top, top * top], [0], 3, r, m, shares, records, [column],
+                    ["count", "mean", "std"])
     else:
         design = [Column("intercept", "", 1.0, 1.0)]
         for name in spec.features:
@@ -221,13 +235,22 @@ def make_plan(spec: FederatedSpec, metadata: dict, allowed: set[str] | None = No
             sensitivity.append(column.magnitude * target.magnitude)
         slots.append(f"Σ {target.name}²")
         sensitivity.append(target.magnitude ** 2)
-        plan = Plan(spec, slots, sensitivity, [0], len(slots), r, records,
+        plan = Plan(spec, slots, sensitivity, [0], len(slots), r, m, shares, records,
                     [*design, target], [c.name for c in design])
     if plan.size > ckks.SLOTS:
         raise InputError(f"this query needs {plan.size} slots; one ciphertext holds "
                          f"{ckks.SLOTS}")
     ckks.check_range(plan.limits())
     return plan
+
+
+def sites_per_patient(metadata: dict) -> int:
+    """How many sites of the federation may hold one patient (``sites_per_patient`` in
+    the public metadata; 1 where each patient is at one site, as ``site split`` makes)."""
+    m = metadata.get("sites_per_patient", 1)
+    if not isinstance(m, int) or isinstance(m, bool) or m < 1:
+        raise InputError(f"sites_per_patient must be a whole number ≥ 1, not {m!r}")
+    return m
 
 
 def _numeric(fields: dict, name: str, bounds: tuple[float, float] | None,
@@ -256,8 +279,8 @@ def _design(fields: dict, name: str, bounds: tuple[float, float] | None) -> list
 # -- at a site ----------------------------------------------------------------------------
 
 def local_vector(plan: Plan, dataset: dpengine.Dataset, purpose: str) -> np.ndarray:
-    """This site's exact aggregate vector over its consented rows (never leaves the site
-    in the clear)."""
+    """This site's exact aggregate vector over its consented rows, normalised (never
+    leaves the site: only ``noisy`` shares of it do, encrypted)."""
     spec = plan.spec
     frame = dataset.placeholder().filter(pl.col(dpengine.consent_column(purpose)))
     for flt in spec.filters:
@@ -302,30 +325,56 @@ def _design_values(column: Column, rows: pl.DataFrame, codes: dict[str, np.ndarr
     return rows[column.name].to_numpy()
 
 
-# -- at the gateway -----------------------------------------------------------------------
-
-def noise(plan: Plan) -> list[float]:
-    """Laplace noise for each normalised slot, from OpenDP, whose privacy loss OpenDP
-    checks."""
+def noisy(plan: Plan, vector: np.ndarray) -> np.ndarray:
+    """This site's share: ``vector`` (normalised) plus OpenDP Laplace noise at the plan's
+    scale, whose privacy loss OpenDP checks — a patient moves the vectors of at most
+    ``m`` sites by ``row_l1 · r`` each, and their ``m`` shares together stay within ε."""
     domain = dp.vector_domain(dp.atom_domain(T=float, nan=False), size=plan.size)
     mechanism = dp.m.make_laplace(domain, dp.l1_distance(T=float), scale=plan.scale)
     d_in = float(plan.row_l1 * plan.rows_per_patient)
-    if mechanism.map(d_in) > plan.spec.epsilon * (1 + 1e-9):
+    if mechanism.map(d_in) * plan.sites_per_patient > plan.spec.epsilon * (1 + 1e-9):
         raise PolicyRefusal("the noise would not keep this query within its ε")
-    return mechanism([0.0] * plan.size)
+    return np.asarray(mechanism([float(v) for v in vector]), dtype=np.float64)
 
 
 def accuracy(plan: Plan) -> list[dict]:
-    """Per slot: the noise scale, the (1 − α) bound of the noise, and the CKKS error bound
-    at the largest value the slot can hold."""
+    """Per slot: one share's noise scale, the number of shares in the total, the (1 − α)
+    bound of their sum, and the CKKS error bound at the largest value the slot can hold."""
     ckks_error = ckks.error_bound(plan.limits())
+    bound = laplace_sum_bound(1.0, plan.shares, ALPHA)
     out = []
     for name, s in zip(plan.slots, plan.sensitivity, strict=True):
         scale = s * plan.scale
-        out.append({"slot": name, "noise_scale": scale,
-                    "noise_bound_95": scale * math.log(1 / ALPHA),
-                    "ckks_error_bound": s * ckks_error})
+        out.append({"slot": name, "noise_scale": scale, "shares": plan.shares,
+                    "noise_std": scale * math.sqrt(2 * plan.shares),
+                    "noise_bound_95": scale * bound, "ckks_error_bound": s * ckks_error})
     return out
+
+
+def laplace_sum_bound(scale: float, shares: int, alpha: float) -> float:
+    """The t with P(|S| > t) = α for S the sum of ``shares`` independent Laplace(scale)
+    draws. Its tail has a closed form (S is a difference of two Gamma(k, scale) draws):
+    P(S > t) = e^(−T) Σⱼ cⱼ nⱼ! Σᵢ≤ₙⱼ Tⁱ/i!, T = t/scale, nⱼ = k−1−j,
+    cⱼ = C(k−1+j, j) / (nⱼ! 2^(k+j)); solved for t by bisection."""
+    if not 1 <= shares <= MAX_SHARES:
+        raise InputError(f"between 1 and {MAX_SHARES} noise shares, not {shares}")
+    k = shares
+
+    def tail(t: float) -> float:  # P(|S| > t · scale)
+        total = 0.0
+        for j in range(k):
+            n = k - 1 - j
+            weight = math.comb(k - 1 + j, j) / 2 ** (k + j)
+            total += weight * sum(t ** i / math.factorial(i) for i in range(n + 1))
+        return 2 * math.exp(-t) * total
+
+    low, high = 0.0, math.log(1 / alpha)
+    while tail(high) > alpha:
+        high *= 2
+    for _ in range(100):
+        middle = (low + high) / 2
+        low, high = (middle, high) if tail(middle) > alpha else (low, middle)
+    return scale * high
 
 
 def finish(plan: Plan, normalised: list[float | None]) -> list[dict]:

@@ -1,17 +1,25 @@
-"""A site node: one hospital's partition of a federated dataset, served as encrypted
-aggregates only.
+"""A site node: one hospital's partition of a federated dataset, served as encrypted,
+noisy aggregates only.
 
 The site answers the gateway alone (requests signed with the gateway's key, meant for this
 site, fresh). For each query it computes its local aggregate vector over its consented rows
-(``plan.local_vector``), encrypts it under the key service's public context — which it
-cannot decrypt — and signs an attestation binding the ciphertext's digest to the query, so
-the key service can tell that this site took part. Rows, and the site's own aggregate in
-the clear, never leave. Consent withdrawals the gateway forwards take effect at once.
-Every request is an entry in the site's own audit chain.
+(``plan.local_vector``), adds its own share of OpenDP noise (``plan.noisy``: the part is
+ε-DP on its own, whoever decrypts it), encrypts it under the key service's public context —
+which it cannot decrypt — and signs an attestation binding the ciphertext's digest to the
+query and the noise it carries, so the key service can tell that this site took part.
+
+One query id, one noise draw: the noisy share is stored under the query id before it
+leaves, and a repeated request for that query (a retry after another site failed) gets the
+same share again, never a fresh draw that could be averaged. Rows, and the site's own
+aggregate in the clear, never leave. Consent withdrawals the gateway forwards take effect
+at once. Every request is an entry in the site's own audit chain.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import logging
 import shutil
@@ -24,14 +32,15 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import Column, MetaData, String, Table, insert, select
+from sqlalchemy import Column, MetaData, String, Table, Text, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from sandbox import audit, httpapi, receipts
 from sandbox.audit import AuditAction
 from sandbox.db import make_engine
-from sandbox.errors import InputError, SandboxError, Unavailable
+from sandbox.errors import Conflict, InputError, SandboxError, Unavailable
 from sandbox.federated import ckks, messages
-from sandbox.federated.plan import FederatedSpec, local_vector, make_plan
+from sandbox.federated.plan import FederatedSpec, Plan, local_vector, make_plan, noisy
 from sandbox.gateway import engine as dpengine
 
 log = logging.getLogger("sandbox.site")
@@ -41,6 +50,14 @@ withdrawals = Table(
     "site_withdrawals", metadata,
     Column("pseudonym", String(64), primary_key=True),
     Column("purpose", String(40), primary_key=True),
+    Column("at", String(40), nullable=False),
+)
+# The noisy share each query id received: drawn once, given again for that query only.
+shares = Table(
+    "site_shares", metadata,
+    Column("query_id", String(64), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("vector", Text, nullable=False),
     Column("at", String(40), nullable=False),
 )
 
@@ -65,8 +82,11 @@ class SiteSettings(BaseSettings):
 
 
 class SiteService:
-    def __init__(self, settings: SiteSettings) -> None:
+    def __init__(self, settings: SiteSettings, noise: bool = True) -> None:
+        """``noise=False`` (tests only; no setting reaches it) sends exact parts, to
+        compare federated answers with the pooled computation."""
         self.settings = settings
+        self.noise = noise
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.db = make_engine(settings.database_url or
                               f"sqlite:///{settings.state_dir / 'site.db'}")
@@ -116,8 +136,11 @@ class SiteService:
             spec = FederatedSpec(**request["spec"])
             if spec.dataset != self.dataset.id:
                 raise InputError(f"this site serves {self.dataset.id!r}, not {spec.dataset!r}")
+            query_id = str(request["query_id"])
+            if not 1 <= len(query_id) <= 64:
+                raise InputError("the request names no query")
             plan = make_plan(spec, self.dataset.metadata, set(request["fields"]))
-            vector = local_vector(plan, self.dataset, str(request["purpose"]))
+            share, drawn = self._share(query_id, plan, str(request["purpose"]))
         except SandboxError as exc:
             self._audit(AuditAction.SITE_REFUSED, message, {"reason": exc.reason},
                         signed=bool(request))
@@ -125,18 +148,51 @@ class SiteService:
         except (KeyError, TypeError, ValueError) as exc:
             self._audit(AuditAction.SITE_REFUSED, message, {"reason": str(exc)[:500]})
             raise InputError(f"the request does not describe a query: {exc}") from None
-        ciphertext = self.pool().encrypt(vector.tolist())
+        ciphertext = self.pool().encrypt(share)
         covered = int(self.dataset.metadata["sample_size"]["patients"])
         attestation = self.signer.sign({
-            "site": self.settings.site, "query_id": request["query_id"],
+            "site": self.settings.site, "query_id": query_id,
             "fingerprint": spec.fingerprint(), "sha256": messages.digest(ciphertext),
-            "size": plan.size, "min_count": plan.min_count, "covered": covered},
-            receipts.Domain.ATTESTATION)
+            "size": plan.size, "min_count": plan.min_count, "covered": covered,
+            "rows_per_patient": plan.rows_per_patient,
+            "sites_per_patient": plan.sites_per_patient,
+            "noise_scale": plan.scale if self.noise else 0.0}, receipts.Domain.ATTESTATION)
         self._audit(AuditAction.SITE_AGGREGATED, message,
                     {"fingerprint": spec.fingerprint(), "purpose": request["purpose"],
-                     "slots": plan.size})
+                     "slots": plan.size, "noise": "drawn" if drawn else "stored"})
         return {"site": self.settings.site, "covered": covered, "attestation": attestation,
                 "ciphertext": ckks.b64(ciphertext)}
+
+    def _share(self, query_id: str, plan: Plan, purpose: str) -> tuple[list[float], bool]:
+        """This site's noisy share for ``query_id`` — the stored one if the query was asked
+        before (never a second draw), else a new draw, stored before it leaves; and whether
+        it was drawn now."""
+        fingerprint = plan.spec.fingerprint()
+        stored = self._stored_share(query_id, fingerprint)
+        if stored is not None:
+            return stored, False
+        vector = local_vector(plan, self.dataset, purpose)
+        share = noisy(plan, vector) if self.noise else vector
+        try:
+            with self.db.begin() as conn:
+                conn.execute(insert(shares).values(
+                    query_id=query_id, fingerprint=fingerprint, at=_now(),
+                    vector=json.dumps([float(v) for v in share])))
+        except IntegrityError:  # a concurrent request for this query stored its draw first
+            stored = self._stored_share(query_id, fingerprint)
+            if stored is None:
+                raise
+            return stored, False
+        return [float(v) for v in share], True
+
+    def _stored_share(self, query_id: str, fingerprint: str) -> list[float] | None:
+        with self.db.connect() as conn:
+            row = conn.execute(select(shares).where(shares.c.query_id == query_id)).first()
+        if row is None:
+            return None
+        if row.fingerprint != fingerprint:
+            raise Conflict(f"query {query_id} was asked before with another question")
+        return json.loads(row.vector)
 
     def withdraw(self, message: dict) -> dict:
         """Record a patient's withdrawal (forwarded by the gateway) and rebuild the view."""
@@ -155,6 +211,28 @@ class SiteService:
         with self._lock:
             self.dataset = self._prepare()
         return {"site": self.settings.site, "recorded": purposes}
+
+    def overlap(self, message: dict) -> dict:
+        """This site's patients, blinded for one overlap check: the first 8 bytes of
+        HMAC-SHA256(salt, pseudonym) for each, sorted — what the gateway compares across
+        sites to count patients held by several (docs/federated.md). The salt is fresh per
+        check, so the digests of two checks cannot be linked."""
+        request = self._open(message)
+        try:
+            salt = bytes.fromhex(str(request["salt"]))
+            check = str(request["check_id"])
+        except (KeyError, ValueError):
+            raise InputError("an overlap check needs a hex salt and a check id") from None
+        if len(salt) < 16:
+            raise InputError("the salt must be at least 16 bytes")
+        patients = dpengine.patients(self.dataset)
+        digests = sorted(hmac.new(salt, p.encode(), hashlib.sha256).digest()[:8]
+                         for p in patients)
+        with self.db.begin() as conn:
+            audit.append(conn, AuditAction.SITE_OVERLAP_REPORTED, "gateway",
+                         f"check:{check}", {"patients": len(digests)})
+        return {"site": self.settings.site, "check_id": check, "patients": len(digests),
+                "digests": base64.b64encode(b"".join(digests)).decode()}
 
     def holds(self, message: dict) -> dict:
         """Whether this site holds records of a patient (for the gateway's consent and
@@ -177,8 +255,12 @@ class SiteService:
                          f"query:{query or '?'}", details)
 
 
-def create_app(settings: SiteSettings) -> FastAPI:
-    service = SiteService(settings)
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def create_app(settings: SiteSettings, service: SiteService | None = None) -> FastAPI:
+    service = service or SiteService(settings)
     app = FastAPI(title=f"Federated site {settings.site}", version="1",
                   description="Encrypted local aggregates of this site's partition.")
     app.state.service = service
@@ -200,6 +282,10 @@ def create_app(settings: SiteSettings) -> FastAPI:
     @app.post("/v1/patients")
     def holds(message: dict) -> dict:
         return service.holds(message)
+
+    @app.post("/v1/overlap")
+    def overlap(message: dict) -> dict:
+        return service.overlap(message)
 
     @app.post("/v1/withdrawals")
     def withdraw(message: dict) -> dict:
@@ -244,11 +330,14 @@ def split(dataset_dir: Path, sites: list[str], out: Path, dataset_id: str = "",
         consent.filter(pl.col("_site") == index).drop("_site").write_parquet(
             part / "restricted" / "consent.parquet")
         site_meta = {**{k: v for k, v in meta.items() if k != "files"}, "site": site,
+                     "federated": True, "sites": sites, "sites_per_patient": 1,
                      "sample_size": {"patients": rows[key].n_unique(), "records": rows.height}}
         (part / "metadata.json").write_text(json.dumps(site_meta, ensure_ascii=False,
                                                        indent=2), encoding="utf-8")
+    # Each patient is at exactly one site here; a federation of separately onboarded
+    # extracts declares how many sites may share a patient (checked, docs/federated.md).
     public = {**{k: v for k, v in meta.items() if k != "files"}, "federated": True,
-              "sites": sites, "title": {
+              "sites": sites, "sites_per_patient": 1, "title": {
                   "zh": f"{meta['title']['zh']}（联邦：{len(sites)} 家机构）",
                   "en": f"{meta['title']['en']} (federated: {len(sites)} sites)"}}
     text = json.dumps(public, ensure_ascii=False, indent=2)

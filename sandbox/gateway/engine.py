@@ -85,6 +85,13 @@ def contains(dataset: Dataset, pseudonym: str) -> bool:
     ).item() > 0
 
 
+def patients(dataset: Dataset) -> list[str]:
+    """The pseudonyms of every patient with a restricted record in ``dataset``."""
+    key = dataset.metadata["patient_key"]
+    records = pl.scan_parquet(dataset.directory / "restricted" / f"{RECORDS}.parquet")
+    return records.select(pl.col(key).unique()).collect()[key].to_list()
+
+
 def prepare(directory: Path, cache: Path, withdrawals: dict[str, set[str]]) -> Dataset:
     """Build (or rebuild) the view of the dataset in ``directory``. ``withdrawals`` maps a
     pseudonym to the purposes withdrawn ("*" for all)."""
@@ -188,6 +195,7 @@ class Release:
     epsilon: float
     delta: float
     columns: list[str]
+    refused: str | None = None  # a refusal decided from noisy values: the release itself
 
 
 class Engine:

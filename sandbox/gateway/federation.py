@@ -7,15 +7,29 @@ each federated dataset, its public metadata and its sites::
      "datasets": {"emr-visits": {"metadata": "var/federated/emr-visits/metadata.json",
                                  "sites": {"north": "http://127.0.0.1:8731", …}}}}
 
-For a query the gateway signs one request per site, adds the encrypted parts it gets back
-and encrypted OpenDP noise, and asks the key service to decrypt the total — which it cannot
-do itself: it only ever holds the public context.
+For a query the gateway signs one request per site and relays the encrypted noisy parts it
+gets back, with the sites' attestations, to the key service, which adds them and decrypts
+the total — which the gateway cannot do: it only ever holds the public context, and it
+draws no noise of its own (the sites do, ADR 0011). The query id of a charge is derived
+from the grant and the query, so a retry under the same charge asks the sites and the key
+service about the same query id, and gets the same noisy shares and the same outcome.
+
+Before a federated dataset is first queried, and again every ``overlap_ttl`` seconds, the
+gateway checks the federation's declared ``sites_per_patient`` against the sites: each
+sends its patients blinded with a fresh salt (``/v1/overlap``), and a federation in which
+more patients' blinded pseudonyms are shared by more sites than declared is refused.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import secrets
 import threading
+import time
+import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +38,49 @@ import httpx
 
 from sandbox import receipts
 from sandbox.errors import InputError, PolicyRefusal, SandboxError, Unavailable
-from sandbox.federated import ckks, messages
+from sandbox.federated import messages
 from sandbox.federated.keys import MIN_SITES
-from sandbox.federated.plan import FederatedSpec, Plan, finish, make_plan, noise
+from sandbox.federated.plan import (
+    FederatedSpec,
+    Plan,
+    finish,
+    make_plan,
+    sites_per_patient,
+)
 from sandbox.gateway.engine import Release
 
 WITHDRAWAL_TIMEOUT = 15.0
+OVERLAP_TTL = 3600.0
+
+
+def query_id(grant_id: str, fingerprint: str) -> str:
+    """The id under which sites and the key service know a charged query: one per grant
+    and question, whatever the ledger row's id becomes on a retry."""
+    return hashlib.sha256(f"{grant_id}\n{fingerprint}".encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """What an overlap check found: patients (blinded) by the number of sites holding
+    them, against the federation's declared bound."""
+
+    check_id: str
+    declared: int
+    held_by: dict[int, int]  # number of sites → patients held by that many
+    at: float
+
+    @property
+    def observed(self) -> int:
+        return max(self.held_by, default=0)
+
+    @property
+    def ok(self) -> bool:
+        return self.observed <= self.declared
+
+    def describe(self) -> dict:
+        return {"check": self.check_id, "declared_sites_per_patient": self.declared,
+                "observed_sites_per_patient": self.observed,
+                "patients_by_sites": {str(k): v for k, v in sorted(self.held_by.items())}}
 
 
 @dataclass(frozen=True)
@@ -49,15 +100,15 @@ class FederatedDataset:
 
 class Federation:
     def __init__(self, config_file: Path | None, signer: receipts.Signer,
-                 timeout: float = 300) -> None:
+                 timeout: float = 300, overlap_ttl: float = OVERLAP_TTL) -> None:
         self.signer = signer
+        self.overlap_ttl = overlap_ttl
+        self.overlaps: dict[str, Overlap] = {}
         # One client for every call: building one (TLS set-up included) costs ~20 ms.
         self._http = httpx.Client(timeout=timeout)
         self.datasets: dict[str, FederatedDataset] = {}
         self.keys_url = ""
-        self._context = None
-        self._pool: ckks.EncryptionPool | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one overlap check at a time
         if config_file is None:
             return
         try:
@@ -68,26 +119,10 @@ class Federation:
                 if meta["id"] != name or len(entry["sites"]) < MIN_SITES:
                     raise ValueError(f"{name}: metadata of {meta['id']!r}, or fewer than "
                                      f"{MIN_SITES} sites")
+                sites_per_patient(meta)
                 self.datasets[name] = FederatedDataset(name, meta, dict(entry["sites"]))
         except (OSError, KeyError, TypeError, ValueError) as exc:
             raise InputError(f"federation file {config_file}: {exc}") from None
-
-    def context(self):
-        """The key service's public context (fetched once); no secret key in it."""
-        return self._public()[0]
-
-    def _public(self) -> tuple:
-        with self._lock:
-            if self._context is None:
-                try:
-                    response = self._http.get(f"{self.keys_url}/v1/context")
-                    response.raise_for_status()
-                except httpx.HTTPError as exc:
-                    raise Unavailable(f"the key service could not be reached ({exc})") \
-                        from None
-                self._context = ckks.load(response.content)
-                self._pool = ckks.EncryptionPool(self._context)
-            return self._context, self._pool
 
     def plan(self, spec: FederatedSpec, allowed: set[str]) -> Plan:
         dataset = self.datasets.get(spec.dataset)
@@ -96,13 +131,14 @@ class Federation:
                              f"{', '.join(sorted(self.datasets)) or 'none'}")
         return make_plan(spec, dataset.metadata, allowed)
 
-    def run(self, plan: Plan, grant: dict, query_id: str, with_noise: bool = True
-            ) -> Release:
-        """Ask every site, combine, noise, have the total decrypted; the released rows."""
+    def run(self, plan: Plan, grant: dict, query: str) -> Release:
+        """Ask every site for its noisy part of query ``query``, have the key service add
+        and decrypt them; the released rows, or the key service's refusal as the release.
+        Every outcome of the key service is final for the query id; only a failure to
+        reach it (or too few sites) leaves the charge to be retried."""
         spec = plan.spec
         dataset = self.datasets[spec.dataset]
-        context, encryptions = self._public()
-        body = {"query_id": query_id, "spec": spec.model_dump(mode="json"),
+        body = {"query_id": query, "spec": spec.model_dump(mode="json"),
                 "purpose": grant["purpose"], "fields": grant["fields"]}
         with ThreadPoolExecutor(len(dataset.sites)) as threads:
             answers = list(threads.map(lambda item: self._ask_site(*item, body),
@@ -112,24 +148,49 @@ class Federation:
             failed = "; ".join(a for a in answers if isinstance(a, str))
             raise Unavailable(f"only {len(parts)} of {len(answers)} sites answered "
                               f"({failed}); a federated answer needs {MIN_SITES}")
-        ciphertexts = [ckks.unb64(p["ciphertext"]) for p in parts]
-        noisy = encryptions.encrypt(noise(plan) if with_noise else [0.0] * plan.size)
-        combined = ckks.add(context, [*ciphertexts, noisy])
         request = messages.sign(self.signer, "keys", {
-            "query_id": query_id, "spec": body["spec"], "layout": plan.describe(),
+            "query_id": query, "spec": body["spec"], "layout": plan.describe(),
             "grant": {k: grant[k] for k in ("id", "project", "status", "expires_at",
                                             "datasets", "fields", "epsilon_total",
                                             "epsilon_spent")},
-            "attestations": [p["attestation"] for p in parts],
-            "noise_sha256": messages.digest(noisy),
-            "combined_sha256": messages.digest(combined)})
+            "attestations": [p["attestation"] for p in parts]})
         answer = self._post(f"{self.keys_url}/v1/decrypt", {
-            "request": request, "parts": [p["ciphertext"] for p in parts],
-            "noise": ckks.b64(noisy), "combined": ckks.b64(combined)}, "the key service")
+            "request": request, "parts": [p["ciphertext"] for p in parts]},
+            "the key service")
+        if answer.get("outcome") != "released":
+            return Release([], spec.epsilon, 0.0, [],
+                           refused=str(answer.get("reason") or "refused by the key service"))
         rows = finish(plan, answer["values"])
         for row in rows:
-            row["sites"] = len(parts)
+            row["sites"] = len(answer.get("sites") or parts)
         return Release(rows, spec.epsilon, 0.0, list(rows[0]))
+
+    def check_overlap(self, dataset_id: str, force: bool = False) -> Overlap:
+        """The federation's patients held by several sites, against its declared bound:
+        each site sends its patients blinded with a fresh salt; the last check is reused
+        for ``overlap_ttl`` seconds. Raises when a site cannot answer."""
+        with self._lock:
+            last = self.overlaps.get(dataset_id)
+            if last is not None and not force and time.time() - last.at < self.overlap_ttl:
+                return last
+            overlap = self._check_overlap(self.datasets[dataset_id])
+            self.overlaps[dataset_id] = overlap
+            return overlap
+
+    def _check_overlap(self, dataset: FederatedDataset) -> Overlap:
+        check, salt = uuid.uuid4().hex, secrets.token_hex(32)
+        held: Counter[bytes] = Counter()
+        for name, url in sorted(dataset.sites.items()):
+            answer = self._post(f"{url.rstrip('/')}/v1/overlap", messages.sign(
+                self.signer, f"site:{name}", {"check_id": check, "salt": salt}),
+                f"site {name}")
+            try:
+                blob = base64.b64decode(answer["digests"], validate=True)
+            except (KeyError, TypeError, ValueError):
+                raise Unavailable(f"site {name} sent no blinded patients") from None
+            held.update({blob[i:i + 8] for i in range(0, len(blob), 8)})
+        return Overlap(check, sites_per_patient(dataset.metadata),
+                       dict(Counter(held.values())), time.time())
 
     def _ask_site(self, name: str, url: str, body: dict) -> dict | str:
         try:

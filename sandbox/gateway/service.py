@@ -41,12 +41,14 @@ from sandbox.errors import (
     Forbidden,
     InputError,
     NotFound,
+    PolicyRefusal,
+    RefusedRelease,
     SandboxError,
     Unauthenticated,
 )
 from sandbox.federated.plan import ALPHA, FederatedSpec, Plan, accuracy
 from sandbox.gateway import engine as dpengine
-from sandbox.gateway.federation import FederatedDataset, Federation
+from sandbox.gateway.federation import FederatedDataset, Federation, query_id
 from sandbox.gateway.grants import GrantState, check_usable, next_state
 from sandbox.gateway.queries import QuerySpec
 from sandbox.gateway.ratelimit import RateLimiter
@@ -138,11 +140,8 @@ class Withdrawal(BaseModel):
 class GatewayService:
     """Everything the gateway does, callable without HTTP."""
 
-    def __init__(self, settings: GatewaySettings, federated_noise: bool = True) -> None:
-        """``federated_noise=False`` (tests only; no setting reaches it) releases
-        federated totals without noise, to compare them with the pooled computation."""
+    def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self.federated_noise = federated_noise
         self.db = make_engine(settings.database_url)
         create_tables(self.db)
         settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -440,14 +439,33 @@ class GatewayService:
         self._granted(grant, spec.dataset)
         return self.federation.plan(spec, set(grant["fields"]))
 
+    def _federation_holds(self, dataset: str) -> None:
+        """Refuse a federation whose sites share more patients than it declares (checked
+        from the sites' blinded pseudonyms, audited when a new check ran)."""
+        before = self.federation.overlaps.get(dataset)
+        overlap = self.federation.check_overlap(dataset)
+        if overlap is not before:
+            with self.db.begin() as conn:
+                audit.append(conn, AuditAction.FEDERATION_CHECKED, "gateway",
+                             f"dataset:{dataset}", {**overlap.describe(), "ok": overlap.ok})
+        if not overlap.ok:
+            raise PolicyRefusal(
+                f"{dataset}: {overlap.held_by[overlap.observed]} patients are held by "
+                f"{overlap.observed} sites, but the federation declares at most "
+                f"{overlap.declared} site(s) per patient, which its noise is calibrated "
+                "to; nothing can be released until the controllers correct it",
+                **overlap.describe())
+
     def federated_query(self, grant: dict, spec: FederatedSpec) -> dict:
         """A federated answer: charged here first, computed by the sites under
-        encryption, decrypted (noisy) by the key service, recorded and receipted here."""
+        encryption with their own noise shares, added and decrypted by the key service,
+        recorded and receipted here. Retries of a charge ask about the same query id."""
         def prepare() -> tuple[FederatedDataset, Callable[[dict], dpengine.Release]]:
             plan = self._federated_plan(grant, spec)
+            self._federation_holds(spec.dataset)
             # The key service checks the grant as it stands after this query's charge.
             return self.federation.datasets[spec.dataset], lambda claim: self.federation.run(
-                plan, self.grant(grant["id"]), claim["id"], self.federated_noise)
+                plan, self.grant(grant["id"]), query_id(grant["id"], claim["query_hash"]))
 
         return self._answer(grant, spec, prepare)
 
@@ -564,6 +582,7 @@ class GatewayService:
             "query_hash": claim["query_hash"], "result": result.rows,
             "epsilon": spec.epsilon, "delta": spec.delta,
             "opendp_loss": [result.epsilon, result.delta], "released_at": _now(),
+            **({"refused": result.refused} if result.refused else {}),
         }
         receipt = self.signer.sign(payload, Domain.RECEIPT)
         with self.db.begin() as conn:
@@ -579,13 +598,17 @@ class GatewayService:
                          f"release:{claim['id']}",
                          {"receipt_sha256": hashlib.sha256(
                              json.dumps(receipt, sort_keys=True).encode()).hexdigest()})
-        return {"release": claim["id"], "result": result.rows, "columns": result.columns,
-                "epsilon": spec.epsilon, "delta": spec.delta, "repeated": False,
-                "receipt": receipt}
+        answer = {"release": claim["id"], "result": result.rows, "columns": result.columns,
+                  "epsilon": spec.epsilon, "delta": spec.delta, "repeated": False,
+                  "receipt": receipt}
+        _raise_if_refused(answer)
+        return answer
 
     def _stored(self, row: dict) -> dict:
         receipt = json.loads(row["receipt"])
         rows = json.loads(row["value"])
+        _raise_if_refused({"release": row["id"], "epsilon": row["epsilon"],
+                           "delta": row["delta"], "repeated": True, "receipt": receipt})
         return {"release": row["id"], "result": rows,
                 "columns": list(rows[0].keys()) if rows else [],
                 "epsilon": row["epsilon"], "delta": row["delta"], "repeated": True,
@@ -600,6 +623,17 @@ class GatewayService:
                  "created_at": r["created_at"], "released_at": r["released_at"],
                  "receipt": json.loads(r["receipt"]) if r["receipt"] else None}
                 for r in rows]
+
+
+def _raise_if_refused(answer: dict) -> None:
+    """A release whose outcome is a refusal reaches the caller as ``RefusedRelease``,
+    with its id and receipt: charged once, the same refusal every time."""
+    refused = answer["receipt"]["payload"].get("refused")
+    if refused:
+        raise RefusedRelease(
+            f"{refused} (release {answer['release']}: ε = {answer['epsilon']:g} was charged "
+            "once; asking again returns this same outcome)",
+            **{k: answer[k] for k in ("release", "epsilon", "delta", "repeated", "receipt")})
 
 
 def _budget(total: float, spent: float) -> dict:

@@ -1,7 +1,10 @@
 """A federation for real (tests and bench/federated.py): the key service and one process
 per site, each started with ``sandboxctl``, reached over HTTP; the sites' keys registered
-with the key service through its CLI; and a gateway — as its own process, or in this
-process with the test-only noise switch, served over HTTP all the same."""
+with the key service through its CLI; and a gateway — as its own process, or built in this
+process and served over HTTP all the same. ``start_exact`` adds a second federation over
+the same partitions whose sites add no noise and whose key service accepts that (switches
+no setting reaches: the services are built in this process), to compare answers with the
+pooled computation."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import httpx
 import uvicorn
 
 from sandbox import receipts
+from sandbox.federated import keys, site
 from sandbox.gateway.app import create_app
 from sandbox.gateway.service import GatewayService
 from sandbox.gateway.settings import GatewaySettings
@@ -44,16 +48,21 @@ class Cluster:
         """The gateway's signing key (what sites and the key service trust)."""
         return receipts.Signer(self.gateway_state / "signing-key.pem")
 
-    def gateway_settings(self, name: str) -> GatewaySettings:
+    def gateway_settings(self, name: str, federation_file: Path | None = None
+                         ) -> GatewaySettings:
         empty = self.root / "central"
         empty.mkdir(exist_ok=True)
         return GatewaySettings(database_url=f"sqlite:///{self.root / f'{name}.db'}",
                                datasets_dir=empty, state_dir=self.gateway_state,
-                               federation_file=self.federation_file, rate_limit=0)
+                               federation_file=federation_file or self.federation_file,
+                               rate_limit=0)
 
     def close(self) -> None:
         for proc in self.processes.values():
-            stop_process(proc)
+            if isinstance(proc, ServedApp):
+                proc.close()
+            else:
+                stop_process(proc)
 
 
 def start_cluster(parts: Path, dataset_id: str, root: Path,
@@ -94,23 +103,67 @@ def start_cluster(parts: Path, dataset_id: str, root: Path,
     return cluster
 
 
-class ServedApp:
-    """A gateway built in this process (so tests can pass what no setting can), served
-    over real HTTP on its own port."""
+def serve_sites(cluster: Cluster, parts: Path, names: dict[str, str], keys_url: str,
+                keys_db: str, keys_state: Path, state: Path, noise: bool = True
+                ) -> dict[str, str]:
+    """Site services built in this process over ``parts/<partition>`` (``names``: site
+    name → partition), served over HTTP and registered with the key service whose
+    database and state directory are ``keys_db`` and ``keys_state``; their URLs."""
+    urls = {}
+    for name, partition in names.items():
+        settings = site.SiteSettings(site=name, dataset_dir=parts / partition,
+                                     state_dir=state / f"site-{name}", keys_url=keys_url,
+                                     gateway_key_file=cluster.gateway_key)
+        served = ServedApp(site.create_app(settings, site.SiteService(settings, noise)))
+        cluster.processes[f"served-{name}-{served.port}"] = served
+        public = state / f"site-{name}.pub.pem"
+        public.write_text(httpx.get(f"{served.url}/v1/public-key").text)
+        registered = run_cli("keys", "register-site", name, public, "--state-dir",
+                             keys_state, "--database-url", keys_db)
+        assert registered.code == 0, registered.stderr
+        urls[name] = served.url
+    return urls
 
-    def __init__(self, service: GatewayService) -> None:
-        self.service = service
+
+def start_exact(cluster: Cluster) -> Path:
+    """A noise-free federation over the cluster's partitions (tests only); its
+    federation file."""
+    root = cluster.root / "exact"
+    root.mkdir(exist_ok=True)
+    keys_db = f"sqlite:///{root / 'keys.db'}"
+    settings = keys.KeySettings(state_dir=root / "keys", database_url=keys_db,
+                                gateway_key_file=cluster.gateway_key)
+    served = ServedApp(keys.create_app(service=keys.KeyService(settings,
+                                                               require_noise=False)))
+    cluster.processes["exact-keys"] = served
+    sites = serve_sites(cluster, cluster.parts, {n: n for n in cluster.sites}, served.url,
+                        keys_db, root / "keys", root, noise=False)
+    federation = root / "federation.json"
+    federation.write_text(json.dumps({"keys_url": served.url, "datasets": {
+        cluster.dataset_id: {"metadata": str(cluster.parts / "metadata.json"),
+                             "sites": sites}}}))
+    return federation
+
+
+class ServedApp:
+    """A service built in this process (so tests can pass what no setting can), served
+    over real HTTP on its own port: a gateway service, or any app."""
+
+    def __init__(self, service: GatewayService | object) -> None:
+        app = create_app(service=service) if isinstance(service, GatewayService) \
+            else service
+        self.service = service if isinstance(service, GatewayService) else \
+            getattr(app.state, "service", None)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(create_app(service=service),
-                                                    host="127.0.0.1", port=self.port,
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
                                                     log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started:
             if time.monotonic() > deadline:
-                raise RuntimeError("the in-process gateway did not start")
+                raise RuntimeError("the in-process service did not start")
             time.sleep(0.05)
 
     def admin(self, method: str, path: str, body: dict | None = None) -> httpx.Response:

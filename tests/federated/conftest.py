@@ -7,7 +7,7 @@ import pytest
 
 from sandbox.gateway.service import GatewayService
 from tests.conftest import run_cli
-from tests.federated.cluster import SITES, ServedApp, start_cluster
+from tests.federated.cluster import SITES, ServedApp, start_cluster, start_exact
 from tests.services import GatewayProcess
 
 DATASET = "emr-visits-federated"
@@ -27,9 +27,10 @@ def cluster(dataset, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def exact(cluster):
-    """A gateway that releases federated totals without noise (tests only)."""
-    served = ServedApp(GatewayService(cluster.gateway_settings("exact"),
-                                      federated_noise=False))
+    """A gateway over a federation of the same partitions whose sites add no noise
+    (tests only): its answers can be compared with the pooled computation."""
+    served = ServedApp(GatewayService(cluster.gateway_settings(
+        "exact", federation_file=start_exact(cluster))))
     yield served
     served.close()
 
