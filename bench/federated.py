@@ -42,14 +42,8 @@ sys.path.insert(0, str(ROOT))
 
 from sandbox import receipts  # noqa: E402
 from sandbox.federated import ckks  # noqa: E402
-from sandbox.federated.plan import (  # noqa: E402
-    FederatedSpec,
-    accuracy,
-    finish,
-    local_vector,
-    make_plan,
-    noisy,
-)
+from sandbox.federated.noise import accuracy, noisy  # noqa: E402
+from sandbox.federated.plan import FederatedSpec, finish, local_vector, make_plan  # noqa: E402
 from sandbox.gateway import engine as dpengine  # noqa: E402
 from sandbox.gateway.federation import Federation  # noqa: E402
 from tests.federated.cluster import SITES, start_cluster  # noqa: E402

@@ -3,7 +3,7 @@ noisy aggregates only.
 
 The site answers the gateway alone (requests signed with the gateway's key, meant for this
 site, fresh). For each query it computes its local aggregate vector over its consented rows
-(``plan.local_vector``), adds its own share of OpenDP noise (``plan.noisy``: the part is
+(``plan.local_vector``), adds its own share of OpenDP noise (``noise.noisy``: the part is
 ε-DP on its own, whoever decrypts it), encrypts it under the key service's public context —
 which it cannot decrypt — and signs an attestation binding the ciphertext's digest to the
 query and the noise it carries, so the key service can tell that this site took part.
@@ -40,7 +40,8 @@ from sandbox.audit import AuditAction
 from sandbox.db import make_engine
 from sandbox.errors import Conflict, InputError, SandboxError, Unavailable
 from sandbox.federated import ckks, messages
-from sandbox.federated.plan import FederatedSpec, Plan, local_vector, make_plan, noisy
+from sandbox.federated.noise import noisy
+from sandbox.federated.plan import FederatedSpec, Plan, local_vector, make_plan
 from sandbox.gateway import engine as dpengine
 
 log = logging.getLogger("sandbox.site")

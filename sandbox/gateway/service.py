@@ -46,7 +46,8 @@ from sandbox.errors import (
     SandboxError,
     Unauthenticated,
 )
-from sandbox.federated.plan import ALPHA, FederatedSpec, Plan, accuracy
+from sandbox.federated.noise import ALPHA, accuracy
+from sandbox.federated.plan import FederatedSpec, Plan
 from sandbox.gateway import engine as dpengine
 from sandbox.gateway.federation import FederatedDataset, Federation, query_id
 from sandbox.gateway.grants import GrantState, check_usable, next_state
