@@ -139,6 +139,7 @@ class AuditAction(StrEnum):
     PROJECT_RESUMED = "project.resumed"
     PROJECT_REVOKED = "project.revoked"
     OAUTH_AUTHORIZED = "oauth.authorized"
+    EXPORT_DOWNLOADED = "export.downloaded"
 
 
 def create_tables(engine: Engine) -> None:

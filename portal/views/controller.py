@@ -295,5 +295,6 @@ def export_bundle(export_id: int) -> ResponseReturnValue:
     request_ = _export(export_id)
     if request_.bundle is None:
         abort(404)
-    return Response(request_.bundle, mimetype="application/zip", headers={
+    return Response(exports.download(g.db, _settings(), request_, g.user),
+                    mimetype="application/zip", headers={
         "Content-Disposition": f"attachment; filename=export-{export_id}.zip"})

@@ -163,7 +163,9 @@ def _read(suffix: str, data: bytes, name: str, policy: ExportPolicy) -> Contents
     if suffix == ".svg":
         return documents.read_svg(text, name)
     if suffix in TABLE_SUFFIXES:
-        found.tables.append(tables.from_csv(text, TABLE_SUFFIXES[suffix]))
+        table, comments = tables.from_csv(text, TABLE_SUFFIXES[suffix])
+        found.tables.append(table)
+        found.texts.append(Text("comment lines", comments))
     found.texts.append(Text("", text, code=suffix in CODE_SUFFIXES,
                             parsed=suffix in TABLE_SUFFIXES))
     found.checks.append(Check("content", Outcome.PASS, "text", name))

@@ -41,10 +41,14 @@ SPLITTERS = (
 
 # -- reading ----------------------------------------------------------------------------
 
-def from_csv(text: str, delimiter: str, origin: str = "") -> Table:
-    rows = list(csv.reader(io.StringIO(text), delimiter=delimiter))
+def from_csv(text: str, delimiter: str, origin: str = "") -> tuple[Table, str]:
+    """The table, and the comment lines (``#``) before its header — a watermark, say —
+    which the caller checks as text."""
+    lines = text.splitlines(keepends=True)
+    skip = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
+    rows = list(csv.reader(io.StringIO("".join(lines[skip:])), delimiter=delimiter))
     body = [r for r in rows[1:] if any(cell.strip() for cell in r)]
-    return Table(origin, rows[0] if rows else [], body)
+    return Table(origin, rows[0] if rows else [], body), "".join(lines[:skip])
 
 
 def from_json(value: object, origin: str) -> Iterator[Table]:
