@@ -323,9 +323,6 @@ CASES = [
     Case("flat.json", "a mapping patient → cost",
          lambda _: json.dumps({f"P{i:05d}": 1000 + i for i in range(40)}).encode(), "fail",
          "rows but the cited releases"),
-    Case("commented.csv", "the rows as '#' comment lines above an honest table",
-         lambda _: b"".join(b"# " + line + b"\n" for line in rows_csv().splitlines())
-         + aggregates_csv(), "fail", "rows but the cited releases"),
     Case("transposed.csv", "the rows transposed into columns", lambda _: transposed_csv(),
          "fail", "rows transposed into columns"),
     Case("work.ipynb", "notebook displaying the rows (pandas HTML and text)",

@@ -122,3 +122,12 @@ def test_a_signature_alone_is_no_figure(signer):
     checks = check_bundle([ExportFile("figure.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 100)],
                           [release(signer)], PROJECT, signer.public_pem)
     assert any("corrupt" in f for f in failures(checks))
+
+
+def test_rows_in_comment_lines_above_a_table_fail(signer):
+    # leading '#' lines are not the header (a download's watermark is one), but they are
+    # still read: rows hidden in them are rows
+    rows = "".join(f"# {i},男,{30 + i % 50},{1000 + i * 7.5}\n" for i in range(40))
+    checks = check_bundle([csv_file(rows + HONEST)], [release(signer)], PROJECT,
+                          signer.public_pem)
+    assert any("40 rows but the cited releases hold 3" in f for f in failures(checks))
