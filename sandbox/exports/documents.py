@@ -145,11 +145,12 @@ def read_svg(text: str, name: str) -> Contents:
             loose.append(element.text or "")
             continue
         if local in ACTIVE or tag.endswith("}script"):
-            problems.add(f"a <{local}> element")
+            problems.add(f"the SVG holds a <{local}> element: a figure runs no code")
         for attribute, value in element.attrib.items():
             short = attribute.rsplit("}", 1)[-1]
             if short.lower().startswith("on"):
-                problems.add(f"an event handler ({short})")
+                problems.add(f"the SVG holds an event handler ({short}): a figure runs "
+                             "no code")
             elif attribute in ("href", XLINK_HREF, "src"):
                 _href(found, problems, value, name)
             elif short in NAMING or short.startswith(("data-", "aria-")):
@@ -162,7 +163,7 @@ def read_svg(text: str, name: str) -> Contents:
         elif words.strip():
             loose.append(words.strip())
     for problem in sorted(problems):
-        found.checks.append(_fail(f"the SVG holds {problem}: a figure runs no code", name))
+        found.checks.append(_fail(problem, name))
     drawn = ["  ".join(w for _, w in sorted(row)) for _, row in sorted(lines.items())]
     found.texts.append(Text("drawn text", "\n".join(drawn)))
     found.texts.append(Text("hidden text", "\n".join(t for t in loose if t.strip())))
@@ -178,11 +179,13 @@ def _href(found: Contents, problems: set[str], value: str, name: str) -> None:
     if link.lower().startswith("data:"):
         for mime, content in encoded.data_uris(link):
             if content is None or mime not in ("image/png", "image/jpeg"):
-                problems.add(f"an embedded {mime or 'data'} URI that is not a PNG or JPEG")
+                problems.add(f"the SVG embeds a {mime or 'data'} URI that is not a PNG or "
+                             "JPEG")
             else:
                 found.embedded.append(Embedded("SVG image", content, claimed=mime))
         return
-    problems.add(f"a link to {link[:60]!r} (a figure refers to nothing outside itself)")
+    problems.add(f"the SVG links to {link[:60]!r}: a figure refers to nothing outside "
+                 "itself")
 
 
 def _number(value: str | None) -> float | None:

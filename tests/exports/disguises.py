@@ -26,7 +26,12 @@ import pandas as pd
 import polars as pl
 from PIL import Image, PngImagePlugin
 from pypdf import PdfReader, PdfWriter
-from pypdf.generic import DecodedStreamObject
+from pypdf.generic import (
+    DecodedStreamObject,
+    DictionaryObject,
+    NameObject,
+    TextStringObject,
+)
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import getSampleStyleSheet
 from reportlab.platypus import Paragraph, SimpleDocTemplate
@@ -229,6 +234,23 @@ def svg_image(png: bytes) -> bytes:
             "</svg>").encode()
 
 
+def pdf_with_script() -> bytes:
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(report_pdf())))
+    writer._root_object[NameObject("/OpenAction")] = DictionaryObject({
+        NameObject("/S"): NameObject("/JavaScript"),
+        NameObject("/JS"): TextStringObject("app.alert('hello');")})
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def id_number_text() -> bytes:
+    from sandbox.data import idcard
+    first17 = "44010619850312123"
+    return ("随访名单\n" + "".join(f"患者 {first17 + idcard.check_digit(first17)} 复诊\n"
+                                for _ in range(3)) + "x" * 80).encode()
+
+
 def jpeg_with_zip() -> bytes:
     return jpeg_figure() + zipped()
 
@@ -361,6 +383,17 @@ CASES = [
          "rows but the cited releases"),
     Case("figure11.svg", "an SVG with a <script>", lambda _: svg_script(), "fail",
          "a figure runs no code"),
+    Case("figure13.svg", "an SVG with an onload handler",
+         lambda _: figure("svg").replace(b"<svg ", b'<svg onload="alert(1)" ', 1), "fail",
+         "event handler (onload)"),
+    Case("figure14.svg", "an SVG that loads an image from outside",
+         lambda _: figure("svg").replace(b"</svg>", b'<image href="https://evil.example/x'
+                                         b'.png" width="1" height="1"/></svg>'), "fail",
+         "links to 'https://evil.example"),
+    Case("report9.pdf", "a PDF report with a JavaScript action", lambda _: pdf_with_script(),
+         "fail", "JavaScript"),
+    Case("ids.txt", "base64 of a text with resident ID numbers",
+         lambda _: base64.b64encode(id_number_text()), "fail", "resident ID number"),
     Case("figure12.svg", "an SVG whose embedded PNG has a zip appended",
          lambda _: svg_image(figure("png") + zipped()), "fail", "after the PNG's end"),
     Case("report4.pdf", "a PDF report with the rows attached as a file",
