@@ -56,6 +56,13 @@ class Preview:
 
 def preview(name: str, data: bytes) -> Preview:
     """The reviewer's view of the file ``name``; never raises for a bad file."""
+    try:
+        return _preview(name, data)
+    except Exception as exc:  # hostile bytes must not break the review page
+        return _binary(data, f"unreadable ({type(exc).__name__})")
+
+
+def _preview(name: str, data: bytes) -> Preview:
     suffix = name.lower().rsplit(".", 1)[-1] if "." in name else ""
     if suffix in ("png", "jpg", "jpeg"):
         return Preview("image")

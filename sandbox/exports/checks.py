@@ -85,8 +85,14 @@ def verdict(checks: Iterable[Check]) -> Outcome:
 def check_file(file: ExportFile, payloads: list[dict], policy: ExportPolicy = DEFAULT_POLICY
                ) -> list[Check]:
     """The content, identifier, table and encoded-data checks of one admitted file."""
-    found = _read(file.suffix, file.content, file.name, policy)
-    _unwrap(found, file.name, policy, depth=1)
+    try:
+        found = _read(file.suffix, file.content, file.name, policy)
+        _unwrap(found, file.name, policy, depth=1)
+    except Exception as exc:  # hostile bytes: whatever breaks a parser
+        # A file that cannot be checked does not leave, and does not stop the checks of
+        # the other files and requests (the portal collects them in one pass).
+        return [Check("content", Outcome.FAIL, f"could not be checked "
+                      f"({type(exc).__name__}): it does not leave", file.name)]
     checks = found.checks
     checks += _identifiers(found.texts, file.name)
     for table in found.tables:

@@ -131,3 +131,13 @@ def test_rows_in_comment_lines_above_a_table_fail(signer):
     checks = check_bundle([csv_file(rows + HONEST)], [release(signer)], PROJECT,
                           signer.public_pem)
     assert any("40 rows but the cited releases hold 3" in f for f in failures(checks))
+
+
+def test_a_file_that_breaks_a_parser_does_not_leave(signer):
+    # nesting deep enough to exhaust the readers' recursion: the file fails, the other
+    # file is still checked
+    deep = ("[" * 50_000 + "]" * 50_000).encode()
+    checks = check_bundle([ExportFile("deep.json", deep), csv_file(HONEST)],
+                          [release(signer)], PROJECT, signer.public_pem)
+    assert any(c.file == "deep.json" and c.outcome == Outcome.FAIL for c in checks)
+    assert any(c.file == "table.csv" and c.check == "traceable numbers" for c in checks)
