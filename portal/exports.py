@@ -275,11 +275,15 @@ def download(db: Session, settings: PortalSettings, request: ExportRequest,
     account and the time, the manifest naming them and signed anew; audited with the
     copy's digest, so a copy found elsewhere leads back to its download."""
     if request.bundle is None:
-        raise NotFound("this export request has not been released")
+        raise NotFound("this export request has not been released",
+                       zh="该导出申请尚未发布")
     key = signer(settings)
     released = zipped.verify(request.bundle, key.public_pem)  # the record of the release
+    files = [(f.name, f.content) for f in request.files]
+    # what is marked is what was reviewed and released, not what the database holds now
+    zipped.check_reviewed(released, files)
     now = datetime.now(UTC).replace(microsecond=0)
-    marked = zipped.build([(f.name, f.content) for f in request.files], released, key,
+    marked = zipped.build(files, released, key,
                           request.released_at or now,
                           zipped.Download(account.email, account.id, now))
     audit.append(db.connection(), AuditAction.EXPORT_DOWNLOADED, f"user:{account.id}",

@@ -20,8 +20,8 @@ from sandbox import receipts
 from sandbox.errors import InputError
 from sandbox.exports.watermark import watermark
 
-__all__ = ["CITATION", "MANIFEST", "SIGNATURE", "Download", "build", "citation",
-           "verify", "watermark"]
+__all__ = ["CITATION", "MANIFEST", "SIGNATURE", "Download", "build", "check_reviewed",
+           "citation", "verify", "watermark"]
 
 MANIFEST, SIGNATURE, CITATION = "manifest.json", "manifest.sig.json", "CITATION.txt"
 
@@ -51,7 +51,10 @@ def build(files: list[tuple[str, bytes]], manifest: dict, signer: receipts.Signe
                 if k not in ("files", receipts.DOMAIN_FIELD)}
     manifest |= {"released_at": released_at.isoformat(timespec="seconds"), "watermark": mark,
                  "files": [{"name": name, "sha256": hashlib.sha256(content).hexdigest(),
-                            "bytes": len(content)} for name, content in marked]}
+                            "bytes": len(content),
+                            "reviewed_sha256": hashlib.sha256(original).hexdigest()}
+                           for (name, content), (_, original) in zip(marked, files,
+                                                                     strict=True)]}
     if download:
         manifest |= {"downloaded_by": {"account": download.account, "user": download.user},
                      "downloaded_at": download.at.isoformat(timespec="seconds")}
@@ -66,6 +69,18 @@ def build(files: list[tuple[str, bytes]], manifest: dict, signer: receipts.Signe
                                                 if k != "payload"}, indent=2))
         archive.writestr(CITATION, citation(manifest))
     return out.getvalue()
+
+
+def check_reviewed(manifest: dict, files: list[tuple[str, bytes]]) -> None:
+    """Raise ``InputError`` unless ``files`` are exactly the reviewed files the signed
+    release ``manifest`` lists (by their digests before marking)."""
+    released = {f["name"]: f.get("reviewed_sha256") for f in manifest["files"]}
+    given = {name: hashlib.sha256(content).hexdigest() for name, content in files}
+    if released != given:
+        changed = sorted(n for n in released.keys() | given.keys()
+                         if released.get(n) != given.get(n))
+        raise InputError(f"the files differ from those released: {', '.join(changed)}",
+                         zh=f"文件与发布时不一致：{'、'.join(changed)}")
 
 
 def citation(manifest: dict) -> str:

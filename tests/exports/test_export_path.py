@@ -9,11 +9,16 @@ import base64
 import shutil
 
 import pytest
+from sqlalchemy import select
 
+from approvals.exports import VoteChoice
 from portal import create_app, exports
 from portal.config import PortalSettings
-from portal.models import ExportRequest
+from portal.models import ExportFile, ExportRequest, User
+from portal.security import hash_password
 from sandbox.client import Gateway
+from sandbox.errors import InputError
+from sandbox.exports import bundle
 from tests.exports import disguises
 from tests.portal.conftest import active_project
 from tests.services import GatewayProcess
@@ -71,7 +76,7 @@ def test_a_disguised_bundle_sent_through_the_gateway_is_returned(world, tmp_path
         assert any(because in r for r in reasons), reasons
 
 
-def test_an_honest_bundle_goes_to_review(world, tmp_path):
+def test_an_honest_bundle_goes_to_review_and_downloads_only_as_reviewed(world, tmp_path):
     app, settings, _ = world
     project = active_project(app, settings, ["sex", "visit_type"])
     gw = Gateway(settings.gateway_url, project.token)
@@ -85,3 +90,26 @@ def test_an_honest_bundle_goes_to_review(world, tmp_path):
         [request_id] = exports.sync(db, settings)
         request = db.get(ExportRequest, request_id)
         assert (request.state, request.verdict) == ("under_review", "pass"), request.checks
+
+    # released, then downloaded: the copy is marked for its account and verifies …
+    with app.extensions["portal.sessions"]() as db:
+        reviewers = [User(email=f"c{n}-{request_id}@example.cn", name="管理者",
+                          role="controller", password_hash=hash_password("x-password-1"))
+                     for n in range(2)]
+        db.add_all(reviewers)
+        db.commit()
+        request = db.get(ExportRequest, request_id)
+        for reviewer in reviewers:
+            exports.vote(db, settings, request, reviewer, VoteChoice.APPROVE, "")
+        exports.release(db, settings, request, "test:controller")
+        copy = exports.download(db, settings, request, reviewers[0])
+        manifest = bundle.verify(copy, exports.signer(settings).public_pem)
+        assert manifest["downloaded_by"]["account"] == reviewers[0].email
+        # … and a database administrator who swaps a file after release gets no copy of it
+        # signed: the download refuses files other than those reviewed and released
+        stored = db.scalars(select(ExportFile).where(ExportFile.request_id == request_id,
+                                                     ExportFile.name == "counts.csv")).one()
+        stored.content = disguises.rows_csv()
+        db.commit()
+        with pytest.raises(InputError, match=r"differ from those released: counts\.csv"):
+            exports.download(db, settings, db.get(ExportRequest, request_id), reviewers[1])
