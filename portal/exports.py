@@ -269,6 +269,30 @@ def release(db: Session, settings: PortalSettings, request: ExportRequest,
     return request.bundle
 
 
+def download(db: Session, settings: PortalSettings, request: ExportRequest,
+             account: User) -> bytes:
+    """The released bundle as ``account`` downloads it now: every file watermarked with the
+    account and the time, the manifest naming them and signed anew; audited with the
+    copy's digest, so a copy found elsewhere leads back to its download."""
+    if request.bundle is None:
+        raise NotFound("this export request has not been released",
+                       zh="该导出申请尚未发布")
+    key = signer(settings)
+    released = zipped.verify(request.bundle, key.public_pem)  # the record of the release
+    files = [(f.name, f.content) for f in request.files]
+    # what is marked is what was reviewed and released, not what the database holds now
+    zipped.check_reviewed(released, files)
+    now = datetime.now(UTC).replace(microsecond=0)
+    marked = zipped.build(files, released, key,
+                          request.released_at or now,
+                          zipped.Download(account.email, account.id, now))
+    audit.append(db.connection(), AuditAction.EXPORT_DOWNLOADED, f"user:{account.id}",
+                 f"export:{request.id}", {"sha256": hashlib.sha256(marked).hexdigest(),
+                                          "at": now.isoformat(timespec="seconds")})
+    db.commit()
+    return marked
+
+
 def withdraw(db: Session, request: ExportRequest, researcher: User) -> None:
     """The author takes the request back (before it is approved)."""
     application = db.get(Application, request.application_id)

@@ -6,7 +6,6 @@ reason, and the request's uncommitted changes go with its session."""
 
 from __future__ import annotations
 
-import base64
 import csv
 import io
 import json
@@ -30,9 +29,16 @@ from sqlalchemy import Select, or_, select
 
 from approvals.exports import VoteChoice
 from approvals.states import Action, Role, State
-from portal import alerts, blacklist, destruction, exports, projects
+from portal import alerts, blacklist, destruction, exports, previews, projects
 from portal import gateway as portal_gateway
-from portal.models import Agreement, Application, DestructionTask, ExportRequest, User
+from portal.models import (
+    Agreement,
+    Application,
+    DestructionTask,
+    ExportFile,
+    ExportRequest,
+    User,
+)
 from portal.views.auth import login_required, reason_of, record
 from sandbox import audit
 from sandbox.audit import AuditAction, audit_log
@@ -236,6 +242,14 @@ def exports_page() -> ResponseReturnValue:
     return render_template("controller/exports.html", requests=listed, problem=problem)
 
 
+# The review page shows what researchers wrote: no script runs on it, nothing frames it.
+REVIEW_POLICY = ("default-src 'self'; img-src 'self'; style-src 'self' 'unsafe-inline'; "
+                 "script-src 'self'; object-src 'none'; frame-src 'none'; base-uri 'none'; "
+                 "form-action 'self'; frame-ancestors 'none'")
+# A preview served alone is a sandboxed document that may load nothing.
+PREVIEW_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; sandbox"
+
+
 @bp.route("/exports/<int:export_id>")
 @login_required(Role.CONTROLLER)
 def export_page(export_id: int) -> ResponseReturnValue:
@@ -245,24 +259,52 @@ def export_page(export_id: int) -> ResponseReturnValue:
                 for v in exports.round_votes(g.db, request_))
     names = {f"user:{u.id}": u.name for u in g.db.scalars(
         select(User).where(User.role == Role.CONTROLLER))}
-    return render_template(
+    page = render_template(
         "controller/export.html", request_=request_,
         application=g.db.get(Application, request_.application_id),
         votes=exports.visible_votes(g.db, settings, request_, g.user), voted=voted,
         required=settings.export_reviewers, earlier=exports.earlier(g.db, request_),
         names=names,
-        previews={f.id: _preview(f.name, f.content) for f in request_.files})
+        previews={f.id: previews.preview(f.name, f.content) for f in request_.files})
+    return Response(page, headers={"Content-Security-Policy": REVIEW_POLICY,
+                                   "X-Content-Type-Options": "nosniff"})
 
 
-def _preview(name: str, content: bytes) -> dict:
-    """What a reviewer sees of a file: text inline, images inline, others by size."""
-    suffix = name.lower().rsplit(".", 1)[-1]
-    if suffix in ("png", "jpg", "jpeg"):
-        mime = "png" if suffix == "png" else "jpeg"
-        return {"image": f"data:image/{mime};base64,{base64.b64encode(content).decode()}"}
-    if suffix in ("csv", "tsv", "txt", "md", "py", "r", "json"):
-        return {"text": content.decode("utf-8", errors="replace")[:20_000]}
-    return {}
+def _export_file(export_id: int, file_id: int) -> ExportFile:
+    file = g.db.get(ExportFile, file_id)
+    if file is None or file.request_id != export_id:
+        abort(404)
+    return file
+
+
+def _sealed(body: bytes, mimetype: str) -> Response:
+    return Response(body, mimetype=mimetype, headers={
+        "Content-Security-Policy": PREVIEW_POLICY, "X-Content-Type-Options": "nosniff",
+        "Content-Disposition": "inline", "Cache-Control": "no-store"})
+
+
+@bp.route("/exports/<int:export_id>/files/<int:file_id>/preview.png")
+@login_required(Role.CONTROLLER)
+def export_file_picture(export_id: int, file_id: int) -> ResponseReturnValue:
+    """A figure's pixels, a PDF page or a notebook's figure, re-encoded as PNG."""
+    file = _export_file(export_id, file_id)
+    try:
+        png = previews.picture(file.name, file.content, request.args.get("page", 0, int),
+                               request.args.get("cell", type=int),
+                               request.args.get("output", type=int))
+    except previews.NoPicture:
+        abort(404)
+    return _sealed(png, "image/png")
+
+
+@bp.route("/exports/<int:export_id>/files/<int:file_id>/figure.svg")
+@login_required(Role.CONTROLLER)
+def export_file_svg(export_id: int, file_id: int) -> ResponseReturnValue:
+    """An SVG figure for an <img> (where no script in it runs), sandboxed if opened."""
+    file = _export_file(export_id, file_id)
+    if not file.name.lower().endswith(".svg"):
+        abort(404)
+    return _sealed(file.content, "image/svg+xml")
 
 
 @bp.route("/exports/<int:export_id>/vote", methods=["POST"])
@@ -295,5 +337,6 @@ def export_bundle(export_id: int) -> ResponseReturnValue:
     request_ = _export(export_id)
     if request_.bundle is None:
         abort(404)
-    return Response(request_.bundle, mimetype="application/zip", headers={
+    return Response(exports.download(g.db, _settings(), request_, g.user),
+                    mimetype="application/zip", headers={
         "Content-Disposition": f"attachment; filename=export-{export_id}.zip"})

@@ -1,7 +1,11 @@
-"""The released export bundle: a zip of the approved files — figures and PDFs watermarked
-with the project and the time — a provenance manifest (project, datasets and versions,
-receipts, ε spent, times, reviewers, file digests), citation text, and the manifest's
-Ed25519 signature, verifiable with the portal's public key."""
+"""The export bundle: a zip of the approved files, a provenance manifest (project,
+datasets and versions, receipts, ε spent, times, reviewers, file digests), citation text,
+and the manifest's Ed25519 signature, verifiable with the portal's public key.
+
+The bundle is built once at release (the record of what was released) and again for every
+download: each downloaded copy carries a watermark naming the account and the time on
+every file (``watermark``), and its signed manifest names them too, with the digests of
+the marked files — so the copy verifies, and says whose it is."""
 
 from __future__ import annotations
 
@@ -9,59 +13,51 @@ import hashlib
 import io
 import json
 import zipfile
+from dataclasses import dataclass
 from datetime import datetime
-
-from PIL import Image, ImageDraw
-from pypdf import PdfReader, PdfWriter
-from reportlab.lib.pagesizes import A4
-from reportlab.pdfgen import canvas
 
 from sandbox import receipts
 from sandbox.errors import InputError
+from sandbox.exports.watermark import watermark
+
+__all__ = ["CITATION", "MANIFEST", "SIGNATURE", "Download", "build", "check_reviewed",
+           "citation", "verify", "watermark"]
 
 MANIFEST, SIGNATURE, CITATION = "manifest.json", "manifest.sig.json", "CITATION.txt"
 
 
-def watermark(name: str, content: bytes, mark: str) -> bytes:
-    """``content`` with ``mark`` drawn on it, for PNG/JPEG figures and PDFs; other files
-    are returned as they are."""
-    suffix = name.lower().rsplit(".", 1)[-1]
-    if suffix in ("png", "jpg", "jpeg"):
-        image = Image.open(io.BytesIO(content)).convert("RGB")
-        draw = ImageDraw.Draw(image)
-        box = draw.textbbox((0, 0), mark)
-        height = box[3] - box[1] + 6
-        draw.rectangle((0, image.height - height, image.width, image.height), fill="white")
-        draw.text((4, image.height - height + 2), mark, fill=(120, 120, 120))
-        out = io.BytesIO()
-        image.save(out, format="PNG" if suffix == "png" else "JPEG")
-        return out.getvalue()
-    if suffix == "pdf":
-        stamp = io.BytesIO()
-        pdf = canvas.Canvas(stamp, pagesize=A4)
-        pdf.setFont("Helvetica", 8)
-        pdf.setFillGray(0.45)
-        pdf.drawString(20, 12, mark)
-        pdf.save()
-        overlay = PdfReader(io.BytesIO(stamp.getvalue())).pages[0]
-        writer = PdfWriter()
-        for page in PdfReader(io.BytesIO(content)).pages:
-            page.merge_page(overlay)
-            writer.add_page(page)
-        out = io.BytesIO()
-        writer.write(out)
-        return out.getvalue()
-    return content
+@dataclass(frozen=True)
+class Download:
+    """Who downloads a bundle, and when."""
+
+    account: str  # the account's sign-in name (e-mail)
+    user: int
+    at: datetime
+
+    def mark(self, project: str) -> str:
+        return (f"{project} | downloaded by {self.account} (user {self.user}) | "
+                f"{self.at:%Y-%m-%d %H:%M:%S} UTC")
 
 
 def build(files: list[tuple[str, bytes]], manifest: dict, signer: receipts.Signer,
-          released_at: datetime) -> bytes:
-    """The zip: watermarked files, manifest with their digests, signature, citation."""
-    mark = f"{manifest['project']} · released {released_at:%Y-%m-%d %H:%M} UTC"
+          released_at: datetime, download: Download | None = None) -> bytes:
+    """The zip: marked files, manifest with their digests (and, for a download, who and
+    when), signature, citation. Without ``download`` the mark names the release."""
+    project = manifest["project"]
+    mark = download.mark(project) if download else \
+        f"{project} | released {released_at:%Y-%m-%d %H:%M} UTC"
     marked = [(name, watermark(name, content, mark)) for name, content in files]
-    manifest = {**manifest, "released_at": released_at.isoformat(timespec="seconds"),
-                "files": [{"name": name, "sha256": hashlib.sha256(content).hexdigest(),
-                           "bytes": len(content)} for name, content in marked]}
+    manifest = {k: v for k, v in manifest.items()
+                if k not in ("files", receipts.DOMAIN_FIELD)}
+    manifest |= {"released_at": released_at.isoformat(timespec="seconds"), "watermark": mark,
+                 "files": [{"name": name, "sha256": hashlib.sha256(content).hexdigest(),
+                            "bytes": len(content),
+                            "reviewed_sha256": hashlib.sha256(original).hexdigest()}
+                           for (name, content), (_, original) in zip(marked, files,
+                                                                     strict=True)]}
+    if download:
+        manifest |= {"downloaded_by": {"account": download.account, "user": download.user},
+                     "downloaded_at": download.at.isoformat(timespec="seconds")}
     signed = signer.sign(manifest, receipts.Domain.MANIFEST)
     manifest = signed["payload"]  # what was signed, its domain included
     out = io.BytesIO()
@@ -73,6 +69,18 @@ def build(files: list[tuple[str, bytes]], manifest: dict, signer: receipts.Signe
                                                 if k != "payload"}, indent=2))
         archive.writestr(CITATION, citation(manifest))
     return out.getvalue()
+
+
+def check_reviewed(manifest: dict, files: list[tuple[str, bytes]]) -> None:
+    """Raise ``InputError`` unless ``files`` are exactly the reviewed files the signed
+    release ``manifest`` lists (by their digests before marking)."""
+    released = {f["name"]: f.get("reviewed_sha256") for f in manifest["files"]}
+    given = {name: hashlib.sha256(content).hexdigest() for name, content in files}
+    if released != given:
+        changed = sorted(n for n in released.keys() | given.keys()
+                         if released.get(n) != given.get(n))
+        raise InputError(f"the files differ from those released: {', '.join(changed)}",
+                         zh=f"文件与发布时不一致：{'、'.join(changed)}")
 
 
 def citation(manifest: dict) -> str:

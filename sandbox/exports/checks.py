@@ -2,97 +2,75 @@
 
 A bundle is the files a researcher wants to take out (code, figures, tables, text) and
 the gateway receipts of the releases they come from. Every check ends in ``pass``,
-``fail`` or ``review``, with its reason:
+``fail`` or ``review``, with its reason. The adversary is the researcher: anything that
+carries rows out past these checks must at least reach a reviewer's eyes.
 
 - **receipts**: each one verifies against the gateway's key and belongs to this project;
-- **files**: allowed types, sizes and count (data files such as Parquet are refused);
+- **files**: allowed names, sizes and count;
+- **content**: what each file *is*, by its bytes, matches what its name claims — a
+  figure parses as that figure with nothing after its end marker, a PDF carries no
+  attachments, text is text (``content``, ``images``, ``pdf``, ``documents``);
 - **identifiers**: ID numbers (with a valid check digit) and mobile numbers fail;
-  a person's name from the name dictionary goes to review;
-- **traceable numbers**: every number in a CSV/TSV table equals a released value, or a
-  rounding of one; otherwise review;
-- **row-level tables**: a table with more rows than the releases it cites fail (it looks
-  like records, not aggregates).
+  a person's name from the name dictionary goes to review — in every text a file holds
+  (notebook outputs, PDF pages, SVG text, image text chunks, decoded runs);
+- **row-level tables** and **traceable numbers**: every table, in whatever form
+  (``tables``), has no more records than the cited releases and only released numbers;
+- **encoded data**: long base64 or hex runs go to review, and are decoded and checked in
+  turn — one that hides a table, an identifier or a data file fails (``encoded``).
 
 Thresholds are one ``ExportPolicy``. Nothing here talks to a network or a database.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from enum import StrEnum
-from pathlib import PurePosixPath
 
 from sandbox import receipts
 from sandbox.data import idcard
 from sandbox.data.reference.population import GIVEN_FEMALE, GIVEN_MALE, SURNAMES
 from sandbox.errors import InputError
+from sandbox.exports import content, documents, encoded, images, pdf, tables
+from sandbox.exports.model import (
+    Check,
+    Contents,
+    Embedded,
+    ExportFile,
+    ExportPolicy,
+    Outcome,
+    Text,
+)
 
+__all__ = ["Check", "ExportFile", "ExportPolicy", "Outcome", "check_bundle", "verdict"]
 
-class Outcome(StrEnum):
-    PASS = "pass"
-    REVIEW = "review"
-    FAIL = "fail"
-
-
-@dataclass(frozen=True)
-class ExportPolicy:
-    max_files: int = 50
-    max_file_bytes: int = 5 * 1024 * 1024
-    max_total_bytes: int = 20 * 1024 * 1024
-    allowed_suffixes: frozenset[str] = frozenset({
-        ".csv", ".tsv", ".txt", ".md", ".png", ".jpg", ".jpeg", ".svg", ".pdf", ".ipynb",
-        ".py", ".r", ".json"})
-    max_decimals: int = 6
-    max_significant: int = 10
-
-
-@dataclass(frozen=True)
-class ExportFile:
-    name: str
-    content: bytes
-
-    @property
-    def suffix(self) -> str:
-        return PurePosixPath(self.name).suffix.lower()
-
-
-@dataclass(frozen=True)
-class Check:
-    check: str
-    outcome: Outcome
-    reason: str
-    file: str | None = None
-
-
-TEXT_SUFFIXES = frozenset({".csv", ".tsv", ".txt", ".md", ".py", ".r", ".json", ".svg",
-                           ".ipynb"})
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
+CODE_SUFFIXES = frozenset({".py", ".r"})
 ID_NUMBER = re.compile(rf"(?<![0-9]){idcard.PATTERN}(?![0-9])")
 MOBILE = re.compile(r"(?<![0-9])1[3-9]\d{9}(?![0-9])")
 _SURNAMES = "|".join(sorted((s for s, _ in SURNAMES), key=len, reverse=True))
 _GIVEN = "".join(sorted(set(GIVEN_MALE) | set(GIVEN_FEMALE)))
 NAME = re.compile(rf"(?:{_SURNAMES})[{_GIVEN}]{{1,2}}")
-NUMBER = re.compile(r"^[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?$")
+
+
+DEFAULT_POLICY = ExportPolicy()
+# What an embedded part's type means for the checks that read it.
+EMBEDDED_SUFFIX = {"image/png": ".png", "image/jpeg": ".jpg", "application/pdf": ".pdf",
+                   "image/svg+xml": ".svg"}
 
 
 def check_bundle(files: list[ExportFile], bundle_receipts: list[dict], project: str,
-                 public_key: bytes, policy: ExportPolicy = ExportPolicy()) -> list[Check]:
+                 public_key: bytes, policy: ExportPolicy = DEFAULT_POLICY) -> list[Check]:
     """Every check on the bundle, in a stable order."""
     checks = list(_receipts(bundle_receipts, project, public_key))
     payloads = [r["payload"] for r, c in zip(bundle_receipts, checks, strict=True)
                 if c.outcome == Outcome.PASS]
-    checks += _files(files, policy)
-    for file in files:
-        if file.suffix in TEXT_SUFFIXES:
-            checks += _identifiers(file)
-        if file.suffix in TABLE_SUFFIXES:
-            checks += _table(file, payloads, policy)
+    admitted = []
+    for file, check in _files(files, policy):
+        checks.append(check)
+        if file is not None and check.outcome == Outcome.PASS:
+            admitted.append(file)
+    for file in admitted:
+        checks += check_file(file, payloads, policy)
     return checks
 
 
@@ -102,6 +80,24 @@ def verdict(checks: Iterable[Check]) -> Outcome:
     if Outcome.FAIL in outcomes:
         return Outcome.FAIL
     return Outcome.REVIEW if Outcome.REVIEW in outcomes else Outcome.PASS
+
+
+def check_file(file: ExportFile, payloads: list[dict], policy: ExportPolicy = DEFAULT_POLICY
+               ) -> list[Check]:
+    """The content, identifier, table and encoded-data checks of one admitted file."""
+    try:
+        found = _read(file.suffix, file.content, file.name, policy)
+        _unwrap(found, file.name, policy, depth=1)
+    except Exception as exc:  # hostile bytes: whatever breaks a parser
+        # A file that cannot be checked does not leave, and does not stop the checks of
+        # the other files and requests (the portal collects them in one pass).
+        return [Check("content", Outcome.FAIL, f"could not be checked "
+                      f"({type(exc).__name__}): it does not leave", file.name)]
+    checks = found.checks
+    checks += _identifiers(found.texts, file.name)
+    for table in found.tables:
+        checks += tables.judge(table, payloads, policy, file.name)
+    return checks
 
 
 # -- receipts -------------------------------------------------------------------------
@@ -125,117 +121,148 @@ def _receipts(bundle_receipts: list[dict], project: str, public_key: bytes
 
 # -- files ------------------------------------------------------------------------------
 
-def _files(files: list[ExportFile], policy: ExportPolicy) -> Iterator[Check]:
+def _files(files: list[ExportFile], policy: ExportPolicy
+           ) -> Iterator[tuple[ExportFile | None, Check]]:
     if not files:
-        yield Check("files", Outcome.FAIL, "the bundle has no files")
+        yield None, Check("files", Outcome.FAIL, "the bundle has no files")
         return
     if len(files) > policy.max_files:
-        yield Check("files", Outcome.FAIL, f"{len(files)} files; at most "
-                    f"{policy.max_files} may leave in one request")
+        yield None, Check("files", Outcome.FAIL, f"{len(files)} files; at most "
+                          f"{policy.max_files} may leave in one request")
     total = sum(len(f.content) for f in files)
     if total > policy.max_total_bytes:
-        yield Check("files", Outcome.FAIL, f"{total:,} bytes in all; the limit is "
-                    f"{policy.max_total_bytes:,}")
+        yield None, Check("files", Outcome.FAIL, f"{total:,} bytes in all; the limit is "
+                          f"{policy.max_total_bytes:,}")
     for file in files:
         if file.suffix not in policy.allowed_suffixes:
-            yield Check("file type", Outcome.FAIL, f"{file.suffix or 'no suffix'} files may "
-                        "not leave (data files stay in the sandbox)", file.name)
+            yield file, Check("file type", Outcome.FAIL, f"{file.suffix or 'no suffix'} "
+                              "files may not leave (data files stay in the sandbox)",
+                              file.name)
         elif len(file.content) > policy.max_file_bytes:
-            yield Check("file size", Outcome.FAIL, f"{len(file.content):,} bytes; the limit "
-                        f"is {policy.max_file_bytes:,}", file.name)
+            yield file, Check("file size", Outcome.FAIL, f"{len(file.content):,} bytes; "
+                              f"the limit is {policy.max_file_bytes:,}", file.name)
         else:
-            yield Check("file type", Outcome.PASS, f"{file.suffix}, {len(file.content):,} "
-                        "bytes", file.name)
+            yield file, Check("file type", Outcome.PASS, f"{file.suffix}, "
+                              f"{len(file.content):,} bytes", file.name)
+
+
+# -- content ----------------------------------------------------------------------------
+
+def _read(suffix: str, data: bytes, name: str, policy: ExportPolicy) -> Contents:
+    """Parse ``data`` as what ``suffix`` says it is; a mismatch fails."""
+    if suffix == ".png":
+        return images.check_png(data, name, policy)
+    if suffix in (".jpg", ".jpeg"):
+        return images.check_jpeg(data, name, policy)
+    if suffix == ".pdf":
+        return pdf.check_pdf(data, name, policy)
+    found = Contents()
+    text = content.decode_text(data)
+    if text is None:
+        found.checks.append(Check("content", Outcome.FAIL, f"binary data in a {suffix} "
+                                  f"file: {content.describe(data)}", name))
+        return found
+    if suffix == ".json":
+        return documents.read_json(text, name)
+    if suffix == ".ipynb":
+        return documents.read_notebook(text, name)
+    if suffix == ".svg":
+        return documents.read_svg(text, name)
+    if suffix in TABLE_SUFFIXES:
+        table, comments = tables.from_csv(text, TABLE_SUFFIXES[suffix])
+        found.tables.append(table)
+        found.texts.append(Text("comment lines", comments))
+    found.texts.append(Text("", text, code=suffix in CODE_SUFFIXES,
+                            parsed=suffix in TABLE_SUFFIXES))
+    found.checks.append(Check("content", Outcome.PASS, "text", name))
+    return found
+
+
+def _unwrap(found: Contents, name: str, policy: ExportPolicy, depth: int) -> None:
+    """Follow what the file's texts and embedded parts hold: text tables, data: URIs,
+    base64 and hex runs, figures inside — each checked as what it is."""
+    texts = list(found.texts)
+    for text in texts:
+        if not text.parsed:
+            found.tables += tables.from_text(text.text, text.origin, code=text.code)
+        for mime, data in encoded.data_uris(text.text):
+            if data is not None:  # a figure declared as one is read as one; else a run
+                declared = mime if mime in EMBEDDED_SUFFIX else None
+                found.embedded.append(Embedded(f"{text.origin} data: URI".strip(), data,
+                                               claimed=declared, encoded=not declared))
+        for run in encoded.runs(text.text, policy):
+            data = run.decode()
+            line = text.text.count("\n", 0, run.start) + 1
+            origin = f"{text.origin}, line {line}".lstrip(", ")
+            if data is None:
+                found.checks.append(Check("encoded data", Outcome.REVIEW, f"a {len(run.text)}"
+                                          f"-character {run.kind}-like run that does not "
+                                          f"decode ({origin})", name))
+            else:
+                found.embedded.append(Embedded(f"{run.kind} run at {origin}", data,
+                                               encoded=True))
+    embedded, found.embedded = found.embedded, []
+    for item in embedded:
+        _embedded(found, item, name, policy, depth)
+
+
+def _embedded(found: Contents, item: Embedded, name: str, policy: ExportPolicy,
+              depth: int) -> None:
+    where = item.origin
+    mime = content.sniff(item.content)
+    text = content.decode_text(item.content) if mime is None else None
+    if item.claimed in EMBEDDED_SUFFIX and item.claimed != "image/svg+xml" \
+            and mime != item.claimed:
+        found.checks.append(Check("content", Outcome.FAIL, f"{where}: declared "
+                                  f"{item.claimed} but holds {content.describe(item.content)}",
+                                  name))
+        return
+    if content.is_data_format(mime):
+        found.checks.append(Check("encoded data" if item.encoded else "content", Outcome.FAIL,
+                                  f"{where} holds {mime} data", name))
+        return
+    if depth > policy.max_depth:
+        found.checks.append(Check("encoded data", Outcome.REVIEW, f"{where}: nested too deep "
+                                  "to check", name))
+        return
+    suffix = EMBEDDED_SUFFIX.get(item.claimed or mime or "")
+    if suffix is not None:
+        inner = _read(suffix, item.content, name, policy)
+        inner.checks = [Check(c.check, c.outcome, f"{where}: {c.reason}", name)
+                        for c in inner.checks if c.outcome != Outcome.PASS]
+    elif text is not None:
+        inner = Contents(texts=[Text(where, text)])
+    else:
+        inner = Contents()
+        found.checks.append(Check("encoded data", Outcome.REVIEW, f"{where}: "
+                                  f"{len(item.content):,} bytes of binary data", name))
+    if item.encoded and (mime or text is not None):
+        found.checks.append(Check("encoded data", Outcome.REVIEW, f"{where} decodes to "
+                                  f"{content.describe(item.content)}, which the reviewer "
+                                  "cannot read as it stands", name))
+    _unwrap(inner, name, policy, depth + 1)
+    found.add(inner)
 
 
 # -- identifiers ----------------------------------------------------------------------
 
-def _text_of(file: ExportFile) -> str:
-    text = file.content.decode("utf-8", errors="replace")
-    if file.suffix != ".ipynb":
-        return text
-    try:
-        notebook = json.loads(text)
-    except ValueError:
-        return text
-    parts = []
-    for cell in notebook.get("cells", []):
-        parts.append("".join(cell.get("source", [])))
-        for output in cell.get("outputs", []):
-            parts.append("".join(output.get("text", [])))
-            for value in (output.get("data") or {}).values():
-                parts.append("".join(value) if isinstance(value, list) else str(value))
-    return "\n".join(parts)
-
-
-def _identifiers(file: ExportFile) -> Iterator[Check]:
-    text = _text_of(file)
+def _identifiers(texts: list[Text], name: str) -> Iterator[Check]:
+    text = "\n".join(t.text for t in texts)
     ids = [m for m in ID_NUMBER.findall(text) if idcard.is_valid(m)]
     phones = MOBILE.findall(text)
     names = sorted(set(NAME.findall(text)))
     if ids:
         yield Check("identifiers", Outcome.FAIL, f"{len(ids)} resident ID number(s), e.g. "
-                    f"{_mask(ids[0])}", file.name)
+                    f"{_mask(ids[0])}", name)
     if phones:
         yield Check("identifiers", Outcome.FAIL, f"{len(phones)} mobile number(s), e.g. "
-                    f"{_mask(phones[0])}", file.name)
+                    f"{_mask(phones[0])}", name)
     if names:
         yield Check("identifiers", Outcome.REVIEW, f"possible personal names: "
-                    f"{', '.join(names[:5])}", file.name)
+                    f"{', '.join(names[:5])}", name)
     if not (ids or phones or names):
-        yield Check("identifiers", Outcome.PASS, "no ID numbers, phones or names", file.name)
+        yield Check("identifiers", Outcome.PASS, "no ID numbers, phones or names", name)
 
 
 def _mask(value: str) -> str:
     return value[:3] + "*" * (len(value) - 5) + value[-2:]
-
-
-# -- tables ---------------------------------------------------------------------------
-
-def _table(file: ExportFile, payloads: list[dict], policy: ExportPolicy) -> Iterator[Check]:
-    try:
-        rows = list(csv.reader(io.StringIO(file.content.decode("utf-8-sig")),
-                               delimiter=TABLE_SUFFIXES[file.suffix]))
-    except (UnicodeDecodeError, csv.Error) as exc:
-        yield Check("table", Outcome.FAIL, f"not a readable table: {exc}", file.name)
-        return
-    body = [r for r in rows[1:] if any(cell.strip() for cell in r)]
-    released_rows = sum(len(p.get("result") or []) for p in payloads)
-    if len(body) > max(released_rows, 1):
-        yield Check("row-level table", Outcome.FAIL, f"{len(body)} rows but the cited "
-                    f"releases hold {released_rows}: this looks like records, not "
-                    "aggregates", file.name)
-    released = sorted(_released_numbers(payloads))
-    untraced = [cell for row in body for cell in row
-                if NUMBER.match(cell.strip()) and not _traceable(cell.strip(), released,
-                                                                  policy)]
-    if untraced:
-        yield Check("traceable numbers", Outcome.REVIEW, f"{len(untraced)} number(s) match "
-                    f"no released value, e.g. {', '.join(untraced[:3])}", file.name)
-    else:
-        yield Check("traceable numbers", Outcome.PASS, "every number is a released value "
-                    "or a rounding of one", file.name)
-
-
-def _released_numbers(payloads: list[dict]) -> Iterator[float]:
-    for payload in payloads:
-        for row in payload.get("result") or []:
-            for value in row.values():
-                if isinstance(value, int | float) and not isinstance(value, bool) \
-                        and math.isfinite(value):
-                    yield float(value)
-
-
-def _traceable(cell: str, released: list[float], policy: ExportPolicy) -> bool:
-    text = cell.replace(",", "")
-    shown = float(text)
-    decimals = len(text.split(".")[1]) if "." in text else 0
-    for value in released:
-        if value == shown:
-            return True
-        if decimals <= policy.max_decimals and round(value, decimals) == shown:
-            return True
-        digits = len(text.lstrip("+-").replace(".", "").lstrip("0")) or 1
-        if digits <= policy.max_significant and float(f"{value:.{digits}g}") == shown:
-            return True
-    return False

@@ -4,9 +4,11 @@ produced — and pass a bundle of honest aggregates. Receipts are signed with a 
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
+from PIL import Image
 
 from sandbox.data import idcard
 from sandbox.exports.checks import (
@@ -47,7 +49,9 @@ def failures(checks, outcome=Outcome.FAIL) -> list[str]:
 
 
 def test_an_honest_bundle_passes(signer):
-    figure = ExportFile("figure.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), "white").save(out, "PNG")
+    figure = ExportFile("figure.png", out.getvalue())
     checks = check_bundle([csv_file(HONEST), figure, ExportFile("analysis.py", b"x = 1\n")],
                           [release(signer)], PROJECT, signer.public_pem)
     assert verdict(checks) == Outcome.PASS, failures(checks) + failures(checks, Outcome.REVIEW)
@@ -111,3 +115,29 @@ def test_file_type_and_size_limits(signer):
     found = failures(checks)
     assert any(".parquet files may not leave" in f for f in found)
     assert any("101 bytes; the limit is 100" in f for f in found)
+
+
+def test_a_signature_alone_is_no_figure(signer):
+    # eight bytes of PNG signature and padding: what the checks once took for a figure
+    checks = check_bundle([ExportFile("figure.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 100)],
+                          [release(signer)], PROJECT, signer.public_pem)
+    assert any("corrupt" in f for f in failures(checks))
+
+
+def test_rows_in_comment_lines_above_a_table_fail(signer):
+    # leading '#' lines are not the header (a download's watermark is one), but they are
+    # still read: rows hidden in them are rows
+    rows = "".join(f"# {i},男,{30 + i % 50},{1000 + i * 7.5}\n" for i in range(40))
+    checks = check_bundle([csv_file(rows + HONEST)], [release(signer)], PROJECT,
+                          signer.public_pem)
+    assert any("40 rows but the cited releases hold 3" in f for f in failures(checks))
+
+
+def test_a_file_that_breaks_a_parser_does_not_leave(signer):
+    # nesting deep enough to exhaust the readers' recursion: the file fails, the other
+    # file is still checked
+    deep = ("[" * 50_000 + "]" * 50_000).encode()
+    checks = check_bundle([ExportFile("deep.json", deep), csv_file(HONEST)],
+                          [release(signer)], PROJECT, signer.public_pem)
+    assert any(c.file == "deep.json" and c.outcome == Outcome.FAIL for c in checks)
+    assert any(c.file == "table.csv" and c.check == "traceable numbers" for c in checks)
