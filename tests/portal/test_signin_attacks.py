@@ -118,6 +118,8 @@ def test_sixty_wrong_codes_lock_the_account(portal):
     assert 429 in statuses, "the code form is rate limited per address"
     locked = user(sessions, email)
     assert is_locked(locked.locked_until)
+    ended = attacker.http.get("/mfa")  # the lock ended the attacker's half-signed session
+    assert ended.status_code == 302 and urlsplit(ended.headers["location"]).path == "/login"
     assert len(entries(sessions, email, "account.locked")) == 1
     assert len([e for e in entries(sessions, email, "login.failed")
                 if '"totp"' in e["details"]]) == 5  # each audited, the 5th too
