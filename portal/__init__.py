@@ -5,22 +5,21 @@ rule comes from ``approvals`` — views only parse, call and render."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from flask import Flask, g, jsonify, redirect, request, session, url_for
+from flask.sessions import SecureCookieSessionInterface
 from flask_babel import Babel
 from flask_babel import gettext as _
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
-from portal import i18n, labels
+from portal import i18n, labels, signin
 from portal.config import PortalSettings
 from portal.db import connect
-from portal.models import User
-from portal.security import needs_mfa
+from portal.security import cross_site_problem, is_locked
 from sandbox import audit
-from sandbox.errors import InputError, SandboxError
+from sandbox.audit import AuditAction
+from sandbox.errors import Forbidden, InputError, SandboxError, Unauthenticated
 
 csrf = CSRFProtect()
 limiter = Limiter(key_func=get_remote_address, default_limits=[], storage_uri="memory://")
@@ -37,6 +36,20 @@ def _strings(data: object) -> list[str]:
     return []
 
 
+class CrossSiteRefused(Forbidden):
+    """A state-changing API call that may come from another site's page."""
+
+    code = "cross_site"
+
+
+class _CookieSessions(SecureCookieSessionInterface):
+    """The signed cookie, marked ``Secure`` whenever the portal is reached over HTTPS —
+    by its public address or by the request itself — so it never travels in clear."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return bool(app.config["SESSION_COOKIE_SECURE"]) or request.is_secure
+
+
 def create_app(settings: PortalSettings | None = None) -> Flask:
     settings = settings or PortalSettings()
     i18n.compile_catalogs()
@@ -48,8 +61,10 @@ def create_app(settings: PortalSettings | None = None) -> Flask:
         RATELIMIT_ENABLED=not settings.testing,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.public_url.lower().startswith("https://"),
         BABEL_TRANSLATION_DIRECTORIES=str(i18n.TRANSLATIONS),
     )
+    app.session_interface = _CookieSessions()
     app.extensions["portal.settings"] = settings
     engine, sessions = connect(settings.database_url)
     app.extensions["portal.engine"] = engine
@@ -83,24 +98,54 @@ def create_app(settings: PortalSettings | None = None) -> Flask:
 
     @app.before_request
     def _load_user():
+        """The signed-in user of this request, from the server-side session record the
+        cookie names; an ended, idle, expired or locked session signs in nobody."""
         g.audit_origin = audit.ORIGIN.set(request.remote_addr)
         g.db = sessions()
-        g.user = None
-        uid = session.get("uid")
-        if uid is None:
+        g.user = g.signin = None
+        record = signin.find(g.db, session.get("sid"))
+        if record is None:
+            session.pop("sid", None)
             return None
-        user = g.db.get(User, uid)
-        if user is None:
+        why = signin.expired(record, settings)
+        if why is None and is_locked(record.user.locked_until):
+            why = "locked"
+        if why is not None:
+            minutes = int(signin.idle_limit(settings, record.user.role).total_seconds() // 60)
+            signin.end(g.db, record, why)
+            language = session.get("lang")
             session.clear()
-            return None
-        now = datetime.now(UTC).timestamp()
-        idle = now - session.get("seen", now)
-        if needs_mfa(user.role) and idle > settings.idle_minutes * 60:
-            auth.idle_lock(user)
-            return redirect(url_for("auth.login", idle=1))
-        session["seen"] = now
-        g.user = user
+            if language:
+                session["lang"] = language
+            if request.path.startswith("/api/"):
+                raise Unauthenticated(f"the session ended ({why}); sign in again")
+            return redirect(url_for("auth.login", **({"idle": minutes} if why == "idle"
+                                                       else {"expired": why})))
+        signin.touch(g.db, record)
+        g.user, g.signin = record.user, record
         return None
+
+    @app.before_request
+    def _same_origin_api():
+        """The JSON API rides on the session cookie, which a browser attaches to requests
+        other sites make: a state-changing call must prove it comes from this portal's
+        own pages or a program (JSON body, and a same-origin ``Origin`` or an
+        ``X-Requested-With`` header — neither of which a cross-site form can send).
+        Calls with a bearer token (the hub's service calls) carry no ambient authority."""
+        if not request.path.startswith("/api/"):
+            return None
+        problem = cross_site_problem(
+            request.method, request.mimetype, request.headers.get("Origin"),
+            request.headers.get("X-Requested-With"), request.host_url,
+            settings.public_url, request.authorization is not None
+            and request.authorization.type == "bearer")
+        if problem is None:
+            return None
+        if g.user is not None:
+            auth.record(AuditAction.CROSS_SITE_REFUSED, f"user:{g.user.id}",
+                        {"path": request.path, "why": problem,
+                         "origin": request.headers.get("Origin", "")[:200]})
+        raise CrossSiteRefused(problem)
 
     @app.teardown_request
     def _close(_exc: BaseException | None) -> None:

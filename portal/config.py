@@ -22,10 +22,16 @@ class PortalSettings(BaseSettings):
     state_dir: Path = Field(Path("var/portal"), description="secret key and uploads")
     datasets_dir: Path = Field(Path("var/datasets"),
                                description="onboarded datasets whose catalog is shown")
-    idle_minutes: int = Field(10, description="privileged sessions lock after this idle time")
+    idle_minutes: int = Field(10, ge=1, description="sessions of experts, chairs, "
+                              "controllers and admins lock after this many idle minutes")
+    researcher_idle_minutes: int = Field(30, ge=1, description="researchers' sessions lock "
+                                         "after this many idle minutes")
+    session_hours: float = Field(12, gt=0, description="every session ends this many hours "
+                                 "after sign-in, however active")
     max_failed_logins: int = Field(5, description="failed logins before an account locks")
     lockout_minutes: int = Field(30, description="how long a locked account stays locked")
-    login_rate: str = Field("20 per minute", description="login attempts allowed per address")
+    login_rate: str = Field("20 per minute", description="sign-in attempts (password and "
+                            "TOTP code, page and API) allowed per address")
     max_upload_bytes: int = Field(10 * 1024 * 1024, description="largest ethics PDF accepted")
     min_title_grade: int = Field(3, description="职称 grade needed to apply (3 = 副高级)")
     min_years_experience: int = Field(5, description="years of research experience to apply")

@@ -38,11 +38,32 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(20))
     totp_secret: Mapped[str | None] = mapped_column(String(64))
     totp_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The last TOTP time step accepted for this account (sign-in or step-up): a code of
+    # that step or an earlier one is a replay, whoever types it.
+    totp_last_step: Mapped[int | None] = mapped_column(Integer)
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     profile: Mapped[Profile | None] = relationship(back_populates="user", uselist=False)
+
+
+class SignInSession(Base):
+    """A signed-in session, kept server-side: its cookie only names it, so signing out, an
+    idle lock, the absolute lifetime or an account lock end it for every copy of the cookie.
+    Only the SHA-256 of the session id is stored."""
+
+    __tablename__ = "signin_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    mfa_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_why: Mapped[str] = mapped_column(String(20), default="")
+
+    user: Mapped[User] = relationship()
 
 
 class Profile(Base):

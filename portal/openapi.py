@@ -10,8 +10,8 @@ ERROR = {"type": "object", "required": ["error", "reason"],
 
 # (method, path, summary, body, success status, roles)
 ROUTES: tuple[tuple[str, str, str, str | None, int, str], ...] = (
-    ("post", "/api/v1/session", "Sign in (TOTP code for privileged roles)", "SessionIn", 200,
-     "anyone"),
+    ("post", "/api/v1/session", "Sign in (password and TOTP code, every account)",
+     "SessionIn", 200, "anyone"),
     ("delete", "/api/v1/session", "Sign out", None, 200, "anyone"),
     ("get", "/api/v1/catalog", "The dataset catalog (search with ?q=)", None, 200, "anyone"),
     ("get", "/api/v1/applications", "Applications visible to the caller", None, 200,
@@ -69,6 +69,11 @@ def document() -> dict:
         if path.endswith("/catalog"):
             operation["parameters"] = [{"name": "q", "in": "query", "required": False,
                                         "schema": {"type": "string"}}]
+        if method != "get":  # see portal.security.cross_site_problem
+            operation.setdefault("parameters", []).append(
+                {"name": "X-Requested-With", "in": "header", "required": False,
+                 "description": "required unless the request carries this portal's Origin",
+                 "schema": {"type": "string", "minLength": 1}})
         if body:
             operation["requestBody"] = {"required": True, "content": {"application/json": {
                 "schema": {"$ref": f"#/components/schemas/{body}"}}}}
@@ -76,6 +81,9 @@ def document() -> dict:
     return {"openapi": "3.1.0",
             "info": {"title": "Research portal API", "version": "1",
                      "description": "Applications, committee review, decisions and data use "
-                                    "agreements. Sign in first; the session cookie "
-                                    "authenticates later calls."},
+                                    "agreements. Sign in first (password and TOTP code); "
+                                    "the session cookie authenticates later calls. Calls "
+                                    "that change something send JSON (Content-Type: "
+                                    "application/json) and either this portal's Origin or "
+                                    "an X-Requested-With header."},
             "paths": paths, "components": {"schemas": schemas}}

@@ -1,10 +1,13 @@
-"""Passwords (argon2), TOTP second factors (pyotp), and account lockout — plain functions,
-no web imports."""
+"""Passwords (argon2), TOTP second factors (pyotp), account lockout and safe redirect
+targets — plain functions, no web imports."""
 
 from __future__ import annotations
 
 import base64
+import time
+import unicodedata
 from datetime import UTC, datetime, timedelta
+from urllib.parse import unquote, urlsplit
 
 import pyotp
 import segno
@@ -14,7 +17,11 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from approvals.states import Role
 
 _hasher = PasswordHasher()
-MFA_ROLES = frozenset({Role.EXPERT, Role.CHAIR, Role.CONTROLLER, Role.ADMIN})
+# Every human account signs in with a second factor (researchers open sandboxes over
+# restricted data; the guide asks for multi-factor sign-in on every account).
+MFA_ROLES = frozenset({Role.RESEARCHER, Role.EXPERT, Role.CHAIR, Role.CONTROLLER, Role.ADMIN})
+# Codes of the step before and after the current one are accepted (clock drift).
+TOTP_WINDOW = 1
 MIN_PASSWORD = 10
 ISSUER = "岭南医疗数据沙箱"
 
@@ -39,10 +46,6 @@ def password_problem(password: str) -> str | None:
     return None
 
 
-def needs_mfa(role: str) -> bool:
-    return role in MFA_ROLES
-
-
 def new_totp_secret() -> str:
     return pyotp.random_base32()
 
@@ -56,9 +59,18 @@ def totp_qr_data_uri(secret: str, email: str) -> str:
     return "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
 
 
-def check_totp(secret: str | None, code: str) -> bool:
+def totp_steps(secret: str | None, code: str, now: float | None = None) -> list[int]:
+    """The time steps (within the window around ``now``) whose code ``code`` is — usually
+    one, none for a wrong code. A caller accepts only a step later than the last one it
+    accepted, which is what makes a code single-use."""
     code = (code or "").strip().replace(" ", "")
-    return bool(secret) and code.isdigit() and pyotp.TOTP(secret).verify(code, valid_window=1)
+    if not secret or not code.isdigit() or len(code) != 6:
+        return []
+    totp = pyotp.TOTP(secret)
+    now = time.time() if now is None else now
+    return [totp.timecode(now + offset * totp.interval)
+            for offset in range(-TOTP_WINDOW, TOTP_WINDOW + 1)
+            if totp.verify(code, for_time=now + offset * totp.interval)]
 
 
 def is_locked(locked_until: datetime | None, now: datetime | None = None) -> bool:
@@ -76,3 +88,59 @@ def after_failure(failed: int, max_failed: int, lockout_minutes: int
     if failed >= max_failed:
         return 0, datetime.now(UTC) + timedelta(minutes=lockout_minutes)
     return failed, None
+
+
+def local_path(target: str | None) -> str | None:
+    """``target`` if it can only lead to a path of this site, else None.
+
+    Browsers drop tabs and line breaks inside URLs and read a backslash as a slash, so
+    ``/\t/evil.example`` or ``/\\evil.example`` become ``//evil.example`` — another host.
+    Any control or whitespace character, any backslash (raw or percent-encoded, however
+    often), a scheme or a host refuses the target."""
+    if not target or len(target) > 2000:
+        return None
+    decoded, seen = target, set()
+    while decoded not in seen:  # undo every layer of percent-encoding
+        seen.add(decoded)
+        decoded = unquote(decoded)
+    for text in seen:
+        if "\\" in text or any(c.isspace() or unicodedata.category(c)[0] in "CZ"
+                                for c in text):
+            return None
+        if not text.startswith("/") or text.startswith("//"):
+            return None
+        parts = urlsplit(text)
+        if parts.scheme or parts.netloc:
+            return None
+    return target
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def cross_site_problem(method: str, mimetype: str, origin: str | None,
+                       requested_with: str | None, host_url: str, public_url: str,
+                       bearer: bool) -> str | None:
+    """Why a JSON API call must be refused as possibly cross-site, or None.
+
+    A page of another site can make the browser send a form (url-encoded, multipart or
+    text/plain) with the portal's cookie, but not a JSON body or a custom header without
+    the portal's consent (CORS, which it never gives); and the browser names the page's
+    origin in ``Origin``. So a state-changing call needs a JSON body and either an
+    ``Origin`` of this portal or, from programs that send none, ``X-Requested-With``."""
+    if method.upper() in SAFE_METHODS or bearer:
+        return None
+    if mimetype != "application/json":
+        return "send JSON (Content-Type: application/json)"
+    if origin is not None:
+        if origin.lower() in {_origin(host_url), _origin(public_url)}:
+            return None
+        return "the request comes from another site (Origin does not match this portal)"
+    if not requested_with:
+        return "add the header X-Requested-With (or send the request from the portal)"
+    return None

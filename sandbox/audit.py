@@ -143,6 +143,12 @@ class AuditAction(StrEnum):
     KEYS_REPEATED = "keys.repeated"
     FEDERATION_CHECKED = "federation.checked"
     EXPORT_DOWNLOADED = "export.downloaded"
+    PASSWORD_ACCEPTED = "login.password_accepted"
+    STEP_UP_PASSED = "step_up.passed"
+    STEP_UP_FAILED = "step_up.failed"
+    TOTP_REPLAY_REFUSED = "totp.replay_refused"
+    SESSION_ENDED = "session.ended"
+    CROSS_SITE_REFUSED = "request.cross_site_refused"
 
 
 def create_tables(engine: Engine) -> None:

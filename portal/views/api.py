@@ -1,13 +1,15 @@
 """JSON API for the same actions as the pages, with the same authorisation (the session of
-``POST /api/v1/session``). Bodies are validated with pydantic; every error is
-``{"error": code, "reason": text}`` with a 4xx status. Described in OpenAPI at
-``/api/v1/openapi.json`` (built from these models)."""
+``POST /api/v1/session``: password and TOTP code, every account). Bodies are validated
+with pydantic; every error is ``{"error": code, "reason": text}`` with a 4xx status.
+State-changing calls must be JSON and same-origin (see ``portal.security
+.cross_site_problem``). Described in OpenAPI at ``/api/v1/openapi.json`` (built from these
+models)."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from flask import Blueprint, current_app, g, jsonify, request, session
+from flask import Blueprint, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
@@ -19,12 +21,10 @@ from approvals.decisions import Decision, Verdict
 from approvals.errors import NotPermitted
 from approvals.states import Role, State
 from portal import catalog as datasets
-from portal import csrf, limiter, workflow
+from portal import csrf, limiter, signin, workflow
 from portal.models import Application, Assignment, User
-from portal.security import check_totp, needs_mfa
-from portal.views.auth import check_credentials, record, start_session
+from portal.views.auth import end_session, passed_mfa, start_session
 from portal.views.researcher import applicant, policy
-from sandbox.audit import AuditAction
 from sandbox.errors import InputError, NotFound, Unauthenticated
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -38,7 +38,8 @@ class _Body(BaseModel):
 class SessionIn(_Body):
     email: str = Field(max_length=200)
     password: str = Field(max_length=200)
-    code: str | None = Field(default=None, max_length=10, description="TOTP code")
+    code: str | None = Field(default=None, max_length=10,
+                             description="TOTP code (every account; each code works once)")
 
 
 class FieldRequest(_Body):
@@ -104,8 +105,8 @@ def _body(model: type[BaseModel]) -> Any:
 def _user(*roles: Role) -> User:
     if g.user is None:
         raise Unauthenticated("sign in first: POST /api/v1/session")
-    if needs_mfa(g.user.role) and not session.get("mfa_ok"):
-        raise Unauthenticated("this role needs its TOTP code: POST /api/v1/session with code")
+    if not passed_mfa():
+        raise Unauthenticated("give your TOTP code too: POST /api/v1/session with code")
     if roles and g.user.role not in roles:
         raise NotPermitted(f"a {g.user.role} may not do this")
     return g.user
@@ -143,19 +144,19 @@ def _ctx() -> workflow.Context:
 @limiter.limit(lambda: current_app.extensions["portal.settings"].login_rate)
 def sign_in() -> ResponseReturnValue:
     body = _body(SessionIn)
-    user = check_credentials(body.email, body.password)
-    if needs_mfa(user.role) and not (user.totp_enabled and check_totp(user.totp_secret,
-                                                                       body.code or "")):
-        record(AuditAction.LOGIN_FAILED, f"user:{user.id}", {"why": "totp"})
-        raise Unauthenticated("a valid TOTP code is required for this role (enrol in the "
-                              "portal first)")
-    start_session(user, mfa_done=True, via="api")
+    settings = current_app.extensions["portal.settings"]
+    user = signin.check_credentials(g.db, settings, body.email, body.password)
+    if not user.totp_enabled:
+        raise Unauthenticated("enrol an authenticator first: sign in once on the portal's "
+                              "sign-in page")
+    signin.check_code(g.db, settings, user, body.code or "", signin.Purpose.SIGN_IN)
+    start_session(user, mfa_done=True)
     return jsonify(id=user.id, name=user.name, role=user.role)
 
 
 @bp.delete("/session")
 def sign_out() -> ResponseReturnValue:
-    session.clear()
+    end_session()
     return jsonify(signed_out=True)
 
 

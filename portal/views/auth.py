@@ -1,10 +1,12 @@
-"""Accounts: registration, login with lockout and rate limit, TOTP enrolment and
-verification, idle lock, language switch."""
+"""Accounts: registration, sign-in (password, then a TOTP code — enrolled at the first
+sign-in — with lockout and rate limits), sign-out that ends the server-side session, the
+language switch. Rules in ``portal.signin`` and ``portal.security``."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from functools import wraps
+from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -22,22 +24,18 @@ from flask_babel import gettext as _
 from sqlalchemy import select
 
 from approvals.states import Role
-from portal import i18n, limiter
+from portal import i18n, limiter, signin
 from portal.models import Profile, User
 from portal.security import (
-    after_failure,
-    check_password,
-    check_totp,
     hash_password,
-    is_locked,
-    needs_mfa,
+    local_path,
     new_totp_secret,
     password_problem,
     totp_qr_data_uri,
 )
 from sandbox import audit
 from sandbox.audit import AuditAction
-from sandbox.errors import Forbidden, SandboxError, Unauthenticated
+from sandbox.errors import SandboxError, Unauthenticated
 
 bp = Blueprint("auth", __name__)
 
@@ -67,14 +65,15 @@ def render_error(status: int, reason: str):
 
 
 def login_required(*roles: Role):
-    """Require a signed-in user (with MFA done where needed), optionally of some roles."""
+    """Require a signed-in user who has also given a TOTP code in this session, optionally
+    of some roles."""
     def wrap(view):
         @wraps(view)
         def inner(*args, **kwargs):
             if g.user is None:
                 here = request.full_path if request.query_string else request.path
                 return redirect(url_for("auth.login", next=here))
-            if needs_mfa(g.user.role) and not session.get("mfa_ok"):
+            if not passed_mfa():
                 return redirect(url_for("auth.mfa"))
             if roles and g.user.role not in roles:
                 abort(403)
@@ -83,64 +82,46 @@ def login_required(*roles: Role):
     return wrap
 
 
-def local_path(target: str | None) -> str | None:
-    """``target`` if it is a path on this site (never a redirect elsewhere), else None."""
-    if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
-        return None
-    return target
+def passed_mfa() -> bool:
+    """Whether this request's session has passed the TOTP step."""
+    record = getattr(g, "signin", None)
+    return record is not None and record.mfa_at is not None
 
 
-class AccountLocked(Forbidden):
-    """Too many failed sign-ins; the account is locked for a while."""
-
-    code = "locked"
-
-
-def check_credentials(email: str, password: str) -> User:
-    """The account these credentials open — counting failures, locking after too many, and
-    auditing every attempt — for the sign-in page and the API alike."""
-    cfg = settings()
-    email = email.strip().lower()
-    user = g.db.scalar(select(User).where(User.email == email))
-    if user is not None and is_locked(user.locked_until):
-        record(AuditAction.LOGIN_FAILED, f"user:{user.id}", {"why": "locked"})
-        raise AccountLocked("this account is locked; try again later")
-    if user is None or not check_password(user.password_hash, password):
-        if user is not None:
-            user.failed_logins, user.locked_until = after_failure(
-                user.failed_logins, cfg.max_failed_logins, cfg.lockout_minutes)
-            g.db.commit()
-            if user.locked_until is not None:
-                record(AuditAction.ACCOUNT_LOCKED, f"user:{user.id}")
-        record(AuditAction.LOGIN_FAILED, f"email:{email}")
-        raise Unauthenticated("wrong e-mail or password")
-    user.failed_logins = 0
-    g.db.commit()
-    return user
+def start_session(user: User, *, mfa_done: bool) -> None:
+    """A fresh server-side session for ``user`` in a fresh cookie (keeping the chosen
+    language and where to go next): a session id is never carried across a sign-in step,
+    so one planted before sign-in is worth nothing after it."""
+    keep = {k: session[k] for k in ("lang", "next") if k in session}
+    old = getattr(g, "signin", None)
+    if old is not None:
+        old.ended_at, old.ended_why = datetime.now(UTC), "renewed"
+    session.clear()
+    session_id = signin.open_session(g.db, user, mfa_done=mfa_done)
+    session.update(sid=session_id, **keep)
+    g.user, g.signin = user, signin.find(g.db, session_id)
 
 
-def start_session(user: User, *, mfa_done: bool, via: str = "page") -> None:
-    """A fresh session for ``user`` (keeping the chosen language), audited."""
+def end_session() -> None:
+    """Sign out: the server-side record ends, so the cookie (and any copy) is dead."""
+    record = getattr(g, "signin", None)
+    if record is not None:
+        signin.end(g.db, record, "signed_out")
     language = session.get("lang")
     session.clear()
-    session.update(uid=user.id, seen=datetime.now(UTC).timestamp(), mfa_ok=mfa_done)
     if language:
         session["lang"] = language
-    g.user = user
-    record(AuditAction.LOGIN_SUCCEEDED, f"user:{user.id}", {"via": via},
-           actor=f"user:{user.id}")
-
-
-def idle_lock(user: User) -> None:
-    record(AuditAction.SESSION_IDLE_LOCKED, f"user:{user.id}", actor=f"user:{user.id}")
-    session.clear()
+    g.user, g.signin = None, None
 
 
 @bp.route("/lang/<code>")
 def language(code: str):
     if code in i18n.LANGUAGES:
         session["lang"] = code
-    return redirect(request.referrer or url_for("catalog.index"))
+    back = urlsplit(request.referrer or "")
+    here = back.path + (f"?{back.query}" if back.query else "")
+    same_site = back.netloc == request.host and local_path(here)
+    return redirect(here if same_site else url_for("catalog.index"))
 
 
 @bp.route("/register", methods=["GET", "POST"])
@@ -186,53 +167,74 @@ def register():
 @limiter.limit(lambda: settings().login_rate, methods=["POST"])
 def login():
     if request.method == "GET":
-        if request.args.get("idle"):
+        idle = request.args.get("idle", type=int)
+        if idle:
             flash(_("Your session was locked after %(minutes)d minutes without activity.",
-                    minutes=settings().idle_minutes))
+                    minutes=idle))
+        if request.args.get("expired") == "lifetime":
+            flash(_("Your session ended %(hours)g hours after sign-in; please sign in again.",
+                    hours=settings().session_hours))
+        elif request.args.get("expired") == "locked":
+            flash(_("This account is locked. Try again later."))
         return render_template("auth/login.html")
     try:
-        user = check_credentials(request.form.get("email", ""),
-                                 request.form.get("password", ""))
-    except AccountLocked:
+        user = signin.check_credentials(g.db, settings(), request.form.get("email", ""),
+                                        request.form.get("password", ""))
+    except signin.AccountLocked:
         return render_template("auth/login.html",
                                error=_("This account is locked. Try again later.")), 403
     except Unauthenticated:
         return render_template("auth/login.html",
                                error=_("Wrong e-mail or password.")), 401
+    session.pop("next", None)
+    target = local_path(request.args.get("next"))
+    if target:
+        session["next"] = target
     start_session(user, mfa_done=False)
-    if needs_mfa(user.role):
-        return redirect(url_for("auth.mfa"))
-    return redirect(local_path(request.args.get("next")) or url_for("catalog.index"))
+    return redirect(url_for("auth.mfa"))
+
+
+def _mfa_page(user: User, error: str | None = None, status: int = 200):
+    return render_template("auth/mfa.html", user=user, error=error,
+                           qr=None if user.totp_enabled else
+                           totp_qr_data_uri(user.totp_secret, user.email)), status
 
 
 @bp.route("/mfa", methods=["GET", "POST"])
+@limiter.limit(lambda: settings().login_rate, methods=["POST"])
 def mfa():
+    """The second step of every sign-in; an account without an authenticator enrols one
+    here (QR code and key), at its first sign-in or its next one."""
     user = g.user
     if user is None:
         return redirect(url_for("auth.login"))
+    if passed_mfa():
+        return redirect(session.pop("next", None) or url_for("catalog.index"))
     if not user.totp_enabled and not user.totp_secret:
         user.totp_secret = new_totp_secret()
         g.db.commit()
-    if request.method == "POST":
-        if check_totp(user.totp_secret, request.form.get("code", "")):
-            if not user.totp_enabled:
-                user.totp_enabled = True
-                g.db.commit()
-                record(AuditAction.MFA_ENROLLED, f"user:{user.id}")
-            session["mfa_ok"] = True
-            return redirect(url_for("catalog.index"))
-        record(AuditAction.LOGIN_FAILED, f"user:{user.id}", {"why": "totp"})
-        return render_template("auth/mfa.html", user=user, error=_("Wrong code."),
-                               qr=None if user.totp_enabled else
-                               totp_qr_data_uri(user.totp_secret, user.email)), 401
-    return render_template("auth/mfa.html", user=user, error=None,
-                           qr=None if user.totp_enabled else
-                           totp_qr_data_uri(user.totp_secret, user.email))
+    if request.method == "GET":
+        return _mfa_page(user)
+    try:
+        signin.check_code(g.db, settings(), user, request.form.get("code", ""),
+                          signin.Purpose.SIGN_IN)
+    except signin.AccountLocked:
+        end_session()
+        return render_template("auth/login.html",
+                               error=_("This account is locked. Try again later.")), 403
+    except signin.CodeRefused as exc:
+        return _mfa_page(user, _("This code was already used; wait for the next one.")
+                         if "already used" in exc.reason else _("Wrong code."), 401)
+    if not user.totp_enabled:
+        user.totp_enabled = True
+        record(AuditAction.MFA_ENROLLED, f"user:{user.id}")
+    start_session(user, mfa_done=True)
+    return redirect(session.pop("next", None) or url_for("catalog.index"))
 
 
 @bp.route("/logout", methods=["POST"])
 def logout():
-    session.clear()
+    end_session()
     return redirect(url_for("auth.login"))
 
 

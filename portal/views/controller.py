@@ -29,7 +29,7 @@ from sqlalchemy import Select, or_, select
 
 from approvals.exports import VoteChoice
 from approvals.states import Action, Role, State
-from portal import alerts, blacklist, destruction, exports, previews, projects
+from portal import alerts, blacklist, destruction, exports, previews, projects, signin
 from portal import gateway as portal_gateway
 from portal.models import (
     Agreement,
@@ -39,6 +39,7 @@ from portal.models import (
     ExportRequest,
     User,
 )
+from portal.views import stepup
 from portal.views.auth import login_required, reason_of, record
 from sandbox import audit
 from sandbox.audit import AuditAction, audit_log
@@ -253,7 +254,11 @@ PREVIEW_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; 
 @bp.route("/exports/<int:export_id>")
 @login_required(Role.CONTROLLER)
 def export_page(export_id: int) -> ResponseReturnValue:
-    request_ = _export(export_id)
+    return _export_page(_export(export_id))
+
+
+def _export_page(request_: ExportRequest, problem: str | None = None
+                 ) -> ResponseReturnValue:
     settings = _settings()
     voted = any(v.reviewer == f"user:{g.user.id}"
                 for v in exports.round_votes(g.db, request_))
@@ -264,10 +269,11 @@ def export_page(export_id: int) -> ResponseReturnValue:
         application=g.db.get(Application, request_.application_id),
         votes=exports.visible_votes(g.db, settings, request_, g.user), voted=voted,
         required=settings.export_reviewers, earlier=exports.earlier(g.db, request_),
-        names=names,
+        names=names, problem=problem,
         previews={f.id: previews.preview(f.name, f.content) for f in request_.files})
-    return Response(page, headers={"Content-Security-Policy": REVIEW_POLICY,
-                                   "X-Content-Type-Options": "nosniff"})
+    return Response(page, status=200 if problem is None else 401,
+                    headers={"Content-Security-Policy": REVIEW_POLICY,
+                             "X-Content-Type-Options": "nosniff"})
 
 
 def _export_file(export_id: int, file_id: int) -> ExportFile:
@@ -326,17 +332,24 @@ def export_vote(export_id: int) -> ResponseReturnValue:
 @login_required(Role.CONTROLLER)
 def export_release(export_id: int) -> ResponseReturnValue:
     request_ = _export(export_id)
+    refused = stepup.check(signin.Purpose.EXPORT_RELEASE, f"export:{export_id}")
+    if refused is not None:
+        return _export_page(request_, refused)
     exports.release(g.db, _settings(), request_, _actor())
     flash(_("Released: the signed bundle is ready."))
     return redirect(url_for("controller.export_page", export_id=export_id))
 
 
-@bp.route("/exports/<int:export_id>/bundle.zip")
+@bp.route("/exports/<int:export_id>/bundle.zip", methods=["GET", "POST"])
 @login_required(Role.CONTROLLER)
 def export_bundle(export_id: int) -> ResponseReturnValue:
+    """The released bundle, after a fresh code (step-up)."""
     request_ = _export(export_id)
     if request_.bundle is None:
         abort(404)
-    return Response(exports.download(g.db, _settings(), request_, g.user),
-                    mimetype="application/zip", headers={
-        "Content-Disposition": f"attachment; filename=export-{export_id}.zip"})
+    return stepup.download(
+        signin.Purpose.BUNDLE_DOWNLOAD, f"export:{export_id}",
+        _("Download the released bundle"),
+        lambda: Response(exports.download(g.db, _settings(), request_, g.user),
+                         mimetype="application/zip", headers={
+            "Content-Disposition": f"attachment; filename=export-{export_id}.zip"}))

@@ -24,9 +24,10 @@ from approvals.eligibility import Applicant, EligibilityPolicy
 from approvals.errors import Ineligible
 from approvals.states import Action, Role, State
 from portal import catalog as datasets
-from portal import destruction, exports, sandboxes, workflow
+from portal import destruction, exports, sandboxes, signin, workflow
 from portal.agreement import CLAUSES
 from portal.models import Agreement, Application, DestructionTask, ExportRequest
+from portal.views import stepup
 from portal.views.auth import login_required, reason_of
 from sandbox.data.reference.population import PURPOSES
 from sandbox.errors import InputError, SandboxError
@@ -181,16 +182,20 @@ def sign(application_id: int) -> ResponseReturnValue:
     return redirect(url_for("researcher.agreement", application_id=app.id))
 
 
-@bp.route("/<int:application_id>/agreement.pdf")
+@bp.route("/<int:application_id>/agreement.pdf", methods=["GET", "POST"])
 @login_required(Role.RESEARCHER)
 def agreement_pdf(application_id: int) -> ResponseReturnValue:
+    """The signed agreement, after a fresh code (step-up)."""
     app = own(application_id)
     record = g.db.get(Agreement, app.id)
     if record is None:
         abort(404)
-    return Response(record.pdf, mimetype="application/pdf", headers={
-        "Content-Disposition": f"attachment; filename=DUA-{app.id}.pdf",
-        "X-Content-SHA256": record.sha256})
+    return stepup.download(
+        signin.Purpose.AGREEMENT_DOWNLOAD, f"application:{app.id}",
+        _("Download the signed agreement (PDF)"),
+        lambda: Response(record.pdf, mimetype="application/pdf", headers={
+            "Content-Disposition": f"attachment; filename=DUA-{app.id}.pdf",
+            "X-Content-SHA256": record.sha256}))
 
 
 @bp.route("/<int:application_id>/destruction-form.pdf")
@@ -232,6 +237,12 @@ def export_new(application_id: int) -> ResponseReturnValue:
     settings = current_app.extensions["portal.settings"]
     problems: list[str] = []
     if request.method == "POST":
+        refused = stepup.check(signin.Purpose.EXPORT_REQUEST, f"application:{app.id}")
+        if refused is not None:
+            return render_template("researcher/export_new.html", app=app,
+                                   problems=[refused],
+                                   chosen=exports.choices(g.db, settings, app, g.user),
+                                   form=request.form), 401
         try:
             exports.request_from_sandbox(g.db, settings, app, g.user,
                                          request.form.getlist("file"),

@@ -114,7 +114,7 @@ def openapi() -> None:
 @click.password_option()
 def create_user(email: str, name: str, role: str, institution: str, title: str,
                 password: str) -> None:
-    """Create an account (experts, chair, controllers and admins enrol TOTP at first login)."""
+    """Create an account (every account enrols a TOTP authenticator at its first sign-in)."""
     from sqlalchemy import select
 
     from portal.config import PortalSettings

@@ -47,9 +47,11 @@ class PortalStack:
                         PASSWORD], env=self.env, check=True, capture_output=True, cwd=ROOT)
 
 
-def portal_stack(dataset: Path, root: Path, before_serving=None) -> Iterator[PortalStack]:
+def portal_stack(dataset: Path, root: Path, before_serving=None,
+                 env: dict[str, str] | None = None) -> Iterator[PortalStack]:
     """Gateway, SMTP and ``sandboxctl portal serve`` over ``dataset``; ``before_serving``
-    (given the stack) runs once the database exists and before the portal starts."""
+    (given the stack) runs once the database exists and before the portal starts; ``env``
+    adds or overrides SANDBOX_PORTAL_* settings."""
     served = root / "datasets"
     served.mkdir()
     os.symlink(dataset, served / "emr-visits")
@@ -57,8 +59,8 @@ def portal_stack(dataset: Path, root: Path, before_serving=None) -> Iterator[Por
     smtp, inbox = start_smtp()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    stack = PortalStack(url, os.environ | portal_env(root, served, gateway, inbox.port, url),
-                        gateway, inbox, root)
+    stack = PortalStack(url, os.environ | portal_env(root, served, gateway, inbox.port, url)
+                        | (env or {}), gateway, inbox, root)
     if before_serving is not None:
         before_serving(stack)
     portal = subprocess.Popen([CTL, "portal", "serve", "--port", str(port)], env=stack.env,

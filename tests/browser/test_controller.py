@@ -32,9 +32,10 @@ from sandbox.client import Gateway
 from sandbox.exports import bundle
 from tests.browser.conftest import ARTIFACTS, PASSWORD, PortalStack, portal_stack
 from tests.browser.test_approval_flow import sign_in
+from tests.signin import Authenticators
 
 CERTIFICATE = Path(__file__).with_name("certificate.pdf")
-TOTP: dict[str, str] = {}  # each account's TOTP secret, once enrolled
+TOTP = Authenticators()  # each account's TOTP secret, once enrolled at its first sign-in
 
 
 def shot(page: Page, name: str) -> None:
@@ -107,7 +108,7 @@ def seed(app, settings: PortalSettings) -> dict:
 
 def test_a_controllers_day(world, browser):
     url = world["url"]
-    controller = sign_in(browser, url, "controller@lingnan.cn", totp=TOTP)
+    controller = sign_in(browser, url, "controller@lingnan.cn", TOTP)
     controller.goto(f"{url}/controller/audit")
     controller.click("#verify")
     expect(controller.locator("#verify-result")).to_have_attribute("data-ok", "true")
@@ -122,7 +123,7 @@ def test_a_controllers_day(world, browser):
     # the researcher of the ended project uploads a certificate; it is rejected, then
     # uploaded again and verified — which closes the project
     ended = world["ended"]
-    researcher = sign_in(browser, url, ended["email"])
+    researcher = sign_in(browser, url, ended["email"], TOTP)
     researcher.goto(f"{url}/applications/{ended['id']}")
     expect(researcher.locator("#destruction-state")).to_have_attribute("data-state", "open")
     researcher.set_input_files("#certificate", str(CERTIFICATE))
@@ -186,7 +187,7 @@ def test_export_review_with_two_blinded_reviewers(world, browser, tmp_path):
     Image.new("RGB", (360, 220), "white").save(figure)
     gw.export([table, figure], [counts], note="表2 按性别")
 
-    first = sign_in(browser, url, "controller@lingnan.cn", totp=TOTP)
+    first = sign_in(browser, url, "controller@lingnan.cn", TOTP)
     first.goto(f"{url}/controller/exports")
     first.click("#exports a")
     expect(first.locator("#export-state")).to_have_attribute("data-state", "under_review")
@@ -195,7 +196,7 @@ def test_export_review_with_two_blinded_reviewers(world, browser, tmp_path):
     expect(first.locator("#votes li")).to_have_count(1)  # only their own vote so far
     shot(first, "07-export-first-vote")
 
-    second = sign_in(browser, url, "reviewer@lingnan.cn", totp=TOTP)
+    second = sign_in(browser, url, "reviewer@lingnan.cn", TOTP)
     second.goto(first.url)
     expect(second.locator("#votes")).to_contain_text("彼此不可见")  # the first vote is hidden
     second.fill("#comment", "数字均可追溯到发布结果")
@@ -205,11 +206,16 @@ def test_export_review_with_two_blinded_reviewers(world, browser, tmp_path):
     shot(second, "08-export-approved")
 
     first.reload()
+    expect(first.locator(".responsibility")).to_have_text("数据安全责任由本人承担")
+    first.fill("#code", TOTP.code("controller@lingnan.cn"))  # step-up: a fresh code
     first.click("#release")
     expect(first.locator("#export-state")).to_have_attribute("data-state", "released")
     shot(first, "09-export-released")
-    zipped = httpx.get(url + first.locator("#bundle").get_attribute("href"),
-                       cookies={c["name"]: c["value"] for c in first.context.cookies()})
-    manifest = bundle.verify(zipped.content, exports.signer(world["settings"]).public_pem)
+    first.click("#bundle")
+    first.fill("#code", TOTP.code("controller@lingnan.cn"))
+    with first.expect_download() as downloaded:
+        first.click("#step-up button.primary")
+    zipped = Path(downloaded.value.path()).read_bytes()
+    manifest = bundle.verify(zipped, exports.signer(world["settings"]).public_pem)
     assert manifest["project"] == f"application-{running['id']}"
     assert [r["choice"] for r in manifest["reviewers"]] == ["approve", "approve"]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import docker
 import httpx
+import pyotp
 
 from approvals.decisions import Decision
 from approvals.eligibility import Applicant, EligibilityPolicy
@@ -32,6 +33,7 @@ from sandbox.hub.settings import shared_secret
 from tests.mail import start_smtp
 from tests.services import ROOT, GatewayProcess, free_port
 from tests.services import portal_env as portal_env_of
+from tests.signin import Authenticators
 
 CTL = str(Path(sys.executable).parent / "sandboxctl")
 FIELDS = ["sex", "age_band", "visit_type", "total_cost"]
@@ -69,6 +71,9 @@ class Stack:
     instance: str
     processes: list = field(default_factory=list)
     smtp: object = None
+    # every account signs in with a TOTP code: the tests' authenticator for the people
+    # made here (``keys.code(email)`` gives a code the portal has not seen yet)
+    keys: Authenticators = field(default_factory=Authenticators)
 
     def close(self) -> None:
         for process in self.processes:  # the hub first: it stops its sandboxes
@@ -89,15 +94,19 @@ class Stack:
                                                      "hub-api.token"))
 
     def person(self, role: str, institution: str) -> User:
+        """An account with an enrolled authenticator (its secret in ``keys``)."""
+        secret = pyotp.random_base32()
         with self.app.extensions["portal.sessions"]() as db:
             user = User(email=f"{role}-{uuid.uuid4().hex[:8]}@lingnan.cn",
                         name=f"{role}-{uuid.uuid4().hex[:4]}", role=role,
-                        password_hash=hash_password("Hub-test-42"),
+                        password_hash=hash_password("Hub-test-42"), totp_secret=secret,
+                        totp_enabled=True,
                         profile=Profile(title="主任医师", years_experience=12,
                                         credit_grade="A", institution=institution,
                                         research_field="流行病学"))
             db.add(user)
             db.commit()
+            self.keys.add(user.email, secret)
             return user
 
     def approved_project(self, researcher: User | None = None, sign: bool = True

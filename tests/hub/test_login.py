@@ -1,8 +1,10 @@
-"""A researcher signs in to the portal in a real browser, sees the project's sandbox ready,
-clicks "Open sandbox" and lands in JupyterLab — the hub signs them in through the portal
-(OAuth2). Someone else's sandbox stays closed to them."""
+"""A researcher signs in to the portal in a real browser (password and TOTP code), sees the
+project's sandbox ready, clicks "Open sandbox" and lands in JupyterLab — the hub signs them
+in through the portal (OAuth2). Someone else's sandbox stays closed to them."""
 
 from __future__ import annotations
+
+import re
 
 from playwright.sync_api import expect
 
@@ -18,6 +20,9 @@ def test_open_the_sandbox_from_the_portal(stack, browser):  # noqa: F811
     page.fill("#email", researcher.email)
     page.fill("#password", "Hub-test-42")
     page.click("button.primary")
+    page.fill("#code", stack.keys.code(researcher.email))  # every account: a TOTP code
+    page.click("button.primary")
+    expect(page).not_to_have_url(re.compile(r"/(mfa|login)$"))
     page.goto(f"{stack.portal_url}/applications/{project}")
     expect(page.locator("#sandbox-status")).to_have_attribute("data-status", "ready")
     page.screenshot(path=str(ARTIFACTS / "hub-01-project-sandbox-ready.png"), full_page=True)

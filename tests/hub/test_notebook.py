@@ -69,6 +69,11 @@ def test_researcher_requests_an_export_from_the_project_page(stack, executed):
     token = CSRF.search(client.get("/login").get_data(as_text=True)).group(1)
     client.post("/login", data={"email": researcher.email, "password": "Hub-test-42",
                                 "csrf_token": token})
+    token = CSRF.search(client.get("/mfa").get_data(as_text=True)).group(1)
+    signed_in = client.post("/mfa", data={"code": stack.keys.code(researcher.email),
+                                          "csrf_token": token})
+    assert signed_in.status_code == 302 and not signed_in.headers["Location"].endswith(
+        "/mfa")
     show = client.get(f"/applications/{project}").get_data(as_text=True)
     assert f"/applications/{project}/exports/new" in show, "the button is on the page"
 
@@ -84,18 +89,24 @@ def test_researcher_requests_an_export_from_the_project_page(stack, executed):
         with stack.app.extensions["portal.sessions"]() as db:
             return db.query(ExportRequest).filter_by(application_id=project).count()
 
+    # without a fresh TOTP code (step-up), nothing is sent
+    assert "数据安全责任由本人承担" in text or "You bear personal responsibility" in text
+    no_code = client.post(f"/applications/{project}/exports/new", data={
+        "file": [PLOT], "release": release_ids, "csrf_token": token})
+    assert no_code.status_code == 401 and 'role="alert"' in no_code.get_data(as_text=True)
+    assert requests() == 0
     # a path outside the workspace, or a release of no such project: refused, nothing sent
     for form in ({"file": "../../etc/passwd", "release": release_ids},
                  {"file": PLOT, "release": ["0" * 32]}, {"release": release_ids}):
-        refused = client.post(f"/applications/{project}/exports/new",
-                              data=form | {"csrf_token": token})
+        refused = client.post(f"/applications/{project}/exports/new", data=form | {
+            "csrf_token": token, "code": stack.keys.code(researcher.email)})
         assert refused.status_code == 422, form
         assert 'role="alert"' in refused.get_data(as_text=True)
     assert requests() == 0
 
     sent = client.post(f"/applications/{project}/exports/new", data={
         "file": [PLOT], "release": release_ids, "note": "图：各年龄组平均费用",
-        "csrf_token": token})
+        "csrf_token": token, "code": stack.keys.code(researcher.email)})
     assert sent.status_code == 302, sent.get_data(as_text=True)[-2000:]
     _, plot = box.exec_run(["cat", PLOT], user="1000:1000", workdir=WORK)
     with stack.app.extensions["portal.sessions"]() as db:

@@ -17,6 +17,7 @@ from portal.config import PortalSettings
 from portal.models import Agreement, Application, DecisionRecord, Profile, User
 from portal.security import hash_password
 from tests.services import GatewayProcess, Postgres
+from tests.signin import fresh_code
 
 PASSWORD = "correct horse 42"
 
@@ -63,21 +64,42 @@ def client(app):
     return app.test_client()
 
 
-def make_user(app, email: str, role: str = "researcher", **profile) -> User:
+def make_user(app, email: str, role: str = "researcher", enrolled: bool = True,
+              **profile) -> User:
+    """An account; ``enrolled``: with an authenticator already (a random TOTP secret),
+    otherwise it enrols at its first sign-in."""
     sessions = app.extensions["portal.sessions"]
     with sessions() as db:
         user = User(email=email, name=email.split("@")[0], role=role,
-                    password_hash=hash_password(PASSWORD), profile=Profile(**profile))
+                    password_hash=hash_password(PASSWORD), profile=Profile(**profile),
+                    totp_secret=pyotp.random_base32() if enrolled else None,
+                    totp_enabled=enrolled)
         db.add(user)
         db.commit()
         return user
 
 
 def login(client, email: str, password: str = PASSWORD):
+    """The password step only (the session still lacks its TOTP code)."""
     return client.post("/login", data={"email": email, "password": password})
 
 
+def sign_in(client, email: str, password: str = PASSWORD):
+    """Password and a fresh TOTP code (enrolling first if the account has none): a
+    complete sign-in; returns the answer to the code."""
+    assert login(client, email, password).status_code == 302
+    user_sessions = client.application.extensions["portal.sessions"]
+    with user_sessions() as db:
+        enrolled = db.query(User).filter_by(email=email).one().totp_enabled
+    if not enrolled:
+        client.get("/mfa")  # shows the QR code and creates the secret
+    response = client.post("/mfa", data={"code": fresh_code(user_sessions, email)})
+    assert response.status_code == 302, response.get_data(as_text=True)[-500:]
+    return response
+
+
 def enrol_totp(client) -> str:
+    """Enrol from the QR page's key, as a person would; returns the secret."""
     page = client.get("/mfa").get_data(as_text=True)
     secret = re.search(r'id="totp-secret">([A-Z2-7]+)<', page).group(1)
     response = client.post("/mfa", data={"code": pyotp.TOTP(secret).now()})
@@ -102,7 +124,8 @@ def active_project(app, settings: PortalSettings, fields: list[str],
     with app.extensions["portal.sessions"]() as db:
         email = f"r-{uuid.uuid4().hex[:8]}@example.cn"
         user = User(email=email, name="研究者", role="researcher",
-                    password_hash=hash_password(PASSWORD),
+                    password_hash=hash_password(PASSWORD), totp_enabled=True,
+                    totp_secret=pyotp.random_base32(),
                     profile=Profile(**({"institution": "岭南大学"} | profile)))
         db.add(user)
         db.flush()

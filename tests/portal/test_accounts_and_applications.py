@@ -1,18 +1,21 @@
-"""Accounts (argon2, lockout, TOTP for privileged roles, idle lock), the bilingual catalog,
-and applications whose eligibility is shown with reasons and enforced on submit."""
+"""Accounts (argon2, lockout, TOTP for every role, idle lock), the bilingual catalog, and
+applications whose eligibility is shown with reasons and enforced on submit."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pyotp
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, update
 
 from portal import create_app
-from portal.models import Application, User
+from portal.models import Application, SignInSession, User
 from sandbox import audit
-from tests.portal.conftest import PASSWORD, enrol_totp, login, make_user
+from tests.portal.conftest import PASSWORD, enrol_totp, login, make_user, sign_in
+from tests.signin import fresh_code, wrong_code
 
 ELIGIBLE = {"title": "副主任医师", "years_experience": 8, "credit_grade": "A",
             "institution": "岭南大学", "research_field": "流行病学"}
@@ -33,8 +36,10 @@ def test_register_then_sign_in(client, app):
         user = db.scalar(select(User).where(User.email == address))
         assert user.password_hash.startswith("$argon2")
         assert user.profile.title == "副主任医师"
-    assert login(client, address).status_code == 302
-    assert "王芳" in client.get("/").get_data(as_text=True)
+    first = login(client, address)
+    assert first.status_code == 302 and first.headers["Location"].endswith("/mfa")
+    enrol_totp(client)  # a new researcher enrols an authenticator at the first sign-in
+    assert "王芳" in client.get("/applications/").get_data(as_text=True)
 
 
 def test_registration_problems_are_listed(client):
@@ -69,32 +74,69 @@ def test_five_failed_logins_lock_the_account(client, app):
         assert audit.verify(conn).ok
 
 
-def test_privileged_roles_must_use_totp(client, app):
-    address = email("chair")
-    make_user(app, address, role="chair")
+@pytest.mark.parametrize("role", ["researcher", "expert", "chair", "controller", "admin"])
+def test_every_role_must_use_totp(client, app, role):
+    address = email(role)
+    make_user(app, address, role=role, enrolled=False)
     response = login(client, address)
     assert response.status_code == 302 and response.headers["Location"].endswith("/mfa")
-    assert client.get("/applications/").status_code == 302  # not past MFA yet
-    secret = enrol_totp(client)
+    assert client.get("/profile").status_code == 302  # not past MFA yet
+    page = client.get("/mfa").get_data(as_text=True)
+    assert 'id="totp-secret"' in page and "data:image/svg+xml" in page  # key and QR code
+    secret = re.search(r'id="totp-secret">([A-Z2-7]+)<', page).group(1)
+    enrolled_with = pyotp.TOTP(secret).now()
+    assert client.post("/mfa", data={"code": enrolled_with}).status_code == 302
     client.post("/logout")
     login(client, address)
-    wrong = client.post("/mfa", data={"code": "000000"})
+    assert 'id="totp-secret"' not in client.get("/mfa").get_data(as_text=True)
+    user_sessions = app.extensions["portal.sessions"]
+    wrong = client.post("/mfa", data={"code": wrong_code(user_sessions, address)})
     assert wrong.status_code == 401
-    ok = client.post("/mfa", data={"code": pyotp.TOTP(secret).now()})
+    assert client.post("/mfa", data={"code": enrolled_with}).status_code == 401, \
+        "the enrolment code was used already"
+    ok = client.post("/mfa", data={"code": fresh_code(user_sessions, address)})
     assert ok.status_code == 302
+    assert client.get("/profile").status_code == 200
 
 
-def test_privileged_sessions_lock_after_ten_idle_minutes(client, app):
-    address = email("expert")
-    make_user(app, address, role="expert")
-    login(client, address)
-    enrol_totp(client)
+def _age_sessions(app, user_id: int, minutes: float) -> None:
+    """Pretend the account's sessions were last used ``minutes`` ago."""
+    with app.extensions["portal.sessions"]() as db:
+        db.execute(update(SignInSession).where(SignInSession.user_id == user_id)
+                   .values(last_seen=datetime.now(UTC) - timedelta(minutes=minutes)))
+        db.commit()
+
+
+@pytest.mark.parametrize(("role", "fine", "locks"), [("expert", 9, 11),
+                                                     ("researcher", 29, 31)])
+def test_sessions_lock_when_idle(client, app, role, fine, locks):
+    address = email(role)
+    user = make_user(app, address, role=role)
+    sign_in(client, address)
+    _age_sessions(app, user.id, fine)
+    assert client.get("/profile").status_code == 200
+    _age_sessions(app, user.id, locks)
+    locked = client.get("/profile")
+    assert locked.status_code == 302 and "idle=" in locked.headers["Location"]
     with client.session_transaction() as session:
-        session["seen"] = (datetime.now(UTC) - timedelta(minutes=11)).timestamp()
-    locked = client.get("/")
-    assert locked.status_code == 302 and "idle=1" in locked.headers["Location"]
-    with client.session_transaction() as session:
-        assert "uid" not in session
+        assert "sid" not in session
+    assert client.get("/profile").status_code == 302
+    with app.extensions["portal.sessions"]() as db:
+        assert {s.ended_why for s in db.query(SignInSession).filter_by(user_id=user.id)
+                if s.ended_at} >= {"idle"}
+
+
+def test_sessions_end_twelve_hours_after_sign_in(client, app):
+    address = email()
+    user = make_user(app, address)
+    sign_in(client, address)
+    with app.extensions["portal.sessions"]() as db:
+        db.execute(update(SignInSession).where(SignInSession.user_id == user.id).values(
+            created_at=datetime.now(UTC) - timedelta(hours=12, minutes=1)))
+        db.commit()
+    ended = client.get("/profile")  # active a moment ago, but past the absolute lifetime
+    assert ended.status_code == 302 and "expired=lifetime" in ended.headers["Location"]
+    assert client.get("/profile").status_code == 302
 
 
 def draft(client, **overrides) -> int:
@@ -111,7 +153,7 @@ def draft(client, **overrides) -> int:
 def test_an_eligible_researcher_applies_and_submits(client, app):
     address = email()
     make_user(app, address, **ELIGIBLE)
-    login(client, address)
+    sign_in(client, address)
     app_id = draft(client)
     page = client.get(f"/applications/{app_id}").get_data(as_text=True)
     assert "Submit to the committee" in page or "提交数据委员会审查" in page
@@ -125,7 +167,7 @@ def test_an_eligible_researcher_applies_and_submits(client, app):
 def test_an_ineligible_researcher_is_refused_with_reasons(client, app):
     address = email()
     make_user(app, address, title="主治医师", years_experience=2, credit_grade="B")
-    login(client, address)
+    sign_in(client, address)
     client.get("/lang/en")
     app_id = draft(client)
     refused = client.post(f"/applications/{app_id}/submit")
@@ -140,7 +182,7 @@ def test_an_ineligible_researcher_is_refused_with_reasons(client, app):
 def test_application_input_is_checked(client, app):
     address = email()
     make_user(app, address, **ELIGIBLE)
-    login(client, address)
+    sign_in(client, address)
     client.get("/lang/en")
     bad = client.post("/applications/new", data={
         "dataset": "emr-visits", "title": "", "purpose": "medical_research",
@@ -161,10 +203,10 @@ def test_researchers_only_see_their_own_applications(client, app):
     owner, other = email(), email()
     make_user(app, owner, **ELIGIBLE)
     make_user(app, other, **ELIGIBLE)
-    login(client, owner)
+    sign_in(client, owner)
     app_id = draft(client)
     client.post("/logout")
-    login(client, other)
+    sign_in(client, other)
     assert client.get(f"/applications/{app_id}").status_code == 404
     assert client.post(f"/applications/{app_id}/submit").status_code == 404
 
@@ -183,9 +225,7 @@ def test_the_review_queue_is_paged(client, app):
             db.add(Application(researcher_id=owner.id, title=f"queued-{i}",
                                purpose="medical_research", state="submitted"))
         db.commit()
-    login(client, chair.email)
-    with client.session_transaction() as session:
-        session["mfa_ok"] = True
+    sign_in(client, chair.email)
     first = client.get("/committee/").get_data(as_text=True)
     second = client.get("/committee/?page=2").get_data(as_text=True)
     assert first.count("<tr><td>") == 50 and "page=2" in first
@@ -195,9 +235,25 @@ def test_the_review_queue_is_paged(client, app):
 def test_the_form_refuses_an_unknown_purpose(client, app):
     address = email()
     make_user(app, address, **ELIGIBLE)
-    login(client, address)
+    sign_in(client, address)
     refused = client.post("/applications/new", data={
         "dataset": "emr-visits", "title": "x", "purpose": "marketing", "epsilon": "1",
         "term_months": "6", "field:sex": "1", "why:sex": "分层"})
     assert refused.status_code == 422
     assert "unknown purpose 'marketing'" in refused.get_data(as_text=True).replace("&#39;", "'")
+
+
+def test_session_cookies_are_secure_over_https(portal_settings, app):
+    behind_https = create_app(portal_settings.model_copy(
+        update={"public_url": "https://portal.example.cn"}))
+    address = email()
+    make_user(behind_https, address)
+    answer = login(behind_https.test_client(), address)
+    cookie = answer.headers["Set-Cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    # the same portal reached over HTTPS directly (its public address still http)
+    direct = login(app.test_client(), address, "wrong password 1")
+    assert "Secure" not in (direct.headers.get("Set-Cookie") or "")
+    over_tls = app.test_client().post("/login", base_url="https://localhost",
+                                      data={"email": address, "password": PASSWORD})
+    assert "Secure" in over_tls.headers["Set-Cookie"]

@@ -14,7 +14,7 @@ from portal.models import Agreement, Application, ExportRequest
 from sandbox import audit
 from sandbox.client import Gateway, GatewayError
 from tests.mail import start_smtp
-from tests.portal.conftest import active_project, login, make_user
+from tests.portal.conftest import active_project, login, make_user, sign_in
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +58,7 @@ def test_the_alerts_page_says_when_the_gateway_cannot_be_read(app):
     email = f"c-{uuid.uuid4().hex[:6]}@example.cn"
     make_user(app, email, role="controller")
     page = app.test_client()
-    login(page, email)
-    with page.session_transaction() as session:
-        session["mfa_ok"] = True
+    sign_in(page, email)
     body = page.get("/controller/alerts").get_data(as_text=True)
     assert 'id="alerts"' in body and "无法读取网关日志" in body  # no gateway here
 

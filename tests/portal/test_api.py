@@ -6,21 +6,29 @@ from __future__ import annotations
 import json
 import uuid
 
-import pyotp
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from portal.models import User
 from tests.conftest import ROOT
 from tests.portal.conftest import PASSWORD, make_user
+from tests.signin import fresh_code
 
 ELIGIBLE = {"title": "研究员", "years_experience": 15, "credit_grade": "A",
             "institution": "岭南医学院"}
 
 
+def api_client(app):
+    """A program's client: it says so (X-Requested-With), as a cross-site form cannot."""
+    client = app.test_client()
+    client.environ_base["HTTP_X_REQUESTED_WITH"] = "test"
+    return client
+
+
 def api_login(client, email: str, code: str | None = None):
+    if code is None:
+        code = fresh_code(client.application.extensions["portal.sessions"], email)
     body = {"email": email, "password": PASSWORD} | ({"code": code} if code else {})
     return client.post("/api/v1/session", json=body)
 
@@ -28,19 +36,14 @@ def api_login(client, email: str, code: str | None = None):
 def privileged(app, role: str, institution: str) -> tuple:
     email = f"{role}-{uuid.uuid4().hex[:6]}@example.cn"
     user = make_user(app, email, role=role, institution=institution)
-    secret = pyotp.random_base32()
-    with app.extensions["portal.sessions"]() as db:
-        stored = db.get(User, user.id)
-        stored.totp_secret, stored.totp_enabled = secret, True
-        db.commit()
-    client = app.test_client()
-    assert api_login(client, email).status_code == 401  # the code is required
-    assert api_login(client, email, pyotp.TOTP(secret).now()).status_code == 200
+    client = api_client(app)
+    assert api_login(client, email, code="").status_code == 401  # the code is required
+    assert api_login(client, email).status_code == 200
     return client, user
 
 
 def test_api_flow_with_reasons_and_roles(app):
-    researcher = app.test_client()
+    researcher = api_client(app)
     email = f"r-{uuid.uuid4().hex[:6]}@example.cn"
     make_user(app, email, **ELIGIBLE)
     assert researcher.get("/api/v1/applications").status_code == 401
@@ -61,7 +64,7 @@ def test_api_flow_with_reasons_and_roles(app):
     app_id = created.json["id"]
     detail = researcher.get(f"/api/v1/applications/{app_id}").json
     assert detail["eligibility"] == [] and detail["actions"] == ["submit"]
-    assert researcher.post(f"/api/v1/applications/{app_id}/submit").json["state"] == \
+    assert researcher.post(f"/api/v1/applications/{app_id}/submit", json={}).json["state"] == \
         "submitted"
 
     chair, _ = privileged(app, "chair", "卫健委")
@@ -88,9 +91,9 @@ def test_api_flow_with_reasons_and_roles(app):
     decided = chair.post(f"/api/v1/applications/{app_id}/decision", json={
         "verdict": "revise", "reasons": "请补充伦理批件"})
     assert decided.json["application"]["state"] == "revision_requested"
-    again = researcher.post(f"/api/v1/applications/{app_id}/submit")
+    again = researcher.post(f"/api/v1/applications/{app_id}/submit", json={})
     assert again.status_code == 200 and again.json["state"] == "submitted"
-    twice = researcher.post(f"/api/v1/applications/{app_id}/submit")
+    twice = researcher.post(f"/api/v1/applications/{app_id}/submit", json={})
     assert twice.status_code == 403 and "cannot submit" in twice.json["reason"]
 
 
@@ -106,7 +109,7 @@ def test_openapi_document_is_published_and_current(client, cli):
 def identities(app):
     """Session cookies of a researcher and a chair, so fuzzed bodies reach validation."""
     cookies = {}
-    researcher = app.test_client()
+    researcher = api_client(app)
     email = f"fuzz-{uuid.uuid4().hex[:6]}@example.cn"
     make_user(app, email, **ELIGIBLE)
     api_login(researcher, email)
@@ -127,7 +130,8 @@ def test_no_server_errors(app, identities):
                   suppress_health_check=list(HealthCheck))
         def fuzz(case) -> None:
             for cookie in (None, *identities.values()):
-                headers = {"Cookie": f"session={cookie}"} if cookie else {}
+                headers = {"X-Requested-With": "fuzz"} | (
+                    {"Cookie": f"session={cookie}"} if cookie else {})
                 response = case.call(headers=headers)
                 case.validate_response(response, checks=[not_a_server_error])
 
@@ -135,7 +139,7 @@ def test_no_server_errors(app, identities):
 
 
 def test_an_expert_declared_conflict_blocks_assignment(app):
-    researcher = app.test_client()
+    researcher = api_client(app)
     email = f"r-{uuid.uuid4().hex[:6]}@example.cn"
     owner = make_user(app, email, **ELIGIBLE)
     api_login(researcher, email)
@@ -143,7 +147,7 @@ def test_an_expert_declared_conflict_blocks_assignment(app):
         "dataset": "emr-visits", "title": "冲突测试", "purpose": "medical_research",
         "non_profit": True, "epsilon": 1, "term_months": 3,
         "fields": [{"field": "sex", "justification": "x"}]}).json["id"]
-    researcher.post(f"/api/v1/applications/{app_id}/submit")
+    researcher.post(f"/api/v1/applications/{app_id}/submit", json={})
     declaring, expert = privileged(app, "expert", "别的医院")
     page = declaring.post("/profile", data={"conflicts": f"{owner.name}\n某机构"})
     assert page.status_code == 302
@@ -164,3 +168,13 @@ def test_nul_characters_are_refused_everywhere(client):
         assert response.status_code == 422
     assert json_body.json == {"error": "invalid_input",
                               "reason": "text may not contain NUL characters"}
+
+
+def test_bearer_calls_are_not_held_to_the_cookie_rules(client):
+    # the hub's service calls authenticate with a token, never the cookie: no Origin or
+    # X-Requested-With needed (this token is wrong, so the call's own check refuses it)
+    answer = client.post("/api/v1/hub/grant", json={"user": "u", "project": 1},
+                         headers={"Authorization": "Bearer not-the-token"})
+    assert answer.status_code == 401 and answer.json["error"] == "unauthenticated"
+    cookie_call = client.post("/api/v1/applications", json={})
+    assert cookie_call.status_code == 403 and cookie_call.json["error"] == "cross_site"

@@ -17,7 +17,8 @@ from portal import create_app
 from portal.models import Agreement, Application
 from sandbox.client import Gateway, GatewayError
 from tests.mail import start_smtp
-from tests.portal.conftest import enrol_totp, login, make_user
+from tests.portal.conftest import make_user, sign_in
+from tests.signin import fresh_code
 
 ELIGIBLE = {"title": "主任医师", "years_experience": 12, "credit_grade": "A",
             "institution": "岭南大学", "research_field": "卫生经济学"}
@@ -44,11 +45,9 @@ def smtp_port(inbox) -> int:
 
 def person(app, role: str, **profile):
     address = f"{role}-{uuid.uuid4().hex[:6]}@example.cn"
-    make_user(app, address, role=role, **profile)
+    make_user(app, address, role=role, enrolled=False, **profile)
     client = app.test_client()
-    login(client, address)
-    if role != "researcher":
-        enrol_totp(client)
+    sign_in(client, address)  # every role enrols an authenticator at its first sign-in
     return client, address
 
 
@@ -66,14 +65,14 @@ def test_apply_review_decide_sign_and_query(flow_app, gateway, smtp):
 
     chair, _ = person(app, "chair", institution="岭南卫健委")
     experts = [person(app, "expert", institution=f"医院{i}") for i in range(3)]
-    conflicted, _ = person(app, "expert", institution="岭南大学")
+    _conflicted, conflicted_email = person(app, "expert", institution="岭南大学")
     with app.extensions["portal.sessions"]() as db:
         from sqlalchemy import select
 
         from portal.models import User
         ids = {u.email: u.id for u in db.scalars(select(User))}
     panel = [ids[e] for _, e in experts]
-    conflicted_id = ids[_email_of(conflicted, app)]
+    conflicted_id = ids[conflicted_email]
     refused = chair.post(f"/committee/applications/{app_id}/assign",
                          data={"expert": [str(i) for i in [conflicted_id, *panel[:2]]]})
     assert refused.status_code == 422
@@ -101,7 +100,11 @@ def test_apply_review_decide_sign_and_query(flow_app, gateway, smtp):
     assert researcher.post(f"/applications/{app_id}/sign", data={}).status_code == 422
     assert researcher.post(f"/applications/{app_id}/sign",
                            data={"accept": "1"}).status_code == 302
-    pdf = researcher.get(f"/applications/{app_id}/agreement.pdf")
+    asked = researcher.get(f"/applications/{app_id}/agreement.pdf")
+    assert asked.status_code == 200 and b'name="code"' in asked.data  # step-up first
+    pdf = researcher.post(f"/applications/{app_id}/agreement.pdf", data={
+        "code": fresh_code(app.extensions["portal.sessions"], researcher_email)})
+    assert pdf.status_code == 200 and pdf.mimetype == "application/pdf"
     text = "".join(p.extract_text() for p in PdfReader(io.BytesIO(pdf.data)).pages)
     assert "住院费用的年龄差异" in text and "No resale" in text
     with app.extensions["portal.sessions"]() as db:
@@ -120,10 +123,3 @@ def test_apply_review_decide_sign_and_query(flow_app, gateway, smtp):
         gw.count("emr-visits", where={"department": "儿科"}, epsilon=0.1)
     assert httpx.get(f"{gateway.url}/v1/health").status_code == 200
 
-
-def _email_of(client, app) -> str:
-    with client.session_transaction() as session:
-        uid = session["uid"]
-    with app.extensions["portal.sessions"]() as db:
-        from portal.models import User
-        return db.get(User, uid).email
