@@ -139,6 +139,15 @@ class AuditAction(StrEnum):
     PROJECT_RESUMED = "project.resumed"
     PROJECT_REVOKED = "project.revoked"
     OAUTH_AUTHORIZED = "oauth.authorized"
+    INSTITUTION_ADDED = "institution.added"
+    INSTITUTION_CHANGED = "institution.changed"
+    INSTITUTION_CLAIMED = "institution.claimed"
+    INSTITUTION_CONFIRMED = "institution.confirmed"
+    INSTITUTION_REJECTED = "institution.rejected"
+    INSTITUTION_WITHDRAWN = "institution.withdrawn"
+    PROFILE_CHANGED = "profile.changed"
+    CREDENTIAL_VERIFIED = "credential.verified"
+    APPLICATION_SCORE_REFUSED = "application.score_refused"
 
 
 def create_tables(engine: Engine) -> None:

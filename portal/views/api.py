@@ -19,7 +19,7 @@ from approvals.decisions import Decision, Verdict
 from approvals.errors import NotPermitted
 from approvals.states import Role, State
 from portal import catalog as datasets
-from portal import csrf, limiter, workflow
+from portal import credentials, csrf, limiter, workflow
 from portal.models import Application, Assignment, User
 from portal.security import check_totp, needs_mfa
 from portal.views.auth import check_credentials, record, start_session
@@ -213,6 +213,15 @@ def get_application(application_id: int) -> ResponseReturnValue:
         out["eligibility"] = [{"code": r.code, "zh": r.zh, "en": r.en} for r in
                               eligibility.reasons(applicant(), app.purpose, app.non_profit,
                                                   policy())]
+    # What eligibility relied on (self-declared or verified claims), for everyone who sees
+    # the application — the committee above all.
+    out["applicant"] = {
+        "institution": app.researcher.profile.institution_label
+        if app.researcher.profile else "",
+        "institution_id": app.researcher.profile.institution_id
+        if app.researcher.profile else None,
+        "eligibility": credentials.standing_json(credentials.standing(
+            g.db, current_app.extensions["portal.settings"], app))}
     out["actions"] = [str(a) for a in workflow_states.actions(State(app.state),
                                                                Role(user.role))]
     return jsonify(out)
@@ -253,8 +262,11 @@ def summary(application_id: int) -> ResponseReturnValue:
     user = _user(Role.CHAIR)
     app = _application(application_id, user)
     config = workflow.rubric(current_app.extensions["portal.settings"])
-    result = workflow.summary(g.db, app, config)
-    return jsonify(per_expert=result.per_expert,
+    panel = workflow.panel(g.db, app, config)
+    result = panel.summary
+    return jsonify(excluded=[{"expert": expert, "code": r.code, "zh": r.zh, "en": r.en}
+                             for expert, r in panel.excluded.items()],
+                   per_expert=result.per_expert,
                    per_dimension={str(k): v for k, v in result.per_dimension.items()},
                    overall=result.overall, quorum_met=result.quorum_met,
                    recommendation=result.recommendation, field_removals=result.field_removals,

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from portal import create_app
 from portal.models import Application, User
 from sandbox import audit
+from tests import committee
 from tests.portal.conftest import PASSWORD, enrol_totp, login, make_user
 
 ELIGIBLE = {"title": "副主任医师", "years_experience": 8, "credit_grade": "A",
@@ -24,8 +25,11 @@ def email(prefix: str = "r") -> str:
 
 def test_register_then_sign_in(client, app):
     address = email()
+    with app.extensions["portal.sessions"]() as db:
+        lingnan = committee.entry(db, "岭南大学").id
+    assert "岭南大学" in client.get("/register").get_data(as_text=True)  # the registry's list
     page = client.post("/register", data={
-        "name": "王芳", "email": address, "password": PASSWORD, "institution": "岭南大学",
+        "name": "王芳", "email": address, "password": PASSWORD, "institution": str(lingnan),
         "title": "副主任医师", "years_experience": "8", "research_field": "心血管",
         "credit_grade": "A"})
     assert page.status_code == 302
@@ -33,6 +37,7 @@ def test_register_then_sign_in(client, app):
         user = db.scalar(select(User).where(User.email == address))
         assert user.password_hash.startswith("$argon2")
         assert user.profile.title == "副主任医师"
+        assert user.profile.institution_id == lingnan
     assert login(client, address).status_code == 302
     assert "王芳" in client.get("/").get_data(as_text=True)
 
