@@ -1,11 +1,21 @@
 """Assigning experts to an application without conflicts of interest: not from the
-applicant's institution, not a member of the applicant's team, no declared conflict."""
+applicant's institution, not a member of the applicant's team, no declared conflict.
+
+Institutions are registry ids (``approvals.institutions``), never typed text, so a second
+spelling of the applicant's institution cannot pass for another one; a person whose
+institution is not confirmed yet cannot be cleared at all. Names (team members, declared
+people) compare by their folded key. The same check runs at assignment, at scoring and at
+decision time: institutions and declarations change, and a conflict that arose after the
+panel was formed counts as much as one that existed before.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from approvals.errors import ConflictOfInterest, InvalidDecision, Reason
+from approvals.institutions import key
 
 MIN_EXPERTS = 3
 
@@ -14,9 +24,11 @@ MIN_EXPERTS = 3
 class Expert:
     id: str
     name: str
-    institution: str
-    # application ids, applicant ids, names of people or institutions the expert declared
+    institution: int | None  # registry id; None while unconfirmed
+    # application ids, applicant ids, names of people the expert declared
     declared_conflicts: frozenset[str] = field(default_factory=frozenset)
+    # registry ids of institutions the expert declared a conflict with
+    declared_institutions: frozenset[int] = field(default_factory=frozenset)
 
 
 @dataclass(frozen=True)
@@ -25,25 +37,34 @@ class Case:
 
     application_id: str
     applicant_id: str
-    institution: str
+    institution: int | None  # registry id; None while unconfirmed
     team: frozenset[str] = field(default_factory=frozenset)  # person ids and names
     applicant_name: str = ""
+    institution_names: tuple[str, str] = ("", "")  # (zh, en), for reasons only
 
 
 def conflict(expert: Expert, case: Case) -> Reason | None:
     """Why ``expert`` may not review ``case`` (in both languages), or None."""
     name = expert.name
+    zh_inst, en_inst = case.institution_names
     if expert.id == case.applicant_id:
         return Reason("applicant", f"{name}是申请人本人", f"{name} is the applicant")
-    if expert.institution.strip() and expert.institution.strip() == case.institution.strip():
-        return Reason("institution", f"{name}与申请人同属{case.institution}",
-                      f"{name} works at the applicant's institution ({case.institution})")
-    if expert.id in case.team or name in case.team:
+    if case.institution is None:
+        return Reason("applicant_unconfirmed", "申请人的单位尚待主任委员确认",
+                      "the applicant's institution awaits a chair's confirmation")
+    if expert.institution is None:
+        return Reason("expert_unconfirmed", f"{name}的单位尚待确认",
+                      f"{name}'s institution awaits confirmation")
+    if expert.institution == case.institution:
+        return Reason("institution", f"{name}与申请人同属{zh_inst}",
+                      f"{name} works at the applicant's institution ({en_inst})")
+    team = {key(member) for member in case.team}
+    if key(expert.id) in team or key(name) in team:
         return Reason("team", f"{name}是申请团队成员",
                       f"{name} is a member of the applicant's team")
-    declared = {case.application_id, case.applicant_id, case.applicant_name,
-                case.institution} & expert.declared_conflicts
-    if declared - {""}:
+    declared = {key(d) for d in expert.declared_conflicts}
+    about = {key(case.application_id), key(case.applicant_id), key(case.applicant_name)}
+    if (declared & about) - {""} or case.institution in expert.declared_institutions:
         return Reason("declared", f"{name}已声明利益冲突",
                       f"{name} declared a conflict of interest")
     return None
@@ -56,7 +77,7 @@ def can_assign(expert: Expert, case: Case) -> bool:
 def check_can_assign(expert: Expert, case: Case) -> None:
     reason = conflict(expert, case)
     if reason:
-        raise ConflictOfInterest(reason.en, zh=reason.zh)
+        raise ConflictOfInterest(reason.en, zh=reason.zh, conflict=reason.code)
 
 
 def check_panel(experts: list[Expert], case: Case, minimum: int = MIN_EXPERTS) -> None:
@@ -64,4 +85,12 @@ def check_panel(experts: list[Expert], case: Case, minimum: int = MIN_EXPERTS) -
     for expert in experts:
         check_can_assign(expert, case)
     if len({e.id for e in experts}) < minimum:
-        raise InvalidDecision(f"assign at least {minimum} different experts")
+        raise InvalidDecision(f"assign at least {minimum} different experts",
+                              zh=f"请至少分配 {minimum} 位不同的专家")
+
+
+def conflicted(experts: Iterable[Expert], case: Case) -> dict[str, Reason]:
+    """The experts (by id) who may not review ``case`` now, with why — for a panel's scores
+    re-checked when the chair decides."""
+    found = {e.id: conflict(e, case) for e in experts}
+    return {expert_id: reason for expert_id, reason in found.items() if reason is not None}

@@ -1,10 +1,17 @@
 """Who may apply, per the guide's applicant rules: experienced researchers in the field
 with a matching professional title (职称), social-credit grade A, not blacklisted, and a
-non-profit purpose. Every failed rule is reported, not just the first."""
+non-profit purpose. Every failed rule is reported, not just the first.
+
+The title and the credit grade are what a person *declares* until an admin verifies them
+against an evidence file; an assessment says which of the two it relied on. Self-declared
+claims let an application be submitted and reviewed (shown as such to the committee), but
+an approval needs both verified (docs/adr/0008): no grant rests on a claim nobody checked.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from approvals.errors import Ineligible, Reason
 from approvals.states import Role
@@ -23,6 +30,13 @@ COMMERCIAL_PURPOSES = frozenset({"commercial_development", "commercial_insurance
 KNOWN_PURPOSES = frozenset(p[0] for p in PURPOSES)
 
 
+class Basis(StrEnum):
+    """What a claim about the applicant rests on."""
+
+    SELF_DECLARED = "self_declared"
+    VERIFIED = "verified"  # an admin checked it against an evidence file
+
+
 @dataclass(frozen=True)
 class Applicant:
     """What eligibility looks at about a person."""
@@ -33,6 +47,8 @@ class Applicant:
     research_field: str
     credit_grade: str
     blacklisted: bool = False
+    title_basis: Basis = Basis.SELF_DECLARED
+    credit_basis: Basis = Basis.SELF_DECLARED
 
 
 @dataclass(frozen=True)
@@ -81,6 +97,54 @@ def reasons(applicant: Applicant, purpose: str, non_profit: bool,
         out.append(Reason("declaration", "需声明非营利用途",
                           "the non-profit declaration is required"))
     return out
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """Eligibility with what it relied on: ``reasons`` are rules failed; ``unverified`` are
+    rules met only on the applicant's word."""
+
+    reasons: list[Reason]
+    unverified: list[Reason]
+    relied_on: dict[str, Basis]  # "title", "credit_grade"
+
+    @property
+    def eligible(self) -> bool:
+        """May be submitted and reviewed."""
+        return not self.reasons
+
+    @property
+    def approvable(self) -> bool:
+        """May be approved: eligible on verified claims."""
+        return not self.reasons and not self.unverified
+
+
+def assess(applicant: Applicant, purpose: str, non_profit: bool,
+           policy: EligibilityPolicy) -> Assessment:
+    failed = reasons(applicant, purpose, non_profit, policy)
+    codes = {r.code for r in failed}
+    unverified = []
+    if "title" not in codes and applicant.title_basis != Basis.VERIFIED:
+        unverified.append(Reason("title_unverified",
+                                 f"职称（{applicant.title}）为本人自报，尚未经管理员凭证明材料核验",
+                                 f"the professional title ({applicant.title}) is self-declared;"
+                                 f" no admin has verified it against evidence"))
+    if "credit" not in codes and applicant.credit_basis != Basis.VERIFIED:
+        unverified.append(Reason("credit_unverified",
+                                 f"社会信用等级（{applicant.credit_grade}）为本人自报，尚未经管理员"
+                                 f"凭证明材料核验",
+                                 f"the social-credit grade ({applicant.credit_grade}) is "
+                                 f"self-declared; no admin has verified it against evidence"))
+    return Assessment(failed, unverified, {"title": applicant.title_basis,
+                                           "credit_grade": applicant.credit_basis})
+
+
+def check_approvable(applicant: Applicant, purpose: str, non_profit: bool,
+                     policy: EligibilityPolicy) -> None:
+    """Raise Ineligible unless every rule holds on verified claims."""
+    found = assess(applicant, purpose, non_profit, policy)
+    if not found.approvable:
+        raise Ineligible(found.reasons + found.unverified)
 
 
 def is_eligible(applicant: Applicant, purpose: str, non_profit: bool,

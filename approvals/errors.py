@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sandbox.errors import Forbidden, InputError, PolicyRefusal
+from sandbox.errors import Conflict, Forbidden, InputError, PolicyRefusal
 
 
 class Reason:
@@ -44,7 +44,8 @@ class Ineligible(PolicyRefusal):
     code = "ineligible"
 
     def __init__(self, reasons: list[Reason]) -> None:
-        super().__init__("; ".join(r.en for r in reasons))
+        super().__init__("; ".join(r.en for r in reasons),
+                         zh="；".join(r.zh for r in reasons))
         self.reasons = reasons
 
 
@@ -58,3 +59,9 @@ class InvalidDecision(InputError):
     """A score or decision is malformed or incomplete."""
 
     code = "invalid_decision"
+
+
+class DuplicateInstitution(Conflict):
+    """One of the names given is already the name (or alias) of a registry entry."""
+
+    code = "duplicate_institution"

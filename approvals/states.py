@@ -38,6 +38,7 @@ class Action(StrEnum):
     REVOKE = "revoke"
     BEGIN_CLOSING = "begin_closing"
     CLOSE = "close"
+    ADD_EXPERTS = "add_experts"
 
 
 class Role(StrEnum):
@@ -73,6 +74,8 @@ TRANSITIONS: dict[tuple[State, Action], tuple[State, frozenset[Role]]] = {
     (State.SUSPENDED, Action.BEGIN_CLOSING): (State.CLOSING,
                                               frozenset({Role.CONTROLLER, Role.SYSTEM})),
     (State.CLOSING, Action.CLOSE): (State.CLOSED, frozenset({Role.CONTROLLER})),
+    # Replacing experts whose scores no longer count (a conflict arose after assignment).
+    (State.UNDER_REVIEW, Action.ADD_EXPERTS): (State.UNDER_REVIEW, frozenset({Role.CHAIR})),
 }
 
 TERMINAL = frozenset({State.REJECTED, State.CLOSED})

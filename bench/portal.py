@@ -29,8 +29,17 @@ from sqlalchemy import insert
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from approvals.institutions import key  # noqa: E402
 from portal.db import connect  # noqa: E402
-from portal.models import Application, Assignment, Profile, RequestedField, User  # noqa: E402
+from portal.models import (  # noqa: E402
+    Application,
+    Assignment,
+    Institution,
+    InstitutionKey,
+    Profile,
+    RequestedField,
+    User,
+)
 from portal.security import hash_password  # noqa: E402
 from tests.services import free_port  # noqa: E402
 
@@ -54,7 +63,13 @@ def fill(database_url: str, applications: int) -> tuple[str, str, str]:
         users.append({"email": "chair@bench.cn", "name": "主任", "role": "chair",
                       "password_hash": digest, "totp_secret": secret, "totp_enabled": True})
         conn.execute(insert(User), users)
-        conn.execute(insert(Profile), [{"user_id": i + 1, "institution": f"机构{i % 40}",
+        conn.execute(insert(Institution), [{"id": k + 1, "name_zh": f"机构{k}",
+                                            "name_en": f"Institute {k}", "aliases": []}
+                                           for k in range(40)])
+        conn.execute(insert(InstitutionKey), [{"key": key(name), "institution_id": k + 1}
+                                              for k in range(40)
+                                              for name in (f"机构{k}", f"Institute {k}")])
+        conn.execute(insert(Profile), [{"user_id": i + 1, "institution_id": 1 + i % 40,
                                         "title": "研究员", "years_experience": 10,
                                         "credit_grade": "A"} for i in range(len(users))])
         conn.execute(insert(Application), [{

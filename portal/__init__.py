@@ -75,7 +75,7 @@ def create_app(settings: PortalSettings | None = None) -> Flask:
     app.jinja_env.globals["current_locale"] = i18n.current_language
     app.jinja_env.filters["label"] = labels.label
 
-    from portal.views import api, auth, catalog, committee, controller, hub, researcher
+    from portal.views import admin, api, auth, catalog, committee, controller, hub, researcher
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(catalog.bp)
@@ -83,6 +83,7 @@ def create_app(settings: PortalSettings | None = None) -> Flask:
     app.register_blueprint(committee.bp)
     app.register_blueprint(controller.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(admin.bp)
     hub.init_app(app)
 
     @app.before_request

@@ -81,7 +81,7 @@ def projects_holding(db: Session, states: Iterable[State], datasets: set[str]
 
 def _in_scope(application: Application, purposes: list[str] | None) -> ProjectInScope:
     researcher = application.researcher
-    institution = researcher.profile.institution if researcher.profile else ""
+    institution = researcher.profile.institution_label if researcher.profile else ""
     return ProjectInScope(application.id, application.title, application.state,
                           application.purpose, institution,
                           tuple(sorted({f.dataset for f in application.fields})),

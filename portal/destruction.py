@@ -52,7 +52,7 @@ def form(db: Session, application: Application) -> bytes:
     doc.line("数据销毁证明 / Data destruction certificate", 16, 10)
     doc.line(f"项目 / Project #{application.id}: {application.title}")
     doc.line(f"使用方 / User: {researcher.name} "
-             f"({researcher.profile.institution if researcher.profile else ''})")
+             f"({researcher.profile.institution_label if researcher.profile else ''})")
     doc.line(f"截止日期 / Due: {sandboxes.aware(task.due_at):%Y-%m-%d}")
     doc.space(4)
     doc.line("平台销毁记录 / The platform's own destruction record:", 11)

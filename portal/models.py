@@ -64,13 +64,82 @@ class SignInSession(Base):
     ended_why: Mapped[str] = mapped_column(String(20), default="")
 
     user: Mapped[User] = relationship()
+class Institution(Base):
+    """An entry of the institution registry (admin-maintained); conflicts of interest
+    compare these ids. Names follow ``approvals.institutions``."""
+
+    __tablename__ = "institutions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name_zh: Mapped[str] = mapped_column(String(200))
+    name_en: Mapped[str] = mapped_column(String(200))
+    aliases: Mapped[list] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    @property
+    def label(self) -> str:
+        return self.name_zh if self.name_zh == self.name_en else \
+            f"{self.name_zh} / {self.name_en}"
+
+
+class InstitutionKey(Base):
+    """Each folded name of an entry, held once: the database itself refuses a second entry
+    under a spelling of an existing one (``approvals.institutions.key``)."""
+
+    __tablename__ = "institution_keys"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    institution_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"), index=True)
+
+
+class InstitutionClaim(Base):
+    """An institution a person typed as "other", until a chair maps it to a registry entry,
+    adds it, or rejects it (states in ``approvals.institutions``)."""
+
+    __tablename__ = "institution_claims"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    text: Mapped[str] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(20), index=True)
+    institution_id: Mapped[int | None] = mapped_column(ForeignKey("institutions.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    decided_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reasons: Mapped[str] = mapped_column(Text, default="")
+
+    user: Mapped[User] = relationship(foreign_keys=[user_id])
+
+
+class CredentialVerification(Base):
+    """An admin's check of a claimed professional title or credit grade against an evidence
+    file (stored, with its SHA-256). It vouches for ``value`` only: once the profile claims
+    something else, the claim is self-declared again."""
+
+    __tablename__ = "credential_verifications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))  # "title" | "credit_grade"
+    value: Mapped[str] = mapped_column(String(50))
+    evidence: Mapped[bytes] = mapped_column(LargeBinary)
+    evidence_sha256: Mapped[str] = mapped_column(String(64))
+    evidence_type: Mapped[str] = mapped_column(String(10))  # pdf | png | jpeg
+    verified_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    verified_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    verifier: Mapped[User] = relationship(foreign_keys=[verified_by])
 
 
 class Profile(Base):
     __tablename__ = "profiles"
 
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
-    institution: Mapped[str] = mapped_column(String(200), default="")
+    # A registry entry, or (until a chair confirms it) a pending claim — never bare text.
+    institution_id: Mapped[int | None] = mapped_column(ForeignKey("institutions.id"),
+                                                       index=True)
+    institution_claim_id: Mapped[int | None] = mapped_column(
+        ForeignKey("institution_claims.id"))
     title: Mapped[str] = mapped_column(String(50), default="")
     years_experience: Mapped[int] = mapped_column(Integer, default=0)
     research_field: Mapped[str] = mapped_column(String(200), default="")
@@ -79,6 +148,18 @@ class Profile(Base):
     declared_conflicts: Mapped[list] = mapped_column(JSON, default=list)
 
     user: Mapped[User] = relationship(back_populates="profile")
+    institution: Mapped[Institution | None] = relationship()
+    institution_claim: Mapped[InstitutionClaim | None] = relationship()
+
+    @property
+    def institution_label(self) -> str:
+        """The institution for display: the registry's names, or the typed text marked as
+        awaiting confirmation."""
+        if self.institution is not None:
+            return self.institution.label
+        if self.institution_claim is not None:
+            return f"{self.institution_claim.text}（待确认 / unconfirmed）"
+        return ""
 
 
 class Application(Base):

@@ -18,16 +18,17 @@ ROUTES: tuple[tuple[str, str, str, str | None, int, str], ...] = (
      "researcher, chair, expert"),
     ("post", "/api/v1/applications", "Draft an application", "ApplicationIn", 201,
      "researcher"),
-    ("get", "/api/v1/applications/{application_id}", "One application, with eligibility "
-     "reasons and the caller's allowed actions", None, 200, "researcher, chair, expert"),
+    ("get", "/api/v1/applications/{application_id}", "One application, with the applicant's "
+     "eligibility (what it relied on: self-declared or verified claims) and the caller's "
+     "allowed actions", None, 200, "researcher, chair, expert"),
     ("post", "/api/v1/applications/{application_id}/submit", "Submit, or resubmit after a "
      "revision request (refused with reasons when ineligible)", None, 200, "researcher"),
-    ("post", "/api/v1/applications/{application_id}/assign", "Assign a conflict-free panel",
-     "AssignIn", 200, "chair"),
+    ("post", "/api/v1/applications/{application_id}/assign", "Assign a conflict-free panel "
+     "(under review: add experts to it)", "AssignIn", 200, "chair"),
     ("post", "/api/v1/applications/{application_id}/scores", "Score the five dimensions",
      "ScoresIn", 200, "expert"),
-    ("get", "/api/v1/applications/{application_id}/summary", "Scores side by side", None, 200,
-     "chair"),
+    ("get", "/api/v1/applications/{application_id}/summary", "Scores side by side; scores "
+     "whose expert is conflicted now are listed as excluded", None, 200, "chair"),
     ("post", "/api/v1/applications/{application_id}/decision", "Approve, request revision "
      "or reject", "DecisionIn", 200, "chair"),
     ("post", "/api/v1/applications/{application_id}/agreement", "Sign the data use "

@@ -46,7 +46,7 @@ def uses(db: Session, settings: PortalSettings, patient: str) -> tuple[list[dict
             continue
         profile = application.researcher.profile
         found.append(Use(application.id, application.title, application.purpose,
-                         profile.institution if profile else "", tuple(sorted(scope)),
+                         profile.institution_label if profile else "", tuple(sorted(scope)),
                          agreement.signed_at, agreement.expires_at))
     return holding, found
 

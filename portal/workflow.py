@@ -12,11 +12,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from approvals import assignment, eligibility, scoring, states
-from approvals.decisions import ACTION, Decision, Terms, check_decision
-from approvals.errors import Ineligible, InvalidDecision, NotPermitted
+from approvals.decisions import ACTION, Decision, Terms, Verdict, check_decision
+from approvals.errors import ConflictOfInterest, Ineligible, InvalidDecision, NotPermitted, Reason
 from approvals.scoring import Dimension, RubricConfig, Score
 from approvals.states import Action, Role, State
-from portal import agreement, gateway, notify, sandboxes, tokens
+from portal import agreement, credentials, gateway, institutions, notify, sandboxes, tokens
 from portal import catalog as datasets
 from portal.config import PortalSettings
 from portal.models import (
@@ -59,18 +59,27 @@ def _move(ctx: Context, application: Application, action: Action, role: Role) ->
     application.state = states.check(State(application.state), action, role)
 
 
-def _case(application: Application) -> assignment.Case:
+def case_of(application: Application) -> assignment.Case:
+    """What conflict checks compare about ``application``, as its researcher's profile
+    stands now."""
     researcher = application.researcher
+    profile = researcher.profile
     return assignment.Case(str(application.id), str(researcher.id),
-                           researcher.profile.institution if researcher.profile else "",
-                           frozenset(application.team), researcher.name)
+                           profile.institution_id if profile else None,
+                           frozenset(application.team), researcher.name,
+                           institutions.names(profile))
 
 
-def _expert(user: User) -> assignment.Expert:
+def expert_of(db: Session, user: User) -> assignment.Expert:
+    """An expert as conflict checks see them now: declared lines that spell a registry
+    entry count as a declared conflict with that institution."""
     profile = user.profile
-    return assignment.Expert(str(user.id), user.name, profile.institution if profile else "",
-                             frozenset(profile.declared_conflicts or []) if profile
-                             else frozenset())
+    declared = [str(line) for line in (profile.declared_conflicts or [])] if profile else []
+    named = {found.id for found in (institutions.resolve(db, line) for line in declared)
+             if found is not None}
+    return assignment.Expert(str(user.id), user.name,
+                             profile.institution_id if profile else None,
+                             frozenset(declared), frozenset(named))
 
 
 @dataclass(frozen=True)
@@ -141,15 +150,30 @@ def submit(ctx: Context, application: Application, applicant: eligibility.Applic
 
 
 def assign(ctx: Context, application: Application, experts: list[User]) -> None:
-    """The chair assigns a conflict-free panel; review starts."""
+    """The chair assigns a conflict-free panel and review starts; during review, the chair
+    adds experts (to replace scores that no longer count)."""
     if any(e.role != Role.EXPERT for e in experts):
-        raise InvalidDecision("only members of the expert pool can be assigned")
-    assignment.check_panel([_expert(e) for e in experts], _case(application))
-    _move(ctx, application, Action.START_REVIEW, Role(ctx.actor.role))
+        raise InvalidDecision("only members of the expert pool can be assigned",
+                              zh="只能分配专家库中的专家")
+    case = case_of(application)
+    on_panel = {e.id for e in assigned_experts(ctx.db, application)}
+    if State(application.state) == State.UNDER_REVIEW:
+        experts = [e for e in experts if e.id not in on_panel]
+        if not experts:
+            raise InvalidDecision("choose at least one expert not yet on the panel",
+                                  zh="请至少选择一位尚未参与评审的专家")
+        for expert in experts:
+            assignment.check_can_assign(expert_of(ctx.db, expert), case)
+        action = Action.ADD_EXPERTS
+    else:
+        assignment.check_panel([expert_of(ctx.db, e) for e in experts], case)
+        action = Action.START_REVIEW
+    _move(ctx, application, action, Role(ctx.actor.role))
     for expert in experts:
-        ctx.db.add(Assignment(application_id=application.id, expert_id=expert.id))
+        if expert.id not in on_panel:  # a panel re-formed after a revision keeps its rows
+            ctx.db.add(Assignment(application_id=application.id, expert_id=expert.id))
     ctx.audit(AuditAction.APPLICATION_ASSIGNED, application,
-              {"experts": [e.id for e in experts]})
+              {"experts": [e.id for e in experts], "action": str(action)})
     ctx.db.commit()
     ctx.mail(experts, application, "请评审 / please review")
 
@@ -165,6 +189,12 @@ def score(ctx: Context, application: Application, values: dict[str, int], commen
         raise InvalidDecision("this application is not under review")
     if ctx.actor.id not in {e.id for e in assigned_experts(ctx.db, application)}:
         raise NotPermitted("you are not assigned to this application")
+    # Institutions and declarations change after assignment: check again before scoring.
+    reason = assignment.conflict(expert_of(ctx.db, ctx.actor), case_of(application))
+    if reason is not None:
+        ctx.audit(AuditAction.APPLICATION_SCORE_REFUSED, application, {"conflict": reason.code})
+        ctx.db.commit()
+        raise ConflictOfInterest(reason.en, zh=reason.zh, conflict=reason.code)
     requested = {f.field for f in application.fields}
     Score(str(ctx.actor.id), {Dimension(k): v for k, v in values.items()},
           comments, frozenset(remove_fields))  # validates
@@ -187,16 +217,50 @@ def reviews(db: Session, application: Application) -> list[Review]:
                            .order_by(Review.id)))
 
 
+@dataclass(frozen=True)
+class Panel:
+    """The scores as the chair decides on them: every review for the side-by-side table,
+    and the summary of those that still count — a score whose expert is conflicted *now*
+    (docs/adr/0008) is shown but excluded."""
+
+    reviews: list[Review]
+    excluded: dict[int, Reason]  # expert id → why their score no longer counts
+    summary: scoring.Summary
+
+
+def panel(db: Session, application: Application, config: RubricConfig) -> Panel:
+    everyone = reviews(db, application)
+    case = case_of(application)
+    excluded = {int(expert_id): reason for expert_id, reason in assignment.conflicted(
+        [expert_of(db, r.expert) for r in everyone], case).items()}
+    counted = [Score(str(r.expert_id), {Dimension(k): v for k, v in r.scores.items()},
+                     r.comments, frozenset(r.remove_fields))
+               for r in everyone if r.expert_id not in excluded]
+    return Panel(everyone, excluded, scoring.summarise(counted, config))
+
+
 def summary(db: Session, application: Application, config: RubricConfig) -> scoring.Summary:
-    return scoring.summarise(
-        [Score(str(r.expert_id), {Dimension(k): v for k, v in r.scores.items()}, r.comments,
-               frozenset(r.remove_fields)) for r in reviews(db, application)], config)
+    return panel(db, application, config).summary
 
 
 def decide(ctx: Context, application: Application, decision: Decision) -> Terms | None:
+    """Conflicts are checked again now — a conflicted expert's score does not count — and an
+    approval needs the applicant eligible on verified title and credit grade."""
     config = rubric(ctx.settings)
     requested = [f.field for f in application.fields]
-    terms = check_decision(decision, requested, summary(ctx.db, application, config))
+    if case_of(application).institution is None:
+        raise InvalidDecision("the applicant's institution awaits a chair's confirmation",
+                              zh="申请人的单位尚待主任委员确认")
+    found = panel(ctx.db, application, config)
+    if found.excluded and not found.summary.quorum_met:
+        raise InvalidDecision(
+            f"the quorum has not scored: {len(found.excluded)} score(s) no longer count "
+            f"because of a conflict of interest; add experts",
+            zh=f"评分未达法定人数：{len(found.excluded)} 份评分因利益冲突不再计入，请增补专家")
+    terms = check_decision(decision, requested, found.summary)
+    standing = credentials.standing(ctx.db, ctx.settings, application)
+    if decision.verdict == Verdict.APPROVE and not standing.assessment.approvable:
+        raise Ineligible(standing.assessment.reasons + standing.assessment.unverified)
     _move(ctx, application, ACTION[decision.verdict], Role(ctx.actor.role))
     ctx.db.add(DecisionRecord(
         application_id=application.id, verdict=decision.verdict, reasons=decision.reasons,
@@ -205,7 +269,10 @@ def decide(ctx: Context, application: Application, decision: Decision) -> Terms 
         decided_by=ctx.actor.id))
     ctx.audit(AuditAction.APPLICATION_DECIDED, application,
               {"verdict": decision.verdict, "reasons": decision.reasons,
-               "removed_fields": sorted(decision.removed_fields)})
+               "removed_fields": sorted(decision.removed_fields),
+               "excluded_scores": {str(k): r.code for k, r in found.excluded.items()},
+               "relied_on": {k: str(v) for k, v in
+                             standing.assessment.relied_on.items()}})
     ctx.db.commit()
     ctx.mail([application.researcher], application,
              {"approve": "已批准，请签署数据使用协议 / approved: please sign the DUA",
@@ -231,7 +298,7 @@ def sign(ctx: Context, application: Application) -> Agreement:
     now = datetime.now(UTC)
     datasets = sorted({f.dataset for f in application.fields})
     pdf = agreement.render(application.title, ctx.actor.name,
-                           ctx.actor.profile.institution if ctx.actor.profile else "",
+                           institutions.label(ctx.actor.profile),
                            datasets, decision.fields, application.purpose, decision.epsilon,
                            decision.delta, decision.term_months, now)
     expires = now + timedelta(days=30 * decision.term_months)

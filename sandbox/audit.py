@@ -149,6 +149,15 @@ class AuditAction(StrEnum):
     TOTP_REPLAY_REFUSED = "totp.replay_refused"
     SESSION_ENDED = "session.ended"
     CROSS_SITE_REFUSED = "request.cross_site_refused"
+    INSTITUTION_ADDED = "institution.added"
+    INSTITUTION_CHANGED = "institution.changed"
+    INSTITUTION_CLAIMED = "institution.claimed"
+    INSTITUTION_CONFIRMED = "institution.confirmed"
+    INSTITUTION_REJECTED = "institution.rejected"
+    INSTITUTION_WITHDRAWN = "institution.withdrawn"
+    PROFILE_CHANGED = "profile.changed"
+    CREDENTIAL_VERIFIED = "credential.verified"
+    APPLICATION_SCORE_REFUSED = "application.score_refused"
 
 
 def create_tables(engine: Engine) -> None:

@@ -21,7 +21,7 @@ from approvals.decisions import Decision, Verdict
 from approvals.errors import NotPermitted
 from approvals.states import Role, State
 from portal import catalog as datasets
-from portal import csrf, limiter, signin, workflow
+from portal import credentials, csrf, limiter, signin, workflow
 from portal.models import Application, Assignment, User
 from portal.views.auth import end_session, passed_mfa, start_session
 from portal.views.researcher import applicant, policy
@@ -214,6 +214,15 @@ def get_application(application_id: int) -> ResponseReturnValue:
         out["eligibility"] = [{"code": r.code, "zh": r.zh, "en": r.en} for r in
                               eligibility.reasons(applicant(), app.purpose, app.non_profit,
                                                   policy())]
+    # What eligibility relied on (self-declared or verified claims), for everyone who sees
+    # the application — the committee above all.
+    out["applicant"] = {
+        "institution": app.researcher.profile.institution_label
+        if app.researcher.profile else "",
+        "institution_id": app.researcher.profile.institution_id
+        if app.researcher.profile else None,
+        "eligibility": credentials.standing_json(credentials.standing(
+            g.db, current_app.extensions["portal.settings"], app))}
     out["actions"] = [str(a) for a in workflow_states.actions(State(app.state),
                                                                Role(user.role))]
     return jsonify(out)
@@ -254,8 +263,11 @@ def summary(application_id: int) -> ResponseReturnValue:
     user = _user(Role.CHAIR)
     app = _application(application_id, user)
     config = workflow.rubric(current_app.extensions["portal.settings"])
-    result = workflow.summary(g.db, app, config)
-    return jsonify(per_expert=result.per_expert,
+    panel = workflow.panel(g.db, app, config)
+    result = panel.summary
+    return jsonify(excluded=[{"expert": expert, "code": r.code, "zh": r.zh, "en": r.en}
+                             for expert, r in panel.excluded.items()],
+                   per_expert=result.per_expert,
                    per_dimension={str(k): v for k, v in result.per_dimension.items()},
                    overall=result.overall, quorum_met=result.quorum_met,
                    recommendation=result.recommendation, field_removals=result.field_removals,

@@ -24,7 +24,7 @@ from flask_babel import gettext as _
 from sqlalchemy import select
 
 from approvals.states import Role
-from portal import i18n, limiter, signin
+from portal import credentials, i18n, institutions, limiter, signin
 from portal.models import Profile, User
 from portal.security import (
     hash_password,
@@ -35,7 +35,7 @@ from portal.security import (
 )
 from sandbox import audit
 from sandbox.audit import AuditAction
-from sandbox.errors import SandboxError, Unauthenticated
+from sandbox.errors import InputError, SandboxError, Unauthenticated
 
 bp = Blueprint("auth", __name__)
 
@@ -146,21 +146,31 @@ def register():
         if g.db.scalar(select(User).where(User.email == email)) is not None:
             problems.append(_("An account with this e-mail already exists."))
         if problems:
-            return render_template("auth/register.html", problems=problems, form=form), 422
+            return render_template("auth/register.html", problems=problems, form=form,
+                                   registry=institutions.listing(g.db)), 422
         user = User(email=email, name=form["name"].strip(), role=Role.RESEARCHER,
                     password_hash=hash_password(form["password"]))
-        user.profile = Profile(institution=form.get("institution", "").strip(),
-                               title=form.get("title", "").strip(),
+        user.profile = Profile(title=form.get("title", "").strip()[:50],
                                years_experience=years,
                                research_field=form.get("research_field", "").strip(),
-                               credit_grade=form.get("credit_grade", "").strip().upper())
+                               credit_grade=form.get("credit_grade", "").strip().upper()[:5])
         g.db.add(user)
+        g.db.flush()
+        try:  # the registry's entry, or a named "other" that a chair will confirm
+            institutions.choose(g.db, user, form.get("institution", ""),
+                                form.get("institution_other", ""), f"user:{user.id}",
+                                request.remote_addr)
+        except InputError as exc:
+            g.db.rollback()
+            return render_template("auth/register.html", problems=[reason_of(exc)],
+                                   form=form, registry=institutions.listing(g.db)), 422
         g.db.commit()
         record(AuditAction.USER_REGISTERED, f"user:{user.id}", {"role": user.role},
                actor=f"user:{user.id}")
         flash(_("Account created. Please sign in."))
         return redirect(url_for("auth.login"))
-    return render_template("auth/register.html", problems=[], form=form)
+    return render_template("auth/register.html", problems=[], form=form,
+                           registry=institutions.listing(g.db))
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -238,20 +248,61 @@ def logout():
     return redirect(url_for("auth.login"))
 
 
+PICKS_INSTITUTION = (Role.RESEARCHER, Role.EXPERT)
+
+
 @bp.route("/profile", methods=["GET", "POST"])
 @login_required()
 def profile():
-    """A user's profile; experts declare here the people, institutions or applications
-    they have a conflict of interest with."""
+    """A user's profile: researchers and experts choose their institution from the registry
+    (or name one for a chair to confirm); researchers change their title and credit grade
+    (self-declared again until an admin verifies them); experts declare the people,
+    institutions or applications they have a conflict of interest with."""
     user = g.user
     if user.profile is None:
         user.profile = Profile()
+    form = request.form
+    if request.method == "POST" and "institution" in form and user.role in PICKS_INSTITUTION:
+        try:
+            institutions.choose(g.db, user, form["institution"],
+                                form.get("institution_other", ""), f"user:{user.id}",
+                                request.remote_addr)
+        except InputError as exc:
+            g.db.rollback()
+            return render_profile(user, [reason_of(exc)]), 422
+        g.db.commit()
+        flash(_("Your institution is saved.") if user.profile.institution_id else
+              _("Your institution is saved; a committee chair will confirm it."))
+        return redirect(url_for("auth.profile"))
+    if request.method == "POST" and "title" in form and user.role == Role.RESEARCHER:
+        p = user.profile
+        before = {"title": p.title, "credit_grade": p.credit_grade}
+        p.title = form.get("title", "").strip()[:50]
+        p.credit_grade = form.get("credit_grade", "").strip().upper()[:5]
+        after = {"title": p.title, "credit_grade": p.credit_grade}
+        if after != before:
+            record(AuditAction.PROFILE_CHANGED, f"user:{user.id}",
+                   {k: {"before": before[k], "after": after[k]} for k in before
+                    if before[k] != after[k]})
+            flash(_("Saved. A changed title or credit grade is self-declared until an "
+                    "admin verifies it."))
+        return redirect(url_for("auth.profile"))
     if request.method == "POST" and user.role == Role.EXPERT:
-        declared = [line.strip() for line in request.form.get("conflicts", "").splitlines()
+        declared = [line.strip()[:200] for line in form.get("conflicts", "").splitlines()
                     if line.strip()][:100]
         user.profile.declared_conflicts = declared
         g.db.commit()
         record(AuditAction.CONFLICTS_DECLARED, f"user:{user.id}", {"conflicts": declared})
         flash(_("Your declared conflicts of interest are saved."))
         return redirect(url_for("auth.profile"))
-    return render_template("auth/profile.html", user=user)
+    return render_profile(user, [])
+
+
+def render_profile(user: User, problems: list[str]):
+    declared = [(line, institutions.resolve(g.db, line))
+                for line in (user.profile.declared_conflicts or [])]
+    return render_template("auth/profile.html", user=user, problems=problems,
+                           registry=institutions.listing(g.db),
+                           picks=user.role in PICKS_INSTITUTION,
+                           proofs=credentials.current(g.db, user), declared=declared,
+                           rejected=institutions.last_rejected(g.db, user))

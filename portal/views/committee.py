@@ -1,5 +1,8 @@
-"""The data committee: the chair assigns a conflict-free panel and decides; experts score
-the five dimensions. All rules come from ``approvals`` through ``portal.workflow``."""
+"""The data committee: the chair assigns a conflict-free panel, confirms institutions typed
+as "other", and decides; experts score the five dimensions. Both see the applicant's
+eligibility beside what it relied on (self-declared or verified claims). All rules come
+from ``approvals`` through ``portal.workflow``, ``portal.institutions`` and
+``portal.credentials``."""
 
 from __future__ import annotations
 
@@ -21,11 +24,13 @@ from sqlalchemy import select
 from approvals import assignment
 from approvals.decisions import Decision, Verdict
 from approvals.errors import ConflictOfInterest, InvalidDecision, NotPermitted
+from approvals.institutions import ClaimAction
 from approvals.scoring import LABELS, Dimension
 from approvals.states import Role, State
-from portal import workflow
+from portal import credentials, institutions, workflow
 from portal.models import Application, Assignment, User
 from portal.views.auth import login_required, reason_of
+from sandbox.errors import SandboxError
 
 bp = Blueprint("committee", __name__, url_prefix="/committee")
 PER_PAGE = 50
@@ -66,14 +71,19 @@ def show(application_id: int) -> ResponseReturnValue:
     settings = current_app.extensions["portal.settings"]
     config = workflow.rubric(settings)
     pool = g.db.scalars(select(User).where(User.role == Role.EXPERT).order_by(User.name)).all()
-    case = workflow._case(app)
-    conflicts = {e.id: assignment.conflict(workflow._expert(e), case) for e in pool}
+    case = workflow.case_of(app)
+    conflicts = {e.id: assignment.conflict(workflow.expert_of(g.db, e), case) for e in pool}
+    panel = workflow.panel(g.db, app, config)
+    profile = app.researcher.profile
     return render_template(
         "committee/show.html", app=app, pool=pool, conflicts=conflicts, config=config,
         labels=LABELS, dimensions=list(Dimension),
         assigned=workflow.assigned_experts(g.db, app),
-        reviews=workflow.reviews(g.db, app), summary=workflow.summary(g.db, app, config),
-        decision=workflow.latest_decision(g.db, app))
+        reviews=panel.reviews, excluded=panel.excluded, summary=panel.summary,
+        decision=workflow.latest_decision(g.db, app),
+        standing=credentials.standing(g.db, settings, app),
+        claim=profile.institution_claim if profile else None,
+        registry=institutions.listing(g.db))
 
 
 @bp.route("/applications/<int:application_id>/assign", methods=["POST"])
@@ -84,7 +94,7 @@ def assign(application_id: int) -> ResponseReturnValue:
     experts = [g.db.get(User, i) for i in ids]
     try:
         workflow.assign(ctx(), app, [e for e in experts if e is not None])
-    except (ConflictOfInterest, InvalidDecision) as exc:
+    except SandboxError as exc:
         g.db.rollback()
         return render_template("error.html", status=422, reason=reason_of(exc)), 422
     flash(_("Experts assigned; review has started."))
@@ -97,6 +107,7 @@ def review(application_id: int) -> ResponseReturnValue:
     app = application_or_404(application_id)
     if g.user.id not in {e.id for e in workflow.assigned_experts(g.db, app)}:
         abort(403)
+    settings = current_app.extensions["portal.settings"]
     if request.method == "POST":
         try:
             values = {d.value: int(request.form.get(d.value, "0")) for d in Dimension}
@@ -105,13 +116,17 @@ def review(application_id: int) -> ResponseReturnValue:
         try:
             workflow.score(ctx(), app, values, request.form.get("comments", ""),
                            request.form.getlist("remove"))
+        except ConflictOfInterest as exc:  # arose after assignment; the refusal is audited
+            return render_template("error.html", status=403, reason=reason_of(exc)), 403
         except (InvalidDecision, NotPermitted) as exc:
             g.db.rollback()
             return render_template("error.html", status=422, reason=reason_of(exc)), 422
         flash(_("Thank you, your scores are recorded."))
         return redirect(url_for("committee.queue"))
+    conflict = assignment.conflict(workflow.expert_of(g.db, g.user), workflow.case_of(app))
     return render_template("committee/review.html", app=app, labels=LABELS,
-                           dimensions=list(Dimension))
+                           dimensions=list(Dimension), conflict=conflict,
+                           standing=credentials.standing(g.db, settings, app))
 
 
 @bp.route("/applications/<int:application_id>/decide", methods=["POST"])
@@ -131,8 +146,45 @@ def decide(application_id: int) -> ResponseReturnValue:
                         epsilon, delta, term)
     try:
         workflow.decide(ctx(), app, decision)
-    except InvalidDecision as exc:
+    except SandboxError as exc:
         g.db.rollback()
-        return render_template("error.html", status=422, reason=reason_of(exc)), 422
+        return render_template("error.html", status=exc.http_status,
+                               reason=reason_of(exc)), exc.http_status
     flash(_("Decision recorded and the applicant notified."))
     return redirect(url_for("committee.show", application_id=app.id))
+
+
+@bp.route("/institutions")
+@login_required(Role.CHAIR)
+def claims() -> ResponseReturnValue:
+    """Institutions typed as "other", waiting for a chair."""
+    return render_template("committee/claims.html", claims=institutions.pending_claims(g.db),
+                           registry=institutions.listing(g.db))
+
+
+@bp.route("/institutions/claims/<int:claim_id>", methods=["POST"])
+@login_required(Role.CHAIR)
+def confirm_claim(claim_id: int) -> ResponseReturnValue:
+    """Map a claim to a registry entry, add it as a new entry, or reject it."""
+    claim = institutions.claim_or_404(g.db, claim_id)
+    form = request.form
+    try:
+        action = ClaimAction(form.get("action", ""))
+        target = form.get("institution", "")
+        institutions.confirm(g.db, g.user, claim, action,
+                             institution_id=int(target) if target.isdigit() else None,
+                             name_zh=form.get("name_zh", ""), name_en=form.get("name_en", ""),
+                             reasons=form.get("reasons", ""), ip=request.remote_addr)
+    except ValueError:
+        return render_template("error.html", status=422,
+                               reason=_("Choose map, add or reject.")), 422
+    except SandboxError as exc:
+        g.db.rollback()
+        return render_template("error.html", status=exc.http_status,
+                               reason=reason_of(exc)), exc.http_status
+    flash(_("Institution confirmed.") if action != ClaimAction.REJECT else
+          _("Institution rejected; the person will choose again."))
+    back = form.get("back", "")
+    if back.isdigit():
+        return redirect(url_for("committee.show", application_id=int(back)))
+    return redirect(url_for("committee.claims"))

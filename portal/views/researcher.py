@@ -24,7 +24,7 @@ from approvals.eligibility import Applicant, EligibilityPolicy
 from approvals.errors import Ineligible
 from approvals.states import Action, Role, State
 from portal import catalog as datasets
-from portal import destruction, exports, sandboxes, signin, workflow
+from portal import credentials, destruction, exports, sandboxes, signin, workflow
 from portal.agreement import CLAUSES
 from portal.models import Agreement, Application, DestructionTask, ExportRequest
 from portal.views import stepup
@@ -36,16 +36,12 @@ bp = Blueprint("researcher", __name__, url_prefix="/applications")
 
 
 def policy() -> EligibilityPolicy:
-    cfg = current_app.extensions["portal.settings"]
-    return EligibilityPolicy(min_title_grade=cfg.min_title_grade,
-                             min_years_experience=cfg.min_years_experience)
+    return credentials.policy(current_app.extensions["portal.settings"])
 
 
 def applicant() -> Applicant:
-    p = g.user.profile
-    return Applicant(Role(g.user.role), p.title if p else "", p.years_experience if p else 0,
-                     p.research_field if p else "", p.credit_grade if p else "",
-                     p.blacklisted if p else False)
+    """The signed-in researcher as eligibility sees them (each claim with its basis)."""
+    return credentials.applicant(g.db, g.user)
 
 
 def own(application_id: int) -> Application:
@@ -120,9 +116,11 @@ def new() -> ResponseReturnValue:
 @login_required(Role.RESEARCHER)
 def show(application_id: int) -> ResponseReturnValue:
     app = own(application_id)
-    reasons = eligibility.reasons(applicant(), app.purpose, app.non_profit, policy())
+    assessment = eligibility.assess(applicant(), app.purpose, app.non_profit, policy())
+    reasons = assessment.reasons
     settings = current_app.extensions["portal.settings"]
     return render_template("researcher/show.html", app=app, reasons=reasons,
+                           unverified=assessment.unverified,
                            decision=workflow.latest_decision(g.db, app),
                            sandbox=sandboxes.view(g.db, settings, app),
                            destructions=sandboxes.destruction_records(g.db, app),

@@ -109,17 +109,21 @@ def openapi() -> None:
 @click.option("--name", required=True)
 @click.option("--role", required=True,
               type=click.Choice(["researcher", "expert", "chair", "controller", "admin"]))
-@click.option("--institution", default="")
-@click.option("--title", default="", help="Professional title (职称).")
+@click.option("--institution", default="",
+              help="A registry entry: its number, or any of its names or aliases (see "
+              "`sandboxctl portal institution list`).")
+@click.option("--title", default="", help="Professional title (职称), self-declared until an "
+              "admin verifies it.")
 @click.password_option()
 def create_user(email: str, name: str, role: str, institution: str, title: str,
                 password: str) -> None:
     """Create an account (every account enrols a TOTP authenticator at its first sign-in)."""
     from sqlalchemy import select
 
+    from portal import institutions
     from portal.config import PortalSettings
     from portal.db import connect
-    from portal.models import Profile, User
+    from portal.models import Institution, Profile, User
     from portal.security import hash_password, password_problem
 
     problem = password_problem(password)
@@ -129,16 +133,63 @@ def create_user(email: str, name: str, role: str, institution: str, title: str,
     with sessions() as db:
         if db.scalar(select(User).where(User.email == email.lower())):
             raise InputError(f"an account for {email} already exists")
+        entry = None
+        if institution.strip():
+            entry = (db.get(Institution, int(institution)) if institution.isdigit()
+                     else institutions.resolve(db, institution))
+            if entry is None:
+                raise NotFound(f"no institution {institution!r} in the registry; add it "
+                               f"first: sandboxctl portal institution add")
         user = User(email=email.lower(), name=name, role=role,
                     password_hash=hash_password(password),
-                    profile=Profile(institution=institution, title=title))
+                    profile=Profile(institution=entry, title=title))
         db.add(user)
         db.flush()
         # Creating accounts is a privileged act: it goes to the audit chain with the rest.
         audit.append(db.connection(), AuditAction.USER_REGISTERED,
                      f"cli:{getpass.getuser()}", f"user:{user.id}", {"role": role})
         db.commit()
-        click.echo(f"created {role} {email} (id {user.id})")
+        click.echo(f"created {role} {email} (id {user.id})"
+                   + (f" at {entry.label}" if entry else ""))
+
+
+@portal.group()
+def institution() -> None:
+    """The institution registry that accounts choose from (admin task)."""
+
+
+@institution.command("add")
+@click.option("--zh", "name_zh", required=True, help="Chinese name.")
+@click.option("--en", "name_en", required=True, help="English name.")
+@click.option("--alias", "aliases", multiple=True,
+              help="Another name (traditional characters, abbreviation, former name); "
+                   "repeat for several.")
+def institution_add(name_zh: str, name_en: str, aliases: tuple[str, ...]) -> None:
+    """Add an institution; refused when one of its names is a spelling of an entry's
+    (case, width, spaces and punctuation do not count)."""
+    from portal import institutions
+    from portal.config import PortalSettings
+    from portal.db import connect
+
+    _engine, sessions = connect(PortalSettings().database_url)
+    with sessions() as db:
+        row = institutions.add(db, f"cli:{getpass.getuser()}", name_zh, name_en, aliases)
+        click.echo(f"added institution {row.id}: {row.label}")
+
+
+@institution.command("list")
+def institution_list() -> None:
+    """Every entry: number, Chinese name, English name, aliases (tab-separated)."""
+    from portal import institutions
+    from portal.config import PortalSettings
+    from portal.db import connect
+
+    _engine, sessions = connect(PortalSettings().database_url)
+    with sessions() as db:
+        rows = institutions.listing(db)
+    for row in rows:
+        click.echo("\t".join([str(row.id), row.name_zh, row.name_en, "; ".join(row.aliases)]))
+    click.echo(f"{len(rows)} institution(s)", err=True)
 
 
 @portal.command("consent-withdraw")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from approvals import assignment, eligibility, scoring
@@ -32,6 +34,31 @@ def test_every_failed_rule_is_reported_in_both_languages():
     assert "主治医师" in title.zh
 
 
+def test_the_assessment_says_what_it_relied_on():
+    declared = eligibility.assess(GOOD, "medical_research", True, POLICY)
+    assert declared.eligible and not declared.approvable
+    assert declared.relied_on == {"title": eligibility.Basis.SELF_DECLARED,
+                                  "credit_grade": eligibility.Basis.SELF_DECLARED}
+    assert [r.code for r in declared.unverified] == ["title_unverified", "credit_unverified"]
+    assert "self-declared" in declared.unverified[0].en and "自报" in declared.unverified[0].zh
+    with pytest.raises(Ineligible, match="self-declared"):
+        eligibility.check_approvable(GOOD, "medical_research", True, POLICY)
+    verified = replace(GOOD, title_basis=eligibility.Basis.VERIFIED,
+                       credit_basis=eligibility.Basis.VERIFIED)
+    found = eligibility.assess(verified, "medical_research", True, POLICY)
+    assert found.approvable and found.relied_on["title"] == eligibility.Basis.VERIFIED
+    eligibility.check_approvable(verified, "medical_research", True, POLICY)
+    half = replace(GOOD, title_basis=eligibility.Basis.VERIFIED)
+    assert [r.code for r in eligibility.assess(half, "medical_research", True,
+                                               POLICY).unverified] == ["credit_unverified"]
+
+
+def test_a_failed_claim_is_a_reason_not_a_verification_warning():
+    junior = Applicant(Role.RESEARCHER, "主治医师", 8, "x", "B")
+    found = eligibility.assess(junior, "medical_research", True, POLICY)
+    assert [r.code for r in found.reasons] == ["title", "credit"] and not found.unverified
+
+
 def test_thresholds_are_configuration():
     lenient = EligibilityPolicy(min_title_grade=2, min_years_experience=1)
     junior = Applicant(Role.RESEARCHER, "讲师", 2, "统计", "A")
@@ -39,15 +66,23 @@ def test_thresholds_are_configuration():
     assert not eligibility.is_eligible(junior, "medical_research", True, POLICY)
 
 
-CASE = assignment.Case("app-1", "u-1", "岭南大学", frozenset({"u-7", "陈静"}))
+# Institutions are registry ids: 1 岭南大学 / Lingnan University, 2 中山医院, 3 别处.
+LINGNAN, ZHONGSHAN, ELSEWHERE = 1, 2, 3
+CASE = assignment.Case("app-1", "u-1", LINGNAN, frozenset({"u-7", "陈静"}), "申请人",
+                       ("岭南大学", "Lingnan University"))
 
 
 @pytest.mark.parametrize(("expert", "reason"), [
-    (assignment.Expert("u-2", "王强", "岭南大学"), "applicant's institution"),
-    (assignment.Expert("u-7", "李明", "中山医院"), "member of the applicant's team"),
-    (assignment.Expert("u-8", "陈静", "中山医院"), "member of the applicant's team"),
-    (assignment.Expert("u-9", "赵磊", "中山医院", frozenset({"app-1"})), "declared a conflict"),
-    (assignment.Expert("u-1", "申请人", "别处"), "is the applicant"),
+    (assignment.Expert("u-2", "王强", LINGNAN), "applicant's institution"),
+    (assignment.Expert("u-7", "李明", ZHONGSHAN), "member of the applicant's team"),
+    (assignment.Expert("u-8", "陈静", ZHONGSHAN), "member of the applicant's team"),
+    (assignment.Expert("u-8", "陈 静", ZHONGSHAN), "member of the applicant's team"),
+    (assignment.Expert("u-9", "赵磊", ZHONGSHAN, frozenset({"app-1"})), "declared a conflict"),
+    (assignment.Expert("u-9", "赵磊", ZHONGSHAN, frozenset({" APP-1 "})), "declared a conflict"),
+    (assignment.Expert("u-9", "赵磊", ZHONGSHAN, declared_institutions=frozenset({LINGNAN})),
+     "declared a conflict"),
+    (assignment.Expert("u-1", "申请人", ELSEWHERE), "is the applicant"),
+    (assignment.Expert("u-3", "孙悦", None), "awaits confirmation"),
 ])
 def test_conflicted_experts_are_refused(expert, reason):
     assert not assignment.can_assign(expert, CASE)
@@ -55,8 +90,28 @@ def test_conflicted_experts_are_refused(expert, reason):
         assignment.check_can_assign(expert, CASE)
 
 
+def test_the_institution_reason_names_it_in_both_languages():
+    reason = assignment.conflict(assignment.Expert("u-2", "王强", LINGNAN), CASE)
+    assert reason.zh == "王强与申请人同属岭南大学"
+    assert reason.en == "王强 works at the applicant's institution (Lingnan University)"
+
+
+def test_an_unconfirmed_applicant_institution_clears_nobody():
+    unconfirmed = assignment.Case("app-2", "u-1", None)
+    expert = assignment.Expert("u-2", "王强", ZHONGSHAN)
+    assert assignment.conflict(expert, unconfirmed).code == "applicant_unconfirmed"
+
+
+def test_conflicts_re_checked_later_find_the_ones_that_arose():
+    panel = [assignment.Expert("e1", "甲", ZHONGSHAN), assignment.Expert("e2", "乙", LINGNAN),
+             assignment.Expert("e3", "丙", ELSEWHERE,
+                               declared_institutions=frozenset({LINGNAN}))]
+    found = assignment.conflicted(panel, CASE)
+    assert {k: r.code for k, r in found.items()} == {"e2": "institution", "e3": "declared"}
+
+
 def test_a_panel_needs_three_unconflicted_experts():
-    free = [assignment.Expert(f"e{i}", f"专家{i}", f"医院{i}") for i in range(3)]
+    free = [assignment.Expert(f"e{i}", f"专家{i}", 10 + i) for i in range(3)]
     assignment.check_panel(free, CASE)
     with pytest.raises(InvalidDecision, match="at least 3"):
         assignment.check_panel(free[:2], CASE)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from approvals import destruction, exports, states
+from approvals import destruction, exports, institutions, states
 from approvals.errors import IllegalTransition, NotPermitted
 from approvals.states import TRANSITIONS, Action, Role, State
 
@@ -15,6 +15,9 @@ TABLES = {
                 exports.TERMINAL, exports.ExportState.DRAFT),
     "destruction": (destruction.TRANSITIONS, destruction.TaskState, destruction.TaskAction,
                     destruction.TERMINAL, destruction.TaskState.OPEN),
+    "institution claims": (institutions.TRANSITIONS, institutions.ClaimState,
+                           institutions.ClaimAction, institutions.TERMINAL,
+                           institutions.ClaimState.PENDING),
 }
 
 
@@ -79,4 +82,4 @@ def test_the_wrong_role_is_refused_with_a_reason():
     with pytest.raises(IllegalTransition, match="cannot approve an application that is draft"):
         states.check(State.DRAFT, Action.APPROVE, Role.CHAIR)
     assert states.actions(State.UNDER_REVIEW, Role.CHAIR) == [
-        Action.REQUEST_REVISION, Action.APPROVE, Action.REJECT]
+        Action.REQUEST_REVISION, Action.APPROVE, Action.REJECT, Action.ADD_EXPERTS]

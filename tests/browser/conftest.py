@@ -42,9 +42,17 @@ class PortalStack:
                                  if k.startswith("SANDBOX_PORTAL_")})
 
     def create_user(self, email: str, name: str, role: str, institution: str) -> None:
+        """An account made from the command line; ``institution`` names a registry entry
+        (any of its spellings) or is empty."""
         subprocess.run([CTL, "portal", "create-user", "--email", email, "--name", name,
                         "--role", role, "--institution", institution, "--password",
                         PASSWORD], env=self.env, check=True, capture_output=True, cwd=ROOT)
+
+    def add_institution(self, name_zh: str, name_en: str, *aliases: str) -> None:
+        """A registry entry, added the way an admin does from the command line."""
+        subprocess.run([CTL, "portal", "institution", "add", "--zh", name_zh, "--en", name_en,
+                        *(a for alias in aliases for a in ("--alias", alias))],
+                       env=self.env, check=True, capture_output=True, cwd=ROOT)
 
 
 def portal_stack(dataset: Path, root: Path, before_serving=None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -21,14 +22,22 @@ from sandbox.client import Gateway, GatewayError
 from tests.browser.conftest import ARTIFACTS, PASSWORD, PortalStack, portal_stack
 from tests.signin import Authenticators
 
+REGISTRY = [("岭南卫健委", "Lingnan Health Commission"), ("中山医院", "Zhongshan Hospital"),
+            ("南方医院", "Nanfang Hospital"), ("珠江医院", "Zhujiang Hospital"),
+            ("岭南大学", "Lingnan University")]
+LINGNAN = "岭南大学 / Lingnan University"  # as the institution picker lists it
 ACCOUNTS = [("chair@lingnan.cn", "周主任", "chair", "岭南卫健委"),
             ("expert1@lingnan.cn", "专家甲", "expert", "中山医院"),
             ("expert2@lingnan.cn", "专家乙", "expert", "南方医院"),
             ("expert3@lingnan.cn", "专家丙", "expert", "珠江医院"),
-            ("expert4@lingnan.cn", "专家丁", "expert", "岭南大学")]
+            ("expert4@lingnan.cn", "专家丁", "expert", "岭南大学"),
+            ("admin@lingnan.cn", "管理员吴", "admin", "")]
+CERTIFICATE = Path(__file__).with_name("certificate.pdf")  # evidence an admin verifies
 
 
 def _committee(stack: PortalStack) -> None:
+    for names in REGISTRY:
+        stack.add_institution(*names)
     for account in ACCOUNTS:
         stack.create_user(*account)
 
@@ -74,13 +83,19 @@ def sign_in(browser, url: str, email: str, keys: Authenticators,
 
 
 def register(browser, url: str, email: str, title: str, years: str,
-             keys: Authenticators) -> Page:
+             keys: Authenticators, institution: str = LINGNAN, other: str = "") -> Page:
+    """Register through the form: ``institution`` is the picker's label of a registry
+    entry, or "other" with the name typed in ``other``."""
     page = browser.new_page(locale="zh-CN")
     page.goto(f"{url}/register")
     page.fill("#name", "王芳" if title.startswith("副") else "李雷")
     page.fill("#email", email)
     page.fill("#password", PASSWORD)
-    page.fill("#institution", "岭南大学")
+    if institution == "other":
+        page.select_option("#institution", "other")
+        page.fill("#institution_other", other)
+    else:
+        page.select_option("#institution", label=institution)
     page.fill("#title", title)
     page.fill("#years_experience", years)
     page.fill("#research_field", "心血管流行病学")
@@ -105,10 +120,27 @@ def draft(page: Page, url: str) -> str:
     return page.url.rsplit("/", 1)[1]
 
 
+def verify_claims(browser, url: str, email: str, totp: Authenticators, shot=None) -> None:
+    """The admin verifies a researcher's title and credit grade with an evidence file."""
+    admin = sign_in(browser, url, "admin@lingnan.cn", totp)
+    admin.goto(f"{url}/admin/credentials?q={email}")
+    person = admin.locator(f"section.person[data-email='{email}']")
+    for kind in ("title", "credit_grade"):
+        claim = person.locator(f".claim[data-claim='{kind}']")
+        claim.locator("input[type=file]").set_input_files(str(CERTIFICATE))
+        claim.locator("button.primary").click()
+        expect(admin.locator(".flash")).to_contain_text("SHA-256")
+        person = admin.locator(f"section.person[data-email='{email}']")
+    expect(person.locator("[data-basis=verified]")).to_have_count(2)
+    if shot:
+        shot(admin, "admin-credentials-verified")
+    admin.close()
+
+
 def test_researcher_to_grant_in_a_browser(stack, browser):
     url, shot, totp = stack["url"], Shots(), Authenticators()
-    researcher = register(browser, url, f"wang-{uuid.uuid4().hex[:4]}@lingnan.cn",
-                          "副主任医师", "9", totp)
+    researcher_email = f"wang-{uuid.uuid4().hex[:4]}@lingnan.cn"
+    researcher = register(browser, url, researcher_email, "副主任医师", "9", totp)
     app_id = draft(researcher, url)
     shot(researcher, "researcher-draft")
     researcher.click("text=提交数据委员会审查")
@@ -157,6 +189,13 @@ def test_researcher_to_grant_in_a_browser(stack, browser):
     chair.goto(f"{url}/committee/applications/{app_id}")
     expect(chair.locator("#recommendation")).to_have_attribute("data-recommendation",
                                                                "approve")
+    # The title and credit grade are the applicant's word until an admin verifies them.
+    expect(chair.locator("#eligibility")).to_have_attribute("data-approvable", "false")
+    expect(chair.locator("#claim-title [data-basis]")).to_have_attribute(
+        "data-basis", "self_declared")
+    verify_claims(browser, url, researcher_email, totp, shot)
+    chair.goto(f"{url}/committee/applications/{app_id}")
+    expect(chair.locator("#eligibility")).to_have_attribute("data-approvable", "true")
     chair.select_option("#verdict", "approve")
     chair.check("fieldset input[name=remove][value=department]")
     chair.fill("#epsilon", "1")

@@ -30,6 +30,7 @@ from portal.security import hash_password
 from sandbox import audit
 from sandbox.client import Gateway
 from sandbox.exports import bundle
+from tests import committee
 from tests.browser.conftest import ARTIFACTS, PASSWORD, PortalStack, portal_stack
 from tests.browser.test_approval_flow import sign_in
 from tests.signin import Authenticators
@@ -50,8 +51,8 @@ def world(dataset, tmp_path_factory):
     def prepare(stack: PortalStack) -> None:
         app = create_app(stack.settings)
         seeded.update(seed(app, stack.settings), app=app, settings=stack.settings)
-        stack.create_user("controller@lingnan.cn", "管理员刘", "controller", "岭南卫健委")
-        stack.create_user("reviewer@lingnan.cn", "审核员孙", "controller", "岭南卫健委")
+        stack.create_user("controller@lingnan.cn", "管理员刘", "controller", "")
+        stack.create_user("reviewer@lingnan.cn", "审核员孙", "controller", "")
 
     for stack in portal_stack(dataset, tmp_path_factory.mktemp("controller"), prepare):
         yield {"url": stack.url, "gateway": stack.gateway, **seeded}
@@ -74,7 +75,8 @@ def seed(app, settings: PortalSettings) -> dict:
             if user is None:
                 user = User(email=email, name=name, role="researcher",
                             password_hash=hash_password(PASSWORD),
-                            profile=Profile(institution="岭南大学", title="主任医师",
+                            profile=Profile(institution=committee.entry(db, "岭南大学"),
+                                            title="主任医师",
                                             years_experience=12, credit_grade="A"))
                 db.add(user)
                 db.flush()

@@ -23,13 +23,14 @@ import pyotp
 from approvals.decisions import Decision
 from approvals.eligibility import Applicant, EligibilityPolicy
 from approvals.states import Role
-from portal import create_app, workflow
+from portal import create_app, credentials, workflow
 from portal.config import PortalSettings
 from portal.models import Application, Profile, User
 from portal.security import hash_password
 from sandbox.hub.client import HubClient
 from sandbox.hub.names import server_name
 from sandbox.hub.settings import shared_secret
+from tests import committee
 from tests.mail import start_smtp
 from tests.services import ROOT, GatewayProcess, free_port
 from tests.services import portal_env as portal_env_of
@@ -94,7 +95,8 @@ class Stack:
                                                      "hub-api.token"))
 
     def person(self, role: str, institution: str) -> User:
-        """An account with an enrolled authenticator (its secret in ``keys``)."""
+        """An account at ``institution`` (a registry entry, added when missing) with an
+        enrolled authenticator (its secret in ``keys``)."""
         secret = pyotp.random_base32()
         with self.app.extensions["portal.sessions"]() as db:
             user = User(email=f"{role}-{uuid.uuid4().hex[:8]}@lingnan.cn",
@@ -102,7 +104,8 @@ class Stack:
                         password_hash=hash_password("Hub-test-42"), totp_secret=secret,
                         totp_enabled=True,
                         profile=Profile(title="主任医师", years_experience=12,
-                                        credit_grade="A", institution=institution,
+                                        credit_grade="A",
+                                        institution=committee.entry(db, institution),
                                         research_field="流行病学"))
             db.add(user)
             db.commit()
@@ -131,6 +134,10 @@ class Stack:
             workflow.score(ctx(expert), application, {"legality": 5, "consistency": 5,
                                                       "value": 4, "leakage_risk": 2,
                                                       "cost": 3}, "", [])
+            applicant = db.get(User, researcher.id)
+            if not all(credentials.current(db, applicant).values()):
+                # An approval rests on a title and credit grade an admin verified.
+                committee.verify(db, applicant)
             workflow.decide(ctx(chair), application, Decision("approve", "同意", frozenset(),
                                                               2.0, 1e-6, 6))
             if sign:

@@ -16,6 +16,7 @@ from portal import gateway as portal_gateway
 from portal.config import PortalSettings
 from portal.models import Agreement, Application, DecisionRecord, Profile, User
 from portal.security import hash_password
+from tests import committee
 from tests.services import GatewayProcess, Postgres
 from tests.signin import fresh_code
 
@@ -64,18 +65,24 @@ def client(app):
     return app.test_client()
 
 
-def make_user(app, email: str, role: str = "researcher", enrolled: bool = True,
-              **profile) -> User:
-    """An account; ``enrolled``: with an authenticator already (a random TOTP secret),
-    otherwise it enrols at its first sign-in."""
+def make_user(app, email: str, role: str = "researcher", institution: str | None = None,
+              verified: bool = False, enrolled: bool = True, **profile) -> User:
+    """An account; ``institution`` names a registry entry (added when missing);
+    ``verified`` has an admin verify the title and credit grade against an evidence file;
+    ``enrolled``: with an authenticator already (a random TOTP secret), otherwise it
+    enrols at its first sign-in."""
     sessions = app.extensions["portal.sessions"]
     with sessions() as db:
+        if institution:
+            profile["institution"] = committee.entry(db, institution)
         user = User(email=email, name=email.split("@")[0], role=role,
                     password_hash=hash_password(PASSWORD), profile=Profile(**profile),
                     totp_secret=pyotp.random_base32() if enrolled else None,
                     totp_enabled=enrolled)
         db.add(user)
         db.commit()
+        if verified:
+            committee.verify(db, user)
         return user
 
 
@@ -123,10 +130,10 @@ def active_project(app, settings: PortalSettings, fields: list[str],
     agreement), for a new researcher."""
     with app.extensions["portal.sessions"]() as db:
         email = f"r-{uuid.uuid4().hex[:8]}@example.cn"
+        profile["institution"] = committee.entry(db, profile.get("institution", "岭南大学"))
         user = User(email=email, name="研究者", role="researcher",
                     password_hash=hash_password(PASSWORD), totp_enabled=True,
-                    totp_secret=pyotp.random_base32(),
-                    profile=Profile(**({"institution": "岭南大学"} | profile)))
+                    totp_secret=pyotp.random_base32(), profile=Profile(**profile))
         db.add(user)
         db.flush()
         application = Application(researcher_id=user.id, title=project_title,

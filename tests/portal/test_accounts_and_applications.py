@@ -14,6 +14,7 @@ from sqlalchemy import select, update
 from portal import create_app
 from portal.models import Application, SignInSession, User
 from sandbox import audit
+from tests import committee
 from tests.portal.conftest import PASSWORD, enrol_totp, login, make_user, sign_in
 from tests.signin import fresh_code, wrong_code
 
@@ -27,8 +28,11 @@ def email(prefix: str = "r") -> str:
 
 def test_register_then_sign_in(client, app):
     address = email()
+    with app.extensions["portal.sessions"]() as db:
+        lingnan = committee.entry(db, "岭南大学").id
+    assert "岭南大学" in client.get("/register").get_data(as_text=True)  # the registry's list
     page = client.post("/register", data={
-        "name": "王芳", "email": address, "password": PASSWORD, "institution": "岭南大学",
+        "name": "王芳", "email": address, "password": PASSWORD, "institution": str(lingnan),
         "title": "副主任医师", "years_experience": "8", "research_field": "心血管",
         "credit_grade": "A"})
     assert page.status_code == 302
@@ -36,6 +40,7 @@ def test_register_then_sign_in(client, app):
         user = db.scalar(select(User).where(User.email == address))
         assert user.password_hash.startswith("$argon2")
         assert user.profile.title == "副主任医师"
+        assert user.profile.institution_id == lingnan
     first = login(client, address)
     assert first.status_code == 302 and first.headers["Location"].endswith("/mfa")
     enrol_totp(client)  # a new researcher enrols an authenticator at the first sign-in

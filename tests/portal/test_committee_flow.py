@@ -53,7 +53,7 @@ def person(app, role: str, **profile):
 
 def test_apply_review_decide_sign_and_query(flow_app, gateway, smtp):
     app = flow_app
-    researcher, researcher_email = person(app, "researcher", **ELIGIBLE)
+    researcher, researcher_email = person(app, "researcher", verified=True, **ELIGIBLE)
     response = researcher.post("/applications/new", data={
         "dataset": "emr-visits", "title": "住院费用的年龄差异", "summary": "横断面研究",
         "purpose": "medical_research", "non_profit": "1", "epsilon": "2", "term_months": "6",

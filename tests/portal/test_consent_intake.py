@@ -19,6 +19,7 @@ from portal.models import Agreement, Application, Profile, RequestedField, User
 from portal.security import hash_password
 from sandbox import audit
 from sandbox.errors import InputError
+from tests import committee
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def setup(app, portal_settings, gateway, key_file):
     with app.extensions["portal.sessions"]() as db:
         researcher = User(email="consent-r@example.cn", name="研究者", role="researcher",
                           password_hash=hash_password("x-password-1"),
-                          profile=Profile(institution="岭南大学"))
+                          profile=Profile(institution=committee.entry(db, "岭南大学")))
         db.add(researcher)
         db.flush()
         ids = {}

@@ -25,6 +25,7 @@ from portal.models import (
 from portal.security import hash_password
 from sandbox import audit
 from sandbox.errors import InputError
+from tests import committee
 from tests.mail import start_smtp
 
 SIGNED = b"%PDF-1.4 signed certificate"
@@ -45,7 +46,7 @@ def ended(app, portal_settings, inbox):
         stamp = datetime.now(UTC).strftime("%H%M%S%f")
         researcher = User(email=f"d-{stamp}@example.cn", name="研究者", role="researcher",
                           password_hash=hash_password("x-password-1"),
-                          profile=Profile(institution="岭南大学"))
+                          profile=Profile(institution=committee.entry(db, "岭南大学")))
         controller = User(email=f"c-{stamp}@example.cn", name="管理者", role="controller",
                           password_hash=hash_password("x-password-1"))
         db.add_all([researcher, controller])

@@ -74,6 +74,13 @@ ACCESS: dict[str, frozenset[str]] = {
     "controller.certificate": frozenset({"controller"}),
     "controller.decide": frozenset({"controller"}),
     "controller.blacklist_user": frozenset({"controller"}),
+    "committee.claims": frozenset({"chair"}),
+    "committee.confirm_claim": frozenset({"chair"}),
+    "admin.institutions": frozenset({"admin"}),
+    "admin.institution": frozenset({"admin"}),
+    "admin.credentials": frozenset({"admin"}),
+    "admin.verify": frozenset({"admin"}),
+    "admin.evidence": frozenset({"admin", "chair"}),
 }
 
 
@@ -123,11 +130,14 @@ def _url(rule, app_id: int) -> str:
     for arg in rule.arguments:
         values[arg] = {"application_id": app_id, "dataset_id": "emr-visits",
                        "code": "en", "action": "suspend", "user_id": 1,
-                       "export_id": 999}[arg]
+                       "export_id": 999, "claim_id": 999, "institution_id": 999,
+                       "verification_id": 999}[arg]
     return rule.rule.replace("<int:application_id>", str(app_id)).replace(
         "<dataset_id>", "emr-visits").replace("<code>", "en").replace(
         "<action>", "suspend").replace("<int:user_id>", "1").replace(
-        "<int:export_id>", "999") if values else rule.rule
+        "<int:export_id>", "999").replace("<int:claim_id>", "999").replace(
+        "<int:institution_id>", "999").replace(
+        "<int:verification_id>", "999") if values else rule.rule
 
 
 SIGN_OUT = ("auth.logout", "api.sign_out")
@@ -169,7 +179,8 @@ def test_only_allowed_roles_get_through(app, world, role):
                              "researcher.export_withdraw",
                              "controller.certificate", "controller.decide",
                              "controller.export_page", "controller.export_vote",
-                             "controller.export_release", "controller.export_bundle")
+                             "controller.export_release", "controller.export_bundle",
+                             "committee.confirm_claim", "admin.institution", "admin.evidence")
                 and allowed):
             # no decision, agreement or destruction task exists yet: a 404, never a 403
             assert response.status_code == 404, (role, url)
@@ -179,6 +190,10 @@ def test_only_allowed_roles_get_through(app, world, role):
             assert response.status_code == 403 and (
                 b"active project" in response.data
                 or "有效项目".encode() in response.data), (rule.endpoint, response.data)
+            continue
+        if rule.endpoint == "admin.verify" and allowed:
+            # an admin may, but an empty form is refused with a reason (or no such researcher)
+            assert response.status_code in (404, 422), (role, url)
             continue
         if rule.endpoint == "controller.control" and allowed:
             # a controller may, but not on a project under review: refused with the reason
