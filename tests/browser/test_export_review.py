@@ -12,6 +12,7 @@ import base64
 import io
 import json
 import zipfile
+from pathlib import Path
 
 import httpx
 import nbformat
@@ -27,8 +28,9 @@ from tests.browser.conftest import ARTIFACTS, portal_stack
 from tests.browser.test_approval_flow import sign_in
 from tests.exports import disguises
 from tests.portal.conftest import active_project
+from tests.signin import Authenticators
 
-TOTP: dict[str, str] = {}
+TOTP = Authenticators()  # each controller's authenticator, enrolled at the first sign-in
 FIRST, SECOND = "liu@lingnan.cn", "sun@lingnan.cn"
 PWNED = b'<script>document.title = "pwned"</script></svg>'
 KINDS = {"counts.csv": "table", "counts.tsv": "table", "counts.json": "table",
@@ -51,6 +53,7 @@ def world(dataset, tmp_path_factory):
         project = active_project(app, stack.settings, ["sex", "visit_type"],
                                  project_title="就诊类型分析")
         seeded.update(app=app, settings=stack.settings, project=project)
+        stack.add_institution("岭南卫健委", "Lingnan Health Commission")
         stack.create_user(FIRST, "管理员刘", "controller", "岭南卫健委")
         stack.create_user(SECOND, "审核员孙", "controller", "岭南卫健委")
 
@@ -97,7 +100,7 @@ def test_review_previews_and_marked_downloads(world, browser, tmp_path):
     (sneaky / "notes.txt").write_bytes(base64.b64encode(disguises.rows_csv()))
     (sneaky / "figure.svg").write_bytes(disguises.figure("svg").replace(b"</svg>", PWNED))
     gw.export(sorted(sneaky.iterdir()), [counts], note="表1")
-    first = sign_in(browser, url, FIRST, totp=TOTP)
+    first = sign_in(browser, url, FIRST, TOTP)
     first.goto(f"{url}/controller/exports")
     first.click("#exports a")
     expect(first.locator("#export-state")).to_have_attribute("data-state", "returned")
@@ -145,10 +148,11 @@ def test_review_previews_and_marked_downloads(world, browser, tmp_path):
 
     # both approve, one releases, each downloads: two marked copies
     first.click("button[value=approve]")
-    second = sign_in(browser, url, SECOND, totp=TOTP)
+    second = sign_in(browser, url, SECOND, TOTP)
     second.goto(review_url)
     second.click("button[value=approve]")
     expect(second.locator("#export-state")).to_have_attribute("data-state", "approved")
+    second.fill("#code", TOTP.code(SECOND))  # step-up: a fresh code to release
     second.click("#release")
     expect(second.locator("#export-state")).to_have_attribute("data-state", "released")
     shot(second, "03-released")
@@ -156,8 +160,11 @@ def test_review_previews_and_marked_downloads(world, browser, tmp_path):
     copies = {}
     for who, page in ((FIRST, first), (SECOND, second)):
         page.goto(review_url)
-        zipped = httpx.get(url + page.locator("#bundle").get_attribute("href"),
-                           cookies={c["name"]: c["value"] for c in page.context.cookies()})
+        page.click("#bundle")  # step-up: a fresh code for each download
+        page.fill("#code", TOTP.code(who))
+        with page.expect_download() as downloaded:
+            page.click("#step-up button.primary")
+        zipped = Path(downloaded.value.path()).read_bytes()
         manifest = bundle.verify(zipped.content, public_pem)
         assert manifest["downloaded_by"]["account"] == who
         mark = manifest["watermark"]

@@ -69,6 +69,8 @@ ACCESS: dict[str, frozenset[str]] = {
     "controller.export_vote": frozenset({"controller"}),
     "controller.export_release": frozenset({"controller"}),
     "controller.export_bundle": frozenset({"controller"}),
+    "controller.export_file_picture": frozenset({"controller"}),
+    "controller.export_file_svg": frozenset({"controller"}),
     "controller.control": frozenset({"controller"}),
     "controller.destruction_page": frozenset({"controller"}),
     "controller.certificate": frozenset({"controller"}),
@@ -131,13 +133,14 @@ def _url(rule, app_id: int) -> str:
         values[arg] = {"application_id": app_id, "dataset_id": "emr-visits",
                        "code": "en", "action": "suspend", "user_id": 1,
                        "export_id": 999, "claim_id": 999, "institution_id": 999,
-                       "verification_id": 999}[arg]
+                       "verification_id": 999, "file_id": 999}[arg]
     return rule.rule.replace("<int:application_id>", str(app_id)).replace(
         "<dataset_id>", "emr-visits").replace("<code>", "en").replace(
         "<action>", "suspend").replace("<int:user_id>", "1").replace(
         "<int:export_id>", "999").replace("<int:claim_id>", "999").replace(
         "<int:institution_id>", "999").replace(
-        "<int:verification_id>", "999") if values else rule.rule
+        "<int:verification_id>", "999").replace(
+        "<int:file_id>", "999") if values else rule.rule
 
 
 SIGN_OUT = ("auth.logout", "api.sign_out")
@@ -180,6 +183,7 @@ def test_only_allowed_roles_get_through(app, world, role):
                              "controller.certificate", "controller.decide",
                              "controller.export_page", "controller.export_vote",
                              "controller.export_release", "controller.export_bundle",
+                             "controller.export_file_picture", "controller.export_file_svg",
                              "committee.confirm_claim", "admin.institution", "admin.evidence")
                 and allowed):
             # no decision, agreement or destruction task exists yet: a 404, never a 403
