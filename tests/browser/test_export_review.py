@@ -165,11 +165,11 @@ def test_review_previews_and_marked_downloads(world, browser, tmp_path):
         with page.expect_download() as downloaded:
             page.click("#step-up button.primary")
         zipped = Path(downloaded.value.path()).read_bytes()
-        manifest = bundle.verify(zipped.content, public_pem)
+        manifest = bundle.verify(zipped, public_pem)
         assert manifest["downloaded_by"]["account"] == who
         mark = manifest["watermark"]
         assert who in mark and manifest["downloaded_at"].replace("T", " ")[:19] in mark
-        with zipfile.ZipFile(io.BytesIO(zipped.content)) as archive:
+        with zipfile.ZipFile(io.BytesIO(zipped)) as archive:
             files = {name: archive.read(f"files/{name}") for name in KINDS}
         assert Image.open(io.BytesIO(files["figure.png"])).text["Watermark"] == mark
         assert mark in PdfReader(io.BytesIO(files["report.pdf"])).pages[0].extract_text()

@@ -37,6 +37,7 @@ from sandbox.client import Gateway
 from sandbox.exports import bundle
 from sandbox.hub.names import server_name
 from sandbox.hub.settings import shared_secret
+from tests import committee
 from tests.browser.conftest import ARTIFACTS, PASSWORD, PortalStack, portal_stack
 from tests.browser.test_approval_flow import sign_in
 from tests.services import free_port
@@ -91,10 +92,9 @@ def _seed(stack: PortalStack, keys: Authenticators, hub_port: int) -> dict:
             keys.add(email, secret)
             person = User(email=email, name=name, role=role,
                           password_hash=hash_password(PASSWORD), totp_secret=secret,
-                          totp_enabled=True, profile=Profile(institution="岭南大学",
-                                                             title="主任医师",
-                                                             years_experience=12,
-                                                             credit_grade="A"))
+                          totp_enabled=True, profile=Profile(
+                              institution=committee.entry(db, "岭南大学"), title="主任医师",
+                              years_experience=12, credit_grade="A"))
             db.add(person)
             db.flush()
             people[role] = person

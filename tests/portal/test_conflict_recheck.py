@@ -8,13 +8,13 @@ import uuid
 
 from portal.models import Institution
 from tests.portal.conftest import make_user
-from tests.portal.test_api import ELIGIBLE, api_login, privileged
+from tests.portal.test_api import ELIGIBLE, api_client, api_login, privileged
 
 SCORES = {"legality": 5, "consistency": 4, "value": 4, "leakage_risk": 2, "cost": 3}
 
 
 def test_a_conflict_after_assignment_is_refused_and_excluded(app):
-    researcher = app.test_client()
+    researcher = api_client(app)
     email = f"r-{uuid.uuid4().hex[:6]}@example.cn"
     make_user(app, email, verified=True, **ELIGIBLE)
     api_login(researcher, email)
@@ -22,7 +22,7 @@ def test_a_conflict_after_assignment_is_refused_and_excluded(app):
         "dataset": "emr-visits", "title": "复查冲突", "purpose": "medical_research",
         "non_profit": True, "epsilon": 1, "term_months": 6,
         "fields": [{"field": "sex", "justification": "分层"}]}).json["id"]
-    assert researcher.post(f"/api/v1/applications/{app_id}/submit").status_code == 200
+    assert researcher.post(f"/api/v1/applications/{app_id}/submit", json={}).status_code == 200
     chair, _ = privileged(app, "chair", "卫健委")
     panel = [privileged(app, "expert", f"复查医院{i}") for i in range(3)]
     assert chair.post(f"/api/v1/applications/{app_id}/assign",
@@ -64,7 +64,7 @@ def test_a_conflict_after_assignment_is_refused_and_excluded(app):
 
 
 def test_an_approval_on_self_declared_claims_is_refused(app):
-    researcher = app.test_client()
+    researcher = api_client(app)
     email = f"r-{uuid.uuid4().hex[:6]}@example.cn"
     make_user(app, email, **ELIGIBLE)  # title and credit grade not verified
     api_login(researcher, email)
@@ -75,7 +75,7 @@ def test_an_approval_on_self_declared_claims_is_refused(app):
     detail = researcher.get(f"/api/v1/applications/{app_id}").json
     assert detail["applicant"]["eligibility"]["eligible"]
     assert not detail["applicant"]["eligibility"]["approvable"]
-    assert researcher.post(f"/api/v1/applications/{app_id}/submit").status_code == 200
+    assert researcher.post(f"/api/v1/applications/{app_id}/submit", json={}).status_code == 200
     chair, _ = privileged(app, "chair", "卫健委")
     panel = [privileged(app, "expert", f"自报医院{i}") for i in range(3)]
     chair.post(f"/api/v1/applications/{app_id}/assign",

@@ -20,7 +20,7 @@ from portal.models import CredentialVerification, Institution, InstitutionClaim,
 from sandbox import audit
 from tests import committee
 from tests.conftest import ROOT
-from tests.portal.conftest import PASSWORD, enrol_totp, login, make_user
+from tests.portal.conftest import PASSWORD, make_user, sign_in
 
 CTL = str(Path(sys.executable).parent / "sandboxctl")
 
@@ -29,8 +29,7 @@ def staff(app, role: str, **profile):
     address = f"{role}-{uuid.uuid4().hex[:6]}@example.cn"
     user = make_user(app, address, role=role, **profile)
     client = app.test_client()
-    login(client, address)
-    enrol_totp(client)
+    sign_in(client, address)
     return client, user
 
 
@@ -170,7 +169,7 @@ def test_other_names_resolve_to_the_registry_or_wait_for_a_chair(app):
         assert c.profile.institution_id is None and c.profile.institution_claim_id is None
         assert db.get(InstitutionClaim, c_claim).reasons == "不是一个机构"
     c_client = app.test_client()
-    login(c_client, f"c-{tag}@example.cn")
+    sign_in(c_client, f"c-{tag}@example.cn")
     assert "不是一个机构" in c_client.get("/profile").get_data(as_text=True)
     added = c_client.post("/profile", data={"institution": "other",
                                             "institution_other": f"New Lab {tag}"})
@@ -237,7 +236,7 @@ def test_a_verification_covers_the_value_it_saw(app):
     make_user(app, address, institution="岭南大学", title="副主任医师", credit_grade="A",
               years_experience=10, verified=True)
     client = app.test_client()
-    login(client, address)
+    sign_in(client, address)
     page = client.get("/profile").get_data(as_text=True)
     assert page.count('data-basis="verified"') == 2
     assert client.post("/profile", data={"title": "主任医师", "credit_grade": "A"}

@@ -26,6 +26,7 @@ from portal.models import Application, Profile, User
 from portal.security import hash_password, is_locked
 from sandbox import audit
 from sandbox.hub.settings import OAUTH_CLIENT_ID
+from tests import committee
 from tests.browser.conftest import portal_stack
 from tests.signin import fresh_code, wrong_code
 
@@ -51,9 +52,9 @@ def person(sessions, role: str = "researcher") -> str:
     with sessions() as db:
         db.add(User(email=email, name="攻击目标", role=role,
                     password_hash=hash_password(PASSWORD), totp_secret=pyotp.random_base32(),
-                    totp_enabled=True, profile=Profile(institution="岭南大学", title="研究员",
-                                                       years_experience=10,
-                                                       credit_grade="A")))
+                    totp_enabled=True, profile=Profile(
+                        institution=committee.entry(db, "岭南大学"), title="研究员",
+                        years_experience=10, credit_grade="A")))
         db.commit()
     return email
 
