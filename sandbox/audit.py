@@ -142,6 +142,7 @@ class AuditAction(StrEnum):
     SITE_OVERLAP_REPORTED = "site.overlap_reported"
     KEYS_REPEATED = "keys.repeated"
     FEDERATION_CHECKED = "federation.checked"
+    DEMO_SEEDED = "demo.seeded"
 
 
 def create_tables(engine: Engine) -> None:
