@@ -9,10 +9,16 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from sandbox.errors import SandboxError
+
+if TYPE_CHECKING:
+    from portal.config import PortalSettings
+    from portal.demo import Account, Seeded
+    from sandbox.hub.client import ServerStatus
 
 VAR_OPTION = click.option(
     "--var", "var_dir", type=click.Path(file_okay=False, path_type=Path), default="var",
@@ -57,33 +63,7 @@ def seed(demo_mode: bool, var_dir: Path) -> None:
             status = demo_data.sandbox(db, settings, seeded.project, actor)
     except SandboxError as exc:
         problem = exc.reason
-    researcher = demo_data.account(seeded.accounts, "researcher")
-    project_page = f"{settings.public_url.rstrip('/')}/applications/{seeded.project}"
-    if status is not None and status.ready:
-        where = (f"its page {project_page} → \"Open sandbox\" (打开沙箱): JupyterLab at "
-                 f"{status.url}lab")
-    elif settings.hub_url:
-        where = (f"its page {project_page} → \"Start sandbox\" (启动沙箱), then \"Open sandbox\" "
-                 f"(the sandbox is not ready yet{': ' + problem if problem else ''})")
-    else:
-        where = (f"its page {project_page}; sandboxes need root on Linux, so there is no "
-                 f"sandbox to open here")
-    code = f"{_ctl()} demo totp researcher" + ("" if var_dir == Path("var")
-                                                  else f" --var {var_dir}")
-    click.echo(f"""
-── first ten minutes ─────────────────────────────────────────────
-1. Open {settings.public_url} and sign in as the researcher
-     e-mail    {researcher.email}
-     password  {researcher.password}
-2. Asked for a code, run: {code}
-   (or add the TOTP secret {researcher.totp_secret} to an authenticator app)
-3. The approved project "{demo_data.TITLE}" is under My applications (我的申请);
-   {where}.
-4. In JupyterLab, in getting-started.ipynb or a new console:
-     from sandbox.client import Gateway
-     gw = Gateway.from_env()
-     gw.count("emr-visits", epsilon=0.1)
-──────────────────────────────────────────────────────────────────""")
+    click.echo(_first_ten_minutes(settings, seeded, status, problem, var_dir))
 
 
 @demo.command()
@@ -98,7 +78,41 @@ def totp(role: str, var_dir: Path) -> None:
     click.echo(demo_data.account(accounts, role).code())
 
 
-def _table(accounts: list) -> str:
+def _first_ten_minutes(settings: PortalSettings, seeded: Seeded,
+                       status: ServerStatus | None, problem: str, var_dir: Path) -> str:
+    """What to do next, for the newcomer reading `make run`'s output."""
+    from portal import demo as demo_data
+
+    researcher = demo_data.account(seeded.accounts, "researcher")
+    page = f"{settings.public_url.rstrip('/')}/applications/{seeded.project}"
+    if status is not None and status.ready:
+        sandbox = [f'press "Open sandbox" (打开沙箱): JupyterLab opens at {status.url}lab']
+    elif settings.hub_url:
+        sandbox = ['press "Start sandbox" (启动沙箱), then "Open sandbox" (打开沙箱)',
+                   f"(the sandbox is not ready yet{': ' + problem if problem else ''})"]
+    else:
+        sandbox = ["(sandboxes need root on Linux: this stack runs none)"]
+    code = f"{_ctl()} demo totp researcher" + ("" if var_dir == Path("var")
+                                                  else f" --var {var_dir}")
+    rule = "─" * 66
+    return "\n".join([
+        "", f"── first ten minutes {rule[21:]}",
+        f"1. Open {settings.public_url} and sign in as the researcher:",
+        f"     e-mail    {researcher.email}",
+        f"     password  {researcher.password}",
+        f"2. Asked for a code, run: {code}",
+        f"   (or add the TOTP secret {researcher.totp_secret} to an authenticator app)",
+        f'3. Under My applications (我的申请), the approved project "{demo_data.TITLE}":',
+        f"     {page}",
+        *(f"   {line}" for line in sandbox),
+        "4. In JupyterLab, in getting-started.ipynb or a new console, run:",
+        "     from sandbox.client import Gateway",
+        "     gw = Gateway.from_env()",
+        '     gw.count("emr-visits", epsilon=0.1)',
+        rule])
+
+
+def _table(accounts: list[Account]) -> str:
     rows = [("role", "e-mail", "password", "TOTP secret")]
     rows += [(a.key, a.email, a.password, a.totp_secret) for a in accounts]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]

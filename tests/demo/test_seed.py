@@ -180,6 +180,21 @@ def test_seeding_again_prints_the_same_and_changes_nothing(seeded):
     assert path.read_bytes() == kept
 
 
+def test_accounts_made_after_the_seed_do_not_stop_it(gateway, tmp_path):
+    """Someone registers to try the demo; the next `make run` still prints the accounts
+    and changes nothing."""
+    env = environment(tmp_path, gateway) | {"SANDBOX_DEMO": "1"}
+    first = run(env, "demo", "seed", "--var", tmp_path / "var")
+    assert first.code == 0, first.stderr
+    made = run(env, "portal", "create-user", "--email", "sun.li@lingnan.edu.cn", "--name",
+               "孙立", "--role", "researcher", "--password", "Trying-the-demo-7")
+    assert made.code == 0, made.stderr
+    before = state(tmp_path)
+    again = run(env, "demo", "seed", "--var", tmp_path / "var")
+    assert (again.code, again.stdout) == (0, first.stdout), again.stderr
+    assert state(tmp_path) == before
+
+
 def test_the_printed_credentials_sign_in(seeded):
     """Staff roles are asked for a code, never shown a QR code to enrol; the code from
     the printed secret lets them in."""
