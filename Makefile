@@ -38,11 +38,12 @@ $(DATASET)/metadata.json: $(RAW)/manifest.json $(KEY) $(SPEC)
 demo: $(DATASET)/metadata.json
 
 # Start the embedded stack: print the catalog and risk report, then serve the gateway
-# (http://127.0.0.1:8700) and the portal (http://127.0.0.1:8600) until Ctrl-C.
+# (http://127.0.0.1:8700) and the portal (http://127.0.0.1:8600) until Ctrl-C — in demo
+# mode: demo accounts for every role and an approved project (sandboxctl demo seed).
 run: demo
 	$(BIN)/sandboxctl data catalog $(DATASET)
 	$(BIN)/sandboxctl data report $(DATASET)
-	VAR=$(VAR) BIN=$(BIN) infra/scripts/run-stack.sh
+	SANDBOX_DEMO=1 VAR=$(VAR) BIN=$(BIN) infra/scripts/run-stack.sh
 
 # Refresh the translation catalogue after changing user-visible strings.
 translations: install

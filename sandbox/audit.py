@@ -158,6 +158,7 @@ class AuditAction(StrEnum):
     PROFILE_CHANGED = "profile.changed"
     CREDENTIAL_VERIFIED = "credential.verified"
     APPLICATION_SCORE_REFUSED = "application.score_refused"
+    DEMO_SEEDED = "demo.seeded"
 
 
 def create_tables(engine: Engine) -> None:

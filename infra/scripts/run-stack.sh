@@ -2,8 +2,9 @@
 # The embedded stack on one machine: the privacy gateway, a federation of three site nodes
 # (the demo dataset split by patient) with its key service, and, when this is Linux and we
 # are root, the project's Docker engine and the sandbox hub (background), and the research
-# portal (foreground), over the datasets in $VAR/datasets. Ctrl-C stops everything started
-# here — and only that.
+# portal, over the datasets in $VAR/datasets; with SANDBOX_DEMO=1 (`make run`), demo
+# accounts and an approved demo project. Ctrl-C stops everything started here — and only
+# that.
 set -euo pipefail
 VAR=${VAR:-var}
 BIN=${BIN:-.venv/bin}
@@ -58,7 +59,9 @@ if [ "$(uname -s)" = Linux ] && [ "$(id -u)" = 0 ]; then
   export SANDBOX_HUB_DOCKER_HOST=$(echo "$out" | head -1)
   [ "$(echo "$out" | tail -1)" = started ] && docker_started=1
   infra/scripts/ensure-proxy.sh
-  "$BIN/sandboxctl" image build --docker-host "$SANDBOX_HUB_DOCKER_HOST"
+  export SANDBOX_HUB_PROXY_COMMAND=$VAR/node/node_modules/.bin/configurable-http-proxy
+  "$BIN/sandboxctl" image build --docker-host "$SANDBOX_HUB_DOCKER_HOST" \
+    --datasets-dir "$VAR/datasets" --work-dir "$VAR/image"
   export SANDBOX_GATEWAY_HOST=0.0.0.0 SANDBOX_PORTAL_HUB_URL=http://127.0.0.1:8000
   hub=1
 else
@@ -85,9 +88,17 @@ echo "federation: emr-visits-federated at ${SITES[*]} (:8731-:$((8730 + ${#SITES
 if [ -n "$hub" ]; then
   "$BIN/sandboxctl" hub serve &
   pids+=($!)
+  wait_for http://127.0.0.1:8000/hub/api/
   echo "hub:     http://127.0.0.1:8000 (researchers sign in through the portal)"
 fi
-echo "portal:  http://127.0.0.1:8600 (create committee accounts with: sandboxctl portal create-user)"
+echo "portal:  http://127.0.0.1:8600 (more accounts with: sandboxctl portal create-user)"
 "$BIN/sandboxctl" portal serve &
 pids+=($!)
+# Demo mode (`make run` only): accounts for every role and a project approved through the
+# portal, whose sandbox the hub starts. A refusal leaves the stack serving without them.
+if [ "${SANDBOX_DEMO:-}" = 1 ]; then
+  wait_for http://127.0.0.1:8600/login
+  "$BIN/sandboxctl" demo seed --var "$VAR" \
+    || echo "note: no demo accounts (see the reason above); the stack serves without them" >&2
+fi
 wait -n "${pids[@]}"

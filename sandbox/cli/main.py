@@ -9,6 +9,7 @@ import sys
 import click
 
 from sandbox.cli.data import data
+from sandbox.cli.demo import demo
 from sandbox.cli.federated import keys, site
 from sandbox.cli.gateway import audit_group, gateway
 from sandbox.cli.hub import hub, image
@@ -32,6 +33,7 @@ cli.add_command(hub)
 cli.add_command(image)
 cli.add_command(site)
 cli.add_command(keys)
+cli.add_command(demo)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,6 @@
 """Fixtures of the sealed-sandbox tests: the project's Docker engine and the whole stack
-(see stack.py), once per session."""
+(see stack.py), once per session, seeded with the demo accounts and project as `make run`
+seeds its own."""
 
 from __future__ import annotations
 
@@ -21,5 +22,6 @@ def docker_engine():
 def stack(docker_engine, dataset, tmp_path_factory):
     client, host = docker_engine
     running = start_stack(client, host, dataset, tmp_path_factory.mktemp("hub"))
+    running.seed_demo()  # as `make run` does, before any test adds an account
     yield running
     running.close()

@@ -75,6 +75,18 @@ class Stack:
     # every account signs in with a TOTP code: the tests' authenticator for the people
     # made here (``keys.code(email)`` gives a code the portal has not seen yet)
     keys: Authenticators = field(default_factory=Authenticators)
+    portal_env: dict[str, str] = field(default_factory=dict)
+    demo: str = ""  # what `sandboxctl demo seed` printed
+
+    def seed_demo(self) -> str:
+        """Seed the demo accounts and project with the command `make run` uses, while the
+        portal has no other account; its output (the accounts table) is kept."""
+        seeded = subprocess.run([CTL, "demo", "seed", "--var", str(self.root / "var")],
+                                env=os.environ | self.portal_env | {"SANDBOX_DEMO": "1"},
+                                capture_output=True, text=True, cwd=ROOT, timeout=900)
+        assert seeded.returncode == 0, seeded.stderr[-3000:]
+        self.demo = seeded.stdout
+        return seeded.stdout
 
     def close(self) -> None:
         for process in self.processes:  # the hub first: it stops its sandboxes
@@ -228,4 +240,5 @@ def start_stack(client: docker.DockerClient, host: str, dataset: Path, root: Pat
                   inbox, root, instance)
     stack.processes = [hub, portal]
     stack.smtp = smtp
+    stack.portal_env = portal_env
     return stack
