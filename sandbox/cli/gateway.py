@@ -11,6 +11,7 @@ from sandbox import audit, receipts, serving
 from sandbox.cli.options import given, trusted_proxy_option
 from sandbox.db import make_engine
 from sandbox.errors import InputError
+from sandbox.limits import MAX_EPSILON
 
 
 @click.group()
@@ -34,6 +35,8 @@ def gateway() -> None:
 @click.option("--federation-file", type=click.Path(path_type=Path, dir_okay=False),
               help="Federated datasets, their sites and the key service (JSON) "
                    "[env SANDBOX_GATEWAY_FEDERATION_FILE; none].")
+@click.option("--max-epsilon", type=float, help="Largest total ε a grant may have "
+              f"[env SANDBOX_GATEWAY_MAX_EPSILON; the portal's maximum, {MAX_EPSILON:g}].")
 @trusted_proxy_option("SANDBOX_GATEWAY_TRUSTED_PROXIES")
 def serve(**options: object) -> None:
     """Serve the gateway over HTTP until interrupted."""

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sandbox.limits import MAX_EPSILON
 from sandbox.serving import TRUSTED_PROXIES_HELP, TrustedProxies
 
 
@@ -32,6 +33,8 @@ class GatewaySettings(BaseSettings):
                                          "docs/federated.md)")
     max_export_bytes: int = Field(30 * 1024 * 1024, description="largest export request "
                                   "body accepted (files are base64 in JSON)")
+    max_epsilon: float = Field(MAX_EPSILON, gt=0, description="largest total ε a grant may "
+                               "have (by default the portal's maximum)")
 
     @property
     def signing_key_file(self) -> Path:

@@ -1,5 +1,6 @@
 """The gateway's HTTP layer under attack, over real HTTP to a gateway process: a forged
-client address from the gateway's own host, and a chunked body far over the limit."""
+client address from the gateway's own host, a chunked body far over the limit, and a grant
+above the largest ε a committee may set."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import httpx
 import pytest
 
+from approvals.decisions import MAX_EPSILON  # the portal's maximum
 from tests.oversize import MIB, peak_rss, send_chunked
 
 SANDBOX_NET, FORGED = "10.99.0.16/28", "10.99.0.17"
@@ -105,3 +107,21 @@ def test_a_declared_oversize_body_is_refused_before_it_is_read(gateway):
         "Authorization": f"Bearer {grant['token']}", "content-type": "application/json"})
     assert response.status_code == 413
     assert response.json() == {"error": "too_large", "reason": "request body over 65536 bytes"}
+
+
+def test_a_grant_above_the_maximum_epsilon_is_refused(gateway):
+    """Adversary: a caller holding the service token (a compromised portal, or a mistake)
+    asking for more ε than any committee may grant."""
+    project = "over-the-limit"
+    for epsilon in (MAX_EPSILON + 0.5, 100.0, 1e6):
+        response = gateway.admin("POST", "/v1/admin/grants", {
+            "project": project, "datasets": ["emr-visits"], "fields": ["sex"],
+            "purpose": "medical_research", "epsilon": epsilon,
+            "expires_at": "2030-01-01T00:00:00Z"})
+        assert response.status_code == 422, response.text
+        assert response.json()["reason"] == (
+            f"ε = {epsilon:g} is above the largest total a grant may have "
+            f"(ε ≤ {MAX_EPSILON:g})")
+    assert not [e for e in audit_of(gateway) if e["action"] == "grant.created"
+                and e["details"]["project"] == project]
+    assert gateway.grant(epsilon=MAX_EPSILON)["grant"]["epsilon_total"] == MAX_EPSILON
