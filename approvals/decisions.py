@@ -9,8 +9,8 @@ from enum import StrEnum
 from approvals.errors import InvalidDecision
 from approvals.scoring import Summary
 from approvals.states import Action
+from sandbox.limits import MAX_EPSILON
 
-MAX_EPSILON = 10.0
 MAX_TERM_MONTHS = 60
 
 

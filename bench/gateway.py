@@ -90,7 +90,8 @@ def main() -> None:
         state = work / f"state-{patients}"
         shutil.rmtree(state, ignore_errors=True)
         state.mkdir()
-        process = GatewayProcess(served, state / "gw", f"sqlite:///{state / 'gw.db'}").start()
+        process = GatewayProcess(served, state / "gw", f"sqlite:///{state / 'gw.db'}",
+                                 options=["--max-epsilon", "100"]).start()
         try:
             grant = process.grant(epsilon=100.0)
             view = next((state / "gw" / "views").glob("*.arrow"))

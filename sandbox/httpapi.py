@@ -1,10 +1,11 @@
-"""What every HTTP service of the project shares (FastAPI): domain errors as
-``{"error": code, "reason": …}`` with their 4xx status, readable validation errors, no
-stack trace to any caller, and the caller's address on the audit entries a request
-writes."""
+"""What every HTTP service of the project shares (FastAPI): a body limit enforced while the
+body streams in, domain errors as ``{"error": code, "reason": …}`` with their 4xx status,
+readable validation errors, no stack trace to any caller, and the caller's address on the
+audit entries a request writes."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 
@@ -12,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sandbox import audit
 from sandbox.errors import SandboxError
@@ -30,22 +32,76 @@ def readable(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "malformed request"
 
 
+class BodyLimit:
+    """Refuses a request body over its limit while it streams in, before any route reads,
+    parses or authenticates it (an unauthenticated caller must not make a service hold
+    more than the limit). A declared ``Content-Length`` over the limit is refused before a
+    byte of body is read; a chunked body (or one longer than declared) is counted as it
+    arrives and answered 413 the moment it crosses the limit. The connection is then
+    closed, so the rest is never read, and the route sees a disconnect.
+
+    It also records the caller's address (the TCP peer, or what a trusted proxy reported:
+    see serving.py) for the audit entries the request writes."""
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        allowed = self.limit_for(scope["path"])
+        declared = [v for k, v in scope["headers"] if k == b"content-length"]
+        if any(not v.isdigit() or int(v) > allowed for v in declared):
+            await _too_large(send, allowed)
+            return
+        received, refused, started = 0, False, False
+
+        async def counted() -> Message:
+            nonlocal received, refused, started
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > allowed:
+                    refused = True
+                    if not started:
+                        started = True
+                        await _too_large(send, allowed)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded(message: Message) -> None:
+            nonlocal started
+            if refused:  # the 413 was the answer; what the route says after it is dropped
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        origin = audit.ORIGIN.set(scope["client"][0] if scope.get("client") else None)
+        try:
+            await self.app(scope, counted, guarded)
+        finally:
+            audit.ORIGIN.reset(origin)
+
+
+async def _too_large(send: Send, allowed: int) -> None:
+    body = json.dumps({"error": "too_large",
+                       "reason": f"request body over {allowed} bytes"}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
 def install(app: FastAPI, log: logging.Logger, limit_for: Callable[[str], int],
             unexpected: str = "internal error; nothing was changed") -> None:
     """Body limits (``limit_for(path)`` bytes), audit origin, error handlers."""
-
-    @app.middleware("http")
-    async def _body_limit(request: Request, call_next):
-        length = request.headers.get("content-length")
-        allowed = limit_for(request.url.path)
-        if length is not None and (not length.isdigit() or int(length) > allowed):
-            return error(413, "too_large", f"request body over {allowed} bytes")
-        # Audit entries written for this request record where it came from.
-        origin = audit.ORIGIN.set(request.client.host if request.client else None)
-        try:
-            return await call_next(request)
-        finally:
-            audit.ORIGIN.reset(origin)
+    app.add_middleware(BodyLimit, limit_for=limit_for)
 
     @app.exception_handler(SandboxError)
     async def _domain(_request: Request, exc: SandboxError) -> JSONResponse:

@@ -102,6 +102,7 @@ class GatewayProcess:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     federation_file: Path | None = None
+    options: list[str] = field(default_factory=list)  # more ``gateway serve`` options
 
     @property
     def url(self) -> str:
@@ -117,6 +118,7 @@ class GatewayProcess:
                 "--state-dir", str(self.state_dir), "--rate-limit", str(self.rate_limit)]
         if self.federation_file:
             args += ["--federation-file", str(self.federation_file)]
+        args += self.options
         self.proc = start_service(args, self.url,
                                   self.state_dir.parent / f"gateway-{self.port}.log")
         return self

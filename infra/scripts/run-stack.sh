@@ -51,8 +51,8 @@ cat > "$VAR/federated/federation.json" <<EOF
  "datasets": {"emr-visits-federated": {"metadata": "$fed/metadata.json", "sites": {$sites_json}}}}
 EOF
 export SANDBOX_GATEWAY_FEDERATION_FILE=$VAR/federated/federation.json
-# Sandboxes reach the gateway through their network's host address: listen on all
-# addresses; the hub's firewall admits sandboxes to this port and the hub's API only.
+# The gateway and the hub API listen on loopback only; sandboxes reach them through their
+# network's host address, which the hub's firewall forwards to loopback (docs/adr/0009).
 hub=
 if [ "$(uname -s)" = Linux ] && [ "$(id -u)" = 0 ]; then
   out=$(infra/scripts/docker.sh start)
@@ -62,7 +62,7 @@ if [ "$(uname -s)" = Linux ] && [ "$(id -u)" = 0 ]; then
   export SANDBOX_HUB_PROXY_COMMAND=$VAR/node/node_modules/.bin/configurable-http-proxy
   "$BIN/sandboxctl" image build --docker-host "$SANDBOX_HUB_DOCKER_HOST" \
     --datasets-dir "$VAR/datasets" --work-dir "$VAR/image"
-  export SANDBOX_GATEWAY_HOST=0.0.0.0 SANDBOX_PORTAL_HUB_URL=http://127.0.0.1:8000
+  export SANDBOX_PORTAL_HUB_URL=http://127.0.0.1:8000
   hub=1
 else
   echo "note: sandboxes need root on Linux (a Docker engine and a firewall); serving without them" >&2

@@ -7,11 +7,8 @@ from pathlib import Path
 
 import click
 
-
-def _serve(app: object, host: str, port: int) -> None:
-    import uvicorn
-
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+from sandbox import serving
+from sandbox.cli.options import given, trusted_proxy_option
 
 
 @click.group()
@@ -33,11 +30,12 @@ def site() -> None:
                    "var/gateway/public-key.pem].")
 @click.option("--host", help="Address [env SANDBOX_SITE_HOST; 127.0.0.1].")
 @click.option("--port", type=int, help="Port [env SANDBOX_SITE_PORT; 8731].")
+@trusted_proxy_option("SANDBOX_SITE_TRUSTED_PROXIES")
 def site_serve(site_name: str | None, **options: object) -> None:
     """Serve this site's encrypted aggregates to the gateway until interrupted."""
     from sandbox.federated.site import SiteSettings, create_app
 
-    values = {k: v for k, v in options.items() if v is not None}
+    values = given(options)
     if site_name:
         values["site"] = site_name
     settings = SiteSettings(**values)
@@ -45,7 +43,7 @@ def site_serve(site_name: str | None, **options: object) -> None:
     click.echo(f"site {settings.site} on http://{settings.host}:{settings.port} serving "
                f"{app.state.service.dataset.id}; attestation key: "
                f"{settings.state_dir / 'signing-key.pem'}", err=True)
-    _serve(app, settings.host, settings.port)
+    serving.serve(app, settings.host, settings.port, settings.trusted_proxies)
 
 
 @site.command("split")
@@ -75,7 +73,7 @@ def keys() -> None:
 def _key_settings(options: dict):
     from sandbox.federated.keys import KeySettings
 
-    return KeySettings(**{k: v for k, v in options.items() if v is not None})
+    return KeySettings(**given(options))
 
 
 _state = click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False),
@@ -96,6 +94,7 @@ _database = click.option("--database-url", help="Database [env SANDBOX_KEYS_DATA
               "[env SANDBOX_KEYS_MIN_SITES; 3].")
 @click.option("--host", help="Address [env SANDBOX_KEYS_HOST; 127.0.0.1].")
 @click.option("--port", type=int, help="Port [env SANDBOX_KEYS_PORT; 8720].")
+@trusted_proxy_option("SANDBOX_KEYS_TRUSTED_PROXIES")
 def keys_serve(**options: object) -> None:
     """Serve the public context and policy-checked decryption until interrupted."""
     from sandbox.federated.keys import create_app
@@ -104,7 +103,7 @@ def keys_serve(**options: object) -> None:
     app = create_app(settings)
     click.echo(f"key service on http://{settings.host}:{settings.port}; operator token in "
                f"{settings.operator_token_file}", err=True)
-    _serve(app, settings.host, settings.port)
+    serving.serve(app, settings.host, settings.port, settings.trusted_proxies)
 
 
 @keys.command("register-site")

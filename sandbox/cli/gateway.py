@@ -7,9 +7,11 @@ from pathlib import Path
 
 import click
 
-from sandbox import audit, receipts
+from sandbox import audit, receipts, serving
+from sandbox.cli.options import given, trusted_proxy_option
 from sandbox.db import make_engine
 from sandbox.errors import InputError
+from sandbox.limits import MAX_EPSILON
 
 
 @click.group()
@@ -33,20 +35,20 @@ def gateway() -> None:
 @click.option("--federation-file", type=click.Path(path_type=Path, dir_okay=False),
               help="Federated datasets, their sites and the key service (JSON) "
                    "[env SANDBOX_GATEWAY_FEDERATION_FILE; none].")
+@click.option("--max-epsilon", type=float, help="Largest total ε a grant may have "
+              f"[env SANDBOX_GATEWAY_MAX_EPSILON; the portal's maximum, {MAX_EPSILON:g}].")
+@trusted_proxy_option("SANDBOX_GATEWAY_TRUSTED_PROXIES")
 def serve(**options: object) -> None:
     """Serve the gateway over HTTP until interrupted."""
-    import uvicorn
-
     from sandbox.gateway.app import create_app
     from sandbox.gateway.settings import GatewaySettings
 
-    settings = GatewaySettings(**{k: v for k, v in options.items() if v is not None})
+    settings = GatewaySettings(**given(options))
     app = create_app(settings)
     click.echo(f"gateway on http://{settings.host}:{settings.port} serving "
                f"{', '.join(sorted(app.state.service.datasets)) or 'no datasets'}; "
                f"service token in {settings.admin_token_file}", err=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
-                access_log=False)
+    serving.serve(app, settings.host, settings.port, settings.trusted_proxies)
 
 
 @gateway.command()

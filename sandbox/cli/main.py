@@ -7,6 +7,7 @@ import os
 import sys
 
 import click
+from pydantic import ValidationError
 
 from sandbox.cli.data import data
 from sandbox.cli.demo import demo
@@ -43,6 +44,12 @@ def main(argv: list[str] | None = None) -> None:
     except SandboxError as exc:
         click.echo(f"error: {exc.reason}", err=True)
         sys.exit(exc.exit_code)
+    except ValidationError as exc:  # a setting from the environment or an option
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: "
+                             f"{str(e['msg']).removeprefix('Value error, ')}"
+                             for e in exc.errors())
+        click.echo(f"error: invalid setting: {problems}", err=True)
+        sys.exit(2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

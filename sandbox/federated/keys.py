@@ -59,6 +59,7 @@ from sandbox.errors import Conflict, Forbidden, InputError, SandboxError, Unauth
 from sandbox.federated import ckks, messages, policy
 from sandbox.federated.plan import FederatedSpec
 from sandbox.secretfile import read_or_create
+from sandbox.serving import TRUSTED_PROXIES_HELP, TrustedProxies
 
 log = logging.getLogger("sandbox.keys")
 AUDIENCE = "keys"
@@ -95,6 +96,8 @@ class KeySettings(BaseSettings):
                                    description="the gateway's public signing key (PEM)")
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8720, description="port to listen on")
+    trusted_proxies: TrustedProxies = Field(default_factory=list,
+                                            description=TRUSTED_PROXIES_HELP)
     min_sites: int = Field(MIN_SITES, ge=MIN_SITES, description="sites that must contribute")
     max_body_bytes: int = Field(16 * 1024 * 1024, description="largest request accepted")
 

@@ -43,6 +43,7 @@ from sandbox.federated import ckks, messages
 from sandbox.federated.noise import noisy
 from sandbox.federated.plan import FederatedSpec, Plan, local_vector, make_plan
 from sandbox.gateway import engine as dpengine
+from sandbox.serving import TRUSTED_PROXIES_HELP, TrustedProxies
 
 log = logging.getLogger("sandbox.site")
 
@@ -76,6 +77,9 @@ class SiteSettings(BaseSettings):
                                    description="the gateway's public signing key (PEM)")
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8731, description="port to listen on")
+    trusted_proxies: TrustedProxies = Field(default_factory=list,
+                                            description=TRUSTED_PROXIES_HELP)
+    max_body_bytes: int = Field(256 * 1024, description="largest request body accepted")
 
     @property
     def audience(self) -> str:
@@ -265,7 +269,7 @@ def create_app(settings: SiteSettings, service: SiteService | None = None) -> Fa
     app = FastAPI(title=f"Federated site {settings.site}", version="1",
                   description="Encrypted local aggregates of this site's partition.")
     app.state.service = service
-    httpapi.install(app, log, lambda _path: 256 * 1024)
+    httpapi.install(app, log, lambda _path: settings.max_body_bytes)
 
     @app.get("/v1/health")
     def health() -> dict:

@@ -86,7 +86,7 @@ class GrantRequest(BaseModel):
     datasets: list[str] = Field(min_length=1)
     fields: list[str] = Field(min_length=1)
     purpose: str
-    epsilon: float = Field(gt=0, le=100)
+    epsilon: float = Field(gt=0, description="total ε; at most the gateway's max_epsilon")
     delta: float = Field(default=0.0, ge=0, lt=1e-2)
     expires_at: datetime
 
@@ -292,6 +292,9 @@ class GatewayService:
             raise InputError(f"unknown fields {unknown}")
         if request.expires_at <= datetime.now(UTC):
             raise InputError("expires_at is in the past")
+        if request.epsilon > self.settings.max_epsilon:
+            raise InputError(f"ε = {request.epsilon:g} is above the largest total a grant may "
+                             f"have (ε ≤ {self.settings.max_epsilon:g})")
         token = secrets.token_urlsafe(32)
         row = {
             "id": uuid.uuid4().hex, "project": request.project,

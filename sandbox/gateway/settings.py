@@ -8,6 +8,9 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sandbox.limits import MAX_EPSILON
+from sandbox.serving import TRUSTED_PROXIES_HELP, TrustedProxies
+
 
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SANDBOX_GATEWAY_", extra="ignore")
@@ -20,6 +23,8 @@ class GatewaySettings(BaseSettings):
                             description="signing key, admin token and prepared views")
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8700, description="port to listen on")
+    trusted_proxies: TrustedProxies = Field(default_factory=list,
+                                            description=TRUSTED_PROXIES_HELP)
     rate_limit: float = Field(5.0, description="requests per second per token (0 = off)")
     rate_burst: int = Field(10, description="requests a token may make at once")
     max_body_bytes: int = Field(64 * 1024, description="largest request body accepted")
@@ -28,6 +33,8 @@ class GatewaySettings(BaseSettings):
                                          "docs/federated.md)")
     max_export_bytes: int = Field(30 * 1024 * 1024, description="largest export request "
                                   "body accepted (files are base64 in JSON)")
+    max_epsilon: float = Field(MAX_EPSILON, gt=0, description="largest total ε a grant may "
+                               "have (by default the portal's maximum)")
 
     @property
     def signing_key_file(self) -> Path:

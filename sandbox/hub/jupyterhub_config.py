@@ -27,9 +27,10 @@ proxy = settings.proxy_command or str(
 c = get_config()
 c.JupyterHub.ip = settings.ip
 c.JupyterHub.port = settings.port
-# Sandboxes reach the hub API through their network's host address; the firewall admits
-# this port and the gateway's, nothing else. Local services use loopback.
-c.JupyterHub.hub_bind_url = f"http://0.0.0.0:{settings.api_port}"
+# The hub API listens on loopback only: nothing off this host reaches it. Sandboxes reach
+# it through their network's host address, which the hub's firewall forwards to loopback
+# for sandbox bridges alone (sandbox/hub/network.py, docs/adr/0009).
+c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{settings.api_port}"
 c.JupyterHub.hub_connect_url = f"http://127.0.0.1:{settings.api_port}"
 c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
 c.JupyterHub.cookie_secret_file = str(state / "cookie_secret")

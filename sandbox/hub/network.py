@@ -2,9 +2,15 @@
 
 An internal network has no default route, so nothing beyond its own subnet is reachable,
 and with one network per sandbox no other sandbox shares that subnet. What remains is the
-host's own address on the bridge, which answers on every port the host binds to 0.0.0.0;
-the firewall admits only the hub API and gateway ports from sandbox bridges and drops the
-rest (IPv4 and IPv6). Bridges are named ``sbx…`` so one rule covers them all.
+host's own address on the bridge. The hub API and the gateway listen on loopback only, so
+nothing off this host reaches them (packets for 127.0.0.0/8 arriving on any other
+interface are dropped by the kernel as martians). For sandboxes, and only for them, the
+hub forwards the two ports: connections arriving on a sandbox bridge for the host's
+address are DNAT-ed to 127.0.0.1 on the same port, which the kernel delivers because the
+bridge alone has ``route_localnet`` set; the source address stays the sandbox's (the
+gateway's token binding checks it). The filter chain accepts from sandbox bridges only
+those forwarded connections and drops the rest (IPv4 and IPv6). Bridges are named
+``sbx…`` so one rule covers them all (docs/adr/0009).
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import subprocess
 from sandbox.errors import Unavailable
 
 CHAIN = "MEDSANDBOX-IN"
+NAT_CHAIN = "MEDSANDBOX-DNAT"
+LOOPBACK = "127.0.0.1"
 BRIDGE_PREFIX = "sbx"
 LABEL = "med-sandbox"
 
@@ -65,29 +73,57 @@ def _ipam(network_attrs: dict, key: str) -> str:
     raise Unavailable(f"network {network_attrs.get('Name')} has no {key.lower()}")
 
 
+def open_loopback(bridge: str) -> None:
+    """Let the kernel deliver connections from ``bridge`` that the firewall forwarded to
+    loopback (and route the replies back); no other interface gets this."""
+    path = f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet"
+    try:
+        with open(path, "w") as flag:
+            flag.write("1")
+    except OSError as exc:
+        raise Unavailable(f"cannot forward the sandbox network {bridge} to the hub API and "
+                          f"the gateway ({exc}); the hub needs root") from None
+
+
 def install_firewall(ports: list[int]) -> None:
-    """Admit only ``ports`` (TCP) from sandbox bridges to this host; idempotent."""
+    """Forward ``ports`` (TCP) from sandbox bridges to loopback, admit only those
+    forwarded connections from sandbox bridges, drop the rest; idempotent."""
     for tool in _tools():
         _iptables(tool, "-N", CHAIN, check=False)
         _iptables(tool, "-F", CHAIN)
         _iptables(tool, "-A", CHAIN, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED",
                   "-j", "ACCEPT")
-        for port in ports:
-            _iptables(tool, "-A", CHAIN, "-p", "tcp", "--dport", str(port), "-j", "ACCEPT")
+        if tool == "iptables":  # sandboxes have no IPv6; on IPv6 they get nothing
+            for port in ports:
+                _iptables(tool, "-A", CHAIN, "-d", LOOPBACK, "-p", "tcp", "--dport", str(port),
+                          "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT")
         _iptables(tool, "-A", CHAIN, "-j", "DROP")
-        jump = ["INPUT", "-i", f"{BRIDGE_PREFIX}+", "-j", CHAIN]
-        if _iptables(tool, "-C", *jump, check=False) != 0:
-            _iptables(tool, "-I", *jump[:1], "1", *jump[1:])
+        _jump(tool, "filter", "INPUT", CHAIN)
+    _iptables("iptables", "-t", "nat", "-N", NAT_CHAIN, check=False)
+    _iptables("iptables", "-t", "nat", "-F", NAT_CHAIN)
+    for port in ports:
+        _iptables("iptables", "-t", "nat", "-A", NAT_CHAIN, "-p", "tcp", "--dport", str(port),
+                  "-m", "addrtype", "--dst-type", "LOCAL",
+                  "-j", "DNAT", "--to-destination", f"{LOOPBACK}:{port}")
+    _jump("iptables", "nat", "PREROUTING", NAT_CHAIN)
 
 
 def remove_firewall() -> None:
     """Remove the rules ``install_firewall`` made (sandboxes are stopped by then)."""
-    for tool in _tools():
-        while _iptables(tool, "-D", "INPUT", "-i", f"{BRIDGE_PREFIX}+", "-j", CHAIN,
+    for tool, table, hook, chain in [*((t, "filter", "INPUT", CHAIN) for t in _tools()),
+                                     ("iptables", "nat", "PREROUTING", NAT_CHAIN)]:
+        while _iptables(tool, "-t", table, "-D", hook, "-i", f"{BRIDGE_PREFIX}+", "-j", chain,
                         check=False) == 0:
             pass
-        _iptables(tool, "-F", CHAIN, check=False)
-        _iptables(tool, "-X", CHAIN, check=False)
+        _iptables(tool, "-t", table, "-F", chain, check=False)
+        _iptables(tool, "-t", table, "-X", chain, check=False)
+
+
+def _jump(tool: str, table: str, hook: str, chain: str) -> None:
+    """``hook`` sends traffic from sandbox bridges to ``chain`` first (once)."""
+    jump = ["-i", f"{BRIDGE_PREFIX}+", "-j", chain]
+    if _iptables(tool, "-t", table, "-C", hook, *jump, check=False) != 0:
+        _iptables(tool, "-t", table, "-I", hook, "1", *jump)
 
 
 def _tools() -> list[str]:

@@ -32,15 +32,17 @@ class HubSettings(BaseSettings):
     image: str = Field("med-sandbox:latest", description="sandbox image")
     ip: str = Field("127.0.0.1", description="address of the public proxy")
     port: int = Field(8000, description="public port (researchers open sandboxes here)")
-    api_port: int = Field(8081, description="hub API port, the only hub port sandboxes reach")
+    api_port: int = Field(8081, description="hub API port on loopback, the only hub port "
+                          "sandboxes reach (forwarded from their network's host address)")
     proxy_api_port: int = Field(8001, description="proxy API port (loopback)")
     public_url: str = Field("http://127.0.0.1:8000", description="hub URL browsers use")
     portal_url: str = Field("http://127.0.0.1:8600",
                             description="portal URL the hub reaches (OAuth, grant lookup)")
     portal_public_url: str = Field("", description="portal URL browsers use "
                                    "(defaults to portal_url)")
-    gateway_port: int = Field(8700, description="gateway port on this host; sandboxes "
-                              "reach it through their network's host address")
+    gateway_port: int = Field(8700, description="gateway port on this host's loopback; "
+                              "sandboxes reach it through their network's host address "
+                              "(forwarded to loopback)")
     proxy_command: str = Field("", description="configurable-http-proxy executable "
                                "(defaults to var/node/node_modules/.bin/…)")
     mem_limit: str = Field("2G", description="memory limit per sandbox")
@@ -48,8 +50,9 @@ class HubSettings(BaseSettings):
     pids_limit: int = Field(256, description="processes per sandbox (contains fork bombs)")
     tmp_size: str = Field("512m", description="size of the sandbox's /tmp")
     idle_timeout: int = Field(3600, description="seconds idle before a sandbox is stopped")
-    firewall: bool = Field(True, description="admit only hub and gateway ports from "
-                           "sandbox networks (needs root)")
+    firewall: bool = Field(True, description="forward the hub API and gateway ports from "
+                           "sandbox networks to loopback and drop everything else from "
+                           "them (needs root)")
 
     @field_validator("docker_host")
     @classmethod

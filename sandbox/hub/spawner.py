@@ -93,7 +93,7 @@ class SandboxSpawner(DockerSpawner):
     # -- start ----------------------------------------------------------------------
     async def start(self) -> tuple[str, int]:
         project = self.project_id
-        net_name, _ = network.names(self.instance, self.user.name, self.name)
+        net_name, bridge = network.names(self.instance, self.user.name, self.name)
         labels = network.labels(self.instance, self.user.name, self.name)
         try:
             attrs = await self.docker("inspect_network", net_name)
@@ -101,6 +101,9 @@ class SandboxSpawner(DockerSpawner):
             await self.docker("create_network", **network.create_kwargs(
                 self.instance, self.user.name, self.name))
             attrs = await self.docker("inspect_network", net_name)
+        # The hub API and the gateway listen on loopback; the firewall forwards this
+        # bridge's connections to them there.
+        network.open_loopback(bridge)
         host = network.gateway_address(attrs)
         # The portal checks the project, binds its token to this network, and answers.
         grant = await self._portal("grant", {"user": self.user.name, "project": project,

@@ -156,8 +156,10 @@ class ServedApp:
             getattr(app.state, "service", None)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Served as sandboxctl serves it: no proxy headers believed.
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning"))
+                                                    log_level="warning",
+                                                    proxy_headers=False))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30

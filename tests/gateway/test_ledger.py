@@ -64,6 +64,7 @@ def test_200_parallel_queries_against_a_budget_for_50(gateway):
 
 
 def test_kill_9_during_a_burst_leaves_the_ledger_consistent(fresh_gateway):
+    fresh_gateway.options = ["--max-epsilon", "100"]  # 400 queries of ε = 0.2
     gateway = fresh_gateway.start()
     grant = gateway.grant(epsilon=100.0)
     token = grant["token"]

@@ -1,5 +1,5 @@
 """The whole sandbox stack, for real (tests and bench/sandboxes.py): the project's Docker
-engine, the sandbox image built offline, the gateway (listening where sandboxes reach it),
+engine, the sandbox image built offline, the gateway (on loopback, as deployed),
 a real SMTP server, the portal served over HTTP, and JupyterHub with the hardened spawner
 and its firewall.
 
@@ -194,8 +194,7 @@ def start_stack(client: docker.DockerClient, host: str, dataset: Path, root: Pat
                             str(served), "--work-dir", str(ROOT / "var" / "image")],
                            capture_output=True, text=True, cwd=ROOT, timeout=1800)
     assert build.returncode == 0, build.stderr[-3000:]
-    gateway = GatewayProcess(served, root / "gateway", f"sqlite:///{root / 'gw.db'}",
-                             host="0.0.0.0").start()
+    gateway = GatewayProcess(served, root / "gateway", f"sqlite:///{root / 'gw.db'}").start()
     smtp, inbox = start_smtp()
     portal_port, hub_port, api_port, proxy_port = (free_port() for _ in range(4))
     portal_url, hub_url = f"http://127.0.0.1:{portal_port}", f"http://127.0.0.1:{hub_port}"

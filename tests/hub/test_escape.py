@@ -5,9 +5,11 @@ host, both ours. Every probe runs as the researcher, inside the sandbox, with Py
 from __future__ import annotations
 
 import ast
+import ipaddress
 import json
 import socket
 import socketserver
+import subprocess
 import textwrap
 import threading
 
@@ -15,6 +17,7 @@ import httpx
 import pytest
 
 from sandbox.client import Gateway, GatewayError
+from sandbox.hub import network
 from sandbox.hub.names import server_name
 
 PROBE = textwrap.dedent("""
@@ -126,6 +129,45 @@ def test_network_reaches_only_hub_and_gateway(stack, sandboxes, canary_container
     assert seen["default_route"] is False
     # the canary itself answers from its own network, so "not open" above is the seal
     assert httpx.get(f"http://{canary_container}:8080", timeout=5).status_code == 200
+
+
+def tcp_from_host(address: str, port: int) -> str:
+    try:
+        with socket.create_connection((address, port), timeout=2):
+            return "open"
+    except OSError as exc:
+        return type(exc).__name__
+
+
+def test_hub_api_and_gateway_answer_only_on_loopback_and_sandbox_bridges(
+        stack, sandboxes, canary_container):
+    """Adversary: anything on the host's other networks — a container on an ordinary
+    Docker network (its own network namespace, with a route to the host), or a machine on
+    the host's LAN (played here by connecting to the host's non-loopback addresses)."""
+    _, _, box = sandboxes[0]
+    bridge_host = host_address(box)
+    env = dict(line.split("=", 1) for line in box.attrs["Config"]["Env"])
+    ports = [stack.gateway.port,
+             int(env["JUPYTERHUB_API_URL"].rsplit(":", 1)[1].split("/")[0])]
+    # positive controls: loopback and the sandbox reach both
+    assert [tcp_from_host("127.0.0.1", port) for port in ports] == ["open", "open"]
+    inside = probe(box, tcp=[(bridge_host, port) for port in ports], dns=[])["tcp"]
+    assert set(inside.values()) == {"open"}, inside
+    # a container on an ordinary Docker network: neither the host's address on its own
+    # network nor the sandbox bridge's address answers
+    canary = stack.docker.containers.get("escape-canary")
+    outside_host = network.gateway_address(stack.docker.networks.get("escape-outside").attrs)
+    outside = probe(canary, tcp=[(address, port) for address in (outside_host, bridge_host)
+                                 for port in ports], dns=[])["tcp"]
+    assert len(outside) == 4 and "open" not in outside.values(), outside
+    # the host's non-loopback addresses (its LAN address, the bridges' addresses)
+    shown = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True,
+                           text=True, check=True).stdout.split()
+    addresses = [a.split("/")[0] for a in shown if "/" in a and not
+                 ipaddress.ip_interface(a).ip.is_loopback and a[0].isdigit()]
+    assert bridge_host in addresses and outside_host in addresses
+    seen = {f"{a}:{p}": tcp_from_host(a, p) for a in addresses for p in ports}
+    assert "open" not in seen.values(), seen
 
 
 def test_restricted_data_is_absent(stack, sandboxes):
