@@ -8,8 +8,10 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sandbox.anchors import AnchorSettings
 
-class GatewaySettings(BaseSettings):
+
+class GatewaySettings(BaseSettings, AnchorSettings):
     model_config = SettingsConfigDict(env_prefix="SANDBOX_GATEWAY_", extra="ignore")
 
     database_url: str = Field("sqlite:///var/gateway/gateway.db",
@@ -28,6 +30,10 @@ class GatewaySettings(BaseSettings):
                                          "docs/federated.md)")
     max_export_bytes: int = Field(30 * 1024 * 1024, description="largest export request "
                                   "body accepted (files are base64 in JSON)")
+    audit_checkpoint_seconds: float = Field(300, ge=0, description="how often the serving "
+                                            "gateway exchanges signed audit checkpoints "
+                                            "with the key service and the sites (0 = only "
+                                            "on demand)")
 
     @property
     def signing_key_file(self) -> Path:
