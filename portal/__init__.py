@@ -14,7 +14,7 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
-from portal import i18n, labels
+from portal import anchoring, i18n, labels
 from portal.config import PortalSettings
 from portal.db import connect
 from portal.models import User
@@ -54,6 +54,7 @@ def create_app(settings: PortalSettings | None = None) -> Flask:
     engine, sessions = connect(settings.database_url)
     app.extensions["portal.engine"] = engine
     app.extensions["portal.sessions"] = sessions
+    app.extensions["portal.anchors"] = anchoring.anchors(settings, engine)
     csrf.init_app(app)
     limiter.init_app(app)
     Babel(app, locale_selector=i18n.current_language)

@@ -9,12 +9,13 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sandbox.anchors import AnchorSettings
 from sandbox.anomalies import AnomalyPolicy
 from sandbox.errors import InputError
 from sandbox.secretfile import read_or_create
 
 
-class PortalSettings(BaseSettings):
+class PortalSettings(BaseSettings, AnchorSettings):
     model_config = SettingsConfigDict(env_prefix="SANDBOX_PORTAL_", extra="ignore")
 
     database_url: str = Field("sqlite:///var/portal/portal.db",

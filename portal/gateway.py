@@ -120,10 +120,23 @@ def audit_entries(settings: PortalSettings, since: str) -> list[dict]:
         after = page[-1]["seq"]
 
 
-def verify_audit(settings: PortalSettings) -> dict:
-    """The gateway's own chain verification."""
-    return _gateway(settings, "GET", "/v1/admin/audit/verify", {},
+def verify_audit(settings: PortalSettings, records: list[dict]) -> dict:
+    """The gateway's chain verified against its witness and checkpoints, and against
+    ``records``: the portal's records of the gateway's checkpoints."""
+    return _gateway(settings, "POST", "/v1/admin/audit/verify", {"anchors": records},
                     "verify the gateway's audit log")
+
+
+def audit_records(settings: PortalSettings, service: str) -> list[dict]:
+    """The gateway's records of ``service``'s audit checkpoints."""
+    return _gateway(settings, "GET", "/v1/admin/audit/anchors", {},
+                    "read the gateway's records of audit checkpoints",
+                    {"service": service})["records"]
+
+
+def hand_checkpoint(settings: PortalSettings, path: str, body: dict) -> dict:
+    """Give the gateway the portal's audit checkpoint; its answer holds its own."""
+    return _gateway(settings, "POST", path, body, "exchange audit checkpoints")
 
 
 def list_exports(settings: PortalSettings, after: str) -> list[dict]:
