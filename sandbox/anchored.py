@@ -99,11 +99,22 @@ def peer_points(entries: Iterable[dict], service: str, public_pem: bytes | None 
             seq, digest, at = int(payload["seq"]), str(payload["hash"]), str(payload["at"])
         except (InputError, KeyError, TypeError, ValueError):
             continue
-        who = str(entry.get("actor", "")).removeprefix("service:") or "another service"
+        who, who_zh = _named(str(entry.get("actor", "")).removeprefix("service:"))
         points.append(Point(seq, digest, at, f"{who}'s record of its checkpoint (their "
                             f"entry {entry.get('seq')})",
-                            f"{who} 记录的检查点（其第 {entry.get('seq')} 条）"))
+                            f"{who_zh}记录的检查点（其第 {entry.get('seq')} 条）"))
     return points
+
+
+def _named(service: str) -> tuple[str, str]:
+    """A service as messages name it, in English and Chinese."""
+    known = {"gateway": ("the gateway", "网关"), "keys": ("the key service", "密钥服务"),
+             "portal": ("the portal", "门户")}
+    if service in known:
+        return known[service]
+    if service.startswith("site:"):
+        return f"site {service[5:]}", f"站点 {service[5:]} "
+    return service or "another service", f"{service} " if service else "其他服务"
 
 
 def verify(conn: Connection, points: Iterable[Point] = (), witness: Snapshot | None = None,

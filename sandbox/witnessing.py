@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+import time
 import weakref
 
 from sqlalchemy import Engine, create_engine, event
@@ -25,6 +26,7 @@ from sandbox.witness import WitnessFile
 log = logging.getLogger("sandbox.witness")
 
 POLL_SECONDS = 2.0
+COALESCE_SECONDS = 0.005
 
 
 class _Followers:
@@ -59,7 +61,10 @@ class _Followers:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait(POLL_SECONDS)
+            if self._wake.wait(POLL_SECONDS):
+                # A request commits two or three times (charge, release, …): one sync a
+                # few milliseconds later witnesses them together.
+                time.sleep(COALESCE_SECONDS)
             self._wake.clear()
             self.sync_all()
 
