@@ -126,14 +126,72 @@ def verify(conn: Connection, points: Iterable[Point] = (), witness: Snapshot | N
         return _broken(base.entries, None, *witness.problem)
     sparse = sorted([*points, *own], key=lambda p: p.seq)
     dense = _witness_points(witness.lines()) if witness is not None else iter(())
-    found = _check(conn, heapq.merge(dense, sparse, key=lambda p: p.seq))
+    found = _check(_view(conn), heapq.merge(dense, sparse, key=lambda p: p.seq))
     if witness is not None and witness.problem:  # found while reading the lines
         return _broken(base.entries, None, *witness.problem)
-    failures = [f for f in (None if base.ok else base, forged, found.failure) if f]
-    if failures:
-        first = min(failures, key=lambda f: f.seq if f.seq is not None else 0)
-        return replace(first, anchors=found.matched, anchored_through=found.through)
-    return replace(base, anchors=found.matched, anchored_through=found.through)
+    return first_failure(base, forged, found.failure, matched=found.matched,
+                         through=found.through) or replace(
+        base, anchors=found.matched, anchored_through=found.through)
+
+
+def first_failure(*results: Verification | None, matched: int = 0,
+                  through: int | None = None) -> Verification | None:
+    """Of several checks of one chain, the failure at the earliest entry, if any."""
+    failures = [r for r in results if r is not None and not r.ok]
+    if not failures:
+        return None
+    first = min(failures, key=lambda f: f.seq if f.seq is not None else 0)
+    return replace(first, anchors=matched, anchored_through=through)
+
+
+@dataclass
+class ChainView:
+    """What checking anchors needs of a chain: where it starts (the retention checkpoint
+    and its hash), its last entry, (seq, hash) in sequence order — all of them, or those
+    the anchors name — and what its pruning claims."""
+
+    start: int
+    start_hash: str | None
+    last: int
+    rows: Iterator[tuple[int, str]]
+    cutoff: _Cutoff | None = None
+
+
+def _view(conn: Connection) -> ChainView:
+    pruned = conn.execute(select(audit_checkpoint).where(audit_checkpoint.c.id == 1)).first()
+    start = pruned.seq if pruned else 0
+    rows = ((r.seq, r.hash) for r in conn.execute(
+        select(audit_log.c.seq, audit_log.c.hash).where(audit_log.c.seq > start)
+        .order_by(audit_log.c.seq)))
+    return ChainView(start, pruned.hash if pruned else None,
+                     conn.execute(select(func.max(audit_log.c.seq))).scalar() or start,
+                     rows, _retention_cutoff(conn, pruned))
+
+
+def hashes_at(conn: Connection, seqs: Iterable[int]) -> dict:
+    """A chain's hashes at ``seqs``, where it starts and ends: what another service needs to
+    check its records of this chain's checkpoints (``check_points``)."""
+    view = _view(conn)
+    wanted = sorted(set(seqs))
+    rows = conn.execute(select(audit_log.c.seq, audit_log.c.hash)
+                        .where(audit_log.c.seq.in_(wanted))) if wanted else []
+    return {"start": view.start, "start_hash": view.start_hash, "last": view.last,
+            "hashes": {str(r.seq): r.hash for r in rows}}
+
+
+def check_points(answers: Iterable[dict], points: Iterable[Point]) -> Verification:
+    """``points`` (another service's records of a chain's checkpoints) against the chain's
+    hashes as ``hashes_at`` gave them, in one answer or several."""
+    answers = list(answers)
+    hashes = sorted((int(seq), str(h)) for answer in answers
+                    for seq, h in answer["hashes"].items())
+    last = answers[-1] if answers else {"start": 0, "start_hash": None, "last": 0}
+    view = ChainView(int(last["start"]), last.get("start_hash"), int(last["last"]),
+                     iter(hashes))
+    found = _check(view, iter(sorted(points, key=lambda p: p.seq)))
+    return first_failure(found.failure, matched=found.matched, through=found.through) or \
+        Verification(True, view.last - view.start, anchors=found.matched,
+                     anchored_through=found.through)
 
 
 @dataclass
@@ -143,13 +201,8 @@ class _Found:
     failure: Verification | None = None
 
 
-def _check(conn: Connection, anchors: Iterator[Point]) -> _Found:
-    pruned = conn.execute(select(audit_checkpoint).where(audit_checkpoint.c.id == 1)).first()
-    start = pruned.seq if pruned else 0
-    last = conn.execute(select(func.max(audit_log.c.seq))).scalar() or start
-    cutoff = _retention_cutoff(conn, pruned)
-    rows = iter(conn.execute(select(audit_log.c.seq, audit_log.c.hash)
-                             .where(audit_log.c.seq > start).order_by(audit_log.c.seq)))
+def _check(view: ChainView, anchors: Iterator[Point]) -> _Found:
+    start, last, cutoff, rows = view.start, view.last, view.cutoff, view.rows
     row = next(rows, None)
     found, good = _Found(), start  # ``good``: the last entry an anchor vouched for
     for point in anchors:
@@ -160,11 +213,11 @@ def _check(conn: Connection, anchors: Iterator[Point]) -> _Found:
                 return found
             continue
         if point.seq == start:
-            actual: str | None = pruned.hash
+            actual: str | None = view.start_hash
         else:
-            while row is not None and row.seq < point.seq:
+            while row is not None and row[0] < point.seq:
                 row = next(rows, None)
-            actual = row.hash if row is not None and row.seq == point.seq else None
+            actual = row[1] if row is not None and row[0] == point.seq else None
         if actual == point.hash:
             found.matched += 1
             found.through = good = max(good, point.seq)

@@ -94,9 +94,10 @@ class Anchors:
         return {"checkpoint": self.checkpoint(),
                 "public_key": self.signer.public_pem.decode()}
 
-    def records(self, service: str) -> list[dict]:
+    def records(self, service: str, after_seq: int = 0, limit: int | None = None
+                ) -> list[dict]:
         with self.engine.connect() as conn:
-            return checkpoints.records(conn, service)
+            return checkpoints.records(conn, service, after_seq, limit)
 
     def verify(self, points: Iterable[anchored.Point] = ()) -> Verification:
         """This chain against its witness, its own checkpoints and ``points``."""
@@ -147,13 +148,32 @@ def install_peer(app: FastAPI, anchors: Anchors, audience: str,
         _install_records(app, anchors, admin)
 
 
+PAGE = 1000
+
+
 def _install_records(app: FastAPI, anchors: Anchors, admin: Callable[..., str]) -> None:
     @app.get("/v1/admin/audit/anchors")
-    def records(service: str, _actor: str = Depends(admin)) -> dict:
+    def records(service: str, after_seq: int = 0, limit: int = PAGE,
+                _actor: str = Depends(admin)) -> dict:
         """This chain's records of ``service``'s checkpoints (its ``audit.anchored``
-        entries), for verifying that service's chain."""
+        entries, oldest first, ``after_seq`` pages on), for verifying that service's
+        chain."""
         return {"service": service, "recorder": anchors.service,
-                "records": anchors.records(service)}
+                "records": anchors.records(service, after_seq, min(max(limit, 1), PAGE))}
+
+    @app.get("/v1/admin/audit/hashes")
+    def hashes(seqs: str = "", _actor: str = Depends(admin)) -> dict:
+        """This chain's hashes at ``seqs`` (comma-separated, at most 1000), where it
+        starts and where it ends: for another service to check its records of this
+        chain's checkpoints."""
+        try:
+            wanted = [int(s) for s in seqs.split(",") if s.strip()]
+        except ValueError:
+            raise InputError("seqs: comma-separated entry numbers") from None
+        if len(wanted) > PAGE:
+            raise InputError(f"at most {PAGE} entries at a time")
+        with anchors.engine.connect() as conn:
+            return anchored.hashes_at(conn, wanted)
 
 
 # -- the gateway -----------------------------------------------------------------------------
@@ -164,17 +184,11 @@ class CheckpointIn(BaseModel):
                             "first use, and must match afterwards")
 
 
-class VerifyIn(BaseModel):
-    anchors: list[dict] = Field(default_factory=list, max_length=100_000,
-                                description="another service's records of this chain's "
-                                "checkpoints (its audit.anchored entries)")
-
-
 def install_gateway(app: FastAPI, anchors: Anchors, sites: Callable[[], dict[str, str]],
                     keys_url: Callable[[], str], admin: Callable[..., str]
                     ) -> Callable[[], dict]:
-    """The gateway's routes: a checkpoint round on demand, the portal's exchange, records
-    of other services' checkpoints, and verification against another service's records.
+    """The gateway's routes: a checkpoint round on demand, the portal's exchange, and its
+    records of other services' checkpoints and its own hashes for verifying chains.
     Returns the round, for the serving process to run periodically."""
 
     def round_once() -> dict:
@@ -195,13 +209,6 @@ def install_gateway(app: FastAPI, anchors: Anchors, sites: Callable[[], dict[str
             raise InputError(f"{sender!r} may not hand its checkpoint to the gateway here")
         return anchors.answer(body.checkpoint, sender,
                               anchors.peers.key(sender, body.public_key))
-
-    @app.post("/v1/admin/audit/verify")
-    def verify_with(body: VerifyIn, _actor: str = Depends(admin)) -> dict:
-        """The chain checked against its witness, its own checkpoints and the records of
-        its checkpoints another service sent."""
-        return result(anchors.verify(anchored.peer_points(body.anchors, anchors.service,
-                                                          anchors.signer.public_pem)))
 
     _install_records(app, anchors, admin)
     return round_once
@@ -293,14 +300,35 @@ def records_from_database(url: str, service: str) -> list[dict]:
 
 
 def records_from_http(url: str, token: str, service: str, timeout: float = 60) -> list[dict]:
+    """Another service's records of ``service``'s checkpoints, page by page."""
+    found: list[dict] = []
+    while True:
+        page = _admin_get(url, token, "/v1/admin/audit/anchors", {
+            "service": service, "after_seq": found[-1]["seq"] if found else 0,
+            "limit": PAGE}, "its records", timeout)["records"]
+        found += page
+        if len(page) < PAGE:
+            return found
+
+
+def _admin_get(url: str, token: str, path: str, params: dict, what: str,
+               timeout: float) -> dict:
     try:
-        response = httpx.get(f"{url.rstrip('/')}/v1/admin/audit/anchors",
-                             params={"service": service}, timeout=timeout,
+        response = httpx.get(f"{url.rstrip('/')}{path}", params=params, timeout=timeout,
                              headers={"Authorization": f"Bearer {token}"})
         body = response.json()
     except (httpx.HTTPError, ValueError) as exc:
-        raise Unavailable(f"{url} could not be asked for its records ({exc})") from None
+        raise Unavailable(f"{url} could not be asked for {what} ({exc})") from None
     if response.status_code != 200:
-        raise Unavailable(f"{url} refused to give its records: "
+        raise Unavailable(f"{url} refused to give {what}: "
                           f"{body.get('reason', response.status_code)}")
-    return list(body["records"])
+    return body
+
+
+def check_records(points: list[anchored.Point], hashes: Callable[[list[int]], dict]
+                  ) -> Verification:
+    """Records of another service's checkpoints against that service's chain as
+    ``hashes(seqs)`` (its ``GET /v1/admin/audit/hashes``) shows it, a page at a time."""
+    seqs = sorted({p.seq for p in points})
+    answers = [hashes(seqs[i:i + PAGE]) for i in range(0, len(seqs), PAGE)] or [hashes([])]
+    return anchored.check_points(answers, points)

@@ -104,12 +104,15 @@ def latest(conn: Connection, service: str) -> dict | None:
     return json.loads(row.details) if row else None
 
 
-def records(conn: Connection, service: str) -> list[dict]:
-    """This chain's records of ``service``'s checkpoints (audit entries, oldest first)."""
-    rows = conn.execute(select(audit_log).where(
+def records(conn: Connection, service: str, after_seq: int = 0, limit: int | None = None
+            ) -> list[dict]:
+    """This chain's records of ``service``'s checkpoints (audit entries, oldest first,
+    after entry ``after_seq``)."""
+    query = select(audit_log).where(
         audit_log.c.action == str(AuditAction.AUDIT_ANCHORED),
-        audit_log.c.subject == subject(service)).order_by(audit_log.c.seq)).mappings()
-    return [dict(r) for r in rows]
+        audit_log.c.subject == subject(service), audit_log.c.seq > after_seq
+    ).order_by(audit_log.c.seq)
+    return [dict(r) for r in conn.execute(query.limit(limit) if limit else query).mappings()]
 
 
 class PeerKeys:

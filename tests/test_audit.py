@@ -278,3 +278,33 @@ def test_removing_young_entries_as_a_pruning_is_caught(chain, cli, tmp_path):
     result = cli("audit", "verify", "--database-url", url, "--witness", path)
     assert result.code == 6 and "entries up to 4 were pruned too early" in result.stderr, \
         result
+
+
+def test_records_of_many_checkpoints_are_checked_a_page_at_a_time(chain):
+    """Months of another service's records (one per checkpoint): checked against the
+    chain's hashes 1000 entries at a time, as the portal does for the gateway's chain."""
+    from sandbox import anchored
+    from sandbox.anchors import check_records
+    from tests.audit_attacks import rewrite
+
+    with chain.begin() as conn:
+        for i in range(2494):
+            audit.append(conn, AuditAction.QUERY_PREVIEWED, "grant:x", f"q:{i}")
+    with chain.connect() as conn:
+        rows = {r.seq: r.hash for r in conn.execute(select(audit_log))}
+    points = [anchored.Point(seq, digest, "", "the gateway's record", "网关记录")
+              for seq, digest in rows.items()]
+    pages: list[int] = []
+
+    def hashes(seqs: list[int]) -> dict:
+        pages.append(len(seqs))
+        with chain.connect() as conn:
+            return anchored.hashes_at(conn, seqs)
+
+    held = check_records(points, hashes)
+    assert held.ok and held.anchors == 2500 and held.anchored_through == 2500
+    assert pages == [1000, 1000, 500]
+    rewrite(chain.url.render_as_string(hide_password=False), 1700, actor="someone")
+    broken = check_records(points, hashes)
+    assert not broken.ok and broken.seq == 1700
+    assert "entry 1700 no longer matches the gateway's record" in broken.problem
