@@ -308,3 +308,24 @@ def test_records_of_many_checkpoints_are_checked_a_page_at_a_time(chain):
     broken = check_records(points, hashes)
     assert not broken.ok and broken.seq == 1700
     assert "entry 1700 no longer matches the gateway's record" in broken.problem
+
+
+def test_a_checkpoint_the_services_key_did_not_sign_is_named(chain, cli, tmp_path):
+    """Whoever holds the database cannot sign a checkpoint: one signed with another key
+    is reported (given the service's public key) at the entry that holds it."""
+    from sandbox import checkpoints, receipts
+
+    service = receipts.Signer(tmp_path / "service.pem")
+    with chain.begin() as conn:
+        checkpoints.make(conn, service, "gateway")
+    with chain.begin() as conn:
+        checkpoints.make(conn, receipts.Signer(tmp_path / "other.pem"), "gateway")
+        forged = conn.execute(select(audit.audit_head.c.seq)).scalar()
+    public = tmp_path / "service.pub.pem"
+    public.write_bytes(service.public_pem)
+    url = chain.url.render_as_string(hide_password=False)
+    assert cli("audit", "verify", "--database-url", url).code == 0  # without the key
+    result = cli("audit", "verify", "--database-url", url, "--public-key", public)
+    assert result.code == 6, result
+    assert f"entry {forged} holds a checkpoint the service's key did not sign" in \
+        result.stderr

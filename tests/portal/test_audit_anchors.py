@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from portal import create_app
 from portal.config import PortalSettings
+from sandbox import receipts
 from sandbox.audit import audit_log
 from sandbox.db import make_engine
 from tests.audit_attacks import (
@@ -186,6 +187,25 @@ def test_putting_back_an_older_copy_is_named(history):
     result = verify(history["older"], *history["peers"], *history["options"])
     assert result.code == 6, result.stdout
     assert f"entry {history['older_last'] + 1} is missing" in result.stderr
+
+
+def test_the_gateway_keeps_the_portals_first_key_and_refuses_another(history, tmp_path):
+    """Someone else with the gateway's admin token cannot pass their checkpoints off as
+    the portal's once the gateway knows the portal's key."""
+    gateway = history["served"].gateway
+    impostor = receipts.Signer(tmp_path / "impostor.pem")
+    forged = impostor.sign({"service": "portal", "seq": 2, "hash": "0" * 64,
+                            "at": "2025-01-01T00:00:00+00:00"}, receipts.Domain.CHECKPOINT)
+    before = gateway.admin("GET", "/v1/admin/audit/anchors?service=portal").json()
+    answer = gateway.admin("POST", "/v1/admin/audit/checkpoints", {
+        "checkpoint": forged, "public_key": impostor.public_pem.decode()})
+    assert answer.status_code == 403 and "another key" in answer.json()["reason"]
+    kept = (gateway.state_dir / "audit-peers" / "portal.pem").read_text()
+    answer = gateway.admin("POST", "/v1/admin/audit/checkpoints", {
+        "checkpoint": forged, "public_key": kept})  # the portal's key, another's signature
+    assert answer.status_code == 403 and "checkpoint refused" in answer.json()["reason"]
+    after = gateway.admin("GET", "/v1/admin/audit/anchors?service=portal").json()
+    assert after["records"] == before["records"]
 
 
 def test_the_controllers_page_names_the_first_changed_entry_of_both_chains(history):
