@@ -13,7 +13,7 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
-from portal import i18n, labels, signin
+from portal import anchoring, i18n, labels, signin
 from portal.config import PortalSettings
 from portal.db import connect
 from portal.security import cross_site_problem, is_locked
@@ -69,6 +69,7 @@ def create_app(settings: PortalSettings | None = None) -> Flask:
     engine, sessions = connect(settings.database_url)
     app.extensions["portal.engine"] = engine
     app.extensions["portal.sessions"] = sessions
+    app.extensions["portal.anchors"] = anchoring.anchors(settings, engine)
     csrf.init_app(app)
     limiter.init_app(app)
     Babel(app, locale_selector=i18n.current_language)

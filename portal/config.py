@@ -9,12 +9,13 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sandbox.anchors import AnchorSettings
 from sandbox.anomalies import AnomalyPolicy
 from sandbox.errors import InputError
 from sandbox.secretfile import read_or_create
 
 
-class PortalSettings(BaseSettings):
+class PortalSettings(BaseSettings, AnchorSettings):
     model_config = SettingsConfigDict(env_prefix="SANDBOX_PORTAL_", extra="ignore")
 
     database_url: str = Field("sqlite:///var/portal/portal.db",
@@ -48,8 +49,10 @@ class PortalSettings(BaseSettings):
     hub_url: str = Field("", description="sandbox hub URL (empty: no sandboxes)")
     secrets_dir: Path = Field(Path("var/secrets"),
                               description="secrets shared with the hub (OAuth, tokens)")
-    term_check_seconds: float = Field(60, description="how often a serving portal ends "
-                                      "terms that have passed (0 = never)")
+    term_check_seconds: float = Field(60, description="how often a serving portal runs "
+                                      "its periodic round: ends terms that have passed, "
+                                      "prunes, exchanges audit checkpoints with the "
+                                      "gateway (0 = never)")
     destruction_due_days: int = Field(30, ge=1, description="days a closed project's "
                                       "researcher has to submit the destruction certificate")
     anomaly_policy: dict = Field(default_factory=dict, description="thresholds of the "

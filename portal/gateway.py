@@ -121,9 +121,34 @@ def audit_entries(settings: PortalSettings, since: str) -> list[dict]:
 
 
 def verify_audit(settings: PortalSettings) -> dict:
-    """The gateway's own chain verification."""
+    """The gateway's chain verified by the gateway: against its witness file and its own
+    signed checkpoints."""
     return _gateway(settings, "GET", "/v1/admin/audit/verify", {},
                     "verify the gateway's audit log")
+
+
+def audit_records(settings: PortalSettings, service: str) -> list[dict]:
+    """The gateway's records of ``service``'s audit checkpoints, oldest first."""
+    found: list[dict] = []
+    while True:
+        page = _gateway(settings, "GET", "/v1/admin/audit/anchors", {},
+                        "read the gateway's records of audit checkpoints",
+                        {"service": service, "after_seq": found[-1]["seq"] if found else 0,
+                         "limit": 1000})["records"]
+        found += page
+        if len(page) < 1000:
+            return found
+
+
+def audit_hashes(settings: PortalSettings, seqs: list[int]) -> dict:
+    """The gateway's chain at these entries (hashes), where it starts and where it ends."""
+    return _gateway(settings, "GET", "/v1/admin/audit/hashes", {},
+                    "read the gateway's audit log", {"seqs": ",".join(map(str, seqs))})
+
+
+def hand_checkpoint(settings: PortalSettings, path: str, body: dict) -> dict:
+    """Give the gateway the portal's audit checkpoint; its answer holds its own."""
+    return _gateway(settings, "POST", path, body, "exchange audit checkpoints")
 
 
 def list_exports(settings: PortalSettings, after: str) -> list[dict]:

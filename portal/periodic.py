@@ -1,7 +1,8 @@
 """What a serving portal does every minute: end the terms that have passed, mail
-controllers the new anomaly alerts, prune audit entries past the retention policy, and
-collect new export requests from the gateway (checked, and their authors told of a
-failed check, without waiting for a controller to open the exports page)."""
+controllers the new anomaly alerts, prune audit entries past the retention policy,
+exchange signed audit checkpoints with the gateway, and collect new export requests from
+the gateway (checked, and their authors told of a failed check, without waiting for a
+controller to open the exports page)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from portal import alerts, exports, projects
+from portal import alerts, anchoring, exports, projects
 from portal.config import PortalSettings
 from sandbox import audit
 from sandbox.errors import SandboxError
@@ -34,6 +35,10 @@ def run_once(db: Session, settings: PortalSettings, now: datetime | None = None)
     pruned = audit.prune(db.connection(), now - timedelta(days=settings.audit_retention_days),
                          "system:retention", settings.audit_retention_days, now)
     db.commit()
+    try:
+        anchoring.exchange(settings, db.get_bind())
+    except SandboxError as exc:  # the gateway is away: the next round hands it over
+        log.warning("audit checkpoints not exchanged: %s", exc.reason)
     try:
         collected = len(exports.sync(db, settings))
     except SandboxError as exc:  # the gateway is away: the next round collects them

@@ -34,6 +34,10 @@ from sandbox.errors import InputError
 
 GENESIS = "0" * 64
 
+# Set on a connection that appended an entry: when the connection goes back to the pool
+# (its transaction committed or rolled back) the witness follower reads what committed.
+APPENDED = "audit.appended"
+
 # Where the current request came from (an IP address), set by the HTTP services for each
 # request; every entry appended meanwhile records it, unless its details name one.
 ORIGIN: ContextVar[str | None] = ContextVar("audit_origin", default=None)
@@ -159,6 +163,8 @@ class AuditAction(StrEnum):
     CREDENTIAL_VERIFIED = "credential.verified"
     APPLICATION_SCORE_REFUSED = "application.score_refused"
     DEMO_SEEDED = "demo.seeded"
+    AUDIT_CHECKPOINTED = "audit.checkpointed"  # this service signed its chain's head
+    AUDIT_ANCHORED = "audit.anchored"  # another service's signed checkpoint, recorded here
 
 
 def create_tables(engine: Engine) -> None:
@@ -197,6 +203,7 @@ def append(conn: Connection, action: AuditAction, actor: str, subject: str,
     conn.execute(insert(audit_log).values(**entry, hash=digest))
     conn.execute(update(audit_head).where(audit_head.c.id == 1)
                  .values(seq=entry["seq"], hash=digest))
+    conn.info[APPENDED] = True
     return entry["seq"]
 
 
@@ -209,6 +216,10 @@ class Verification:
     problem: str | None = None
     seq: int | None = None
     problem_zh: str | None = None  # the same problem, for pages in Chinese
+    # Checked against anchors outside the database (sandbox.anchored): how many anchor
+    # points matched, and the last entry one of them vouches for.
+    anchors: int = 0
+    anchored_through: int | None = None
 
 
 def verify(conn: Connection) -> Verification:

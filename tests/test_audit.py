@@ -157,3 +157,175 @@ def test_the_cli_prunes_within_policy(chain, cli):
     kept = cli("audit", "prune", "--database-url", url)
     assert kept.code == 0 and "removed 0 entries" in kept.stdout
     assert cli("audit", "verify", "--database-url", url).code == 0
+
+
+# -- anchors outside the database: the witness file ------------------------------------------
+
+class _Owner:
+    """Keeps a followed witness alive for as long as a test holds it."""
+
+
+def _witness_lines(path) -> list:
+    from sandbox.witness import WitnessFile
+
+    snapshot = WitnessFile(path).snapshot()
+    try:
+        return list(snapshot.lines())
+    finally:
+        snapshot.close()
+
+
+def _wait_for(path, engine, timeout: float = 20) -> list:
+    import time
+
+    deadline = time.monotonic() + timeout
+    with engine.connect() as conn:
+        last = conn.execute(select(audit.audit_head.c.seq)).scalar()
+    while time.monotonic() < deadline:
+        lines = _witness_lines(path) if path.exists() else []
+        if lines and lines[-1].seq >= last:
+            return lines
+        time.sleep(0.1)
+    raise AssertionError(f"{path} did not reach entry {last}")
+
+
+def test_a_transaction_that_rolls_back_leaves_no_witness_line(chain, tmp_path):
+    """Gateway style (``engine.begin()``) and portal style (an ORM session): an entry
+    appended in a transaction that rolls back is never witnessed; the entry that takes its
+    sequence number later is."""
+    from sqlalchemy.orm import Session
+
+    from sandbox import witness, witnessing
+
+    owner, path = _Owner(), tmp_path / "audit-witness.jsonl"
+    followed = witness.WitnessFile(path)
+    witnessing.follow(owner, followed, chain)
+    _wait_for(path, chain)
+    with pytest.raises(RuntimeError), chain.begin() as conn:
+        audit.append(conn, AuditAction.GRANT_CREATED, "x", "grant:rolled-back")
+        raise RuntimeError("the action failed after its entry was appended")
+    with Session(chain) as db:
+        audit.append(db.connection(), AuditAction.LOGIN_SUCCEEDED, "x", "user:rolled-back")
+        db.rollback()
+    with chain.begin() as conn:
+        kept = audit.append(conn, AuditAction.GRANT_CREATED, "x", "grant:kept")
+    with Session(chain) as db:
+        audit.append(db.connection(), AuditAction.LOGIN_SUCCEEDED, "x", "user:kept")
+        db.commit()
+    lines = _wait_for(path, chain)
+    with chain.connect() as conn:
+        rows = {r.seq: r.hash for r in conn.execute(select(audit_log))}
+    assert [line.seq for line in lines] == sorted(rows) == list(range(1, kept + 2))
+    assert all(rows[line.seq] == line.hash for line in lines)
+    witnessing.unfollow(followed)
+
+
+def _backdated(chain, monkeypatch, days: int, entries: int) -> None:
+    """Entries written ``days`` ago (as the service would have written them then)."""
+    real = audit.datetime
+
+    class Then(real):
+        @classmethod
+        def now(cls, tz=None):
+            return real.now(tz) - timedelta(days=days)
+
+    monkeypatch.setattr(audit, "datetime", Then)
+    for i in range(entries):
+        with chain.begin() as conn:
+            audit.append(conn, AuditAction.QUERY_PREVIEWED, "grant:old", f"q:{i}")
+    monkeypatch.setattr(audit, "datetime", real)
+
+
+def test_a_pruned_chain_still_verifies_against_its_witness(chain, cli, tmp_path, monkeypatch):
+    from sandbox import witness, witnessing
+
+    with chain.begin() as conn:  # the fixture's chain starts afresh, a year ago
+        conn.execute(delete(audit_log))
+        conn.execute(update(audit.audit_head).values(seq=0, hash=audit.GENESIS))
+    owner, path = _Owner(), tmp_path / "audit-witness.jsonl"
+    followed = witness.WitnessFile(path, max_bytes=800)  # rotates as well
+    witnessing.follow(owner, followed, chain)
+    _backdated(chain, monkeypatch, 400, 8)
+    for i in range(4):
+        with chain.begin() as conn:
+            audit.append(conn, AuditAction.QUERY_REFUSED, "grant:new", f"q:{i}")
+    _wait_for(path, chain)
+    url = chain.url.render_as_string(hide_password=False)
+    pruned = cli("audit", "prune", "--database-url", url, "--older-than-days", "365")
+    assert pruned.code == 0 and "removed 8 entries" in pruned.stdout, pruned
+    _wait_for(path, chain)
+    assert len(followed.rotated_files()) >= 1
+    result = cli("audit", "verify", "--database-url", url, "--witness", path)
+    assert result.code == 0 and "through entry 13" in result.stdout, result
+    witnessing.unfollow(followed)
+
+
+def test_removing_young_entries_as_a_pruning_is_caught(chain, cli, tmp_path):
+    """The database holder runs the pruning code with a clock set ahead, to remove entries
+    that are days old: the chain is consistent, the retention claim is not."""
+    from sandbox import witness, witnessing
+
+    owner, path = _Owner(), tmp_path / "audit-witness.jsonl"
+    followed = witness.WitnessFile(path)
+    witnessing.follow(owner, followed, chain)
+    _wait_for(path, chain)
+    witnessing.unfollow(followed)  # the attacker has the database, not the service
+    cutoff = _entry_time(chain, 5)
+    with chain.begin() as conn:
+        audit.prune(conn, cutoff, "system:retention", 183, now=cutoff + timedelta(days=200))
+    assert check(chain).ok
+    url = chain.url.render_as_string(hide_password=False)
+    result = cli("audit", "verify", "--database-url", url, "--witness", path)
+    assert result.code == 6 and "entries up to 4 were pruned too early" in result.stderr, \
+        result
+
+
+def test_records_of_many_checkpoints_are_checked_a_page_at_a_time(chain):
+    """Months of another service's records (one per checkpoint): checked against the
+    chain's hashes 1000 entries at a time, as the portal does for the gateway's chain."""
+    from sandbox import anchored
+    from sandbox.anchors import check_records
+    from tests.audit_attacks import rewrite
+
+    with chain.begin() as conn:
+        for i in range(2494):
+            audit.append(conn, AuditAction.QUERY_PREVIEWED, "grant:x", f"q:{i}")
+    with chain.connect() as conn:
+        rows = {r.seq: r.hash for r in conn.execute(select(audit_log))}
+    points = [anchored.Point(seq, digest, "", "the gateway's record", "网关记录")
+              for seq, digest in rows.items()]
+    pages: list[int] = []
+
+    def hashes(seqs: list[int]) -> dict:
+        pages.append(len(seqs))
+        with chain.connect() as conn:
+            return anchored.hashes_at(conn, seqs)
+
+    held = check_records(points, hashes)
+    assert held.ok and held.anchors == 2500 and held.anchored_through == 2500
+    assert pages == [1000, 1000, 500]
+    rewrite(chain.url.render_as_string(hide_password=False), 1700, actor="someone")
+    broken = check_records(points, hashes)
+    assert not broken.ok and broken.seq == 1700
+    assert "entry 1700 no longer matches the gateway's record" in broken.problem
+
+
+def test_a_checkpoint_the_services_key_did_not_sign_is_named(chain, cli, tmp_path):
+    """Whoever holds the database cannot sign a checkpoint: one signed with another key
+    is reported (given the service's public key) at the entry that holds it."""
+    from sandbox import checkpoints, receipts
+
+    service = receipts.Signer(tmp_path / "service.pem")
+    with chain.begin() as conn:
+        checkpoints.make(conn, service, "gateway")
+    with chain.begin() as conn:
+        checkpoints.make(conn, receipts.Signer(tmp_path / "other.pem"), "gateway")
+        forged = conn.execute(select(audit.audit_head.c.seq)).scalar()
+    public = tmp_path / "service.pub.pem"
+    public.write_bytes(service.public_pem)
+    url = chain.url.render_as_string(hide_password=False)
+    assert cli("audit", "verify", "--database-url", url).code == 0  # without the key
+    result = cli("audit", "verify", "--database-url", url, "--public-key", public)
+    assert result.code == 6, result
+    assert f"entry {forged} holds a checkpoint the service's key did not sign" in \
+        result.stderr

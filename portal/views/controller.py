@@ -29,7 +29,16 @@ from sqlalchemy import Select, or_, select
 
 from approvals.exports import VoteChoice
 from approvals.states import Action, Role, State
-from portal import alerts, blacklist, destruction, exports, previews, projects, signin
+from portal import (
+    alerts,
+    anchoring,
+    blacklist,
+    destruction,
+    exports,
+    previews,
+    projects,
+    signin,
+)
 from portal import gateway as portal_gateway
 from portal.models import (
     Agreement,
@@ -41,7 +50,6 @@ from portal.models import (
 )
 from portal.views import stepup
 from portal.views.auth import login_required, reason_of, record
-from sandbox import audit
 from sandbox.audit import AuditAction, audit_log
 from sandbox.errors import SandboxError
 
@@ -96,18 +104,13 @@ def audit_page() -> ResponseReturnValue:
 @bp.route("/audit/verify", methods=["POST"])
 @login_required(Role.CONTROLLER)
 def audit_verify() -> ResponseReturnValue:
-    result = audit.verify(g.db.connection())
+    # Both chains against their anchors outside their databases (witness files, signed
+    # checkpoints, each other's records of them) — read on connections of their own, so
+    # this request's transaction (SQLite: a write lock) ends first.
     g.db.rollback()
-    try:
-        at_gateway = portal_gateway.verify_audit(_settings())
-    except SandboxError as exc:
-        at_gateway = {"ok": False, "entries": 0, "problem": exc.reason,
-                      "problem_zh": exc.details.get("zh")}
+    result, at_gateway = anchoring.verify(_settings(), current_app.extensions["portal.engine"])
     # The result is itself audited; the page shows the latest verification from the log.
-    record(AuditAction.AUDIT_VERIFIED, "audit:log",
-           {"ok": result.ok, "entries": result.entries, "problem": result.problem,
-            "problem_zh": result.problem_zh,
-            "gateway": at_gateway})
+    record(AuditAction.AUDIT_VERIFIED, "audit:log", {**result, "gateway": at_gateway})
     return redirect(url_for("controller.audit_page"))
 
 

@@ -117,3 +117,4 @@ def keys_register_site(name: str, public_key: Path, **options: object) -> None:
 
     service = KeyService(_key_settings(options))
     click.echo(json.dumps(service.register_site(name, public_key.read_bytes(), "operator")))
+    service.anchors.flush()  # witnessed before this command exits

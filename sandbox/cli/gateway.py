@@ -1,4 +1,4 @@
-"""``sandboxctl gateway …`` and ``sandboxctl audit …``."""
+"""``sandboxctl gateway …``."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from pathlib import Path
 
 import click
 
-from sandbox import audit, receipts, serving
+from sandbox import receipts, serving
 from sandbox.cli.options import given, trusted_proxy_option
-from sandbox.db import make_engine
 from sandbox.errors import InputError
 from sandbox.limits import MAX_EPSILON
 
@@ -40,11 +39,13 @@ def gateway() -> None:
 @trusted_proxy_option("SANDBOX_GATEWAY_TRUSTED_PROXIES")
 def serve(**options: object) -> None:
     """Serve the gateway over HTTP until interrupted."""
+    from sandbox.anchors import start_rounds
     from sandbox.gateway.app import create_app
     from sandbox.gateway.settings import GatewaySettings
 
     settings = GatewaySettings(**given(options))
     app = create_app(settings)
+    start_rounds(app.state.audit_round, settings.audit_checkpoint_seconds)
     click.echo(f"gateway on http://{settings.host}:{settings.port} serving "
                f"{', '.join(sorted(app.state.service.datasets)) or 'no datasets'}; "
                f"service token in {settings.admin_token_file}", err=True)
@@ -88,67 +89,3 @@ def verify_receipt(receipt_file: Path, public_key: Path) -> None:
     click.echo(f"valid: release {payload['release']} of project {payload['project']} on "
                f"{payload['dataset']} {payload['dataset_version']}, ε = {payload['epsilon']}, "
                f"δ = {payload['delta']}, released {payload['released_at']}")
-
-
-@click.group("audit")
-def audit_group() -> None:
-    """The hash-chained audit log."""
-
-
-@audit_group.command("verify")
-@click.option("--database-url", default="sqlite:///var/gateway/gateway.db", show_default=True,
-              help="Database holding the audit log.")
-def audit_verify(database_url: str) -> None:
-    """Check that no audit entry was edited, deleted or reordered."""
-    engine = make_engine(database_url)
-    with engine.connect() as conn:
-        result = audit.verify(conn)
-    if not result.ok:
-        click.echo(f"BROKEN after {result.entries} good entries: {result.problem}", err=True)
-        raise SystemExit(6)
-    click.echo(f"ok: {result.entries} entries, chain intact")
-
-
-@audit_group.command("prune")
-@click.option("--database-url", default="sqlite:///var/gateway/gateway.db", show_default=True,
-              help="Database holding the audit log.")
-@click.option("--older-than-days", type=int, default=audit.MIN_RETENTION_DAYS,
-              show_default=True, help=f"Retention policy in days (at least "
-              f"{audit.MIN_RETENTION_DAYS}).")
-def audit_prune(database_url: str, older_than_days: int) -> None:
-    """Remove audit entries past the retention policy, keeping the chain verifiable (a
-    checkpoint, and an entry saying what was removed)."""
-    import getpass
-    from datetime import UTC, datetime, timedelta
-
-    engine = make_engine(database_url)
-    audit.create_tables(engine)
-    now = datetime.now(UTC)
-    with engine.begin() as conn:
-        result = audit.prune(conn, now - timedelta(days=older_than_days),
-                             f"cli:{getpass.getuser()}", older_than_days, now)
-    through = f" (through entry {result.through_seq})" if result.through_seq else ""
-    click.echo(f"removed {result.entries} entries older than {older_than_days} days{through}")
-
-
-@audit_group.command("anomalies")
-@click.option("--database-url", default="sqlite:///var/gateway/gateway.db", show_default=True,
-              help="Database holding the audit log (gateway or portal).")
-@click.option("--since-hours", type=float, default=24, show_default=True)
-def audit_anomalies(database_url: str, since_hours: float) -> None:
-    """List anomaly alerts (off hours, bursts, refusals, failed sign-ins, large exports)."""
-    from datetime import UTC, datetime, timedelta
-
-    from sqlalchemy import select
-
-    from sandbox import anomalies
-
-    since = (datetime.now(UTC) - timedelta(hours=since_hours)).isoformat()
-    engine = make_engine(database_url)
-    with engine.connect() as conn:
-        rows = conn.execute(select(audit.audit_log).where(audit.audit_log.c.at >= since))
-        alerts = anomalies.detect(anomalies.Entry.from_row(r) for r in rows)
-    for alert in alerts:
-        click.echo(f"{alert.first_at:%Y-%m-%d %H:%M} {alert.rule:<18} {alert.who:<28} "
-                   f"{alert.reason} (entries {alert.seqs[0]}–{alert.seqs[-1]})")
-    click.echo(f"{len(alerts)} alert(s) in the last {since_hours:g} h", err=True)

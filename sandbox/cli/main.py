@@ -9,10 +9,11 @@ import sys
 import click
 from pydantic import ValidationError
 
+from sandbox.cli.audit import audit_group
 from sandbox.cli.data import data
 from sandbox.cli.demo import demo
 from sandbox.cli.federated import keys, site
-from sandbox.cli.gateway import audit_group, gateway
+from sandbox.cli.gateway import gateway
 from sandbox.cli.hub import hub, image
 from sandbox.cli.portal import portal
 from sandbox.errors import SandboxError

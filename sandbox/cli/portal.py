@@ -70,6 +70,22 @@ def end_terms() -> None:
     click.echo(f"ended: {', '.join(map(str, ended)) or 'none'}")
 
 
+@portal.command("checkpoint")
+def checkpoint() -> None:
+    """Hand the gateway the portal's signed audit checkpoint and record the gateway's now
+    (the serving portal does this every minute)."""
+    from portal import anchoring
+    from portal.config import PortalSettings
+    from portal.db import connect
+
+    settings = PortalSettings()
+    engine, _sessions = connect(settings.database_url)
+    recorded = anchoring.exchange(settings, engine)
+    anchoring.anchors(settings, engine, follow=False).flush()
+    click.echo("checkpoints exchanged with the gateway; its checkpoint was "
+               f"{'recorded' if recorded else 'recorded before'}")
+
+
 @portal.command("project")
 @click.argument("action", type=click.Choice(["suspend", "resume", "revoke"]))
 @click.argument("application_id", type=int)

@@ -52,7 +52,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from sandbox import audit, httpapi, receipts
+from sandbox import anchors, audit, httpapi, receipts
 from sandbox.audit import AuditAction
 from sandbox.db import make_engine
 from sandbox.errors import Conflict, Forbidden, InputError, SandboxError, Unauthenticated
@@ -85,7 +85,7 @@ queries = Table(
 )
 
 
-class KeySettings(BaseSettings):
+class KeySettings(BaseSettings, anchors.AnchorSettings):
     model_config = SettingsConfigDict(env_prefix="SANDBOX_KEYS_", extra="ignore")
 
     state_dir: Path = Field(Path("var/keyservice"), description="secret context and operator "
@@ -140,6 +140,8 @@ class KeyService:
         self._operator = _hash(read_or_create(
             settings.operator_token_file,
             lambda: secrets.token_urlsafe(32).encode()).decode().strip())
+        self.anchors = anchors.Anchors("keys", self.db, receipts.Signer(
+            settings.state_dir / "audit-signing-key.pem"), settings.state_dir, settings)
 
     def _gateway_key(self) -> bytes:
         try:
@@ -287,10 +289,7 @@ class KeyService:
             audit.append(conn, action, actor, f"query:{query}", details)
 
     def verify_audit(self) -> dict:
-        with self.db.connect() as conn:
-            result = audit.verify(conn)
-        return {"ok": result.ok, "entries": result.entries, "problem": result.problem,
-                "problem_zh": result.problem_zh}
+        return anchors.result(self.anchors.verify())
 
     def audit_entries(self, after_seq: int, limit: int) -> list[dict]:
         with self.db.connect() as conn:
@@ -333,6 +332,9 @@ def create_app(settings: KeySettings | None = None, service: KeyService | None =
         token = authorization[7:].strip() if authorization and \
             authorization.lower().startswith("bearer ") else None
         return service.check_operator(token)
+
+    anchors.install_peer(app, service.anchors, AUDIENCE, service._gateway_key, lambda: {
+        f"site:{name}": pem for name, pem in service.site_keys().items()}, operator)
 
     @app.get("/v1/health")
     def health() -> dict:

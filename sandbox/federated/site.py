@@ -35,7 +35,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import Column, MetaData, String, Table, Text, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from sandbox import audit, httpapi, receipts
+from sandbox import anchors, audit, httpapi, receipts
 from sandbox.audit import AuditAction
 from sandbox.db import make_engine
 from sandbox.errors import Conflict, InputError, SandboxError, Unavailable
@@ -64,7 +64,7 @@ shares = Table(
 )
 
 
-class SiteSettings(BaseSettings):
+class SiteSettings(BaseSettings, anchors.AnchorSettings):
     model_config = SettingsConfigDict(env_prefix="SANDBOX_SITE_", extra="ignore")
 
     site: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,40}$", description="this site's name")
@@ -98,6 +98,8 @@ class SiteService:
         metadata.create_all(self.db)
         audit.create_tables(self.db)
         self.signer = receipts.Signer(settings.state_dir / "signing-key.pem")
+        self.anchors = anchors.Anchors(settings.audience, self.db, self.signer,
+                                       settings.state_dir, settings)
         self._lock = threading.Lock()
         self._pool: ckks.EncryptionPool | None = None
         self.dataset = self._prepare()
@@ -270,6 +272,8 @@ def create_app(settings: SiteSettings, service: SiteService | None = None) -> Fa
                   description="Encrypted local aggregates of this site's partition.")
     app.state.service = service
     httpapi.install(app, log, lambda _path: settings.max_body_bytes)
+    anchors.install_peer(app, service.anchors, settings.audience,
+                         settings.gateway_key_file.read_bytes)
 
     @app.get("/v1/health")
     def health() -> dict:

@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-from sandbox import httpapi
+from sandbox import anchors, httpapi
 from sandbox.errors import InputError
 from sandbox.federated.plan import FederatedSpec
 from sandbox.gateway.queries import QuerySpec
@@ -73,6 +73,11 @@ def create_app(settings: GatewaySettings | None = None,
     @app.get("/v1/health")
     def health() -> dict:
         return {"status": "ok", "datasets": sorted(service.datasets)}
+
+    app.state.audit_round = anchors.install_gateway(
+        app, service.anchors, lambda: {name: url for d in service.federation.datasets.values()
+                                       for name, url in d.sites.items()},
+        lambda: service.federation.keys_url, _admin)
 
     @app.get("/v1/public-key", response_class=PlainTextResponse)
     def public_key() -> str:

@@ -32,6 +32,7 @@ from sqlalchemy import Connection, and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from sandbox import audit
+from sandbox.anchors import Anchors, result
 from sandbox.audit import AuditAction
 from sandbox.data.reference.population import PURPOSES
 from sandbox.db import make_engine
@@ -158,6 +159,7 @@ class GatewayService:
         self.datasets: dict[str, dpengine.Dataset] = {}
         self._load_datasets()
         self.federation = Federation(settings.federation_file, self.signer)
+        self.anchors = Anchors("gateway", self.db, self.signer, settings.state_dir, settings)
 
     # -- set-up ------------------------------------------------------------------------
     def _admin_token(self) -> str:
@@ -255,10 +257,8 @@ class GatewayService:
             return [dict(row) for row in rows]
 
     def verify_audit(self) -> dict:
-        with self.db.connect() as conn:
-            result = audit.verify(conn)
-        return {"ok": result.ok, "entries": result.entries, "problem": result.problem,
-                "problem_zh": result.problem_zh, "seq": result.seq}
+        """The chain against its witness file and its own signed checkpoints."""
+        return result(self.anchors.verify())
 
     def bind_networks(self, actor: str, grant_id: str, networks: list[str]) -> dict:
         """Accept the grant's token only from ``networks`` (replacing earlier ones)."""

@@ -8,11 +8,12 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sandbox.anchors import AnchorSettings
 from sandbox.limits import MAX_EPSILON
 from sandbox.serving import TRUSTED_PROXIES_HELP, TrustedProxies
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(BaseSettings, AnchorSettings):
     model_config = SettingsConfigDict(env_prefix="SANDBOX_GATEWAY_", extra="ignore")
 
     database_url: str = Field("sqlite:///var/gateway/gateway.db",
@@ -35,6 +36,10 @@ class GatewaySettings(BaseSettings):
                                   "body accepted (files are base64 in JSON)")
     max_epsilon: float = Field(MAX_EPSILON, gt=0, description="largest total ε a grant may "
                                "have (by default the portal's maximum)")
+    audit_checkpoint_seconds: float = Field(300, ge=0, description="how often the serving "
+                                            "gateway exchanges signed audit checkpoints "
+                                            "with the key service and the sites (0 = only "
+                                            "on demand)")
 
     @property
     def signing_key_file(self) -> Path:

@@ -52,10 +52,13 @@ class Cluster:
                          ) -> GatewaySettings:
         empty = self.root / "central"
         empty.mkdir(exist_ok=True)
+        # The gateway process keeps the witness in the shared state directory; each
+        # in-process gateway has a database, so a witness, of its own.
         return GatewaySettings(database_url=f"sqlite:///{self.root / f'{name}.db'}",
                                datasets_dir=empty, state_dir=self.gateway_state,
                                federation_file=federation_file or self.federation_file,
-                               rate_limit=0)
+                               rate_limit=0,
+                               audit_witness_file=self.root / f"{name}-witness.jsonl")
 
     def close(self) -> None:
         for proc in self.processes.values():
