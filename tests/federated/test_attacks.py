@@ -47,7 +47,7 @@ def test_a_refused_query_is_its_release_charged_once_and_never_redrawn(cluster, 
     release: the identical query returns the same stored refusal with the same receipt,
     costs nothing more, and the key service decrypted once — where before, each retry
     drew fresh noise for a new noisy threshold test, for free."""
-    project = grant(noisy, epsilon=20.0)
+    project = grant(noisy, epsilon=10.0)
     gw = Gateway(noisy.url, project["token"])
     answers = []
     for _ in range(4):

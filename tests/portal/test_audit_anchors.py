@@ -36,7 +36,7 @@ from tests.audit_attacks import (
 )
 from tests.conftest import ROOT
 from tests.mail import start_smtp
-from tests.portal.conftest import PASSWORD, login
+from tests.portal.conftest import PASSWORD, sign_in
 from tests.services import GatewayProcess, free_port, portal_env, stop_process
 
 CTL = str(Path(sys.executable).parent / "sandboxctl")
@@ -216,9 +216,7 @@ def test_the_controllers_page_names_the_first_changed_entry_of_both_chains(histo
                                  if k.startswith("SANDBOX_PORTAL_")} | {"testing": True})
     app = create_app(settings)
     page = app.test_client()
-    login(page, "controller@example.cn")
-    with page.session_transaction() as session:
-        session["mfa_ok"] = True
+    sign_in(page, "controller@example.cn")  # password and a fresh TOTP code
     page.post("/controller/audit/verify")
     shown = page.get("/controller/audit?lang=en").get_data(as_text=True)
     assert 'id="verify-result" data-ok="true"' in shown, shown
