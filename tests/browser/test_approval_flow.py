@@ -60,13 +60,14 @@ class Shots:
 
     def __call__(self, page: Page, name: str) -> None:
         self.n += 1
+        page.wait_for_load_state()  # figures and previews drawn before the shot
         page.screenshot(path=str(ARTIFACTS / f"{self.n:02d}-{name}.png"), full_page=True)
 
 
 def sign_in(browser, url: str, email: str, keys: Authenticators,
-            locale: str = "zh-CN") -> Page:
+            locale: str = "zh-CN", shot=None) -> Page:
     """Password, then the authenticator's code — enrolling it from the page's key at the
-    account's first sign-in (every role)."""
+    account's first sign-in (every role); ``shot`` photographs the enrolment page."""
     page = browser.new_page(locale=locale)
     page.goto(f"{url}/login")
     page.fill("#email", email)
@@ -76,6 +77,8 @@ def sign_in(browser, url: str, email: str, keys: Authenticators,
     if page.url.endswith("/mfa"):
         if email not in keys:
             keys.add(email, page.inner_text("#totp-secret"))
+            if shot:
+                shot(page, "totp-enrolment")
         page.fill("#code", keys.code(email))
         page.click("button.primary")
     expect(page).not_to_have_url(re.compile(r"/(mfa|login)$"))
@@ -83,9 +86,11 @@ def sign_in(browser, url: str, email: str, keys: Authenticators,
 
 
 def register(browser, url: str, email: str, title: str, years: str,
-             keys: Authenticators, institution: str = LINGNAN, other: str = "") -> Page:
+             keys: Authenticators, institution: str = LINGNAN, other: str = "",
+             shot=None) -> Page:
     """Register through the form: ``institution`` is the picker's label of a registry
-    entry, or "other" with the name typed in ``other``."""
+    entry, or "other" with the name typed in ``other``; ``shot`` photographs the filled
+    form, the TOTP enrolment and the page the first sign-in lands on."""
     page = browser.new_page(locale="zh-CN")
     page.goto(f"{url}/register")
     page.fill("#name", "王芳" if title.startswith("副") else "李雷")
@@ -100,12 +105,18 @@ def register(browser, url: str, email: str, title: str, years: str,
     page.fill("#years_experience", years)
     page.fill("#research_field", "心血管流行病学")
     page.select_option("#credit_grade", "A")
+    if shot:
+        shot(page, "researcher-register")
     page.click("button.primary")
     page.close()
-    return sign_in(browser, url, email, keys)
+    signed_in = sign_in(browser, url, email, keys, shot=shot)
+    if shot:
+        shot(signed_in, "researcher-catalog")
+    return signed_in
 
 
-def draft(page: Page, url: str) -> str:
+def draft(page: Page, url: str, shot=None) -> str:
+    """A draft application; ``shot`` photographs the filled form before it is saved."""
     page.goto(f"{url}/applications/new?dataset=emr-visits")
     page.fill("#title", "高血压患者住院费用的年龄差异")
     page.fill("#summary", "回顾性横断面研究：按年龄段比较住院费用。")
@@ -116,6 +127,8 @@ def draft(page: Page, url: str) -> str:
                       ("department", "调整科室差异")):
         page.check(f"input[name='field:{name}']")
         page.fill(f"textarea[name='why:{name}']", why)
+    if shot:
+        shot(page, "researcher-new-application")
     page.click("button.primary")
     return page.url.rsplit("/", 1)[1]
 
@@ -140,8 +153,9 @@ def verify_claims(browser, url: str, email: str, totp: Authenticators, shot=None
 def test_researcher_to_grant_in_a_browser(stack, browser):
     url, shot, totp = stack["url"], Shots(), Authenticators()
     researcher_email = f"wang-{uuid.uuid4().hex[:4]}@lingnan.cn"
-    researcher = register(browser, url, researcher_email, "副主任医师", "9", totp)
-    app_id = draft(researcher, url)
+    researcher = register(browser, url, researcher_email, "副主任医师", "9", totp,
+                          shot=shot)
+    app_id = draft(researcher, url, shot)
     shot(researcher, "researcher-draft")
     researcher.click("text=提交数据委员会审查")
     expect(researcher.locator("#state")).to_have_attribute("data-state", "submitted")
@@ -159,6 +173,7 @@ def test_researcher_to_grant_in_a_browser(stack, browser):
     chair = sign_in(browser, url, "chair@lingnan.cn", totp)
     chair.goto(f"{url}/committee/applications/{app_id}")
     expect(chair.locator("text=与申请人同属岭南大学")).to_have_count(1)
+    shot(chair, "chair-assign-experts")
     for name in ("专家丁", "专家甲", "专家乙"):
         chair.check(f"label:has-text('{name}') input")
     chair.click("text=分配并开始评审")
@@ -206,6 +221,7 @@ def test_researcher_to_grant_in_a_browser(stack, browser):
 
     researcher.goto(f"{url}/applications/{app_id}/agreement")
     researcher.check("input[name=accept]")
+    shot(researcher, "researcher-agreement")
     researcher.click("text=签署协议")
     expect(researcher.locator("#signed")).to_contain_text("SHA-256")
     shot(researcher, "dua-signed")

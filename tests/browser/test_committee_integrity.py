@@ -39,6 +39,7 @@ DIMENSIONS = ("legality", "consistency", "value", "leakage_risk", "cost")
 
 def shot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_load_state()  # figures and previews drawn before the shot
     page.screenshot(path=str(ARTIFACTS / f"integrity-{name}.png"), full_page=True)
 
 
@@ -157,6 +158,7 @@ def test_spellings_of_the_applicant_institution_are_the_same_institution(stack, 
     assign(chair, url, second, [name for _, name in clean])
     expect(chair.locator(".problems")).to_contain_text("申请人的单位尚待主任委员确认")
     chair.goto(f"{url}/committee/applications/{second}")
+    shot(chair, "institution-to-confirm")
     claim = chair.locator("#claim form.claim")
     # Adding it as a new institution under another spelling of the entry is refused.
     claim.locator("select[name=action]").select_option("add")
@@ -199,6 +201,7 @@ def test_a_conflict_arising_after_assignment_is_refused_at_scoring_and_decision(
     declaring.fill("#conflicts", "lingnan university")
     declaring.click("form:has(#conflicts) button.primary")
     expect(declaring.locator("#declared")).to_contain_text(LINGNAN)
+    shot(declaring, "expert-declares-conflict")
     for email, reason in ((mover, f"{mover_name}与申请人同属岭南大学"),
                           (declarer, f"{declarer_name}已声明利益冲突")):
         refused = score(browser, url, email, totp, app_id)
@@ -296,6 +299,7 @@ def test_self_declared_claims_are_shown_as_such_and_verification_changes_that(
     # A file that only claims to be a PDF is not evidence.
     fake = verify(browser, stack, email, totp, ("职称证书.pdf", b"PK\x03\x04" + b"\x00" * 64))
     expect(fake.locator(".problems")).to_contain_text("证明材料须为 PDF、PNG 或 JPEG 文件")
+    shot(fake, "disguised-evidence-refused")
     subject = f"user:{researcher_id(stack, email)}"
     assert not [e for e in audited(stack, "credential.verified") if e["subject"] == subject]
 

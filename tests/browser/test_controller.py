@@ -41,6 +41,7 @@ TOTP = Authenticators()  # each account's TOTP secret, once enrolled at its firs
 
 def shot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_load_state()  # figures and previews drawn before the shot
     page.screenshot(path=str(ARTIFACTS / f"controller-{name}.png"), full_page=True)
 
 
@@ -141,6 +142,7 @@ def test_a_controllers_day(world, browser):
     shot(controller, "03-destruction-rejected")
     researcher.reload()
     expect(researcher.locator(".problems")).to_contain_text("缺少导出副本存放位置")
+    shot(researcher, "researcher-certificate-returned")
     researcher.set_input_files("#certificate", str(CERTIFICATE))
     researcher.click("text=提交销毁证明")
     controller.reload()

@@ -41,6 +41,7 @@ KINDS = {"counts.csv": "table", "counts.tsv": "table", "counts.json": "table",
 
 def shot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_load_state()  # figures and previews drawn before the shot
     page.screenshot(path=str(ARTIFACTS / f"exports-{name}.png"), full_page=True)
 
 
@@ -145,6 +146,9 @@ def test_review_previews_and_marked_downloads(world, browser, tmp_path):
     expect(first.locator("section[data-file='analysis.ipynb'] img.preview")).to_have_count(1)
     expect(first.locator("section[data-file='notes.md'] pre")).to_contain_text("| 门诊 |")
     shot(first, "02-previews")
+    for name in ("analysis.ipynb", "report.pdf"):  # two previews up close
+        first.locator(f"section[data-file='{name}']").screenshot(
+            path=str(ARTIFACTS / f"exports-02-preview-{name.replace('.', '-')}.png"))
 
     # both approve, one releases, each downloads: two marked copies
     first.click("button[value=approve]")

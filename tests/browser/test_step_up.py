@@ -51,6 +51,7 @@ DUA = b"%PDF-1.4\n% the signed agreement of the step-up test\n%%EOF\n"
 
 
 def shot(page: Page, name: str) -> None:
+    page.wait_for_load_state()  # figures and previews drawn before the shot
     page.screenshot(path=str(ARTIFACTS / f"stepup-{name}.png"), full_page=True)
 
 

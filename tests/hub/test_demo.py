@@ -49,6 +49,7 @@ def test_sign_in_open_the_sandbox_and_get_a_dp_answer(stack, browser):  # noqa: 
         page.click("button.primary")
     expect(page).not_to_have_url(re.compile(r"/(mfa|login)"))
     page.goto(f"{stack.portal_url}/applications/")
+    page.screenshot(path=str(ARTIFACTS / "demo-03a-my-applications.png"), full_page=True)
     page.click(f"text={TITLE}")
     expect(page.locator("#sandbox-status")).to_have_attribute("data-status", "ready",
                                                                timeout=120_000)
