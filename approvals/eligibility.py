@@ -72,7 +72,8 @@ def reasons(applicant: Applicant, purpose: str, non_profit: bool,
     if grade < policy.min_title_grade:
         zh, en = GRADE_NAMES[policy.min_title_grade]
         out.append(Reason("title", f"职称需为{zh}及以上（当前：{applicant.title or '无'}）",
-                          f"a {en} professional title or higher is required "
+                          f"{'an' if en[:1] in 'aeiou' else 'a'} {en} professional title or "
+                          "higher is required "
                           f"(now: {applicant.title or 'none'})"))
     if applicant.years_experience < policy.min_years_experience:
         out.append(Reason("experience",

@@ -70,6 +70,9 @@ PEOPLE: tuple[Person, ...] = (
     Person("chair", Role.CHAIR, "黄志明", HEALTH_COMMISSION, "主任医师", 28, "卫生管理"),
     Person("controller", Role.CONTROLLER, "周丽华", PLATFORM, "高级工程师", 14,
            "医疗数据治理"),
+    # an export needs two controllers' votes (SANDBOX_PORTAL_EXPORT_REVIEWERS, default 2)
+    Person("controller2", Role.CONTROLLER, "孙建华", PLATFORM, "高级工程师", 9,
+           "医疗数据治理"),
     Person("admin", Role.ADMIN, "吴海涛", PLATFORM, "高级工程师", 10, "信息安全"),
 )
 KEYS = tuple(p.key for p in PEOPLE)

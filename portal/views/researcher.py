@@ -227,6 +227,24 @@ def export_withdraw(application_id: int, export_id: int) -> ResponseReturnValue:
     return redirect(url_for("researcher.show", application_id=app.id))
 
 
+@bp.route("/<int:application_id>/exports/<int:export_id>/bundle.zip", methods=["GET", "POST"])
+@login_required(Role.RESEARCHER)
+def export_bundle(application_id: int, export_id: int) -> ResponseReturnValue:
+    """The author's copy of a released bundle, after a fresh code (step-up), marked with
+    the author's account and the time like every download."""
+    app = own(application_id)
+    request_ = g.db.get(ExportRequest, export_id)
+    if request_ is None or request_.application_id != app.id or request_.bundle is None:
+        abort(404)
+    settings = current_app.extensions["portal.settings"]
+    return stepup.download(
+        signin.Purpose.BUNDLE_DOWNLOAD, f"export:{export_id}",
+        _("Download the released bundle"),
+        lambda: Response(exports.download(g.db, settings, request_, g.user),
+                         mimetype="application/zip", headers={
+            "Content-Disposition": f"attachment; filename=export-{export_id}.zip"}))
+
+
 @bp.route("/<int:application_id>/exports/new", methods=["GET", "POST"])
 @login_required(Role.RESEARCHER)
 def export_new(application_id: int) -> ResponseReturnValue:

@@ -71,7 +71,7 @@ def seed(demo_mode: bool, var_dir: Path) -> None:
 @VAR_OPTION
 def totp(role: str, var_dir: Path) -> None:
     """Print the current TOTP code of the demo account ROLE (researcher, expert1, expert2,
-    expert3, chair, controller or admin)."""
+    expert3, chair, controller, controller2 or admin)."""
     from portal import demo as demo_data
 
     accounts = demo_data.read_accounts(var_dir / demo_data.ACCOUNTS_FILE)

@@ -75,7 +75,8 @@ def sign_in(browser, url: str, email: str, keys: Authenticators,
     page.click("button.primary")
     page.wait_for_load_state()
     if page.url.endswith("/mfa"):
-        if email not in keys:
+        if email not in keys:  # enrolment: the QR code is drawn, the key shown beside it
+            assert page.locator("img[alt]").evaluate("img => img.naturalWidth") > 0
             keys.add(email, page.inner_text("#totp-secret"))
             if shot:
                 shot(page, "totp-enrolment")

@@ -221,6 +221,19 @@ def test_step_up_before_export_request_release_and_downloads(world, browser):
     manifest = bundle.verify(Path(downloaded.value.path()).read_bytes(),
                              exports.signer(world["settings"]).public_pem)
     assert manifest["project"] == f"application-{project}"
+    assert manifest["downloaded_by"]["account"] == CONTROLLER
+
+    # the author fetches their own copy from the project page: a fresh code, their mark
+    researcher.goto(f"{url}/applications/{project}")
+    researcher.click("#exports a.bundle")
+    _warned(researcher, WARNING_ZH)
+    researcher.fill("#code", keys.code(RESEARCHER))
+    with researcher.expect_download() as downloaded:
+        researcher.click("#step-up button.primary")
+    shot(researcher, "08b-researcher-downloaded-own-bundle")
+    own = bundle.verify(Path(downloaded.value.path()).read_bytes(),
+                        exports.signer(world["settings"]).public_pem)
+    assert own["downloaded_by"]["account"] == RESEARCHER and RESEARCHER in own["watermark"]
 
     # 4. and so does the signed agreement (the researcher's pages, in Chinese)
     researcher.goto(f"{url}/applications/{project}/agreement")
@@ -237,7 +250,7 @@ def test_step_up_before_export_request_release_and_downloads(world, browser):
     assert Path(downloaded.value.path()).read_bytes() == DUA
 
     passed = _entries(world, "step_up.passed")
-    assert len(passed) == 4 and all(any(p in d for d in passed) for p in (
+    assert len(passed) == 5 and all(any(p in d for d in passed) for p in (
         "export_request", "export_release", "bundle_download", "agreement_download"))
     assert len(_entries(world, "step_up.failed")) == 4
     assert len(_entries(world, "totp.replay_refused")) == 1

@@ -30,7 +30,8 @@ from tests.mail import start_smtp
 from tests.services import ROOT, GatewayProcess, portal_env
 
 CTL = str(Path(sys.executable).parent / "sandboxctl")
-ROLES = ["researcher", "expert1", "expert2", "expert3", "chair", "controller", "admin"]
+ROLES = ["researcher", "expert1", "expert2", "expert3", "chair", "controller", "controller2",
+         "admin"]
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
@@ -239,7 +240,7 @@ def test_totp_refuses_an_unknown_role_and_a_missing_file(seeded, tmp_path):
     unknown = run(env, "demo", "totp", "dean", "--var", root / "var")
     assert unknown.code == 2
     assert unknown.stderr.startswith("error: no demo account 'dean'")
-    assert "researcher, expert1, expert2, expert3, chair, controller, admin" in unknown.stderr
+    assert ", ".join(ROLES) in unknown.stderr
     assert unknown.stdout == ""
     missing = run(env, "demo", "totp", "researcher", "--var", tmp_path)
     assert missing.code == 2

@@ -59,6 +59,7 @@ ACCESS: dict[str, frozenset[str]] = {
     "researcher.destruction_upload": frozenset({"researcher"}),
     "researcher.export_withdraw": frozenset({"researcher"}),
     "researcher.export_new": frozenset({"researcher"}),
+    "researcher.export_bundle": frozenset({"researcher"}),
     "controller.audit_page": frozenset({"controller"}),
     "controller.audit_verify": frozenset({"controller"}),
     "controller.audit_csv": frozenset({"controller"}),
@@ -179,7 +180,7 @@ def test_only_allowed_roles_get_through(app, world, role):
             continue
         if (rule.endpoint in ("researcher.agreement", "researcher.agreement_pdf",
                              "researcher.destruction_form", "researcher.destruction_upload",
-                             "researcher.export_withdraw",
+                             "researcher.export_withdraw", "researcher.export_bundle",
                              "controller.certificate", "controller.decide",
                              "controller.export_page", "controller.export_vote",
                              "controller.export_release", "controller.export_bundle",
