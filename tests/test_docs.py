@@ -100,3 +100,25 @@ def test_the_readme_points_to_every_guide():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for guide in GUIDES:
         assert f"(docs/{guide})" in readme, guide
+
+
+def test_every_test_the_threat_model_cites_exists():
+    """docs/threat-model.md names, for each guarantee, the test that plays its attack: each
+    file it cites exists and each test it names is defined there (a trailing * stands for
+    a family of tests with that prefix)."""
+    import ast
+
+    text = (DOCS / "threat-model.md").read_text(encoding="utf-8")
+    cited = re.findall(r"`(tests/[\w/]+\.py)(?:::(\w+)(\*)?)?", text)
+    assert len(cited) >= 40, "the threat model cites the tests that show it"
+    for path, name, family in cited:
+        source = ROOT / path
+        assert source.is_file(), path
+        if not name:
+            continue
+        defined = {n.name for n in ast.walk(ast.parse(source.read_text(encoding="utf-8")))
+                   if isinstance(n, ast.FunctionDef)}
+        assert (any(d.startswith(name) for d in defined) if family else name in defined), \
+            f"{path}::{name}{family}"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "(docs/threat-model.md)" in readme
