@@ -215,10 +215,7 @@ def test_step_up_before_export_request_release_and_downloads(world, browser):
     controller.click("#step-up button.primary")
     expect(controller.locator(".problems")).to_contain_text("Wrong code")
     shot(controller, "08-bundle-download-wrong-code-refused")
-    controller.fill("#code", keys.code(CONTROLLER))
-    with controller.expect_download() as downloaded:
-        controller.click("#step-up button.primary")
-    manifest = bundle.verify(Path(downloaded.value.path()).read_bytes(),
+    manifest = bundle.verify(_download(controller, keys, CONTROLLER),
                              exports.signer(world["settings"]).public_pem)
     assert manifest["project"] == f"application-{project}"
     assert manifest["downloaded_by"]["account"] == CONTROLLER
@@ -227,12 +224,9 @@ def test_step_up_before_export_request_release_and_downloads(world, browser):
     researcher.goto(f"{url}/applications/{project}")
     researcher.click("#exports a.bundle")
     _warned(researcher, WARNING_ZH)
-    researcher.fill("#code", keys.code(RESEARCHER))
-    with researcher.expect_download() as downloaded:
-        researcher.click("#step-up button.primary")
-    shot(researcher, "08b-researcher-downloaded-own-bundle")
-    own = bundle.verify(Path(downloaded.value.path()).read_bytes(),
+    own = bundle.verify(_download(researcher, keys, RESEARCHER),
                         exports.signer(world["settings"]).public_pem)
+    shot(researcher, "08b-researcher-downloaded-own-bundle")
     assert own["downloaded_by"]["account"] == RESEARCHER and RESEARCHER in own["watermark"]
 
     # 4. and so does the signed agreement (the researcher's pages, in Chinese)
@@ -244,10 +238,7 @@ def test_step_up_before_export_request_release_and_downloads(world, browser):
     researcher.click("#step-up button.primary")
     expect(researcher.locator(".problems")).to_contain_text("验证码错误")
     shot(researcher, "10-agreement-download-wrong-code-refused")
-    researcher.fill("#code", keys.code(RESEARCHER))
-    with researcher.expect_download() as downloaded:
-        researcher.click("#step-up button.primary")
-    assert Path(downloaded.value.path()).read_bytes() == DUA
+    assert _download(researcher, keys, RESEARCHER) == DUA
 
     passed = _entries(world, "step_up.passed")
     assert len(passed) == 5 and all(any(p in d for d in passed) for p in (
@@ -256,6 +247,14 @@ def test_step_up_before_export_request_release_and_downloads(world, browser):
     assert len(_entries(world, "totp.replay_refused")) == 1
     with world["app"].extensions["portal.engine"].connect() as conn:
         assert audit.verify(conn).ok
+
+
+def _download(page: Page, keys: Authenticators, who: str) -> bytes:
+    """A fresh code typed into the step-up form in front of a download: the file."""
+    page.fill("#code", keys.code(who))
+    with page.expect_download() as downloaded:
+        page.click("#step-up button.primary")
+    return Path(downloaded.value.path()).read_bytes()
 
 
 def test_a_download_link_alone_gives_no_file(world, browser):
