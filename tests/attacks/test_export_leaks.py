@@ -40,6 +40,8 @@ from sqlalchemy import select
 
 from portal import create_app
 from portal.models import ExportRequest
+from sandbox import audit
+from sandbox.audit import AuditAction
 from sandbox.client import Gateway
 from tests.attacks.conftest import Visitor, person, serve
 from tests.exports import disguises
@@ -186,3 +188,19 @@ def test_a_copied_controller_cookie_gets_no_unmarked_copy_without_a_code(release
                          f"{released['files']['figure.svg']}/figure.svg")
     assert svg.status_code != 200 or svg.content != released["sent"]["figure.svg"], \
         "the released SVG, unmarked, for a cookie without a fresh code"
+
+
+def test_an_export_request_reaches_review_only_after_a_fresh_code(released):
+    """**Fails today**: the README's step-up ("requesting an export … asks for a fresh
+    code") holds on the project page only. ``gw.export`` in the sandbox — which anyone with
+    the researcher's session cookie reaches through the hub's OAuth sign-in, no code asked —
+    puts a request in front of the reviewers with no code typed by anyone (no
+    ``step_up.passed`` for ``export_request`` in the audit log)."""
+    sessions = released["sessions"]
+    with sessions() as db:
+        application = db.get(ExportRequest, released["export"]).application_id
+        rows = db.execute(select(audit.audit_log).where(
+            audit.audit_log.c.action == AuditAction.STEP_UP_PASSED)).all()
+    asked = [r for r in rows if '"export_request"' in r.details]
+    assert asked, (f"export request {released['export']} (application {application}) went to "
+                   "review and was released with no fresh code for the request")
