@@ -14,7 +14,11 @@ The second attack is on the registry itself: a claim typed as "other" with a Cyr
 the typed names) creates a second, visually identical "Lingnan University" — which the
 registry promises it cannot hold.
 
-**Both fail today.**"""
+The third is on credentials: the admin's verify button names the value shown, but the
+form carries only the kind of claim, so the value recorded as verified is whatever the
+profile says when the POST arrives.
+
+**All three fail today.**"""
 
 from __future__ import annotations
 
@@ -23,10 +27,16 @@ import uuid
 import pyotp
 from sqlalchemy import select
 
-from portal.models import Institution, InstitutionClaim, Profile, User
+from portal.models import (
+    CredentialVerification,
+    Institution,
+    InstitutionClaim,
+    Profile,
+    User,
+)
 from portal.security import hash_password
 from tests import committee
-from tests.attacks.conftest import PASSWORD, Visitor, person
+from tests.attacks.conftest import PASSWORD, TOKEN, Visitor, person
 
 JSON = {"X-Requested-With": "attack-test"}
 
@@ -127,3 +137,34 @@ def test_a_look_alike_other_institution_is_not_added_beside_the_real_one(served)
     assert len(same_looking) == 1, (
         f"the registry now holds {len(same_looking)} entries that read 'Lingnan "
         f"University': {same_looking!r}")
+
+
+def test_a_verification_covers_the_value_the_admin_saw(served):
+    """Adversary: a researcher who sent evidence for one title and claims a higher one
+    while the admin looks at it. The admin's page shows "Verify 副研究员"; the form posts
+    only the kind of claim, and the portal verifies whatever the profile says when the
+    POST arrives. **Fails today**: the higher, unseen title is recorded as verified."""
+    stack, sessions = served
+    researcher = person(sessions, "researcher", "岭南大学")
+    with sessions() as db:
+        db.scalar(select(User).where(User.email == researcher)).profile.title = "副研究员"
+        db.commit()
+    admin = Visitor(stack.url)
+    admin.sign_in(sessions, person(sessions, "admin", "岭南卫健委"))
+    page = admin.http.get("/admin/credentials", params={"q": researcher}).text
+    assert "副研究员" in page
+    token = TOKEN.search(page).group(1)
+    uid = _uid(sessions, researcher)
+
+    owner = Visitor(stack.url)  # meanwhile, the researcher raises the claim
+    owner.sign_in(sessions, researcher)
+    assert owner.form("/profile", {"title": "研究员", "credit_grade": "A"}).status_code == 302
+
+    verified = admin.http.post(f"/admin/credentials/{uid}", data={
+        "csrf_token": token, "kind": "title"}, files={
+        "evidence": ("certificate.pdf", committee.EVIDENCE.read_bytes(), "application/pdf")})
+    with sessions() as db:
+        values = list(db.scalars(select(CredentialVerification.value).where(
+            CredentialVerification.user_id == uid, CredentialVerification.kind == "title")))
+    assert "研究员" not in values, (
+        f"the admin was shown 副研究员 and verified {values} (HTTP {verified.status_code})")
