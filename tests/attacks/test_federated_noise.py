@@ -27,7 +27,7 @@ from sandbox.federated.plan import FederatedSpec, make_plan
 from tests.conftest import run_cli
 from tests.federated.cluster import ServedApp
 from tests.federated.conftest import DATASET, grant
-from tests.federated.test_attacks import _exact_part
+from tests.federated.test_attacks import _exact_part, _federation, _overlapping_parts
 from tests.federated.test_federated import GRANT, _ask
 
 
@@ -186,3 +186,61 @@ def test_a_signed_lookup_cannot_be_replayed_as_a_consent_withdrawal(cluster):
     assert replayed.status_code in (401, 403, 409, 422), (
         f"a lookup replayed as a withdrawal was accepted: {replayed.status_code} "
         f"{replayed.text}")
+
+
+def test_a_misdeclared_federation_tells_the_researcher_no_exact_counts(cluster, tmp_path):
+    """Adversary: a researcher with a project token on a federation whose sites share
+    more patients than it declares. The refusal is right, but it carries the overlap
+    check's exact, un-noised counts — how many patients are held by one site, by two —
+    computed from every site's restricted pseudonyms (withdrawn patients included), in
+    the reason and as ``patients_by_sites``. Invariant 2: only differentially private
+    aggregates leave; the controllers need these counts, the researcher does not."""
+    parts = _overlapping_parts(cluster, tmp_path / "parts", 37, declared=1)
+    gateway = _federation(cluster, parts, {"lk-north": "north", "lk-south": "south",
+                                           "lk-east": "east"}, tmp_path / "sites")
+    try:
+        gw = Gateway(gateway.url, grant(gateway, project="overlap-leak")["token"])
+        with pytest.raises(GatewayError) as refused:
+            gw.federated.mean(DATASET, "total_cost", epsilon=1.0)
+    finally:
+        gateway.close()
+    assert refused.value.status == 403
+    told = {"reason": refused.value.reason, "details": refused.value.details}
+    assert "37" not in refused.value.reason and \
+        "patients_by_sites" not in refused.value.details, told
+
+
+def test_a_site_whose_partition_changes_is_checked_again_before_it_answers(cluster,
+                                                                          tmp_path):
+    """Adversary: a site (or its data refresh) that starts sharing patients with another
+    after the gateway checked the federation. The overlap check runs before the first
+    query and then once an hour (``Federation.overlap_ttl``); nothing tells the gateway
+    that a site's partition changed, and the sites attest no version of it. For up to an
+    hour the federation answers with noise calibrated to one site per patient while 40
+    patients are at two. Guarantee asserted (docs/federated.md, "refuse a federation
+    whose declared bound is violated"): a query after the change is refused."""
+    parts = _overlapping_parts(cluster, tmp_path / "parts", 0, declared=1)
+    names = {"rf-north": "north", "rf-south": "south", "rf-east": "east"}
+    gateway = _federation(cluster, parts, names, tmp_path / "sites")
+    try:
+        gw = Gateway(gateway.url, grant(gateway, project="refresh")["token"])
+        assert gw.federated.mean(DATASET, "total_cost", epsilon=1.0).df["count"][0] > 0
+        # south's refreshed extract now also holds 40 of north's patients; the site
+        # reloads it (as a restart or a withdrawal does)
+        refreshed = _overlapping_parts(cluster, tmp_path / "refreshed", 40, declared=1)
+        for name in ("records", "consent"):
+            shutil.copy(refreshed / "south" / "restricted" / f"{name}.parquet",
+                        parts / "south" / "restricted" / f"{name}.parquet")
+        [south] = [p.service for p in cluster.processes.values()
+                   if isinstance(p, ServedApp) and
+                   getattr(getattr(p.service, "settings", None), "site", "") == "rf-south"]
+        south.dataset = south._prepare()
+        try:
+            answer = gw.federated.mean(DATASET, "total_cost", epsilon=2.0)
+        except GatewayError as refused:
+            assert "held by 2 sites" in refused.reason
+        else:
+            raise AssertionError(f"answered with noise for one site per patient while 40 "
+                                 f"patients are at two: {answer.df.to_dicts()}")
+    finally:
+        gateway.close()
