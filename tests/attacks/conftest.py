@@ -1,6 +1,8 @@
 """What the attack tests share: the portal served as its own process (``sandboxctl portal
 serve``: CSRF protection and rate limits on) beside a gateway process, and clients that
-each come from their own loopback address, as different machines would."""
+each come from their own loopback address, as different machines would; and, for attacks
+on the data plane, the federation of tests/federated (site and key-service processes, the
+gateway as its own process) and a gateway process over the session's central dataset."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from portal.models import Profile, User
 from portal.security import hash_password
 from tests import committee
 from tests.browser.conftest import portal_stack
+from tests.federated.conftest import cluster, exact, noisy  # noqa: F401
+from tests.gateway.conftest import datasets_dir, postgres  # noqa: F401
 from tests.services import Postgres
 from tests.signin import fresh_code
 
