@@ -31,7 +31,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +40,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sandbox import receipts  # noqa: E402
-from sandbox.federated import ckks  # noqa: E402
+from sandbox.federated import authorization, ckks  # noqa: E402
 from sandbox.federated.noise import accuracy, noisy  # noqa: E402
 from sandbox.federated.plan import FederatedSpec, finish, local_vector, make_plan  # noqa: E402
 from sandbox.gateway import engine as dpengine  # noqa: E402
 from sandbox.gateway.federation import Federation  # noqa: E402
-from tests.federated.cluster import SITES, start_cluster  # noqa: E402
+from tests.federated.cluster import SITES, authorize, start_cluster  # noqa: E402
 
 DEMO = ROOT / "var" / "datasets" / "emr-visits"
 DATASET = "emr-visits-federated"
@@ -145,6 +144,7 @@ def run(cluster, public: dict, rounds: int) -> None:
     offline_ms = (time.perf_counter() - start) * 1000
     federation = Federation(cluster.federation_file, receipts.Signer(
         cluster.gateway_state / "signing-key.pem"))
+    portal = cluster.portal_signer()
     grant = {"id": "bench", "project": "bench", "status": "active", "purpose": PURPOSE,
              "expires_at": "2099-01-01T00:00:00+00:00", "datasets": [DATASET],
              "fields": ["length_of_stay", "total_cost", "sex", "visit_type", "age_band"],
@@ -166,7 +166,11 @@ def run(cluster, public: dict, rounds: int) -> None:
             return finish(plan, ckks.decrypt(secret, total, plan.size)), len(parts[0])
 
         def end_to_end(plan=plan):
-            return federation.run(plan, grant, uuid.uuid4().hex).rows
+            # a new authorization each round: one question under one authorization is
+            # decrypted once, and a repeat would only fetch the stored outcome
+            granted = authorize(portal, {**grant, "epsilon": 100.0})
+            return federation.run(plan, grant, authorization.query_id(
+                granted["payload"]["id"], plan.spec.fingerprint()), granted).rows
 
         plain_s, _ = timed(plaintext, rounds)
         enc_s, (_, sizes[name]) = timed(encrypted, rounds, refill)

@@ -14,6 +14,7 @@ from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from portal import anchoring, i18n, labels, signin
+from portal import gateway as portal_gateway
 from portal.config import PortalSettings
 from portal.db import connect
 from portal.security import cross_site_problem, is_locked
@@ -66,6 +67,8 @@ def create_app(settings: PortalSettings | None = None) -> Flask:
     )
     app.session_interface = _CookieSessions()
     app.extensions["portal.settings"] = settings
+    # the public half of the portal's grant key, for the services that check grants
+    portal_gateway.grant_signer(settings)
     engine, sessions = connect(settings.database_url)
     app.extensions["portal.engine"] = engine
     app.extensions["portal.sessions"] = sessions

@@ -10,7 +10,9 @@ import httpx
 
 from portal.config import PortalSettings
 from portal.models import DecisionRecord
+from sandbox import receipts
 from sandbox.errors import SandboxError
+from sandbox.federated import authorization
 
 
 class GatewayUnavailable(SandboxError):
@@ -32,15 +34,29 @@ def bind_networks(settings: PortalSettings, grant_id: str, networks: list[str]) 
              {"networks": networks}, "bind the grant to the sandbox network")
 
 
+def grant_signer(settings: PortalSettings) -> receipts.Signer:
+    """The portal's grant key (created on first use), its public half published beside it
+    for the gateway, the sites and the key service (``grant-public-key.pem``)."""
+    signer = receipts.Signer(settings.state_dir / "grant-signing-key.pem")
+    public = settings.state_dir / "grant-public-key.pem"
+    if not public.exists() or public.read_bytes() != signer.public_pem:
+        public.write_bytes(signer.public_pem)
+    return signer
+
+
 def create_grant(settings: PortalSettings, application_id: int, purpose: str,
                  decision: DecisionRecord, datasets: list[str], expires: datetime
                  ) -> tuple[str, str]:
-    """Create the project's grant; returns (grant id, project token)."""
+    """Create the project's grant, with the portal's signed authorization of its terms
+    (what federated queries are checked against); returns (grant id, project token)."""
+    project = f"application-{application_id}"
+    signed = authorization.issue(grant_signer(settings), project, datasets,
+                                 decision.fields, purpose, decision.epsilon,
+                                 decision.delta, expires)
     body = _gateway(settings, "POST", "/v1/admin/grants", {
-        "project": f"application-{application_id}", "datasets": datasets,
-        "fields": decision.fields, "purpose": purpose,
-        "epsilon": decision.epsilon, "delta": decision.delta,
-        "expires_at": expires.isoformat()}, "create the grant")
+        "project": project, "datasets": datasets, "fields": decision.fields,
+        "purpose": purpose, "epsilon": decision.epsilon, "delta": decision.delta,
+        "expires_at": expires.isoformat(), "authorization": signed}, "create the grant")
     return body["grant"]["id"], body["token"]
 
 

@@ -133,7 +133,7 @@ def install_peer(app: FastAPI, anchors: Anchors, audience: str,
             key = gateway_key()
         except OSError as exc:
             raise Unavailable(f"the gateway's public key is not configured ({exc})") from None
-        request = messages.open_signed(message, key, audience)
+        request = messages.open_signed(message, key, audience, "checkpoint")
         forwarded = request.get("forwarded") or []
         return anchors.answer(request.get("checkpoint"), "gateway", key,
                               forwarded if isinstance(forwarded, list) else [],
@@ -238,7 +238,7 @@ def _exchange(anchors: Anchors, http: httpx.Client, peer: str, url: str, body: d
               outcome: dict[str, str]) -> dict | None:
     try:
         response = http.post(f"{url.rstrip('/')}/v1/audit/checkpoints",
-                             json=messages.sign(anchors.signer, peer, body))
+                             json=messages.sign(anchors.signer, peer, "checkpoint", body))
         answer = response.json()
         if response.status_code != 200:
             raise Unavailable(f"answered {response.status_code}: {answer.get('reason')}")

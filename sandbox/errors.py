@@ -86,6 +86,13 @@ class Conflict(SandboxError):
     code = "conflict"
 
 
+class PartitionChanged(Conflict):
+    """A federated site's data changed since the federation's overlap check: nothing was
+    computed; check the federation again before asking."""
+
+    code = "partition_changed"
+
+
 class RateLimited(SandboxError):
     """Too many requests for this token in too short a time."""
 

@@ -35,6 +35,7 @@ class Domain(StrEnum):
     ATTESTATION = "site-attestation"   # a site's statement about the part it computed
     MANIFEST = "export-manifest"       # the portal's manifest of a released export
     CHECKPOINT = "audit-checkpoint"    # a service's statement about its audit chain's head
+    GRANT = "grant-authorization"      # the portal's statement of what a project was granted
 
 
 DOMAIN_FIELD = "domain"

@@ -28,6 +28,10 @@ def site() -> None:
               type=click.Path(path_type=Path, dir_okay=False),
               help="The gateway's public key (PEM) [env SANDBOX_SITE_GATEWAY_KEY_FILE; "
                    "var/gateway/public-key.pem].")
+@click.option("--portal-key", "portal_key_file",
+              type=click.Path(path_type=Path, dir_okay=False),
+              help="The portal's public grant key (PEM) [env SANDBOX_SITE_PORTAL_KEY_FILE; "
+                   "var/portal/grant-public-key.pem].")
 @click.option("--host", help="Address [env SANDBOX_SITE_HOST; 127.0.0.1].")
 @click.option("--port", type=int, help="Port [env SANDBOX_SITE_PORT; 8731].")
 @trusted_proxy_option("SANDBOX_SITE_TRUSTED_PROXIES")
@@ -90,6 +94,10 @@ _database = click.option("--database-url", help="Database [env SANDBOX_KEYS_DATA
               type=click.Path(path_type=Path, dir_okay=False),
               help="The gateway's public key (PEM) [env SANDBOX_KEYS_GATEWAY_KEY_FILE; "
                    "var/gateway/public-key.pem].")
+@click.option("--portal-key", "portal_key_file",
+              type=click.Path(path_type=Path, dir_okay=False),
+              help="The portal's public grant key (PEM) [env SANDBOX_KEYS_PORTAL_KEY_FILE; "
+                   "var/portal/grant-public-key.pem].")
 @click.option("--min-sites", type=int, help="Sites a total needs (≥ 3) "
               "[env SANDBOX_KEYS_MIN_SITES; 3].")
 @click.option("--host", help="Address [env SANDBOX_KEYS_HOST; 127.0.0.1].")

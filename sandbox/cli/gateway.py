@@ -34,6 +34,11 @@ def gateway() -> None:
 @click.option("--federation-file", type=click.Path(path_type=Path, dir_okay=False),
               help="Federated datasets, their sites and the key service (JSON) "
                    "[env SANDBOX_GATEWAY_FEDERATION_FILE; none].")
+@click.option("--portal-key", "portal_key_file",
+              type=click.Path(path_type=Path, dir_okay=False),
+              help="The portal's public grant key (PEM), which grants on federated "
+                   "datasets are signed with [env SANDBOX_GATEWAY_PORTAL_KEY_FILE; "
+                   "var/portal/grant-public-key.pem].")
 @click.option("--max-epsilon", type=float, help="Largest total ε a grant may have "
               f"[env SANDBOX_GATEWAY_MAX_EPSILON; the portal's maximum, {MAX_EPSILON:g}].")
 @trusted_proxy_option("SANDBOX_GATEWAY_TRUSTED_PROXIES")

@@ -4,14 +4,18 @@ It publishes the public context, and decrypts one thing — the sum of the sites
 parts of a federated query, which it adds up itself — when the gateway's signed request
 satisfies its policy (``policy``):
 
-- signed by the gateway, meant for the key service, fresh;
-- within the project's grant as the gateway states it (active, unexpired, the dataset and
-  fields granted, ε not overspent — also by the key service's own tally of what it
-  decrypted for that grant);
+- signed by the gateway, meant for the key service and for decryption, fresh;
+- within the portal's signed authorization of the grant (``authorization``: dataset,
+  fields, ε, term), under the query id that authorization and the question give, and
+  within the grant's state as the gateway states it (active, unexpired);
 - at least ``min_sites`` (≥ 3) registered sites attest, each with its own key, that they
   computed a part for this very query, with noise of the scale its ε needs;
-- after decryption every count slot covers at least 5 patients: a histogram cell below is
-  withheld, a mean or regression below is refused.
+- the query's ε is spent from the authorization's total here, atomically, before
+  anything is decrypted: the portal's grant, not the gateway's ledger, bounds what the
+  key service decrypts;
+- after decryption every count the answer reveals covers at least 5 patients
+  (``counts``): a histogram cell below is withheld, a mean or regression below is
+  refused.
 
 One query id, one outcome. Whatever the key service decides for a query id — the values it
 decrypted, or a refusal, including a refusal made after decrypting ("fewer than 5
@@ -46,9 +50,9 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    func,
     insert,
     select,
+    update,
 )
 from sqlalchemy.exc import IntegrityError
 
@@ -56,7 +60,7 @@ from sandbox import anchors, audit, httpapi, receipts
 from sandbox.audit import AuditAction
 from sandbox.db import make_engine
 from sandbox.errors import Conflict, Forbidden, InputError, SandboxError, Unauthenticated
-from sandbox.federated import ckks, messages, policy
+from sandbox.federated import authorization, ckks, counts, messages, policy
 from sandbox.federated.plan import FederatedSpec
 from sandbox.secretfile import read_or_create
 from sandbox.serving import TRUSTED_PROXIES_HELP, TrustedProxies
@@ -72,6 +76,22 @@ sites = Table(
     Column("public_pem", Text, nullable=False),
     Column("registered_at", String(40), nullable=False),
 )
+# What the key service has spent of each authorization (the portal's signed grant), and
+# which query ids paid: the budget it holds the gateway to, whatever the gateway says.
+budgets = Table(
+    "budgets", metadata,
+    Column("authorization_id", String(64), primary_key=True),
+    Column("total", Float, nullable=False),
+    Column("spent", Float, nullable=False),
+)
+spends = Table(
+    "spends", metadata,
+    Column("query_id", String(64), primary_key=True),
+    Column("authorization_id", String(64), nullable=False),
+    Column("epsilon", Float, nullable=False),
+    Column("at", String(40), nullable=False),
+)
+
 # Every query id the key service decided, and how: its outcome is final.
 queries = Table(
     "queries", metadata,
@@ -94,6 +114,9 @@ class KeySettings(BaseSettings, anchors.AnchorSettings):
                               description="SQLite or PostgreSQL URL: sites, decryptions, audit")
     gateway_key_file: Path = Field(Path("var/gateway/public-key.pem"),
                                    description="the gateway's public signing key (PEM)")
+    portal_key_file: Path = Field(Path("var/portal/grant-public-key.pem"),
+                                  description="the portal's public grant key (PEM): every "
+                                  "federated query carries its signed authorization")
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8720, description="port to listen on")
     trusted_proxies: TrustedProxies = Field(default_factory=list,
@@ -177,7 +200,8 @@ class KeyService:
         reason — stored and final for the query id. A request not signed by the gateway,
         or not describing a query, is refused (4xx) without deciding anything."""
         try:
-            request = messages.open_signed(body.request, self._gateway_key(), AUDIENCE)
+            request = messages.open_signed(body.request, self._gateway_key(), AUDIENCE,
+                                           "decrypt")
         except SandboxError as exc:
             self._audit(AuditAction.KEYS_REFUSED, "unauthenticated",
                         _query_of(body.request), {"reason": exc.reason})
@@ -214,40 +238,62 @@ class KeyService:
         grant = request.get("grant")
         if not isinstance(grant, dict):
             raise InputError("the request does not describe the grant")
+        query_id = str(request["query_id"])
+        granted = authorization.read(request.get("authorization"),
+                                     authorization.portal_key(self.settings.portal_key_file))
+        granted.covers(spec)
+        if query_id != granted.query_id(spec):
+            raise Unauthenticated("the query id is not the one its authorization and "
+                                  "question give")
         policy.within_grant(grant, spec)
         policy.check_layout(spec, layout)
-        self._within_tally(grant, spec)
         parts = [ckks.unb64(p) for p in body.parts]
-        sites = policy.attested(request.get("attestations") or [], parts,
-                                str(request["query_id"]), spec, layout, self.site_keys(),
-                                self.settings.min_sites, self.require_noise)
+        sites = policy.attested(request.get("attestations") or [], parts, query_id, spec,
+                                layout, self.site_keys(), self.settings.min_sites,
+                                self.require_noise)
+        self._spend(granted, spec, query_id)
         total = ckks.add(self._public, parts)  # the key service adds the parts itself
         values: list[float | None] = list(ckks.decrypt(self._secret, total, layout.size))
-        small = [i for i in layout.count_slots
-                 if values[i] is not None and values[i] < layout.min_count]
-        if small and spec.kind != "histogram":
+        short = [check for check in layout.count_checks
+                 if counts.value(check, values) < layout.min_count]
+        if short and spec.kind != "histogram":
             raise _RefusedAfterDecryption("the answer would cover fewer than 5 patients; "
                                           "nothing was released")
+        small = sorted(slot for check in short for slot, _ in check)  # a histogram's cells
         for i in small:
             values[i] = None
         return {"outcome": "released", "values": values, "withheld": small, "sites": sites}
 
-    def _within_tally(self, grant: dict, spec: FederatedSpec) -> None:
-        """The key service's own account of ε: what it decrypted for this grant, plus this
-        query, stays within the grant's total (a gateway whose ledger was rewound is
-        stopped here)."""
-        with self.db.connect() as conn:
-            spent = conn.execute(select(func.coalesce(func.sum(queries.c.epsilon), 0.0))
-                                 .where(queries.c.grant_id == str(grant.get("id")),
-                                        queries.c.decrypted.is_(True))).scalar_one()
+    def _spend(self, granted: authorization.Authorization, spec: FederatedSpec,
+               query_id: str) -> None:
+        """Spend the query's ε from the authorization's total, before decrypting: one
+        conditional update (it cannot take the total past what the portal signed, however
+        many requests arrive at once) and the query's spend row, together; a query id
+        already paid for is not paid again."""
         try:
-            total = float(grant["epsilon_total"])
-        except (KeyError, TypeError, ValueError):
-            raise InputError("the request does not describe the grant's ε") from None
-        if float(spent) + spec.epsilon > total + 1e-9:
-            raise Forbidden(f"grant {grant.get('id')}: the key service has decrypted ε = "
-                            f"{float(spent):g} for it; ε = {spec.epsilon:g} more would exceed "
-                            f"its total of {total:g}")
+            with self.db.begin() as conn:
+                conn.execute(insert(budgets).values(authorization_id=granted.id,
+                                                    total=granted.epsilon, spent=0.0))
+        except IntegrityError:
+            pass  # its budget exists already
+        try:
+            with self.db.begin() as conn:
+                if conn.execute(select(spends.c.query_id).where(
+                        spends.c.query_id == query_id)).first() is not None:
+                    return
+                paid = conn.execute(update(budgets).where(
+                    budgets.c.authorization_id == granted.id,
+                    budgets.c.spent + spec.epsilon <= budgets.c.total + 1e-9,
+                ).values(spent=budgets.c.spent + spec.epsilon)).rowcount
+                if paid != 1:
+                    raise Forbidden(f"authorization {granted.id}: the key service has spent "
+                                    f"what the portal granted (ε = {granted.epsilon:g}); "
+                                    f"ε = {spec.epsilon:g} more would exceed it")
+                conn.execute(insert(spends).values(query_id=query_id,
+                                                   authorization_id=granted.id,
+                                                   epsilon=spec.epsilon, at=_now()))
+        except IntegrityError:
+            return  # a concurrent request paid for this query id; this one's update undone
 
     def _remember(self, query_id: str, spec: FederatedSpec, grant: dict, outcome: dict,
                   decrypted: bool) -> dict:

@@ -1,9 +1,11 @@
 """Signed messages between the gateway, the sites and the key service.
 
-A message is a receipt (``sandbox.receipts``) whose payload names its ``audience`` (the one
-service meant to act on it), the time it was issued and a fresh nonce; a receiver acts only
-on a message signed by the key it trusts, meant for it, and recent. Ciphertexts travel
-beside the signed part, bound to it by their SHA-256 digests."""
+A message is a signed document (``sandbox.receipts``, domain ``service-message``) whose
+payload names its ``audience`` (the one service meant to act on it), its ``action`` (the
+one request it authorises: a lookup is never accepted as a withdrawal), the time it was
+issued and a fresh nonce; a receiver acts only on a message signed by the key it trusts,
+meant for it, for this action, and recent. Ciphertexts travel beside the signed part, bound
+to it by their SHA-256 digests."""
 
 from __future__ import annotations
 
@@ -21,15 +23,17 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sign(signer: receipts.Signer, audience: str, body: dict) -> dict:
-    return signer.sign({**body, "audience": audience, "nonce": secrets.token_hex(16),
+def sign(signer: receipts.Signer, audience: str, action: str, body: dict) -> dict:
+    return signer.sign({**body, "audience": audience, "action": action,
+                        "nonce": secrets.token_hex(16),
                         "issued_at": datetime.now(UTC).isoformat()}, receipts.Domain.MESSAGE)
 
 
-def open_signed(message: object, public_pem: bytes, audience: str,
+def open_signed(message: object, public_pem: bytes, audience: str, action: str,
                 now: datetime | None = None) -> dict:
-    """The payload of a message meant for ``audience``, signed with ``public_pem`` within
-    ``MAX_AGE``; anything else is ``Unauthenticated`` with the reason."""
+    """The payload of a message meant for ``audience`` and ``action``, signed with
+    ``public_pem`` within ``MAX_AGE``; anything else is ``Unauthenticated`` with the
+    reason."""
     if not isinstance(message, dict):
         raise Unauthenticated("the request is not signed")
     try:
@@ -39,6 +43,9 @@ def open_signed(message: object, public_pem: bytes, audience: str,
     if payload.get("audience") != audience:
         raise Unauthenticated(f"the request is meant for {payload.get('audience')!r}, "
                               f"not {audience!r}")
+    if payload.get("action") != action:
+        raise Unauthenticated(f"the request was signed for {payload.get('action')!r}, "
+                              f"not {action!r}")
     try:
         issued = datetime.fromisoformat(payload["issued_at"])
     except (KeyError, TypeError, ValueError):

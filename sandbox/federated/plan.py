@@ -49,7 +49,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sandbox.errors import InputError, PolicyRefusal
-from sandbox.federated import ckks
+from sandbox.federated import ckks, counts
 from sandbox.gateway import engine as dpengine
 from sandbox.gateway.queries import MAX_BINS, MAX_FILTERS, Filter
 
@@ -159,7 +159,7 @@ class Plan:
     spec: FederatedSpec
     slots: list[str]              # what each slot of the vector holds
     sensitivity: list[float]      # how far one row can move each slot
-    count_slots: list[int]        # slots that count rows
+    count_checks: list[counts.CountCheck]  # the groups of rows the answer reveals
     row_l1: int                   # L1 change of the normalised vector per row
     rows_per_patient: int         # r: rows one patient can change at one site
     sites_per_patient: int        # m: sites that may hold one patient (declared, checked)
@@ -190,7 +190,7 @@ class Plan:
 
     def describe(self) -> dict:
         """What the key service needs to apply its policy."""
-        return {"size": self.size, "count_slots": self.count_slots,
+        return {"size": self.size, "count_checks": counts.to_json(self.count_checks),
                 "min_count": self.min_count, "rows_per_patient": self.rows_per_patient,
                 "sites_per_patient": self.sites_per_patient, "noise_scale": self.scale}
 
@@ -211,21 +211,24 @@ def make_plan(spec: FederatedSpec, metadata: dict, allowed: set[str] | None = No
         labels = [f"[{a:g}, {b:g})" for a, b in itertools.pairwise(spec.bins)]
         labels[-1] = labels[-1][:-1] + "]"
         k = len(labels)
-        plan = Plan(spec, [f"count {label}" for label in labels], [1.0] * k, list(range(k)),
-                    1, r, m, shares, records, [column], labels)
+        plan = Plan(spec, [f"count {label}" for label in labels], [1.0] * k,
+                    [counts.single(i) for i in range(k)], 1, r, m, shares, records, [column],
+                    labels)
     elif spec.kind == "mean":
         column = _numeric(fields, spec.field, spec.bounds, "bounds")
         top = column.magnitude
         plan = Plan(spec, ["n", f"sum {column.name}", f"sum {column.name}²"],
-                    [1.0, top, top * top], [0], 3, r, m, shares, records, [column],
+                    [1.0, top, top * top], [counts.single(0)], 3, r, m, shares, records,
+                    [column],
                     ["count", "mean", "std"])
     else:
         design = [Column("intercept", "", 1.0, 1.0)]
         for name in spec.features:
             design += _design(fields, name, spec.feature_bounds.get(name))
         target = _numeric(fields, spec.target, spec.bounds, "bounds")
-        slots, sensitivity = [], []
+        slots, sensitivity, cells = [], [], {}
         for i, j in itertools.combinations_with_replacement(range(len(design)), 2):
+            cells[(i, j)] = len(slots)
             slots.append("n" if i == j == 0 else f"Σ {design[i].name}·{design[j].name}")
             sensitivity.append(design[i].magnitude * design[j].magnitude)
         for column in design:
@@ -233,7 +236,11 @@ def make_plan(spec: FederatedSpec, metadata: dict, allowed: set[str] | None = No
             sensitivity.append(column.magnitude * target.magnitude)
         slots.append(f"Σ {target.name}²")
         sensitivity.append(target.magnitude ** 2)
-        plan = Plan(spec, slots, sensitivity, [0], len(slots), r, m, shares, records,
+        # one-hot cells (and n) have sensitivity 1: their normalised values are counts
+        checks = counts.regression(
+            [c.field if c.category is not None else None for c in design],
+            lambda i, j: cells[(min(i, j), max(i, j))])
+        plan = Plan(spec, slots, sensitivity, checks, len(slots), r, m, shares, records,
                     [*design, target], [c.name for c in design])
     if plan.size > ckks.SLOTS:
         raise InputError(f"this query needs {plan.size} slots; one ciphertext holds "

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from sandbox import receipts
 from sandbox.errors import Forbidden, InputError, PolicyRefusal, Unauthenticated
-from sandbox.federated import messages
+from sandbox.federated import counts, messages
 from sandbox.federated.plan import MIN_PATIENTS, FederatedSpec
 
 
@@ -24,7 +24,7 @@ class Layout:
     """The request's vector layout, as the gateway planned it."""
 
     size: int
-    count_slots: list[int]
+    count_checks: list[counts.CountCheck]
     min_count: float
     rows_per_patient: int
     sites_per_patient: int
@@ -33,7 +33,7 @@ class Layout:
     def of(cls, request: dict) -> Layout:
         try:
             layout = request["layout"]
-            return cls(int(layout["size"]), [int(i) for i in layout["count_slots"]],
+            return cls(int(layout["size"]), counts.from_json(layout["count_checks"]),
                        float(layout["min_count"]), int(layout["rows_per_patient"]),
                        int(layout["sites_per_patient"]))
         except (KeyError, TypeError, ValueError) as exc:
@@ -46,12 +46,18 @@ class Layout:
 
 
 def check_layout(spec: FederatedSpec, layout: Layout) -> None:
-    """The count slots follow from the kind of query, whatever the request says; the
+    """The count checks include what the kind of query always reveals (each bin of a
+    histogram, n otherwise), whatever the request says — the sites attest the rest; the
     minimum count covers 5 patients of r rows at m sites."""
-    expected = list(range(len(spec.bins) - 1)) if spec.kind == "histogram" else [0]
-    if layout.count_slots != expected or \
-            (spec.kind == "histogram" and layout.size != len(expected)) or \
-            (spec.kind == "mean" and layout.size != 3):
+    if spec.kind == "histogram":
+        expected = [counts.single(i) for i in range(len(spec.bins) - 1)]
+        fits = layout.count_checks == expected and layout.size == len(expected)
+    else:
+        fits = counts.single(0) in layout.count_checks and \
+            (spec.kind != "mean" or (layout.size == 3
+                                     and layout.count_checks == [counts.single(0)]))
+    if not fits or any(slot >= layout.size or slot < 0
+                       for check in layout.count_checks for slot, _ in check):
         raise PolicyRefusal("the request's layout does not fit its query")
     if layout.rows_per_patient < 1 or layout.sites_per_patient < 1 or \
             layout.min_count < MIN_PATIENTS * layout.rows_per_patient * \
@@ -106,6 +112,9 @@ def attested(attestations: list, parts: list[bytes], query_id: str, spec: Federa
                 payload.get("sites_per_patient") != layout.sites_per_patient:
             raise PolicyRefusal(f"site {site} computed its part for other public "
                                 "parameters (rows or sites per patient)")
+        if payload.get("count_checks") != counts.to_json(layout.count_checks):
+            raise PolicyRefusal(f"the request checks other counts than site {site} "
+                                "says its answer reveals")
         scale = payload.get("noise_scale")
         if not isinstance(scale, int | float) or scale < needed:
             raise PolicyRefusal(f"site {site}'s part carries less noise than ε = "

@@ -38,8 +38,15 @@ from sqlalchemy.exc import IntegrityError
 from sandbox import anchors, audit, httpapi, receipts
 from sandbox.audit import AuditAction
 from sandbox.db import make_engine
-from sandbox.errors import Conflict, InputError, SandboxError, Unavailable
-from sandbox.federated import ckks, messages
+from sandbox.errors import (
+    Conflict,
+    InputError,
+    PartitionChanged,
+    SandboxError,
+    Unauthenticated,
+    Unavailable,
+)
+from sandbox.federated import authorization, ckks, counts, messages
 from sandbox.federated.noise import noisy
 from sandbox.federated.plan import FederatedSpec, Plan, local_vector, make_plan
 from sandbox.gateway import engine as dpengine
@@ -75,6 +82,9 @@ class SiteSettings(BaseSettings, anchors.AnchorSettings):
     keys_url: str = Field("http://127.0.0.1:8720", description="the key service")
     gateway_key_file: Path = Field(Path("var/gateway/public-key.pem"),
                                    description="the gateway's public signing key (PEM)")
+    portal_key_file: Path = Field(Path("var/portal/grant-public-key.pem"),
+                                  description="the portal's public grant key (PEM): every "
+                                  "federated query carries its signed authorization")
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8731, description="port to listen on")
     trusted_proxies: TrustedProxies = Field(default_factory=list,
@@ -102,6 +112,7 @@ class SiteService:
                                        settings.state_dir, settings)
         self._lock = threading.Lock()
         self._pool: ckks.EncryptionPool | None = None
+        self._partition: tuple[dpengine.Dataset, str] | None = None
         self.dataset = self._prepare()
 
     def _prepare(self) -> dpengine.Dataset:
@@ -111,6 +122,16 @@ class SiteService:
                 withdrawn.setdefault(row.pseudonym, set()).add(row.purpose)
         return dpengine.prepare(self.settings.dataset_dir, self.settings.state_dir / "views",
                                 withdrawn)
+
+    def partition(self, patients: list[str] | None = None) -> str:
+        """A digest of the patients this site holds now (of the loaded partition): what the
+        gateway's overlap check saw, and what each part is attested with, so that a
+        partition refreshed since the check is noticed before anything is computed."""
+        dataset = self.dataset
+        if self._partition is None or self._partition[0] is not dataset:
+            held = sorted(patients if patients is not None else dpengine.patients(dataset))
+            self._partition = (dataset, hashlib.sha256("\n".join(held).encode()).hexdigest())
+        return self._partition[1]
 
     def pool(self) -> ckks.EncryptionPool:
         """Encryptions under the key service's public context (fetched once)."""
@@ -127,27 +148,35 @@ class SiteService:
                 self._pool = ckks.EncryptionPool(context)
             return self._pool
 
-    def _open(self, message: dict) -> dict:
+    def _open(self, message: dict, action: str) -> dict:
         try:
             key = self.settings.gateway_key_file.read_bytes()
         except OSError as exc:
             raise Unavailable(f"the gateway's public key is not configured ({exc})") from None
-        return messages.open_signed(message, key, self.settings.audience)
+        return messages.open_signed(message, key, self.settings.audience, action)
 
     def aggregate(self, message: dict) -> dict:
         """The encrypted local aggregate for the gateway's signed query, with this site's
         attestation."""
         request: dict = {}
         try:
-            request = self._open(message)
+            request = self._open(message, "aggregate")
             spec = FederatedSpec(**request["spec"])
             if spec.dataset != self.dataset.id:
                 raise InputError(f"this site serves {self.dataset.id!r}, not {spec.dataset!r}")
             query_id = str(request["query_id"])
-            if not 1 <= len(query_id) <= 64:
-                raise InputError("the request names no query")
-            plan = make_plan(spec, self.dataset.metadata, set(request["fields"]))
-            share, drawn = self._share(query_id, plan, str(request["purpose"]))
+            granted = authorization.read(
+                request.get("authorization"),
+                authorization.portal_key(self.settings.portal_key_file))
+            granted.covers(spec)
+            if query_id != granted.query_id(spec):
+                raise Unauthenticated("the query id is not the one its authorization and "
+                                      "question give: one question, one id, one noise draw")
+            if request.get("partition") not in (None, self.partition()):
+                raise PartitionChanged(f"site {self.settings.site}'s data changed since the "
+                                       "federation's overlap check; nothing was computed")
+            plan = make_plan(spec, self.dataset.metadata, set(granted.fields))
+            share, drawn = self._share(query_id, plan, granted.purpose)
         except SandboxError as exc:
             self._audit(AuditAction.SITE_REFUSED, message, {"reason": exc.reason},
                         signed=bool(request))
@@ -163,10 +192,13 @@ class SiteService:
             "size": plan.size, "min_count": plan.min_count, "covered": covered,
             "rows_per_patient": plan.rows_per_patient,
             "sites_per_patient": plan.sites_per_patient,
-            "noise_scale": plan.scale if self.noise else 0.0}, receipts.Domain.ATTESTATION)
+            "noise_scale": plan.scale if self.noise else 0.0,
+            "count_checks": counts.to_json(plan.count_checks),
+            "partition": self.partition()}, receipts.Domain.ATTESTATION)
         self._audit(AuditAction.SITE_AGGREGATED, message,
-                    {"fingerprint": spec.fingerprint(), "purpose": request["purpose"],
-                     "slots": plan.size, "noise": "drawn" if drawn else "stored"})
+                    {"fingerprint": spec.fingerprint(), "purpose": granted.purpose,
+                     "authorization": granted.id, "slots": plan.size,
+                     "noise": "drawn" if drawn else "stored"})
         return {"site": self.settings.site, "covered": covered, "attestation": attestation,
                 "ciphertext": ckks.b64(ciphertext)}
 
@@ -203,7 +235,7 @@ class SiteService:
 
     def withdraw(self, message: dict) -> dict:
         """Record a patient's withdrawal (forwarded by the gateway) and rebuild the view."""
-        request = self._open(message)
+        request = self._open(message, "withdraw")
         pseudonym, purposes = str(request["pseudonym"]), request.get("purposes") or ["*"]
         with self.db.begin() as conn:
             for purpose in purposes:
@@ -224,7 +256,7 @@ class SiteService:
         HMAC-SHA256(salt, pseudonym) for each, sorted — what the gateway compares across
         sites to count patients held by several (docs/federated.md). The salt is fresh per
         check, so the digests of two checks cannot be linked."""
-        request = self._open(message)
+        request = self._open(message, "overlap")
         try:
             salt = bytes.fromhex(str(request["salt"]))
             check = str(request["check_id"])
@@ -233,18 +265,20 @@ class SiteService:
         if len(salt) < 16:
             raise InputError("the salt must be at least 16 bytes")
         patients = dpengine.patients(self.dataset)
+        partition = self.partition(patients)
         digests = sorted(hmac.new(salt, p.encode(), hashlib.sha256).digest()[:8]
                          for p in patients)
         with self.db.begin() as conn:
             audit.append(conn, AuditAction.SITE_OVERLAP_REPORTED, "gateway",
                          f"check:{check}", {"patients": len(digests)})
         return {"site": self.settings.site, "check_id": check, "patients": len(digests),
+                "partition": partition,
                 "digests": base64.b64encode(b"".join(digests)).decode()}
 
     def holds(self, message: dict) -> dict:
         """Whether this site holds records of a patient (for the gateway's consent and
         transparency reports); asked by pseudonym, answered yes or no."""
-        request = self._open(message)
+        request = self._open(message, "holds")
         pseudonym = str(request.get("pseudonym", ""))
         found = dpengine.contains(self.dataset, pseudonym)
         with self.db.begin() as conn:
@@ -257,9 +291,12 @@ class SiteService:
         """``signed``: the gateway's signature was verified (else the actor is unknown)."""
         payload = message.get("payload") if isinstance(message, dict) else None
         query = payload.get("query_id") if isinstance(payload, dict) else None
+        # the caller's string, cut to a query id's length: an unsigned request must not
+        # write what it likes into the chain
+        subject = f"query:{str(query)[:64] if query else '?'}"
         with self.db.begin() as conn:
-            audit.append(conn, action, "gateway" if signed else "unauthenticated",
-                         f"query:{query or '?'}", details)
+            audit.append(conn, action, "gateway" if signed else "unauthenticated", subject,
+                         details)
 
 
 def _now() -> str:

@@ -10,9 +10,11 @@ each federated dataset, its public metadata and its sites::
 For a query the gateway signs one request per site and relays the encrypted noisy parts it
 gets back, with the sites' attestations, to the key service, which adds them and decrypts
 the total — which the gateway cannot do: it only ever holds the public context, and it
-draws no noise of its own (the sites do, ADR 0011). The query id of a charge is derived
-from the grant and the query, so a retry under the same charge asks the sites and the key
-service about the same query id, and gets the same noisy shares and the same outcome.
+draws no noise of its own (the sites do, ADR 0011). The query id is derived from the
+portal's authorization of the grant and the question (``authorization.query_id``), and the
+sites and the key service derive it again themselves: a retry asks about the same query id
+and gets the same noisy shares and the same outcome, and no one can ask one question under
+another id.
 
 Before a federated dataset is first queried, and again every ``overlap_ttl`` seconds, the
 gateway checks the federation's declared ``sites_per_patient`` against the sites: each
@@ -23,7 +25,6 @@ more patients' blinded pseudonyms are shared by more sites than declared is refu
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import secrets
 import threading
@@ -37,7 +38,13 @@ from pathlib import Path
 import httpx
 
 from sandbox import receipts
-from sandbox.errors import InputError, PolicyRefusal, SandboxError, Unavailable
+from sandbox.errors import (
+    InputError,
+    PartitionChanged,
+    PolicyRefusal,
+    SandboxError,
+    Unavailable,
+)
 from sandbox.federated import messages
 from sandbox.federated.keys import MIN_SITES
 from sandbox.federated.plan import (
@@ -53,12 +60,6 @@ WITHDRAWAL_TIMEOUT = 15.0
 OVERLAP_TTL = 3600.0
 
 
-def query_id(grant_id: str, fingerprint: str) -> str:
-    """The id under which sites and the key service know a charged query: one per grant
-    and question, whatever the ledger row's id becomes on a retry."""
-    return hashlib.sha256(f"{grant_id}\n{fingerprint}".encode()).hexdigest()[:32]
-
-
 @dataclass(frozen=True)
 class Overlap:
     """What an overlap check found: patients (blinded) by the number of sites holding
@@ -68,6 +69,7 @@ class Overlap:
     declared: int
     held_by: dict[int, int]  # number of sites → patients held by that many
     at: float
+    partitions: dict[str, str]  # site → digest of the patients it held when checked
 
     @property
     def observed(self) -> int:
@@ -131,7 +133,7 @@ class Federation:
                              f"{', '.join(sorted(self.datasets)) or 'none'}")
         return make_plan(spec, dataset.metadata, allowed)
 
-    def run(self, plan: Plan, grant: dict, query: str) -> Release:
+    def run(self, plan: Plan, grant: dict, query: str, authorized: dict) -> Release:
         """Ask every site for its noisy part of query ``query``, have the key service add
         and decrypt them; the released rows, or the key service's refusal as the release.
         Every outcome of the key service is final for the query id; only a failure to
@@ -139,21 +141,25 @@ class Federation:
         spec = plan.spec
         dataset = self.datasets[spec.dataset]
         body = {"query_id": query, "spec": spec.model_dump(mode="json"),
-                "purpose": grant["purpose"], "fields": grant["fields"]}
+                "purpose": grant["purpose"], "fields": grant["fields"],
+                "authorization": authorized}
+        checked = self.overlaps.get(spec.dataset)
+        partitions = checked.partitions if checked else {}
         with ThreadPoolExecutor(len(dataset.sites)) as threads:
-            answers = list(threads.map(lambda item: self._ask_site(*item, body),
-                                    sorted(dataset.sites.items())))
+            answers = list(threads.map(
+                lambda item: self._ask_site(*item, body | {"partition": partitions.get(
+                    item[0])}), sorted(dataset.sites.items())))
         parts = [a for a in answers if isinstance(a, dict)]
         if len(parts) < MIN_SITES:
             failed = "; ".join(a for a in answers if isinstance(a, str))
             raise Unavailable(f"only {len(parts)} of {len(answers)} sites answered "
                               f"({failed}); a federated answer needs {MIN_SITES}")
-        request = messages.sign(self.signer, "keys", {
+        request = messages.sign(self.signer, "keys", "decrypt", {
             "query_id": query, "spec": body["spec"], "layout": plan.describe(),
             "grant": {k: grant[k] for k in ("id", "project", "status", "expires_at",
                                             "datasets", "fields", "epsilon_total",
                                             "epsilon_spent")},
-            "attestations": [p["attestation"] for p in parts]})
+            "attestations": [p["attestation"] for p in parts], "authorization": authorized})
         answer = self._post(f"{self.keys_url}/v1/decrypt", {
             "request": request, "parts": [p["ciphertext"] for p in parts]},
             "the key service")
@@ -180,22 +186,26 @@ class Federation:
     def _check_overlap(self, dataset: FederatedDataset) -> Overlap:
         check, salt = uuid.uuid4().hex, secrets.token_hex(32)
         held: Counter[bytes] = Counter()
+        partitions: dict[str, str] = {}
         for name, url in sorted(dataset.sites.items()):
             answer = self._post(f"{url.rstrip('/')}/v1/overlap", messages.sign(
-                self.signer, f"site:{name}", {"check_id": check, "salt": salt}),
+                self.signer, f"site:{name}", "overlap", {"check_id": check, "salt": salt}),
                 f"site {name}")
             try:
                 blob = base64.b64decode(answer["digests"], validate=True)
             except (KeyError, TypeError, ValueError):
                 raise Unavailable(f"site {name} sent no blinded patients") from None
             held.update({blob[i:i + 8] for i in range(0, len(blob), 8)})
+            partitions[name] = str(answer.get("partition") or "")
         return Overlap(check, sites_per_patient(dataset.metadata),
-                       dict(Counter(held.values())), time.time())
+                       dict(Counter(held.values())), time.time(), partitions)
 
     def _ask_site(self, name: str, url: str, body: dict) -> dict | str:
         try:
-            return self._post(f"{url.rstrip('/')}/v1/aggregate",
-                              messages.sign(self.signer, f"site:{name}", body), f"site {name}")
+            return self._post(f"{url.rstrip('/')}/v1/aggregate", messages.sign(
+                self.signer, f"site:{name}", "aggregate", body), f"site {name}")
+        except PartitionChanged:
+            raise
         except SandboxError as exc:
             return f"{name}: {exc.reason}"
 
@@ -207,7 +217,7 @@ class Federation:
             for name, url in sorted(dataset.sites.items()):
                 try:
                     answer = self._post(f"{url.rstrip('/')}/v1/patients", messages.sign(
-                        self.signer, f"site:{name}", {"pseudonym": pseudonym}),
+                        self.signer, f"site:{name}", "holds", {"pseudonym": pseudonym}),
                         f"site {name}", timeout=WITHDRAWAL_TIMEOUT)
                 except SandboxError:
                     if strict:
@@ -225,8 +235,8 @@ class Federation:
             for name, url in dataset.sites.items():
                 try:  # a site that is down must not hold up the intake for long
                     self._post(f"{url.rstrip('/')}/v1/withdrawals", messages.sign(
-                        self.signer, f"site:{name}", {"pseudonym": pseudonym,
-                                                      "purposes": purposes}),
+                        self.signer, f"site:{name}", "withdraw",
+                        {"pseudonym": pseudonym, "purposes": purposes}),
                                f"site {name}", timeout=WITHDRAWAL_TIMEOUT)
                 except SandboxError:
                     missed.append(name)
@@ -240,9 +250,12 @@ class Federation:
             raise Unavailable(f"{who} could not be reached ({exc})") from None
         if response.status_code != 200:
             try:
-                reason = response.json().get("reason", response.text)
-            except ValueError:
-                reason = response.text
+                answer = response.json()
+                reason, code = answer.get("reason", response.text), answer.get("error")
+            except (ValueError, AttributeError):
+                reason, code = response.text, None
+            if code == PartitionChanged.code:
+                raise PartitionChanged(reason)
             if response.status_code in (401, 403):
                 raise PolicyRefusal(f"{who} refused: {reason}")
             raise Unavailable(f"{who} answered {response.status_code}: {reason}")

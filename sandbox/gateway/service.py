@@ -42,15 +42,17 @@ from sandbox.errors import (
     Forbidden,
     InputError,
     NotFound,
+    PartitionChanged,
     PolicyRefusal,
     RefusedRelease,
     SandboxError,
     Unauthenticated,
 )
+from sandbox.federated import authorization
 from sandbox.federated.noise import ALPHA, accuracy
 from sandbox.federated.plan import FederatedSpec, Plan
 from sandbox.gateway import engine as dpengine
-from sandbox.gateway.federation import FederatedDataset, Federation, query_id
+from sandbox.gateway.federation import FederatedDataset, Federation
 from sandbox.gateway.grants import GrantState, check_usable, next_state
 from sandbox.gateway.queries import QuerySpec
 from sandbox.gateway.ratelimit import RateLimiter
@@ -58,6 +60,7 @@ from sandbox.gateway.settings import GatewaySettings
 from sandbox.gateway.store import (
     create_tables,
     exports,
+    grant_authorizations,
     grant_networks,
     grants,
     releases,
@@ -90,6 +93,9 @@ class GrantRequest(BaseModel):
     epsilon: float = Field(gt=0, description="total ε; at most the gateway's max_epsilon")
     delta: float = Field(default=0.0, ge=0, lt=1e-2)
     expires_at: datetime
+    authorization: dict | None = Field(None, description="the portal's signed "
+                                       "authorization of these terms (required for "
+                                       "federated datasets)")
 
     @field_validator("purpose")
     @classmethod
@@ -295,6 +301,7 @@ class GatewayService:
         if request.epsilon > self.settings.max_epsilon:
             raise InputError(f"ε = {request.epsilon:g} is above the largest total a grant may "
                              f"have (ε ≤ {self.settings.max_epsilon:g})")
+        authorized = self._authorized(request)
         token = secrets.token_urlsafe(32)
         row = {
             "id": uuid.uuid4().hex, "project": request.project,
@@ -307,9 +314,40 @@ class GatewayService:
         }
         with self.db.begin() as conn:
             conn.execute(insert(grants).values(**row))
+            if authorized is not None:
+                conn.execute(insert(grant_authorizations).values(
+                    grant_id=row["id"], authorization_id=authorized.id,
+                    document=json.dumps(authorized.document, ensure_ascii=False)))
             audit.append(conn, AuditAction.GRANT_CREATED, actor, f"grant:{row['id']}",
-                         {k: v for k, v in row.items() if k != "token_hash"})
+                         {**{k: v for k, v in row.items() if k != "token_hash"},
+                          "authorization": authorized.id if authorized else None})
         return self.grant(row["id"]), token
+
+    def _authorized(self, request: GrantRequest) -> authorization.Authorization | None:
+        """The portal's authorization of the request's terms, for a grant on federated
+        datasets (the sites and the key service check queries against it); central
+        datasets answer at the gateway, which keeps their budget itself."""
+        federated = [d for d in request.datasets if d in self.federation.datasets]
+        if not federated:
+            return None
+        if request.authorization is None:
+            raise InputError(f"a grant on federated datasets ({', '.join(federated)}) "
+                             "needs the portal's signed authorization of its terms")
+        try:
+            found = authorization.read(request.authorization,
+                                       authorization.portal_key(self.settings.portal_key_file))
+        except Unauthenticated as exc:
+            raise InputError(exc.reason) from None
+        if not found.matches(request.model_dump(mode="json")):
+            raise InputError("the authorization is for other terms than this grant's")
+        return found
+
+    def authorization_of(self, grant_id: str) -> dict | None:
+        """The portal's signed authorization of a grant, if it came with one."""
+        with self.db.connect() as conn:
+            document = conn.execute(select(grant_authorizations.c.document).where(
+                grant_authorizations.c.grant_id == grant_id)).scalar()
+        return json.loads(document) if document else None
 
     def grant(self, grant_id: str) -> dict:
         with self.db.connect() as conn:
@@ -443,22 +481,24 @@ class GatewayService:
         self._granted(grant, spec.dataset)
         return self.federation.plan(spec, set(grant["fields"]))
 
-    def _federation_holds(self, dataset: str) -> None:
+    def _federation_holds(self, dataset: str, again: bool = False) -> None:
         """Refuse a federation whose sites share more patients than it declares (checked
-        from the sites' blinded pseudonyms, audited when a new check ran)."""
+        from the sites' blinded pseudonyms — ``again``: now, whatever the last check —,
+        audited when a new check ran)."""
         before = self.federation.overlaps.get(dataset)
-        overlap = self.federation.check_overlap(dataset)
+        overlap = self.federation.check_overlap(dataset, force=again)
         if overlap is not before:
             with self.db.begin() as conn:
                 audit.append(conn, AuditAction.FEDERATION_CHECKED, "gateway",
                              f"dataset:{dataset}", {**overlap.describe(), "ok": overlap.ok})
         if not overlap.ok:
+            # The counts are exact and stay with the controllers (the audit entry above):
+            # the researcher learns only that the federation is refused, and why in words.
             raise PolicyRefusal(
-                f"{dataset}: {overlap.held_by[overlap.observed]} patients are held by "
-                f"{overlap.observed} sites, but the federation declares at most "
-                f"{overlap.declared} site(s) per patient, which its noise is calibrated "
-                "to; nothing can be released until the controllers correct it",
-                **overlap.describe())
+                f"{dataset}: its sites share more patients than the federation declares "
+                f"(at most {overlap.declared} site(s) per patient, which its noise is "
+                "calibrated to); nothing can be released until the controllers correct it "
+                "(the counts are in the gateway's audit log)")
 
     def federated_query(self, grant: dict, spec: FederatedSpec) -> dict:
         """A federated answer: charged here first, computed by the sites under
@@ -466,10 +506,25 @@ class GatewayService:
         recorded and receipted here. Retries of a charge ask about the same query id."""
         def prepare() -> tuple[FederatedDataset, Callable[[dict], dpengine.Release]]:
             plan = self._federated_plan(grant, spec)
+            document = self.authorization_of(grant["id"])
+            if document is None:
+                raise Forbidden(f"grant {grant['id']} came without the portal's signed "
+                                "authorization, which federated queries need")
+            query = authorization.query_id(document["payload"]["id"], spec.fingerprint())
             self._federation_holds(spec.dataset)
-            # The key service checks the grant as it stands after this query's charge.
-            return self.federation.datasets[spec.dataset], lambda claim: self.federation.run(
-                plan, self.grant(grant["id"]), query_id(grant["id"], claim["query_hash"]))
+
+            def run(_claim: dict) -> dpengine.Release:
+                # The key service checks the grant as it stands after this query's charge;
+                # the sites and the key service recompute the query's id themselves.
+                try:
+                    return self.federation.run(plan, self.grant(grant["id"]), query, document)
+                except PartitionChanged:
+                    # a site's data changed since the check (nothing was computed): check
+                    # the federation again — refused if its bound no longer holds — and ask
+                    self._federation_holds(spec.dataset, again=True)
+                    return self.federation.run(plan, self.grant(grant["id"]), query, document)
+
+            return self.federation.datasets[spec.dataset], run
 
         return self._answer(grant, spec, prepare)
 

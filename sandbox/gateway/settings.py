@@ -36,6 +36,9 @@ class GatewaySettings(BaseSettings, AnchorSettings):
                                   "body accepted (files are base64 in JSON)")
     max_epsilon: float = Field(MAX_EPSILON, gt=0, description="largest total ε a grant may "
                                "have (by default the portal's maximum)")
+    portal_key_file: Path = Field(Path("var/portal/grant-public-key.pem"),
+                                  description="the portal's public grant key (PEM): grants "
+                                  "on federated datasets carry its signed authorization")
     audit_checkpoint_seconds: float = Field(300, ge=0, description="how often the serving "
                                             "gateway exchanges signed audit checkpoints "
                                             "with the key service and the sites (0 = only "

@@ -89,6 +89,16 @@ withdrawals = Table(
 )
 
 
+# The portal's signed authorization of a grant (what the sites and the key service check
+# federated queries against), kept as the portal sent it.
+grant_authorizations = Table(
+    "grant_authorizations", metadata,
+    Column("grant_id", String(64), primary_key=True),
+    Column("authorization_id", String(64), nullable=False),
+    Column("document", Text, nullable=False),
+)
+
+
 def create_tables(engine: Engine) -> None:
     metadata.create_all(engine)
     audit.create_tables(engine)

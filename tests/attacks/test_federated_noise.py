@@ -22,25 +22,41 @@ import polars as pl
 import pytest
 
 from sandbox.client import Gateway, GatewayError
-from sandbox.federated import ckks, keys, messages
+from sandbox.federated import authorization, ckks, keys, messages
 from sandbox.federated.plan import FederatedSpec, make_plan
+from sandbox.receipts import Signer
 from tests.conftest import run_cli
-from tests.federated.cluster import ServedApp
+from tests.federated.cluster import ServedApp, authorize
 from tests.federated.conftest import DATASET, grant
 from tests.federated.test_attacks import _exact_part, _federation, _overlapping_parts
-from tests.federated.test_federated import GRANT, _ask
+from tests.federated.test_federated import GRANT, GRANT_TERMS, authorized
 
 
-def _assemble(cluster, spec: FederatedSpec, query_id: str, grant_: dict) -> dict:
-    """What anyone holding the gateway's signing key does for one decryption: ask every
-    site for its part of ``query_id``, sign the request for the key service."""
+def _parts(cluster, spec: FederatedSpec, query_id: str, granted: dict) -> list[dict]:
+    """What anyone holding the gateway's signing key can ask each site: its part of
+    ``query_id`` under the authorization ``granted``; the parts the sites gave."""
+    parts = []
+    for site, url in cluster.sites.items():
+        body = messages.sign(cluster.signer(), f"site:{site}", "aggregate", {
+            "query_id": query_id, "spec": spec.model_dump(mode="json"),
+            "purpose": "medical_research", "fields": ["length_of_stay", "total_cost"],
+            "authorization": granted})
+        answer = httpx.post(f"{url}/v1/aggregate", json=body, timeout=120)
+        if answer.status_code == 200:
+            parts.append(answer.json())
+    return parts
+
+
+def _assemble(cluster, spec: FederatedSpec, query_id: str, grant_: dict, granted: dict,
+              parts: list[dict] | None = None) -> dict:
+    """The key service's request for one decryption, as the gateway's key signs it."""
     plan = make_plan(spec, json.loads((cluster.parts / "metadata.json").read_text()))
-    parts = [_ask(cluster, s, spec, query_id) for s in cluster.sites]
-    request = messages.sign(cluster.signer(), "keys", {
+    parts = _parts(cluster, spec, query_id, granted) if parts is None else parts
+    request = messages.sign(cluster.signer(), "keys", "decrypt", {
         "query_id": query_id, "spec": spec.model_dump(mode="json"),
         "layout": plan.describe(), "grant": grant_,
-        "attestations": [p["attestation"] for p in parts]})
-    return {"request": request, "parts": [p["ciphertext"] for p in parts]}
+        "attestations": [p["attestation"] for p in parts], "authorization": granted})
+    return {"request": request, "parts": [p["ciphertext"] for p in parts] or ["AA=="]}
 
 
 def _decrypt(cluster, body: dict) -> httpx.Response:
@@ -51,25 +67,36 @@ ROUNDS = 40
 
 
 def test_the_gateways_key_never_gets_fresh_noise_for_one_question(cluster, tmp_path):
-    """Adversary: anyone holding the gateway's signing key (a compromised gateway).
+    """Adversary: anyone holding the gateway's signing key (a compromised gateway), who
+    also holds the portal's authorization of one real grant.
 
-    The query id is the gateway's to choose, and the grant is the gateway's statement: the
-    sites draw a fresh share for every new query id and the key service decrypts every new
-    query id once. Asking the same question under fresh query ids (and grants no portal
-    ever issued) gives one fresh noisy total per request, and their average converges on
-    the exact, un-noised total — which invariant 2 says no single service short of the key
-    holder can obtain. Guarantee asserted: one question decrypts to at most one noisy
+    Asking one question again and again — under query ids of its own choosing, under
+    grants it invents (signed with a key that is not the portal's), or as the same query
+    — must never yield more than one noisy value: otherwise their average converges on
+    the exact, un-noised total, which invariant 2 says no single service short of the
+    key holder can obtain. Guarantee asserted: one question decrypts to at most one noisy
     value, however the gateway names the query or the grant."""
     spec = FederatedSpec(dataset=DATASET, kind="histogram", field="length_of_stay",
                          bins=[0, 365], epsilon=10.0)
     exact = sum(float(_exact_part(cluster, s, spec, tmp_path)[0]) for s in cluster.sites)
+    real = authorized(cluster, fields=["length_of_stay", "total_cost"], epsilon=10.0)
+    impostor = Signer(tmp_path / "not-the-portal.pem")
     answers = []
-    for _ in range(ROUNDS):
+    for round_ in range(ROUNDS):
+        if round_ % 3 == 0:    # a grant the gateway invents, its own query ids
+            granted = authorize(impostor, GRANT_TERMS | {"epsilon": 10.0, "fields": [
+                "length_of_stay", "total_cost"]})
+            query = uuid.uuid4().hex
+        elif round_ % 3 == 1:  # the real authorization, a query id of its choosing
+            granted, query = real, uuid.uuid4().hex
+        else:                  # the real authorization, its query id
+            granted, query = real, authorization.query_id(real["payload"]["id"],
+                                                          spec.fingerprint())
         forged = GRANT | {"id": f"never-issued-{uuid.uuid4().hex[:8]}",
                           "epsilon_total": 10.0, "epsilon_spent": 10.0}
-        response = _decrypt(cluster, _assemble(cluster, spec, uuid.uuid4().hex, forged))
-        assert response.status_code == 200, response.text
-        if response.json()["outcome"] == "released":
+        response = _decrypt(cluster, _assemble(cluster, spec, query, forged, granted))
+        assert response.status_code in (200, 401, 422), response.text
+        if response.status_code == 200 and response.json()["outcome"] == "released":
             answers.append(response.json()["values"][0])
     distinct = sorted({round(v, 6) for v in answers})
     average = statistics.fmean(answers) if answers else float("nan")
@@ -83,15 +110,13 @@ def test_the_gateways_key_never_gets_fresh_noise_for_one_question(cluster, tmp_p
 def test_the_key_services_grant_tally_holds_under_concurrent_requests(cluster, tmp_path,
                                                                     monkeypatch):
     """Adversary: a gateway whose ledger was rewound (or anyone with its key) — the party
-    the key service's own per-grant tally is there to stop (docs/federated.md: "the key
-    service's own per-grant tally stops one whose ledger was rewound").
+    the key service's own budget is there to stop: it spends each query's ε from the
+    portal's authorization itself.
 
-    A grant of ε = 1 allows one decryption at ε = 1. ``KeyService._within_tally`` reads
-    the ε decrypted for the grant, then the service decrypts, then ``_remember`` inserts
-    the outcome — with nothing held in between, so requests that arrive while one is
-    being decrypted all pass the tally. Here the cluster's key service (its secret
-    context, its registered sites) is served from this process over HTTP with each
-    decryption taking 300 ms, as on a loaded host; nothing else differs."""
+    An authorization of ε = 1 allows one decryption at ε = 1. Four different questions
+    (four query ids) under it arrive at once, while each decryption takes 300 ms, as on a
+    loaded host; the cluster's key service (its secret context, its registered sites) is
+    served from this process over HTTP, nothing else differs."""
     state = tmp_path / "keys"
     shutil.copytree(cluster.root / "keys", state,
                     ignore=shutil.ignore_patterns("audit-witness*", "audit-peers"))
@@ -109,12 +134,17 @@ def test_the_key_services_grant_tally_holds_under_concurrent_requests(cluster, t
 
     monkeypatch.setattr(keys.ckks, "decrypt", loaded)
     served = ServedApp(keys.create_app(service=keys.KeyService(keys.KeySettings(
-        state_dir=state, database_url=database, gateway_key_file=cluster.gateway_key))))
+        state_dir=state, database_url=database, gateway_key_file=cluster.gateway_key,
+        portal_key_file=cluster.portal_key))))
     try:
-        spec = FederatedSpec(dataset=DATASET, kind="mean", field="total_cost", epsilon=1.0)
-        one = GRANT | {"id": f"tally-{uuid.uuid4().hex[:8]}", "epsilon_total": 1.0,
-                       "epsilon_spent": 1.0}
-        bodies = [_assemble(cluster, spec, uuid.uuid4().hex, one) for _ in range(4)]
+        one = authorized(cluster, epsilon=1.0)
+        grant_ = GRANT | {"id": f"tally-{uuid.uuid4().hex[:8]}", "epsilon_total": 1.0,
+                          "epsilon_spent": 1.0}
+        questions = [FederatedSpec(dataset=DATASET, kind="mean", field="total_cost",
+                                   bounds=(0, 1000 * (k + 1)), epsilon=1.0)
+                     for k in range(4)]
+        bodies = [_assemble(cluster, spec, authorization.query_id(
+            one["payload"]["id"], spec.fingerprint()), grant_, one) for spec in questions]
         start = threading.Barrier(len(bodies))
 
         def send(body: dict) -> httpx.Response:
@@ -128,8 +158,9 @@ def test_the_key_services_grant_tally_holds_under_concurrent_requests(cluster, t
     outcomes = [r.json().get("outcome") if r.status_code == 200 else r.status_code
                 for r in responses]
     released = outcomes.count("released")
-    assert released <= 1, (f"grant of ε = 1: {released} decryptions at ε = 1 each "
+    assert released <= 1, (f"authorization of ε = 1: {released} decryptions at ε = 1 each "
                            f"(outcomes {outcomes})")
+    assert released == 1, f"the first of them is answered (outcomes {outcomes})"
 
 
 # total_cost < 5000 among patients aged 80-99: hundreds of rows, 4 inpatients at most
@@ -178,7 +209,8 @@ def test_a_signed_lookup_cannot_be_replayed_as_a_consent_withdrawal(cluster):
     accepted word for word by ``POST /v1/withdrawals``, where it records a withdrawal of
     every purpose for that patient (``purposes`` absent means all). Guarantee asserted: a
     message signed for one request does not pass as another."""
-    lookup = messages.sign(cluster.signer(), "site:south", {"pseudonym": "0" * 64})
+    lookup = messages.sign(cluster.signer(), "site:south", "holds",
+                           {"pseudonym": "0" * 64})
     url = cluster.sites["south"]
     asked = httpx.post(f"{url}/v1/patients", json=lookup, timeout=60)
     assert asked.status_code == 200 and asked.json()["holds"] is False, asked.text
@@ -238,7 +270,7 @@ def test_a_site_whose_partition_changes_is_checked_again_before_it_answers(clust
         try:
             answer = gw.federated.mean(DATASET, "total_cost", epsilon=2.0)
         except GatewayError as refused:
-            assert "held by 2 sites" in refused.reason
+            assert "share more patients than the federation declares" in refused.reason
         else:
             raise AssertionError(f"answered with noise for one site per patient while 40 "
                                  f"patients are at two: {answer.df.to_dicts()}")

@@ -12,13 +12,14 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 import uvicorn
 
 from sandbox import receipts
-from sandbox.federated import keys, site
+from sandbox.federated import authorization, keys, site
 from sandbox.gateway.app import create_app
 from sandbox.gateway.service import GatewayService
 from sandbox.gateway.settings import GatewaySettings
@@ -44,6 +45,15 @@ class Cluster:
     def gateway_key(self) -> Path:
         return self.gateway_state / "public-key.pem"
 
+    @property
+    def portal_key(self) -> Path:
+        """The portal's public grant key (what the sites and the key service check each
+        query's authorization with); its signing half beside it, for the tests' grants."""
+        return self.root / "portal" / "grant-public-key.pem"
+
+    def portal_signer(self) -> receipts.Signer:
+        return portal_signer(self.portal_key)
+
     def signer(self) -> receipts.Signer:
         """The gateway's signing key (what sites and the key service trust)."""
         return receipts.Signer(self.gateway_state / "signing-key.pem")
@@ -57,7 +67,7 @@ class Cluster:
         return GatewaySettings(database_url=f"sqlite:///{self.root / f'{name}.db'}",
                                datasets_dir=empty, state_dir=self.gateway_state,
                                federation_file=federation_file or self.federation_file,
-                               rate_limit=0,
+                               rate_limit=0, portal_key_file=self.portal_key,
                                audit_witness_file=self.root / f"{name}-witness.jsonl")
 
     def close(self) -> None:
@@ -66,6 +76,22 @@ class Cluster:
                 proc.close()
             else:
                 stop_process(proc)
+
+
+def portal_signer(public_key: Path) -> receipts.Signer:
+    """The portal's grant key whose public half is ``public_key`` (made, and published
+    there, on first use — as the portal does)."""
+    signer = receipts.Signer(public_key.parent / "grant-signing-key.pem")
+    public_key.write_bytes(signer.public_pem)
+    return signer
+
+
+def authorize(signer: receipts.Signer, body: dict) -> dict:
+    """The portal's signed authorization of a grant request's terms."""
+    expires = datetime.fromisoformat(str(body["expires_at"]).replace("Z", "+00:00"))
+    return authorization.issue(signer, body["project"], body["datasets"], body["fields"],
+                               body["purpose"], body["epsilon"], body.get("delta", 0.0),
+                               expires)
 
 
 def start_cluster(parts: Path, dataset_id: str, root: Path,
@@ -79,10 +105,12 @@ def start_cluster(parts: Path, dataset_id: str, root: Path,
     keys_url, keys_db = f"http://127.0.0.1:{keys_port}", f"sqlite:///{root / 'keys.db'}"
     cluster = Cluster(root, dataset_id, parts, keys_url, keys_db, {},
                       root / "federation.json", gateway_state)
+    portal_signer(cluster.portal_key)  # the portal's grant key, as the portal makes it
     try:
         cluster.processes["keys"] = start_service(
             ["keys", "serve", "--state-dir", str(root / "keys"), "--database-url", keys_db,
-             "--gateway-key", str(cluster.gateway_key), "--port", str(keys_port)],
+             "--gateway-key", str(cluster.gateway_key), "--portal-key",
+             str(cluster.portal_key), "--port", str(keys_port)],
             keys_url, root / "keys.log")
         for name in names:
             port = free_port()
@@ -90,7 +118,8 @@ def start_cluster(parts: Path, dataset_id: str, root: Path,
             cluster.processes[name] = start_service(
                 ["site", "serve", "--site", name, "--dataset-dir", str(parts / name),
                  "--state-dir", str(root / f"site-{name}"), "--keys-url", keys_url,
-                 "--gateway-key", str(cluster.gateway_key), "--port", str(port)],
+                 "--gateway-key", str(cluster.gateway_key), "--portal-key",
+                 str(cluster.portal_key), "--port", str(port)],
                 url, root / f"site-{name}.log", timeout=600)
             cluster.sites[name] = url
             public = root / f"site-{name}.pub.pem"
@@ -116,7 +145,8 @@ def serve_sites(cluster: Cluster, parts: Path, names: dict[str, str], keys_url: 
     for name, partition in names.items():
         settings = site.SiteSettings(site=name, dataset_dir=parts / partition,
                                      state_dir=state / f"site-{name}", keys_url=keys_url,
-                                     gateway_key_file=cluster.gateway_key)
+                                     gateway_key_file=cluster.gateway_key,
+                                     portal_key_file=cluster.portal_key)
         served = ServedApp(site.create_app(settings, site.SiteService(settings, noise)))
         cluster.processes[f"served-{name}-{served.port}"] = served
         public = state / f"site-{name}.pub.pem"
@@ -135,7 +165,8 @@ def start_exact(cluster: Cluster) -> Path:
     root.mkdir(exist_ok=True)
     keys_db = f"sqlite:///{root / 'keys.db'}"
     settings = keys.KeySettings(state_dir=root / "keys", database_url=keys_db,
-                                gateway_key_file=cluster.gateway_key)
+                                gateway_key_file=cluster.gateway_key,
+                                portal_key_file=cluster.portal_key)
     served = ServedApp(keys.create_app(service=keys.KeyService(settings,
                                                                require_noise=False)))
     cluster.processes["exact-keys"] = served

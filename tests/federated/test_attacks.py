@@ -21,14 +21,19 @@ from sqlalchemy import create_engine, select
 
 from sandbox import audit
 from sandbox.client import Gateway, GatewayError
-from sandbox.federated import ckks, messages
+from sandbox.federated import authorization, ckks, messages
 from sandbox.federated.plan import FederatedSpec, local_vector, make_plan
 from sandbox.gateway import engine as dpengine
-from sandbox.gateway.federation import query_id
 from sandbox.gateway.service import GatewayService
 from tests.federated.cluster import ServedApp, serve_sites
 from tests.federated.conftest import DATASET, grant
-from tests.federated.test_federated import GRANT, PURPOSE, _ask, public_context
+from tests.federated.test_federated import (
+    GRANT,
+    PURPOSE,
+    _ask,
+    authorized,
+    public_context,
+)
 
 RARE = {"length_of_stay": (364, 365)}  # about no patient stays a whole year
 
@@ -69,7 +74,8 @@ def test_a_refused_query_is_its_release_charged_once_and_never_redrawn(cluster, 
 
     # one decision, one decryption for the query id at the key service; one noise draw
     # at each site
-    subject = f"query:{query_id(payload['grant'], payload['query_hash'])}"
+    subject = "query:" + authorization.query_id(project["authorization"]["payload"]["id"],
+                                                payload["query_hash"])
     decided = entries(cluster.keys_db, subject)
     assert [(a, d["decrypted"], d["outcome"]) for a, d in decided] == [
         ("keys.refused", True, "refused")]
@@ -109,7 +115,8 @@ def test_a_retry_after_a_site_failed_reuses_every_share_and_decision(cluster, tm
     finally:
         restored.close()
     payload = answer.receipt["payload"]
-    subject = f"query:{query_id(payload['grant'], payload['query_hash'])}"
+    subject = "query:" + authorization.query_id(project["authorization"]["payload"]["id"],
+                                                payload["query_hash"])
     noise = {name: [d["noise"] for _, d in entries(
         f"sqlite:///{cluster.root / f'site-{name}' / 'site.db'}", subject)]
         for name in cluster.sites}
@@ -152,24 +159,31 @@ def test_a_gateway_forging_the_noise_never_gets_a_sites_exact_aggregate(cluster,
     north_exact = _exact_part(cluster, "north", spec, tmp_path)
     total_exact = sum(_exact_part(cluster, s, spec, tmp_path) for s in cluster.sites)
 
+    # a compromised gateway holds the portal's authorizations of its real grants: one
+    # for each attempt here
+    granted: dict[str, dict] = {}  # query id → the authorization it was asked under
+
     def attempt(parts: dict[str, dict], extra: dict | None = None) -> httpx.Response:
         qid = next(iter(parts.values()))["attestation"]["payload"]["query_id"]
         body = {"query_id": qid, "spec": spec.model_dump(mode="json"),
                 "layout": plan.describe(), "grant": GRANT,
-                "attestations": [p["attestation"] for p in parts.values()]}
+                "attestations": [p["attestation"] for p in parts.values()],
+                "authorization": granted[qid]}
         if extra:
             body |= {k: v for k, v in extra.items() if k.endswith("sha256")}
         return httpx.post(f"{cluster.keys_url}/v1/decrypt", timeout=120, json={
-            "request": messages.sign(cluster.signer(), "keys", body),
+            "request": messages.sign(cluster.signer(), "keys", "decrypt", body),
             "parts": [p["ciphertext"] for p in parts.values()]}
             | {k: v for k, v in (extra or {}).items() if not k.endswith("sha256")})
 
     def vector(part: dict) -> ts.CKKSVector:
         return ts.ckks_vector_from(context, ckks.unb64(part["ciphertext"]))
 
-    def ask(sites: list[str], qid: str | None = None) -> dict[str, dict]:
-        qid = qid or uuid.uuid4().hex
-        return {s: _ask(cluster, s, spec, qid) for s in sites}
+    def ask(sites: list[str]) -> dict[str, dict]:
+        authorized_ = authorized(cluster)
+        granted[authorization.query_id(authorized_["payload"]["id"], spec.fingerprint())] \
+            = authorized_
+        return {s: _ask(cluster, s, spec, authorized_) for s in sites}
 
     everyone = list(cluster.sites)
     parts = ask(everyone)
@@ -184,10 +198,11 @@ def test_a_gateway_forging_the_noise_never_gets_a_sites_exact_aggregate(cluster,
     outcomes.append(attempt(ask(["north"])))
     thrice = ask(["north"])["north"]
     outcomes.append(httpx.post(f"{cluster.keys_url}/v1/decrypt", timeout=120, json={
-        "request": messages.sign(cluster.signer(), "keys", {
+        "request": messages.sign(cluster.signer(), "keys", "decrypt", {
             "query_id": thrice["attestation"]["payload"]["query_id"],
             "spec": spec.model_dump(mode="json"), "layout": plan.describe(),
-            "grant": GRANT, "attestations": [thrice["attestation"]] * 3}),
+            "grant": GRANT, "attestations": [thrice["attestation"]] * 3,
+            "authorization": granted[thrice["attestation"]["payload"]["query_id"]]}),
         "parts": [thrice["ciphertext"]] * 3}))
     outcomes.append(attempt(ask(["north"]) | ask(["south", "east"])))
     # and the honest assembly, which is what the key service decrypts: the noisy total
@@ -251,13 +266,15 @@ def test_a_federation_sharing_more_patients_than_declared_is_refused(cluster, tm
         with pytest.raises(GatewayError) as refused:
             gw.federated.mean(DATASET, "total_cost", epsilon=1.0)
         assert refused.value.status == 403
-        assert "40 patients are held by 2 sites" in refused.value.reason
-        assert refused.value.details["patients_by_sites"]["2"] == 40
+        assert "share more patients than the federation declares" in refused.value.reason
+        assert not any(c.isdigit() for c in refused.value.reason.split("(at most")[0]), \
+            refused.value.reason  # the exact counts stay with the controllers
         assert gw.budget()["epsilon"]["spent"] == 0
         checks = [d for a, d in entries(gateway.service.settings.database_url,
                                         f"dataset:{DATASET}") if a == "federation.checked"]
         assert checks and checks[-1]["ok"] is False
         assert checks[-1]["observed_sites_per_patient"] == 2
+        assert checks[-1]["patients_by_sites"]["2"] == 40
     finally:
         gateway.close()
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import uuid
 
 import httpx
 import numpy as np
@@ -19,10 +18,11 @@ from sqlalchemy import create_engine, select
 from sandbox import audit, receipts
 from sandbox.client import Gateway, GatewayError
 from sandbox.errors import PolicyRefusal
-from sandbox.federated import ckks, messages
+from sandbox.federated import authorization, ckks, messages
 from sandbox.federated.plan import FederatedSpec, make_plan
 from sandbox.gateway.engine import consent_column
 from tests.conftest import run_cli
+from tests.federated.cluster import authorize
 from tests.federated.conftest import DATASET, grant
 
 BINS = [0, 1, 3, 7, 30, 365]
@@ -120,52 +120,85 @@ def test_the_gateway_cannot_decrypt_what_a_site_sends(cluster):
     assert attested["fingerprint"] == spec.fingerprint()
 
 
-def test_a_site_answers_only_the_gateway(cluster):
+def test_a_site_answers_only_the_gateway(cluster, tmp_path):
     spec = FederatedSpec(dataset=DATASET, kind="mean", field="total_cost", epsilon=1.0)
     url = cluster.sites["south"]
     unsigned = httpx.post(f"{url}/v1/aggregate", json={"payload": {
         "spec": spec.model_dump(mode="json")}})
     assert unsigned.status_code == 401
-    for_north = messages.sign(cluster.signer(), "site:north", {
-        "query_id": "q", "spec": spec.model_dump(mode="json"), "purpose": PURPOSE,
-        "fields": ["total_cost"]})
-    misdirected = httpx.post(f"{url}/v1/aggregate", json=for_north)
+    granted = authorized(cluster)
+    qid = authorization.query_id(granted["payload"]["id"], spec.fingerprint())
+
+    def message(audience: str, **body: object) -> dict:
+        return messages.sign(cluster.signer(), audience, "aggregate", {
+            "query_id": qid, "spec": spec.model_dump(mode="json"), "purpose": PURPOSE,
+            "fields": ["total_cost"], "authorization": granted} | body)
+
+    misdirected = httpx.post(f"{url}/v1/aggregate", json=message("site:north"))
     assert misdirected.status_code == 401 and "site:north" in misdirected.json()["reason"]
-    outside = messages.sign(cluster.signer(), "site:south", {
-        "query_id": "q", "spec": spec.model_dump(mode="json"), "purpose": PURPOSE,
-        "fields": ["sex"]})
-    refused = httpx.post(f"{url}/v1/aggregate", json=outside)
-    assert refused.status_code == 403 and "outside this project's grant" in refused.text
+    cases = {  # the portal's authorization, not the gateway's word, says what is granted
+        "no authorization": (message("site:south", authorization=None), 401,
+                             "needs the portal's signed authorization"),
+        "one the portal never signed": (message("site:south", authorization=authorize(
+            receipts.Signer(tmp_path / "not-the-portal.pem"), GRANT_TERMS)), 401,
+            "not the portal's"),
+        "fields outside it": (message("site:south", authorization=(other := authorized(
+            cluster, fields=["sex"])), query_id=authorization.query_id(
+            other["payload"]["id"], spec.fingerprint())), 403, "outside authorization"),
+        "another query id": (message("site:south", query_id="q-of-the-gateways-choosing"),
+                             401, "one question, one id"),
+    }
+    for case, (body, status, reason) in cases.items():
+        refused = httpx.post(f"{url}/v1/aggregate", json=body)
+        assert refused.status_code == status and reason in refused.json()["reason"], \
+            (case, refused.text)
 
 
-def _ask(cluster, site: str, spec: FederatedSpec, query_id: str | None = None,
-         fields: list[str] | None = None) -> dict:
-    body = messages.sign(cluster.signer(), f"site:{site}", {
-        "query_id": query_id or uuid.uuid4().hex, "spec": spec.model_dump(mode="json"),
-        "purpose": PURPOSE, "fields": fields or ["total_cost", "length_of_stay"]})
-    response = httpx.post(f"{cluster.sites[site]}/v1/aggregate", json=body, timeout=120)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
+GRANT_TERMS = {"project": "fed-project", "datasets": [DATASET],
+               "fields": ["total_cost", "length_of_stay"], "purpose": PURPOSE,
+               "epsilon": 100.0, "expires_at": "2030-01-01T00:00:00+00:00"}
 GRANT = {"id": "g-test", "project": "fed-project", "status": "active",
          "expires_at": "2030-01-01T00:00:00+00:00", "datasets": [DATASET],
          "fields": ["total_cost", "length_of_stay"], "epsilon_total": 100.0,
          "epsilon_spent": 1.0}
 
 
+def authorized(cluster, **terms: object) -> dict:
+    """A new authorization signed with the federation's portal grant key — what the portal
+    issues with each grant (and what a gateway holds one of per grant)."""
+    return authorize(cluster.portal_signer(), GRANT_TERMS | terms)
+
+
+def _ask(cluster, site: str, spec: FederatedSpec, granted: dict | None = None) -> dict:
+    """Act as the gateway: ask ``site`` for its part of ``spec`` under ``granted`` (a new
+    authorization unless given), with the query id they give."""
+    granted = granted or authorized(cluster)
+    body = messages.sign(cluster.signer(), f"site:{site}", "aggregate", {
+        "query_id": authorization.query_id(granted["payload"]["id"], spec.fingerprint()),
+        "spec": spec.model_dump(mode="json"), "purpose": PURPOSE,
+        "fields": ["total_cost", "length_of_stay"], "authorization": granted})
+    response = httpx.post(f"{cluster.sites[site]}/v1/aggregate", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 def decrypt(cluster, spec: FederatedSpec, sites: list[str], *, signer=None,
-            grant_: dict | None = None, query_id: str | None = None,
-            layout: dict | None = None, extra: dict | None = None) -> httpx.Response:
+            grant_: dict | None = None, granted: dict | None = None,
+            layout: dict | None = None, extra: dict | None = None,
+            send_authorization: bool = True) -> httpx.Response:
     """Act as the gateway (with its signing key, or ``signer``): collect the noisy parts
-    of ``sites``, sign the request, send it to the key service."""
-    query_id = query_id or uuid.uuid4().hex
+    of ``sites`` under ``granted`` (a new authorization unless given), sign the request
+    (with the authorization unless ``send_authorization`` is false), send it to the key
+    service."""
+    granted = granted or authorized(cluster)
+    query_id = authorization.query_id(granted["payload"]["id"], spec.fingerprint())
     plan = make_plan(spec, json.loads((cluster.parts / "metadata.json").read_text()))
-    parts = [_ask(cluster, s, spec, query_id) for s in sites]
-    request = messages.sign(signer or cluster.signer(), "keys", {
+    parts = [_ask(cluster, s, spec, granted) for s in sites]
+    request = messages.sign(signer or cluster.signer(), "keys", "decrypt", {
         "query_id": query_id, "spec": spec.model_dump(mode="json"),
         "layout": plan.describe() | (layout or {}), "grant": grant_ or GRANT,
-        "attestations": [p["attestation"] for p in parts]})
+        "attestations": [p["attestation"] for p in parts],
+        **({"authorization": granted} if send_authorization else {})})
     return httpx.post(f"{cluster.keys_url}/v1/decrypt", timeout=120, json={
         "request": request, "parts": [p["ciphertext"] for p in parts]} | (extra or {}))
 
@@ -176,7 +209,8 @@ def test_the_key_service_decrypts_only_within_policy(cluster, tmp_path):
     spec = FederatedSpec(dataset=DATASET, kind="mean", field="total_cost", epsilon=1.0)
     everyone = list(cluster.sites)
 
-    ok = decrypt(cluster, spec, everyone, query_id="q-policy-ok")
+    once = authorized(cluster)
+    ok = decrypt(cluster, spec, everyone, granted=once)
     assert ok.status_code == 200 and ok.json()["outcome"] == "released", ok.text
     assert set(ok.json()["sites"]) == set(everyone) and len(ok.json()["values"]) == 3
 
@@ -194,7 +228,12 @@ def test_the_key_service_decrypts_only_within_policy(cluster, tmp_path):
         assert response.status_code == status, (case, response.text)
         assert reason in response.json()["reason"].lower(), (case, response.json())
 
+    # an authorization of ε = 1, spent by one question: the key service's own budget
+    spent = authorized(cluster, epsilon=1.0)
+    assert decrypt(cluster, spec, everyone, granted=spent).json()["outcome"] == "released"
     refusals = {
+        "no authorization": (decrypt(cluster, spec, everyone, send_authorization=False),
+                             "needs the portal's signed authorization"),
         "two sites": (decrypt(cluster, spec, everyone[:2]),
                       "2 sites contributed; the policy needs at least 3"),
         "a site twice": (decrypt(cluster, spec, [everyone[0], everyone[0], everyone[1]]),
@@ -206,7 +245,7 @@ def test_the_key_service_decrypts_only_within_policy(cluster, tmp_path):
                               grant_=GRANT | {"status": "suspended"}), "suspended"),
         "overspent": (decrypt(cluster, spec, everyone,
                               grant_=GRANT | {"epsilon_spent": 101.0}), "more than its ε"),
-        "no count slot": (decrypt(cluster, spec, everyone, layout={"count_slots": []}),
+        "no count slot": (decrypt(cluster, spec, everyone, layout={"count_checks": []}),
                           "layout does not fit"),
         "a laxer minimum": (decrypt(cluster, spec, everyone, layout={"min_count": 1}),
                             "covers fewer than 5 patients"),
@@ -214,6 +253,9 @@ def test_the_key_service_decrypts_only_within_policy(cluster, tmp_path):
                                             layout={"sites_per_patient": 2,
                                                     "min_count": 10_000}),
                                     "other public parameters"),
+        "beyond the authorization's ε": (decrypt(cluster, FederatedSpec(
+            dataset=DATASET, kind="mean", field="length_of_stay", epsilon=1.0), everyone,
+            granted=spent), "spent what the portal granted"),
         # (ε = 10: the noisy count of about no patients stays far below 5 patients' rows)
         "too few patients": (decrypt(cluster, FederatedSpec(
             dataset=DATASET, kind="mean", field="total_cost", epsilon=10.0,
@@ -225,8 +267,9 @@ def test_the_key_service_decrypts_only_within_policy(cluster, tmp_path):
         assert response.json()["outcome"] == "refused", (case, response.json())
         assert reason in response.json()["reason"], (case, response.json())
 
-    # the same query id again: the stored outcome, never a new decision or decryption
-    replayed = decrypt(cluster, spec, everyone, query_id="q-policy-ok")
+    # the same question under the same authorization: its query id, its stored outcome,
+    # never a new decision or decryption
+    replayed = decrypt(cluster, spec, everyone, granted=once)
     assert replayed.json() | {"repeated": False} == ok.json()
     assert replayed.json()["repeated"] is True
 

@@ -340,7 +340,7 @@ def test_a_message_signed_by_the_gateway_never_passes_as_a_receipt(gateway, cli,
     gw = client(gateway, gateway.grant())
     genuine = gw.count("emr-visits", epsilon=0.2).receipt
     signer = Signer(gateway.state_dir / "signing-key.pem")
-    message = messages.sign(signer, "site:north", {
+    message = messages.sign(signer, "site:north", "aggregate", {
         k: v for k, v in genuine["payload"].items() if k != "domain"})
     disguised = tmp_path / "message.json"
     disguised.write_text(json.dumps(message, ensure_ascii=False))

@@ -1,0 +1,128 @@
+"""Grant authorizations: the portal's signed statement of what the committee granted a
+project — datasets, fields, purpose, total ε and δ, term — which the sites and the key
+service check for themselves before they compute or decrypt anything.
+
+The gateway keeps the ledger, but it is not the budget's authority for federated data: a
+gateway (or anyone holding its signing key) that invented grants, or re-asked one question
+under ever new query ids, could otherwise collect fresh noisy totals and average the noise
+away. With an authorization:
+
+- a query's id is ``query_id(authorization, fingerprint of the question)``, which the
+  sites and the key service recompute: one question under one authorization has one id,
+  so one noise share per site and one decision at the key service, however often it is
+  asked;
+- the key service spends the authorization's ε itself (atomically, before it decrypts),
+  so all the different questions together cannot decrypt more than the committee granted;
+- no authorization, no federated answer: only the portal's key issues them.
+
+Signed with the portal's grant key (``Domain.GRANT``); its public key is published beside
+it (``grant-public-key.pem`` in the portal's state directory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sandbox import receipts
+from sandbox.errors import Forbidden, InputError, Unauthenticated
+from sandbox.federated.plan import FederatedSpec
+
+TERMS = ("project", "datasets", "fields", "purpose", "epsilon", "delta", "expires_at")
+
+
+def issue(signer: receipts.Signer, project: str, datasets: list[str], fields: list[str],
+          purpose: str, epsilon: float, delta: float, expires_at: datetime) -> dict:
+    """The signed authorization of a grant (the portal's, when the agreement is signed)."""
+    return signer.sign({
+        "id": uuid.uuid4().hex, "project": project, "datasets": sorted(datasets),
+        "fields": sorted(fields), "purpose": purpose, "epsilon": float(epsilon),
+        "delta": float(delta),
+        "expires_at": expires_at.astimezone(UTC).isoformat(timespec="seconds"),
+        "issued_at": datetime.now(UTC).isoformat(timespec="seconds")},
+        receipts.Domain.GRANT)
+
+
+@dataclass(frozen=True)
+class Authorization:
+    id: str
+    project: str
+    datasets: frozenset[str]
+    fields: frozenset[str]
+    purpose: str
+    epsilon: float
+    delta: float
+    expires_at: datetime
+    document: dict
+
+    def covers(self, spec: FederatedSpec, now: datetime | None = None) -> None:
+        """Refuse ``spec`` unless this authorization grants it (dataset, fields, ε, term);
+        the purpose is the authorization's own."""
+        if self.expires_at <= (now or datetime.now(UTC)):
+            raise Forbidden(f"authorization {self.id} expired at {self.expires_at:%Y-%m-%d}")
+        if spec.dataset not in self.datasets:
+            raise Forbidden(f"dataset {spec.dataset!r} is outside authorization {self.id}")
+        outside = sorted(set(spec.fields_used()) - self.fields)
+        if outside:
+            raise Forbidden(f"fields {outside} are outside authorization {self.id}")
+        if spec.epsilon > self.epsilon + 1e-9:
+            raise Forbidden(f"ε = {spec.epsilon:g} is more than authorization {self.id} "
+                            f"grants ({self.epsilon:g})")
+
+    def query_id(self, spec: FederatedSpec) -> str:
+        return query_id(self.id, spec.fingerprint())
+
+    def matches(self, terms: dict) -> bool:
+        """Whether a grant request asks for exactly what was authorized."""
+        try:
+            expires = datetime.fromisoformat(str(terms["expires_at"]))
+            expires = expires if expires.tzinfo else expires.replace(tzinfo=UTC)
+            return (terms["project"] == self.project
+                    and frozenset(terms["datasets"]) == self.datasets
+                    and frozenset(terms["fields"]) == self.fields
+                    and terms["purpose"] == self.purpose
+                    and abs(float(terms["epsilon"]) - self.epsilon) <= 1e-9
+                    and abs(float(terms.get("delta") or 0.0) - self.delta) <= 1e-15
+                    and abs((expires - self.expires_at).total_seconds()) < 1)
+        except (KeyError, TypeError, ValueError):
+            return False
+
+
+def query_id(authorization_id: str, fingerprint: str) -> str:
+    """The id under which the sites and the key service know one question asked under one
+    authorization."""
+    return hashlib.sha256(f"{authorization_id}\n{fingerprint}".encode()).hexdigest()[:32]
+
+
+def read(document: object, public_pem: bytes) -> Authorization:
+    """The authorization in a document the portal's grant key signed; Unauthenticated for
+    anything else."""
+    if not isinstance(document, dict):
+        raise Unauthenticated("a federated query needs the portal's signed authorization "
+                              "of its grant")
+    try:
+        payload = receipts.verify(document, public_pem, receipts.Domain.GRANT)
+    except InputError as exc:
+        raise Unauthenticated(f"the grant's authorization is not the portal's: "
+                              f"{exc.reason}") from None
+    try:
+        expires = datetime.fromisoformat(payload["expires_at"])
+        return Authorization(
+            str(payload["id"]), str(payload["project"]), frozenset(payload["datasets"]),
+            frozenset(payload["fields"]), str(payload["purpose"]), float(payload["epsilon"]),
+            float(payload["delta"]),
+            expires if expires.tzinfo else expires.replace(tzinfo=UTC), document)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise Unauthenticated(f"the grant's authorization is malformed: {exc}") from None
+
+
+def portal_key(path: Path) -> bytes:
+    """The portal's public grant key, as configured; Unauthenticated when it is missing
+    (nothing federated can be authorized without it)."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise Unauthenticated(f"the portal's grant key is not configured ({exc})") from None
