@@ -20,6 +20,11 @@ export SANDBOX_PORTAL_SECRETS_DIR=$VAR/secrets SANDBOX_HUB_SECRETS_DIR=$VAR/secr
 export SANDBOX_HUB_STATE_DIR=$VAR/hub
 export SANDBOX_KEYS_STATE_DIR=$VAR/keyservice SANDBOX_KEYS_DATABASE_URL=sqlite:///$VAR/keyservice/keys.db
 export SANDBOX_KEYS_GATEWAY_KEY_FILE=$VAR/gateway/public-key.pem
+# The portal's public grant key (written when the portal starts): grants on federated
+# datasets carry its signed authorization, which the gateway, sites and key service check.
+export SANDBOX_GATEWAY_PORTAL_KEY_FILE=$VAR/portal/grant-public-key.pem
+export SANDBOX_KEYS_PORTAL_KEY_FILE=$VAR/portal/grant-public-key.pem
+export SANDBOX_SITE_PORTAL_KEY_FILE=$VAR/portal/grant-public-key.pem
 SITES=(north south east)
 pids=()
 docker_started=
