@@ -273,7 +273,9 @@ def _export_page(request_: ExportRequest, problem: str | None = None
         votes=exports.visible_votes(g.db, settings, request_, g.user), voted=voted,
         required=settings.export_reviewers, earlier=exports.earlier(g.db, request_),
         names=names, problem=problem,
-        previews={f.id: previews.preview(f.name, f.content) for f in request_.files})
+        # once released, the files are read only in a watermarked download
+        previews={} if request_.bundle is not None else
+        {f.id: previews.preview(f.name, f.content) for f in request_.files})
     return Response(page, status=200 if problem is None else 401,
                     headers={"Content-Security-Policy": REVIEW_POLICY,
                              "X-Content-Type-Options": "nosniff"})
@@ -295,25 +297,20 @@ def _sealed(body: bytes, mimetype: str) -> Response:
 @bp.route("/exports/<int:export_id>/files/<int:file_id>/preview.png")
 @login_required(Role.CONTROLLER)
 def export_file_picture(export_id: int, file_id: int) -> ResponseReturnValue:
-    """A figure's pixels, a PDF page or a notebook's figure, re-encoded as PNG."""
+    """A figure's pixels, a PDF page, an SVG figure or a notebook's figure, drawn as PNG
+    by the server — never the file's own bytes. A released file is not previewed: it
+    leaves only in the watermarked bundle, after a fresh code."""
     file = _export_file(export_id, file_id)
+    if _export(export_id).bundle is not None:
+        abort(404)
+    output = request.args.get("output", "")
     try:
         png = previews.picture(file.name, file.content, request.args.get("page", 0, int),
                                request.args.get("cell", type=int),
-                               request.args.get("output", type=int))
+                               int(output) if output.isdigit() else output or None)
     except previews.NoPicture:
         abort(404)
     return _sealed(png, "image/png")
-
-
-@bp.route("/exports/<int:export_id>/files/<int:file_id>/figure.svg")
-@login_required(Role.CONTROLLER)
-def export_file_svg(export_id: int, file_id: int) -> ResponseReturnValue:
-    """An SVG figure for an <img> (where no script in it runs), sandboxed if opened."""
-    file = _export_file(export_id, file_id)
-    if not file.name.lower().endswith(".svg"):
-        abort(404)
-    return _sealed(file.content, "image/svg+xml")
 
 
 @bp.route("/exports/<int:export_id>/vote", methods=["POST"])

@@ -3,9 +3,11 @@ datasets and versions, receipts, ε spent, times, reviewers, file digests), cita
 and the manifest's Ed25519 signature, verifiable with the portal's public key.
 
 The bundle is built once at release (the record of what was released) and again for every
-download: each downloaded copy carries a watermark naming the account and the time on
-every file (``watermark``), and its signed manifest names them too, with the digests of
-the marked files — so the copy verifies, and says whose it is."""
+download: each file is rebuilt as the reviewers saw it (``reviewed``: no notebook or PDF
+metadata they were not shown), each downloaded copy carries a watermark naming the
+account and the time on every file (``watermark``), and its signed manifest names them
+too, with the digests of the marked files — so the copy verifies, and says whose it is.
+The manifest's ``reviewed_sha256`` is the digest of the file as submitted and reviewed."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from datetime import datetime
 
 from sandbox import receipts
 from sandbox.errors import InputError
+from sandbox.exports.reviewed import rebuild
 from sandbox.exports.watermark import watermark
 
 __all__ = ["CITATION", "MANIFEST", "SIGNATURE", "Download", "build", "check_reviewed",
@@ -46,7 +49,7 @@ def build(files: list[tuple[str, bytes]], manifest: dict, signer: receipts.Signe
     project = manifest["project"]
     mark = download.mark(project) if download else \
         f"{project} | released {released_at:%Y-%m-%d %H:%M} UTC"
-    marked = [(name, watermark(name, content, mark)) for name, content in files]
+    marked = [(name, watermark(name, rebuild(name, content), mark)) for name, content in files]
     manifest = {k: v for k, v in manifest.items()
                 if k not in ("files", receipts.DOMAIN_FIELD)}
     manifest |= {"released_at": released_at.isoformat(timespec="seconds"), "watermark": mark,

@@ -9,10 +9,12 @@ carries rows out past these checks must at least reach a reviewer's eyes.
 - **files**: allowed names, sizes and count;
 - **content**: what each file *is*, by its bytes, matches what its name claims — a
   figure parses as that figure with nothing after its end marker, a PDF carries no
-  attachments, text is text (``content``, ``images``, ``pdf``, ``documents``);
-- **identifiers**: ID numbers (with a valid check digit) and mobile numbers fail;
-  a person's name from the name dictionary goes to review — in every text a file holds
-  (notebook outputs, PDF pages, SVG text, image text chunks, decoded runs);
+  attachments, text is text (``content``, ``images``, ``pdf``, ``documents``, ``svg``);
+- **identifiers**: ID numbers (with a valid check digit) and mobile numbers fail,
+  however their digits are written; a person's name from the name dictionary goes to
+  review — in every text a file holds (notebook outputs and metadata, JSON string values,
+  PDF pages and document information, SVG text, image text chunks, decoded runs)
+  (``identifiers``);
 - **row-level tables** and **traceable numbers**: every table, in whatever form
   (``tables``), has no more records than the cited releases and only released numbers;
 - **encoded data**: long base64 or hex runs go to review, and are decoded and checked in
@@ -23,14 +25,11 @@ Thresholds are one ``ExportPolicy``. Nothing here talks to a network or a databa
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator
 
 from sandbox import receipts
-from sandbox.data import idcard
-from sandbox.data.reference.population import GIVEN_FEMALE, GIVEN_MALE, SURNAMES
 from sandbox.errors import InputError
-from sandbox.exports import content, documents, encoded, images, pdf, tables
+from sandbox.exports import content, documents, encoded, identifiers, images, pdf, svg, tables
 from sandbox.exports.model import (
     Check,
     Contents,
@@ -45,11 +44,6 @@ __all__ = ["Check", "ExportFile", "ExportPolicy", "Outcome", "check_bundle", "ve
 
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 CODE_SUFFIXES = frozenset({".py", ".r"})
-ID_NUMBER = re.compile(rf"(?<![0-9]){idcard.PATTERN}(?![0-9])")
-MOBILE = re.compile(r"(?<![0-9])1[3-9]\d{9}(?![0-9])")
-_SURNAMES = "|".join(sorted((s for s, _ in SURNAMES), key=len, reverse=True))
-_GIVEN = "".join(sorted(set(GIVEN_MALE) | set(GIVEN_FEMALE)))
-NAME = re.compile(rf"(?:{_SURNAMES})[{_GIVEN}]{{1,2}}")
 
 
 DEFAULT_POLICY = ExportPolicy()
@@ -94,7 +88,7 @@ def check_file(file: ExportFile, payloads: list[dict], policy: ExportPolicy = DE
         return [Check("content", Outcome.FAIL, f"could not be checked "
                       f"({type(exc).__name__}): it does not leave", file.name)]
     checks = found.checks
-    checks += _identifiers(found.texts, file.name)
+    checks += identifiers.check(found.texts, file.name)
     for table in found.tables:
         checks += tables.judge(table, payloads, policy, file.name)
     return checks
@@ -167,7 +161,7 @@ def _read(suffix: str, data: bytes, name: str, policy: ExportPolicy) -> Contents
     if suffix == ".ipynb":
         return documents.read_notebook(text, name)
     if suffix == ".svg":
-        return documents.read_svg(text, name)
+        return svg.read_svg(text, name)
     if suffix in TABLE_SUFFIXES:
         table, comments = tables.from_csv(text, TABLE_SUFFIXES[suffix])
         found.tables.append(table)
@@ -242,27 +236,3 @@ def _embedded(found: Contents, item: Embedded, name: str, policy: ExportPolicy,
                                   "cannot read as it stands", name))
     _unwrap(inner, name, policy, depth + 1)
     found.add(inner)
-
-
-# -- identifiers ----------------------------------------------------------------------
-
-def _identifiers(texts: list[Text], name: str) -> Iterator[Check]:
-    text = "\n".join(t.text for t in texts)
-    ids = [m for m in ID_NUMBER.findall(text) if idcard.is_valid(m)]
-    phones = MOBILE.findall(text)
-    names = sorted(set(NAME.findall(text)))
-    if ids:
-        yield Check("identifiers", Outcome.FAIL, f"{len(ids)} resident ID number(s), e.g. "
-                    f"{_mask(ids[0])}", name)
-    if phones:
-        yield Check("identifiers", Outcome.FAIL, f"{len(phones)} mobile number(s), e.g. "
-                    f"{_mask(phones[0])}", name)
-    if names:
-        yield Check("identifiers", Outcome.REVIEW, f"possible personal names: "
-                    f"{', '.join(names[:5])}", name)
-    if not (ids or phones or names):
-        yield Check("identifiers", Outcome.PASS, "no ID numbers, phones or names", name)
-
-
-def _mask(value: str) -> str:
-    return value[:3] + "*" * (len(value) - 5) + value[-2:]

@@ -1,7 +1,11 @@
-"""Structured text files, read for what they hold: JSON (its tables), Jupyter notebooks
-(each cell's source; each output's text, tables — HTML, JSON and data-resource bundles —
-and figures), SVG (its text, its embedded rasters, and nothing that runs).
+"""Structured text files, read for what they hold: JSON (its tables, and the text of its
+string values), Jupyter notebooks (each cell's source and attachments; each output's text,
+tables — HTML, JSON and data-resource bundles — and figures; the notebook's, each cell's
+and each output's metadata). SVG is ``svg``.
 
+JSON text escapes what it holds (a CSV in a string value is one line of ``\n``s), so
+string values are read decoded: a string of several lines is checked as text of its own
+(its tables found), single-line strings together for identifiers and encoded runs.
 Everything readable goes on as ``Text`` to the identifier, table and encoded-run checks;
 figures inside go on as ``Embedded`` to the figure checks."""
 
@@ -11,15 +15,13 @@ import base64
 import binascii
 import json
 import re
-from xml.etree.ElementTree import Element, ParseError, TreeBuilder
+from collections.abc import Iterator
 
-from defusedxml import DefusedXmlException
-from defusedxml.ElementTree import DefusedXMLParser
-
-from sandbox.exports import encoded, tables
+from sandbox.exports import tables
 from sandbox.exports.model import Check, Contents, Embedded, Outcome, Text
 
 IMAGE_OUTPUTS = ("image/png", "image/jpeg")
+STANDARD_METADATA = ("kernelspec", "language_info")
 
 
 def _fail(reason: str, name: str) -> Check:
@@ -39,10 +41,39 @@ def read_json(text: str, name: str) -> Contents:
     except ValueError as exc:
         found.checks.append(_fail(f"not valid JSON: {exc}", name))
         return found
-    found.tables += tables.from_json(value, "")
-    found.texts.append(Text("", text))
+    read_value(found, value, "")
     found.checks.append(Check("content", Outcome.PASS, "JSON", name))
     return found
+
+
+def read_value(found: Contents, value: object, origin: str) -> None:
+    """What parsed JSON holds: its tables, and its string values as text."""
+    found.tables += tables.from_json(value, origin)
+    single = []
+    for path, string in _strings(value, origin):
+        if "\n" in string.strip() or "\r" in string.strip():
+            found.texts.append(Text(f"{path} (string value)".strip(), string))
+        elif string.strip():
+            single.append(string)
+    if single:  # one value a line: never a table of their own
+        found.texts.append(Text(f"{origin} string values".strip(), "\n".join(single),
+                                parsed=True))
+
+
+def _strings(value: object, path: str) -> Iterator[tuple[str, str]]:
+    """Every string in parsed JSON, keys and numbers included, with where it is."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        yield path, str(value)
+    elif isinstance(value, list):
+        for number, item in enumerate(value):
+            yield from _strings(item, f"{path}[{number}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{path}.{key}" if path else str(key)
+            yield inner, str(key)
+            yield from _strings(item, inner)
 
 
 def read_notebook(text: str, name: str) -> Contents:
@@ -59,6 +90,7 @@ def read_notebook(text: str, name: str) -> Contents:
     for number, cell in enumerate(cells, 1):
         found.texts.append(Text(f"cell {number}", _joined(cell.get("source", "")),
                                 code=cell.get("cell_type") == "code"))
+        _metadata(found, cell.get("metadata"), f"cell {number} metadata")
         for attachment, bundle in (cell.get("attachments") or {}).items():
             for mime, value in (bundle or {}).items():
                 _output(found, f"cell {number}, attachment {attachment}", mime, value, name)
@@ -69,16 +101,28 @@ def read_notebook(text: str, name: str) -> Contents:
             if output.get("output_type") == "stream":
                 found.texts.append(Text(origin, _joined(output.get("text", ""))))
             elif output.get("output_type") == "error":
-                found.texts.append(Text(origin, "\n".join(output.get("traceback") or [])))
+                found.texts.append(Text(origin, "\n".join([
+                    f"{output.get('ename', '')}: {output.get('evalue', '')}",
+                    *(str(line) for line in output.get("traceback") or [])])))
             for mime, value in (output.get("data") or {}).items():
                 _output(found, origin, mime, value, name)
-            if output.get("metadata"):
-                found.texts.append(Text(f"{origin} metadata", _joined(output["metadata"])))
-    if notebook.get("metadata"):
-        found.texts.append(Text("notebook metadata", _joined(notebook["metadata"])))
+            _metadata(found, output.get("metadata"), f"{origin} metadata")
+    metadata = notebook.get("metadata")
+    if isinstance(metadata, dict):  # the standard keys have their own shapes: read apart
+        for key in STANDARD_METADATA:
+            _metadata(found, metadata.get(key), f"notebook metadata.{key}")
+        metadata = {k: v for k, v in metadata.items() if k not in STANDARD_METADATA}
+    _metadata(found, metadata, "notebook metadata")
     found.checks.append(Check("content", Outcome.PASS,
                               f"a Jupyter notebook of {len(cells)} cell(s)", name))
     return found
+
+
+def _metadata(found: Contents, value: object, origin: str) -> None:
+    """Metadata the review page does not show and the released copy does not keep (but
+    kernelspec and language_info) — read all the same: what a file carries is checked."""
+    if value:
+        read_value(found, value, origin)
 
 
 def _output(found: Contents, origin: str, mime: str, value: object, name: str) -> None:
@@ -97,8 +141,10 @@ def _output(found: Contents, origin: str, mime: str, value: object, name: str) -
         found.texts.append(Text(origin, html))
     elif mime.endswith("json"):
         data = value if not isinstance(value, str) else _parse(value)
-        found.tables += tables.from_json(data, origin)
-        found.texts.append(Text(origin, _joined(value)))
+        if data is None:
+            found.texts.append(Text(origin, _joined(value)))
+        else:
+            read_value(found, data, origin)
     else:
         found.texts.append(Text(origin, _joined(value)))
 
@@ -106,90 +152,5 @@ def _output(found: Contents, origin: str, mime: str, value: object, name: str) -
 def _parse(text: str) -> object:
     try:
         return json.loads(text)
-    except ValueError:
-        return None
-
-
-# -- SVG --------------------------------------------------------------------------------
-
-SVG_NS = "{http://www.w3.org/2000/svg}"
-XLINK_HREF = "{http://www.w3.org/1999/xlink}href"
-# Elements that run code or carry another document.
-ACTIVE = frozenset({"script", "foreignObject", "iframe", "object", "embed", "handler",
-                    "listener"})
-# Attributes that name things rather than draw them: where text can hide.
-NAMING = frozenset({"id", "class", "name", "lang", "alt", "title"})
-
-
-def read_svg(text: str, name: str) -> Contents:
-    found = Contents()
-    builder = TreeBuilder(insert_comments=True, insert_pis=True)
-    try:
-        parser = DefusedXMLParser(target=builder, forbid_dtd=False, forbid_entities=True,
-                                  forbid_external=True)
-        parser.feed(text)
-        root = parser.close()
-    except (ParseError, DefusedXmlException, ValueError) as exc:
-        found.checks.append(_fail(f"not a readable SVG: {exc}", name))
-        return found
-    if not isinstance(root, Element) or root.tag != f"{SVG_NS}svg":
-        found.checks.append(_fail("not an SVG image: its root element is not <svg>", name))
-        return found
-    lines: dict[float, list[tuple[float, str]]] = {}
-    loose: list[str] = []
-    problems: set[str] = set()
-    for element in root.iter():
-        tag = element.tag if isinstance(element.tag, str) else ""
-        local = tag.removeprefix(SVG_NS)
-        if not tag:  # a comment or processing instruction
-            loose.append(element.text or "")
-            continue
-        if local in ACTIVE or tag.endswith("}script"):
-            problems.add(f"the SVG holds a <{local}> element: a figure runs no code")
-        for attribute, value in element.attrib.items():
-            short = attribute.rsplit("}", 1)[-1]
-            if short.lower().startswith("on"):
-                problems.add(f"the SVG holds an event handler ({short}): a figure runs "
-                             "no code")
-            elif attribute in ("href", XLINK_HREF, "src"):
-                _href(found, problems, value, name)
-            elif short in NAMING or short.startswith(("data-", "aria-")):
-                loose.append(value)
-        words = "".join(element.itertext()) if local in ("text", "title", "desc",
-                                                         "metadata") else ""
-        if local == "text" and _number(element.get("y")) is not None:
-            row = lines.setdefault(round(_number(element.get("y")), 1), [])
-            row.append((_number(element.get("x")) or 0.0, words.strip()))
-        elif words.strip():
-            loose.append(words.strip())
-    for problem in sorted(problems):
-        found.checks.append(_fail(problem, name))
-    drawn = ["  ".join(w for _, w in sorted(row)) for _, row in sorted(lines.items())]
-    found.texts.append(Text("drawn text", "\n".join(drawn)))
-    found.texts.append(Text("hidden text", "\n".join(t for t in loose if t.strip())))
-    if not found.checks:
-        found.checks.append(Check("content", Outcome.PASS, "an SVG image", name))
-    return found
-
-
-def _href(found: Contents, problems: set[str], value: str, name: str) -> None:
-    link = value.strip()
-    if link.startswith("#") or not link:
-        return
-    if link.lower().startswith("data:"):
-        for mime, content in encoded.data_uris(link):
-            if content is None or mime not in ("image/png", "image/jpeg"):
-                problems.add(f"the SVG embeds a {mime or 'data'} URI that is not a PNG or "
-                             "JPEG")
-            else:
-                found.embedded.append(Embedded("SVG image", content, claimed=mime))
-        return
-    problems.add(f"the SVG links to {link[:60]!r}: a figure refers to nothing outside "
-                 "itself")
-
-
-def _number(value: str | None) -> float | None:
-    try:
-        return float(str(value).split()[0]) if value else None
     except ValueError:
         return None

@@ -10,8 +10,10 @@ pages. Against a researcher hiding data in a report:
   be checked);
 - no archive, database or data-frame file anywhere in its bytes or its decoded streams,
   referenced or not;
-- the text of every page is handed on to the text checks (identifiers, tables, encoded
-  runs).
+- the text of every page, and the document information (``/Info``: title, subject,
+  keywords …) and XMP metadata, are handed on to the text checks (identifiers, tables,
+  encoded runs). The released copy carries neither (``reviewed``), but what a file
+  carries is checked all the same.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import logging
 import re
 import zlib
 
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import fromstring
 from pypdf import PdfReader
 from pypdf.errors import PyPdfError
 from pypdf.generic import DictionaryObject, IndirectObject, StreamObject
 
-from sandbox.exports.content import describe, is_data_format, sniff
+from sandbox.exports.content import decode_text, describe, is_data_format, sniff
 from sandbox.exports.model import Check, Contents, ExportPolicy, Outcome, Text
 
 # Line ends and padding a writer may put after %%EOF (more is data).
@@ -134,12 +138,38 @@ def _read(found: Contents, content: bytes, name: str, policy: ExportPolicy) -> i
         text = page.extract_text(extraction_mode="layout")
         if text.strip():
             found.texts.append(Text(f"page {number}", text))
+    _metadata(found, reader)
     for number, stream in _streams(reader):
         data = stream.get_data()
         mime = sniff(data)
         if is_data_format(mime):
             found.checks.append(_fail(f"PDF object {number} holds {mime} data", name))
     return pages
+
+
+def _metadata(found: Contents, reader: PdfReader) -> None:
+    """The document information's values, each as text of its own (a CSV in /Subject is
+    a table), and the XMP packet's text and attribute values."""
+    info = reader.trailer.get("/Info")
+    info = info.get_object() if info is not None else None
+    if isinstance(info, DictionaryObject):
+        for key, value in info.items():
+            value = value.get_object() if isinstance(value, IndirectObject) else value
+            if not isinstance(value, DictionaryObject | StreamObject | list):
+                found.texts.append(Text(f"document information {key}", str(value)))
+    packet = reader.root_object.get("/Metadata")
+    packet = packet.get_object() if packet is not None else None
+    if not isinstance(packet, StreamObject):
+        return
+    data = packet.get_data()
+    try:
+        root = fromstring(data, forbid_dtd=True)
+        values = [t for e in root.iter() for t in (e.text, *e.attrib.values()) if t]
+        text = "\n".join(v.strip() for v in values if v.strip())
+    except (ValueError, SyntaxError, DefusedXmlException):
+        text = decode_text(data) or ""  # unparseable: read as it is
+    if text.strip():
+        found.texts.append(Text("XMP metadata", text))
 
 
 def _streams(reader: PdfReader):

@@ -1,26 +1,29 @@
 """Tables in whatever form a file holds them — CSV/TSV, JSON records or columns, HTML
 tables (a notebook's DataFrame output), and text tables (pandas and polars printouts,
-Markdown, delimited lines) — and the two rules every table meets:
+Markdown, lines delimited by tabs, bars, commas, semicolons, runs of spaces — or, where
+a run of lines holds the same kind of value in each column, by a colon or one space) —
+and the two rules every table meets:
 
 - **row-level**: a table with more records than the cited releases hold rows is records,
   not aggregates (fail). Records are counted both ways, so rows transposed into columns
   count too; a guess made from program text goes to review instead;
-- **traceable numbers**: every number in it is a released value or a rounding of one
-  (else review).
+- **traceable numbers**: every number in it — plain, with a currency sign or a unit, or
+  in scientific notation (``numbers``) — is a released value or a rounding of one (else
+  review).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import math
 import re
 from collections.abc import Iterator
 from html.parser import HTMLParser
 
+from sandbox.exports import numbers
+from sandbox.exports.identifiers import ascii_digits
 from sandbox.exports.model import Check, ExportPolicy, Outcome, Table
 
-NUMBER = re.compile(r"^[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?$")
 # Looser, for deciding whether a line of text is a row of a table.
 NUMERIC = re.compile(r"^[+-]?(?:\d[\d,]*\.?\d*|\.\d+)(?:[eE][+-]?\d+)?%?$")
 QUOTED = re.compile(r"""^(?:"[^"]*"|'[^']*'|[a-zA-Z]?"[^"]*")$""")
@@ -29,14 +32,20 @@ WRAPPING = BRACKETS + "\"'“”‘’`"
 # Lines that only draw a table (Markdown separators, box drawing): skipped inside a run.
 RULE = re.compile(r"^[\s\-=:+|│┆─━┌┐└┘├┤┬┴┼╞╡╪═╭╮╯╰]*$")
 # Delimiters tried on text, in order; a line belongs to the first that makes it a row.
+# The weak ones (a colon, one space) also run through prose, times and code, so a run of
+# lines they split is a table only if it is long and each column holds one kind of value.
 SPLITTERS = (
-    ("\t", re.compile(r"\t")),
-    ("┆", re.compile(r"┆")),
-    ("|", re.compile(r"(?<!\\)\|")),
-    (",", re.compile(r",")),
-    (";", re.compile(r";")),
-    ("  ", re.compile(r" {2,}|\u3000+")),
+    ("\t", re.compile(r"\t"), False),
+    ("┆", re.compile(r"┆"), False),
+    ("|", re.compile(r"(?<!\\)\|"), False),
+    (",", re.compile(r","), False),
+    (";", re.compile(r";"), False),
+    ("  ", re.compile(r" {2,}|\u3000+"), False),
+    (":", re.compile(r"[:：]"), True),
+    (" ", re.compile(r" +"), True),
 )
+WEAK_ROWS = 3  # rows a run split on a weak delimiter needs
+TIME = re.compile(r"\d{1,2}:\d{2}:\d{2}")
 
 
 # -- reading ----------------------------------------------------------------------------
@@ -168,21 +177,22 @@ def from_html(html: str, origin: str) -> Iterator[Table]:
 def from_text(text: str, origin: str, code: bool = False) -> Iterator[Table]:
     """Tables in free text: runs of consecutive lines that split into the same number of
     fields on one delimiter, each with a number in it (in program text: every field a
-    literal). A run needs two rows at least; a line of text is never a table alone."""
-    lines = text.splitlines()
+    literal). A run needs two rows at least (three, each column of one kind, on a weak
+    delimiter); a line of text is never a table alone. Digits in any script count."""
+    lines = ascii_digits(text).splitlines()
     taken = [False] * len(lines)
-    for _, splitter in SPLITTERS:
+    for name, splitter, weak in SPLITTERS:
         run: list[tuple[int, list[str]]] = []
         for index in range(len(lines) + 1):
             line = lines[index] if index < len(lines) and not taken[index] else None
             if line is not None and run and line.strip() and RULE.match(line):
                 continue  # a drawn rule inside a table
-            fields = _split(line, splitter) if line is not None else []
+            fields = _split(line, splitter, name) if line is not None else []
             row = len(fields) >= 2 and _is_row(fields, code)
             if row and (not run or len(fields) == len(run[0][1])):
                 run.append((index, fields))
                 continue
-            table = _run_table(run, lines, splitter, origin, code)
+            table = _run_table(run, lines, splitter, name, origin, code, weak)
             if table is not None:
                 for at, _ in run:
                     taken[at] = True
@@ -190,14 +200,23 @@ def from_text(text: str, origin: str, code: bool = False) -> Iterator[Table]:
             run = [(index, fields)] if row else []
 
 
-def _split(line: str, splitter: re.Pattern) -> list[str]:
+def _split(line: str, splitter: re.Pattern, name: str = "") -> list[str]:
     body = line.strip().strip("│|").strip()
-    return [field.strip() for field in splitter.split(body)]
+    if name in (":", " ") and TIME.search(body):
+        return [body]  # a time of day is not fields; a timestamped line is a log's
+    fields = [field.strip() for field in splitter.split(body)]
+    if name == " " and fields[0].endswith((":", "：")):
+        return [body]  # "key: value" is the colon's to judge (one record)
+    return fields
+
+
+def _numeric(value: str) -> bool:
+    return bool(NUMERIC.match(value)) or numbers.read(value) is not None
 
 
 def _is_row(fields: list[str], code: bool) -> bool:
     values = [f.strip(WRAPPING) for f in fields]
-    numeric = any(NUMERIC.match(v) for v in values)
+    numeric = any(_numeric(v) for v in values)
     if code:  # a row of a data literal: every field a number or a quoted string
         literals = [f.strip(BRACKETS) for f in fields]
         return numeric and all(not v or NUMERIC.match(v) or QUOTED.match(v)
@@ -205,10 +224,34 @@ def _is_row(fields: list[str], code: bool) -> bool:
     return numeric
 
 
+def _tabular(rows: list[list[str]]) -> bool:
+    """Whether rows split on a weak delimiter look like a table: each column holds one
+    kind of value (numbers, or words) in every row, and some column of numbers is more
+    than a list's numbering (1. 2. 3.)."""
+    columns = [[cell.strip(WRAPPING) for cell in column] for column in zip(*rows, strict=True)]
+    kinds = [{_numeric(cell) for cell in column} for column in columns]
+    if any(len(kind) != 1 for kind in kinds):
+        return False
+    return any(kind == {True} and not _numbering(column)
+               for kind, column in zip(kinds, columns, strict=True))
+
+
+def _numbering(column: list[str]) -> bool:
+    values = [cell.rstrip(".)、") for cell in column]
+    if not all(v.isdigit() for v in values):
+        return False
+    return [int(v) for v in values] == list(range(int(values[0]), int(values[0]) + len(values)))
+
+
 def _run_table(run: list[tuple[int, list[str]]], lines: list[str], splitter: re.Pattern,
-               origin: str, code: bool) -> Table | None:
+               name: str, origin: str, code: bool, weak: bool) -> Table | None:
     if len(run) < 2:
         return None
+    rows = [fields for _, fields in run]
+    if weak and (len(run) < WEAK_ROWS or not _tabular(rows)):
+        return None
+    if name == ":" and len(rows[0]) == 2 and len(rows) <= FLAT_RECORD_KEYS:
+        return None  # "key: value" lines are one record, as a flat JSON mapping is
     first = run[0][0]
     width = len(run[0][1])
     header: list[str] = []
@@ -216,10 +259,9 @@ def _run_table(run: list[tuple[int, list[str]]], lines: list[str], splitter: re.
     while above >= 0 and RULE.match(lines[above]) and lines[above].strip():
         above -= 1
     if above >= 0:
-        candidate = _split(lines[above], splitter)
+        candidate = _split(lines[above], splitter, name)
         if len(candidate) in (width, width - 1) and not _is_row(candidate, code):
             header = candidate
-    rows = [fields for _, fields in run]
     labels = 0
     if header and len(header) == width - 1:  # pandas prints its index without a header
         labels = 1
@@ -247,37 +289,13 @@ def judge(table: Table, payloads: list[dict], policy: ExportPolicy, file: str
         yield Check("row-level table", outcome, f"{columns} columns but the cited releases "
                     f"hold {released_rows} rows of at most {widest} values: rows transposed "
                     f"into columns look like records, not aggregates{where}", file)
-    released = sorted(_released_numbers(payloads))
+    released = numbers.released(payloads)
     untraced = [cell for row in table.rows for cell in row[table.labels:]
-                if NUMBER.match(cell.strip()) and not _traceable(cell.strip(), released,
-                                                                  policy)]
+                if (shown := numbers.read(cell)) is not None
+                and not numbers.traceable(shown, released, policy)]
     if untraced:
         yield Check("traceable numbers", Outcome.REVIEW, f"{len(untraced)} number(s) match "
                     f"no released value, e.g. {', '.join(untraced[:3])}{where}", file)
     else:
         yield Check("traceable numbers", Outcome.PASS, "every number is a released value "
                     f"or a rounding of one{where}", file)
-
-
-def _released_numbers(payloads: list[dict]) -> Iterator[float]:
-    for payload in payloads:
-        for row in payload.get("result") or []:
-            for value in row.values():
-                if isinstance(value, int | float) and not isinstance(value, bool) \
-                        and math.isfinite(value):
-                    yield float(value)
-
-
-def _traceable(cell: str, released: list[float], policy: ExportPolicy) -> bool:
-    text = cell.replace(",", "")
-    shown = float(text)
-    decimals = len(text.split(".")[1]) if "." in text else 0
-    for value in released:
-        if value == shown:
-            return True
-        if decimals <= policy.max_decimals and round(value, decimals) == shown:
-            return True
-        digits = len(text.lstrip("+-").replace(".", "").lstrip("0")) or 1
-        if digits <= policy.max_significant and float(f"{value:.{digits}g}") == shown:
-            return True
-    return False

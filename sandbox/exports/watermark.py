@@ -3,20 +3,38 @@ when, so that a copy found elsewhere tells whose download it came from. Figures 
 get the mark drawn on them (and, for figures, in their metadata too); text files, tables,
 Markdown and code get a first line (a comment where the format has one); JSON gets a
 ``_watermark`` key; notebooks get a first cell. Each mark keeps the file a valid file of its
-type — the export checks would read it again as they read the original."""
+type — the export checks would read it again as they read the original.
+
+The adversary is the researcher whose file is marked: nothing in it may cancel the mark.
+A JSON file's own ``_watermark`` is replaced, never kept. An SVG figure becomes the inner
+part of a new one that draws the mark on a strip of its own after it — outside every
+group, filter, mask and clip of the figure, and beyond the reach of its style sheets
+(scoped to the figure). A PDF page gets the mark on a white box inside its visible
+area (the crop box), drawn after the page's own content."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
-from xml.sax.saxutils import escape
+from xml.etree.ElementTree import Element, SubElement
 
 from PIL import Image, ImageDraw, PngImagePlugin
 from pypdf import PdfReader, PdfWriter
-from reportlab.lib.pagesizes import A4
+from pypdf.generic import ContentStream, RectangleObject
+from reportlab.pdfbase.pdfmetrics import stringWidth
 from reportlab.pdfgen import canvas
 
+from sandbox.exports import svg
+
 KEY = "_watermark"  # where JSON files and notebooks carry the mark
+# The mark's own style, declared important on the element itself: no style sheet rule
+# outranks it (defence in depth: the figure's sheets are scoped away from it anyway).
+MARK_STYLE = ("display:inline; visibility:visible; opacity:1; fill:#5a5a5a; fill-opacity:1; "
+              "stroke:none; font-family:sans-serif; font-style:normal; font-weight:normal; "
+              "font-size:{size}px; letter-spacing:normal; word-spacing:normal; "
+              "text-anchor:start; writing-mode:horizontal-tb; transform:none; "
+              "clip-path:none; mask:none; filter:none")
 
 
 def watermark(name: str, content: bytes, mark: str) -> bytes:
@@ -54,40 +72,112 @@ def _image(content: bytes, mark: str, kind: str) -> bytes:
 
 
 def _pdf(content: bytes, mark: str) -> bytes:
-    stamp = io.BytesIO()
-    pdf = canvas.Canvas(stamp, pagesize=A4)
-    pdf.setFont("Helvetica", 8)
-    pdf.setFillGray(0.45)
-    pdf.drawString(20, 12, mark)
-    pdf.save()
-    overlay = PdfReader(io.BytesIO(stamp.getvalue())).pages[0]
     writer = PdfWriter(clone_from=PdfReader(io.BytesIO(content)))
     for page in writer.pages:
-        page.merge_page(overlay)
+        _close(page, writer)
+        page.merge_page(_stamp(_visible(page), mark))
     writer.add_metadata({"/Watermark": mark})
     out = io.BytesIO()
     writer.write(out)
     return out.getvalue()
 
 
+def _close(page, writer: PdfWriter) -> None:
+    """End what the page's content leaves open — marked content (an optional-content
+    group switched off hides all after it), a text object, saved graphics states (a
+    zero-size transformation) — so that nothing of it carries over to the mark."""
+    contents = page.get_contents()
+    if contents is None:
+        return
+    stream = ContentStream(contents, writer)
+    depth = {b"q": 0, b"BT": 0, b"BMC": 0}
+    for _, operator in stream.operations:
+        opened = {b"BDC": b"BMC"}.get(operator, operator)
+        closes = {b"Q": b"q", b"ET": b"BT", b"EMC": b"BMC"}.get(operator)
+        if opened in depth:
+            depth[opened] += 1
+        elif closes is not None:
+            depth[closes] = max(depth[closes] - 1, 0)
+    if any(depth.values()):
+        stream.operations += [([], b"EMC")] * depth[b"BMC"] + [([], b"ET")] * min(
+            depth[b"BT"], 1) + [([], b"Q")] * depth[b"q"]
+        page.replace_contents(stream)
+
+
+def _visible(page) -> tuple[float, float, float, float]:
+    """The part of the page a viewer shows: the crop box within the media box."""
+    media, crop = RectangleObject(page.mediabox), RectangleObject(page.cropbox)
+    left, bottom = max(media.left, crop.left), max(media.bottom, crop.bottom)
+    right, top = min(media.right, crop.right), min(media.top, crop.top)
+    return float(left), float(bottom), float(max(right, left)), float(max(top, bottom))
+
+
+def _stamp(box: tuple[float, float, float, float], mark: str):
+    """A page drawing ``mark`` on a white box in the bottom-left corner of ``box``."""
+    left, bottom, right, top = box
+    width = max(right - left, 1.0)
+    size = min(8.0, max((width - 8) / max(stringWidth(mark, "Helvetica", 1), 1), 1.0))
+    stamp = io.BytesIO()
+    pdf = canvas.Canvas(stamp, pagesize=(max(right, 1.0), max(top, 1.0)))
+    pdf.setFillGray(1)
+    pdf.rect(left, bottom, min(stringWidth(mark, "Helvetica", size) + 8, width),
+             size * 1.75, stroke=0, fill=1)
+    pdf.setFont("Helvetica", size)
+    pdf.setFillGray(0.35)
+    pdf.drawString(left + 4, bottom + size * 0.5, mark)
+    pdf.save()
+    return PdfReader(io.BytesIO(stamp.getvalue())).pages[0]
+
+
 def _svg(content: bytes, mark: str) -> bytes:
-    text = content.decode("utf-8")
-    end = text.rindex("</svg>")
-    drawn = (f'<text x="4" y="12" font-family="sans-serif" font-size="9" '
-             f'fill="#787878">{escape(mark)}</text>')
-    return (text[:end] + drawn + text[end:]).encode()
+    figure = svg.parse(content.decode("utf-8-sig"))
+    width, height = svg.size(figure)
+    # large enough to read on a large figure, small enough to fit a narrow one
+    size = max(min(max(9.0, min(width, height) / 40), (width - 4) / (0.6 * len(mark))), 4.0)
+    strip = size * 1.6
+    scope = f"figure-{hashlib.sha256(content).hexdigest()[:16]}"
+    svg.scope_styles(figure, scope)
+    for attribute in ("x", "y", "width", "height"):
+        figure.attrib.pop(attribute, None)
+    figure.set("width", f"{width:g}")
+    figure.set("height", f"{height:g}")
+    outer = Element(f"{svg.SVG}svg", {
+        "version": "1.1", "width": f"{width:g}", "height": f"{height + strip:g}",
+        "viewBox": f"0 0 {width:g} {height + strip:g}"})
+    SubElement(outer, f"{svg.SVG}g", {"id": scope}).append(figure)
+    SubElement(outer, f"{svg.SVG}rect", {
+        "x": "0", "y": f"{height:g}", "width": f"{width:g}", "height": f"{strip:g}",
+        "fill": "#ffffff", "style": "display:inline !important; visibility:visible "
+        "!important; opacity:1 !important; fill:#ffffff !important; transform:none "
+        "!important; clip-path:none !important; mask:none !important; filter:none "
+        "!important"})
+    text = SubElement(outer, f"{svg.SVG}text", {
+        "x": f"{size / 2:g}", "y": f"{height + strip - size / 2:g}", "font-size": f"{size:g}",
+        "font-family": "sans-serif", "fill": "#5a5a5a",
+        "style": "; ".join(f"{d} !important" for d in MARK_STYLE.format(size=f"{size:g}")
+                           .split("; "))})
+    text.text = mark
+    if 0.6 * size * len(mark) > width - size:  # squeezed into the figure's width
+        text.set("textLength", f"{width - size:g}")
+        text.set("lengthAdjust", "spacingAndGlyphs")
+    return svg.serialise(outer)
 
 
 def _json(content: bytes, mark: str) -> bytes:
     value = json.loads(content.decode("utf-8-sig"))
-    marked = {KEY: mark, **value} if isinstance(value, dict) else {KEY: mark, "data": value}
+    # the file's own key never stands in for the mark: it is replaced
+    marked = {KEY: mark, **{k: v for k, v in value.items() if k != KEY}} \
+        if isinstance(value, dict) else {KEY: mark, "data": value}
     return json.dumps(marked, ensure_ascii=False, indent=2).encode() + b"\n"
 
 
 def _notebook(content: bytes, mark: str) -> bytes:
     notebook = json.loads(content.decode("utf-8-sig"))
-    notebook.setdefault("cells", []).insert(0, {"cell_type": "markdown", "metadata": {},
-                                                "source": [f"*{mark}*"]})
+    cell = {"cell_type": "markdown", "metadata": {}, "source": [f"*{mark}*"]}
+    minor = notebook.get("nbformat_minor", 0)
+    if isinstance(minor, int) and minor >= 5:  # cell ids from format 4.5 on
+        cell = {"id": "watermark", **cell}
+    notebook.setdefault("cells", []).insert(0, cell)
     notebook.setdefault("metadata", {})[KEY] = mark
     return json.dumps(notebook, ensure_ascii=False, indent=1).encode() + b"\n"
 

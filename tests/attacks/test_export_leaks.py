@@ -12,18 +12,20 @@ Adversaries:
 The bundle the researcher sends looks honest on every preview: a notebook showing the DP
 counts, a PDF report of them, a JSON of them and a matplotlib SVG. What it also carries:
 
-- ``analysis.ipynb``: the rows (a CSV of 40 patients) in the notebook's metadata — the
-  checks read metadata only as one JSON-escaped line, so no table is found, and the review
-  page shows cells only;
-- ``report.pdf``: the same rows in the document information dictionary (``/Subject``) —
-  the checks read page text only, the review page shows rendered pages only — and a crop
-  box that leaves the bottom 40 points off every page, where the watermark is drawn;
+- ``analysis.ipynb``: a patient's record in the notebook's metadata, which the review
+  page does not show. (The red team's 40 rows there now fail the checks — the checks
+  read metadata decoded: ``test_export_disguises.py`` meta/cellmeta/outmeta.ipynb — so
+  the record here is one the checks cannot tell from a note: a single row is no table.);
+- ``report.pdf``: the same record in the document information dictionary (``/Subject``,
+  likewise: 40 rows there fail, ``test_export_disguises.py`` report.pdf) — the review
+  page shows rendered pages only — and a crop box that leaves the bottom 40 points off
+  every page, where the watermark is drawn;
 - ``counts.json``: a ``_watermark`` key of its own, which the download's mark does not
   replace (``{KEY: mark, **value}``);
 - ``figure.svg``: a comment ``<!-- </svg> -->`` after the root element, so the watermark,
   inserted before the *last* ``</svg>``, lands inside the comment and is never drawn.
 
-**Fail today** (see each test)."""
+Each test here failed on ab8a222 (see each test)."""
 
 from __future__ import annotations
 
@@ -48,13 +50,19 @@ from tests.exports import disguises
 from tests.portal.conftest import active_project
 from tests.signin import fresh_code
 
-HIDDEN = "P00039"  # the last patient of the smuggled rows
+HIDDEN = "P00039"  # the smuggled patient
+
+
+def record() -> str:
+    """One patient's record: what the checks cannot tell from a note (a row alone is no
+    table), and what no reviewer sees unless the review page shows it."""
+    return disguises.patients().tail(1).to_csv(index=False)
 
 
 def notebook_with_rows_in_metadata(result) -> bytes:
     book = nbformat.reads(disguises.notebook(lambda: disguises.display(result.df)).decode(),
                           as_version=4)
-    book.metadata["analysis_cache"] = disguises.rows_csv().decode()
+    book.metadata["analysis_cache"] = record()
     return nbformat.writes(book).encode()
 
 
@@ -62,7 +70,7 @@ def report_with_rows_in_info(result) -> bytes:
     rows = [["visit type", "count"]] + [[r["visit_type"], str(r["count"])]
                                         for r in result.df.to_dicts()]
     writer = PdfWriter(clone_from=PdfReader(io.BytesIO(disguises.report_pdf(rows))))
-    writer.add_metadata({"/Subject": disguises.rows_csv().decode()})
+    writer.add_metadata({"/Subject": record()})
     for page in writer.pages:  # the page's visible area ends 40 pt above its bottom edge
         page.cropbox = RectangleObject([0, 40, page.mediabox.width, page.mediabox.height])
     out = io.BytesIO()
@@ -136,8 +144,10 @@ def released(dataset, tmp_path_factory):
 
 
 def test_rows_hidden_in_metadata_do_not_leave_unseen(released):
-    """**Fails today**: verdict ``pass``, the review page does not show the rows, and the
-    downloaded notebook and PDF carry all 40 of them."""
+    """Failed on ab8a222 (with the red team's 40 rows: verdict ``pass``, not on the review
+    page, all 40 in the downloaded notebook and PDF). Now 40 rows fail the checks, and what
+    passes them but the review page does not show — the record here — does not leave: the
+    released copy is rebuilt as the reviewers saw it."""
     copy, page = released["copy"], released["review_page"]
     left = []
     if HIDDEN in json.dumps(nbformat.reads(copy["analysis.ipynb"].decode(),
@@ -145,15 +155,15 @@ def test_rows_hidden_in_metadata_do_not_leave_unseen(released):
         left.append("analysis.ipynb (notebook metadata)")
     if HIDDEN in str(PdfReader(io.BytesIO(copy["report.pdf"])).metadata):
         left.append("report.pdf (/Subject)")
-    assert released["verdict"] == "fail" or HIDDEN in page, (
-        f"automated verdict {released['verdict']!r}; the rows are not on the review page; "
-        f"they left in the released download inside {left}")
+    assert not left or HIDDEN in page, (
+        f"automated verdict {released['verdict']!r}; the record is not on the review page; "
+        f"it left in the released download inside {left}")
 
 
 def test_every_downloaded_file_names_its_downloader(released):
-    """**Fails today**: the JSON keeps the researcher's own ``_watermark``, the SVG's mark
-    is inside a comment, and the PDF's mark is drawn outside the page's crop box (the
-    rendered page is pixel-identical to the unmarked one)."""
+    """Failed on ab8a222: the JSON kept the researcher's own ``_watermark``, the SVG's mark
+    was inside a comment, and the PDF's mark was drawn outside the page's crop box (the
+    rendered page pixel-identical to the unmarked one)."""
     copy, sent, account = released["copy"], released["sent"], released["downloader"]
     unmarked = []
     if account not in json.loads(copy["counts.json"])["_watermark"]:
@@ -178,16 +188,38 @@ def test_every_downloaded_file_names_its_downloader(released):
 
 
 def test_a_copied_controller_cookie_gets_no_unmarked_copy_without_a_code(released):
-    """**Fails today**: with the session cookie alone (no code typed), ``figure.svg`` hands
-    back the released file byte for byte, unmarked — the step-up and the watermark guard
-    only ``bundle.zip``. (The review page likewise shows every released table and text to
-    the cookie alone.)"""
+    """Failed on ab8a222: with the session cookie alone (no code typed), ``figure.svg``
+    handed back the released file byte for byte, unmarked — the step-up and the watermark
+    guarded only ``bundle.zip``. SVG previews are now drawn by the server as PNG."""
     stack, a = released["stack"], released["controller_a"]
     thief = Visitor(stack.url, cookies={"session": a.http.cookies["session"]})
     svg = thief.http.get(f"/controller/exports/{released['export']}/files/"
                          f"{released['files']['figure.svg']}/figure.svg")
     assert svg.status_code != 200 or svg.content != released["sent"]["figure.svg"], \
         "the released SVG, unmarked, for a cookie without a fresh code"
+
+
+def test_a_copied_controller_cookie_reads_no_released_file(released):
+    """Failed on ab8a222: with the cookie alone, the review page of the released request
+    showed every file's content (the notebook's cells, the JSON's and CSV's tables, the SVG
+    source) and ``preview.png`` handed out each figure and PDF page, unmarked. Now a
+    released request's files are read only in the bundle: a fresh code, a watermark."""
+    stack, a = released["stack"], released["controller_a"]
+    thief = Visitor(stack.url, cookies={"session": a.http.cookies["session"]})
+    export, files = released["export"], released["files"]
+    page = thief.http.get(f"/controller/exports/{export}")
+    assert page.status_code == 200  # a controller's cookie: the page itself opens
+    shown = [name for name in files if f'data-file="{name}" data-preview' in page.text]
+    assert not shown and "就诊费用分析" not in page.text, \
+        f"the review page shows the released files {shown} to a cookie without a code"
+    pictures = {name: thief.http.get(f"/controller/exports/{export}/files/{file_id}/"
+                                     "preview.png").status_code
+                for name, file_id in files.items()}
+    assert set(pictures.values()) == {404}, pictures
+    bundle = thief.http.post(f"/controller/exports/{export}/bundle.zip",
+                             data={"csrf_token": thief.token(
+                                 f"/controller/exports/{export}/bundle.zip")})
+    assert bundle.headers["content-type"] != "application/zip"
 
 
 def test_an_export_request_reaches_review_only_after_a_fresh_code(released):

@@ -2,9 +2,10 @@
 disguised bundle (a zip after a PNG, base64 rows in a .txt, an SVG with a script) comes
 back to its author with the reasons on the review page, and the script never runs; the
 corrected bundle — one file of every allowed type — is previewed for the reviewers
-(figures, PDF pages, SVG, tables, notebook cells); after release, two controllers'
-downloads each carry their own account and time on PNG, PDF, CSV and text, and each
-copy's manifest verifies. Screenshots go to test-artifacts/browser/exports-*.png."""
+(figures, PDF pages, SVG drawn by the server as PNG, tables, notebook cells); after
+release, the files are no longer previewed, two controllers' downloads each carry their
+own account and time on PNG, PDF, CSV and text, and each copy's manifest verifies.
+Screenshots go to test-artifacts/browser/exports-*.png."""
 
 from __future__ import annotations
 
@@ -120,10 +121,12 @@ def test_review_previews_and_marked_downloads(world, browser, tmp_path):
     assert "script-src 'self'" in page.headers["content-security-policy"]
     assert page.headers["x-content-type-options"] == "nosniff"
     opened = httpx.get(url + svg.get_attribute("src"), cookies=cookies)
-    assert opened.headers["content-type"] == "image/svg+xml; charset=utf-8"
+    # drawn by the server: a PNG, never the SVG's own bytes (nothing in it can run)
+    assert opened.headers["content-type"] == "image/png"
+    assert opened.content.startswith(b"\x89PNG") and b"<script" not in opened.content
     assert "sandbox" in opened.headers["content-security-policy"]
     assert opened.headers["x-content-type-options"] == "nosniff"
-    first.goto(url + svg.get_attribute("src"))  # opened alone, it is still sandboxed
+    first.goto(url + svg.get_attribute("src"))  # opened alone, it is a picture
     assert first.title() != "pwned"
 
     # round 2: one honest file of every allowed type, each previewed for the reviewers
@@ -160,6 +163,8 @@ def test_review_previews_and_marked_downloads(world, browser, tmp_path):
     second.click("#release")
     expect(second.locator("#export-state")).to_have_attribute("data-state", "released")
     shot(second, "03-released")
+    expect(second.locator("#released-files")).to_be_visible()  # read only in the bundle
+    expect(second.locator("section.file")).to_have_count(0)
     public_pem = exports.signer(world["settings"]).public_pem
     copies = {}
     for who, page in ((FIRST, first), (SECOND, second)):

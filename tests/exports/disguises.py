@@ -117,6 +117,59 @@ def dp_notebook() -> bytes:
     return notebook(outputs)
 
 
+def jupyterlab_notebook() -> bytes:
+    book = nbformat.reads(dp_notebook().decode(), as_version=4)
+    book.metadata.update(
+        kernelspec={"display_name": "Python 3 (ipykernel)", "language": "python",
+                    "name": "python3"},
+        language_info={"codemirror_mode": {"name": "ipython", "version": 3},
+                       "file_extension": ".py", "mimetype": "text/x-python",
+                       "name": "python", "nbconvert_exporter": "python",
+                       "pygments_lexer": "ipython3", "version": "3.11.7"})
+    for number, cell in enumerate(book.cells):
+        cell.metadata.update(tags=["results"], execution={
+            "iopub.execute_input": f"2025-03-01T09:3{number}:01.123456Z",
+            "iopub.status.busy": f"2025-03-01T09:3{number}:01.120000Z",
+            "iopub.status.idle": f"2025-03-01T09:3{number}:02.456789Z",
+            "shell.execute_reply": f"2025-03-01T09:3{number}:02.450000Z"})
+    book.cells[2].outputs[1].metadata.update({"image/png": {"width": 400, "height": 300},
+                                              "needs_background": "light"})
+    return nbformat.writes(book).encode()
+
+
+def honest_notes() -> bytes:
+    return ("# 分析步骤\n\n1. 读取 2025 年的就诊数据\n2. 按 3 类就诊类型分组\n"
+            "3. 计算均值（ε = 0.5）\n4. 画图\n\n"
+            "epsilon: 0.5\ndelta: 0\ngroups: 3\nseed: 20250301\n\n"
+            "2025-03-01 09:30:01 INFO query 1 sent\n2025-03-01 09:30:02 INFO query 1 done\n"
+            "2025-03-01 09:31:15 INFO query 2 sent\n2025-03-01 09:31:17 INFO query 2 done\n"
+            ).encode()
+
+
+def pdf_with_xmp() -> bytes:
+    packet = (b'<?xpacket begin="\xef\xbb\xbf" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+              b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/'
+              b'1999/02/22-rdf-syntax-ns#"><rdf:Description rdf:about="" xmlns:xmp="http://'
+              b'ns.adobe.com/xap/1.0/" xmlns:xmpMM="http://ns.adobe.com/xap/1.0/mm/">'
+              b"<xmp:CreateDate>2025-03-01T10:00:00+08:00</xmp:CreateDate>"
+              b"<xmp:ModifyDate>2025-03-01T10:05:00+08:00</xmp:ModifyDate>"
+              b"<xmp:MetadataDate>2025-03-01T10:05:00+08:00</xmp:MetadataDate>"
+              b"<xmp:CreatorTool>Writer</xmp:CreatorTool><xmpMM:DocumentID>uuid:6f1d2c9a-"
+              b"2b4e-4c11-9a8e-2f0c4d3b1a77</xmpMM:DocumentID></rdf:Description></rdf:RDF>"
+              b'</x:xmpmeta><?xpacket end="w"?>')
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(report_pdf())))
+    stream = DecodedStreamObject()
+    stream.set_data(packet)
+    stream[NameObject("/Type")] = NameObject("/Metadata")
+    stream[NameObject("/Subtype")] = NameObject("/XML")
+    writer._root_object[NameObject("/Metadata")] = writer._add_object(stream)
+    writer.add_metadata({"/Title": "Mean cost by visit type", "/Author": "课题组",
+                         "/CreationDate": "D:20250301100000+08'00'"})
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
 # -- disguises --------------------------------------------------------------------------
 
 def png_with(chunk: bytes, data: bytes) -> bytes:
@@ -316,6 +369,16 @@ CASES = [
     Case("analysis.py", "the analysis code",
          lambda _: b"import matplotlib.pyplot as plt\nax.set_xlim(0, 10)\n"
                    b"ax.set_ylim(0, 5)\nax.set_title('mean', fontsize=8)\n", "pass"),
+    Case("lab.ipynb", "a notebook as JupyterLab saves it (kernelspec, language_info, cell "
+         "execution times, tags, output metadata)", lambda _: jupyterlab_notebook(), "pass"),
+    Case("steps.md", "notes: a numbered list, key: value lines, a log with times",
+         lambda _: honest_notes(), "pass"),
+    Case("means.txt", "the released means, one per line after their label, with a "
+         "currency sign or a unit, or in scientific notation", lambda _: (
+             "门诊 ¥1234.57\n住院 ¥18765.43\n急诊 ¥905\n\n门诊 1234.6 元\n住院 18765.4 元\n"
+             "急诊 905.0 元\n\n门诊 1.23e3\n住院 1.88e4\n急诊 9.05e2\n").encode(), "pass"),
+    Case("report10.pdf", "a report with document information and XMP metadata as office "
+         "tools write them", lambda _: pdf_with_xmp(), "pass"),
     # disguised rows
     Case("notes.txt", "base64 of a row-level CSV",
          lambda _: base64.b64encode(rows_csv()), "fail", "rows but the cited releases"),

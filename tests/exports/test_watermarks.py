@@ -105,3 +105,106 @@ def test_an_edited_copy_no_longer_verifies(signer):
                 target.writestr(item, data)
         with pytest.raises(InputError):
             bundle.verify(tampered.getvalue(), signer.public_pem)
+
+
+# -- a file cannot cancel its own mark (the adversary: the researcher who made it) --------
+
+MARK = "application-7 | downloaded by liu@lingnan.cn (user 3) | 2025-03-02 08:15:01 UTC"
+HOSTILE_CSS = (b"text { display: none !important; fill: white !important } "
+               b"rect { fill: black !important } ~ text { visibility: hidden } "
+               b"svg > text:last-child, :root > * { opacity: 0 !important } "
+               b"@media all { text { font-size: 0 !important } }")
+
+
+def drawn_svg(svg: bytes) -> Image.Image:
+    """The SVG as the portal's renderer (resvg) draws it, on white."""
+    import resvg_py
+
+    from portal.previews import FALLBACK_FAMILY, FALLBACK_FONT
+    return Image.open(io.BytesIO(resvg_py.svg_to_bytes(
+        svg_string=svg.decode(), dpi=96, background="white", font_files=[str(FALLBACK_FONT)],
+        font_family=FALLBACK_FAMILY, sans_serif_family=FALLBACK_FAMILY))).convert("L")
+
+
+def drawn_pdf(pdf: bytes) -> Image.Image:
+    """The first page as a viewer shows it (its crop box), by PDFium."""
+    import pypdfium2 as pdfium
+
+    document = pdfium.PdfDocument(pdf)
+    try:
+        return document[0].render(scale=2).to_pil().convert("L")
+    finally:
+        document.close()
+
+
+def test_a_json_files_own_key_never_stands_in_for_the_mark():
+    own = json.dumps({"_watermark": "公开发表版本", "counts": RELEASED}).encode()
+    marked = json.loads(bundle.watermark("counts.json", own, MARK))
+    assert marked == {"_watermark": MARK, "counts": RELEASED}
+
+
+@pytest.mark.parametrize("trick", [
+    pytest.param(lambda svg: svg + b"<!-- </svg> -->\n", id="comment-after-the-root"),
+    pytest.param(lambda svg: svg.replace(b"</style>", HOSTILE_CSS + b"</style>"),
+                 id="style-sheet-hiding-text"),
+    pytest.param(lambda svg: svg.replace(b"<svg ", b'<svg style="opacity:0.999" '
+                                         b'clip-path="inset(0 0 40px 0)" ', 1),
+                 id="root-clip-and-style"),
+    pytest.param(lambda svg: svg.replace(b'viewBox="0 0 288 216"',
+                                         b'viewBox="5000 5000 288 216"'),
+                 id="view-box-elsewhere"),
+])
+def test_an_svg_cannot_hide_its_mark(trick):
+    """The mark is drawn by the new outer figure after the researcher's, on a strip of its
+    own, out of reach of the figure's style sheets: with any of these tricks, the mark's
+    strip holds the mark's grey text, and the figure above is drawn as without the mark."""
+    svg = trick(figure("svg"))
+    marked = bundle.watermark("figure.svg", svg, MARK)
+    assert MARK in marked.decode()
+    picture = drawn_svg(marked)
+    strip = picture.crop((0, 288, picture.width, picture.height))
+    assert picture.width == 384 and picture.height > 288, picture.size
+    assert strip.getextrema()[0] < 160, strip.getextrema()
+    assert drawn_svg(svg).crop((0, 0, 384, 288)).tobytes() == \
+        picture.crop((0, 0, 384, 288)).tobytes()
+    problems = [c.reason for c in check_file(ExportFile("figure.svg", marked), [
+        {"result": RELEASED}]) if c.outcome != Outcome.PASS]
+    assert not problems  # the marked copy is still a figure the checks pass
+
+
+def _pdf(change) -> bytes:
+    from pypdf import PdfWriter
+
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(report())))
+    change(writer, writer.pages[0])
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def _crop(writer, page) -> None:
+    from pypdf.generic import RectangleObject
+
+    page.cropbox = RectangleObject([0, 40, page.mediabox.width, page.mediabox.height])
+
+
+def _offset_crop(writer, page) -> None:
+    from pypdf.generic import RectangleObject
+
+    page.cropbox = RectangleObject([100, 300, 400, 700])
+
+
+@pytest.mark.parametrize("change", [_crop, _offset_crop], ids=["bottom-off", "a-window"])
+def test_a_pdf_page_cannot_hide_its_mark_outside_what_is_shown(change):
+    """The mark is drawn inside each page's crop box — what a viewer shows — on a white
+    box of its own: the rendered page differs from the unmarked one exactly where the mark
+    is, at the visible area's bottom-left corner."""
+    pdf = _pdf(change)
+    before = drawn_pdf(pdf)
+    after = drawn_pdf(bundle.watermark("report.pdf", pdf, MARK))
+    assert after.size == before.size
+    corner = (0, after.height - 30, after.width // 2, after.height)
+    assert after.crop(corner).tobytes() != before.crop(corner).tobytes()
+    assert after.crop(corner).getextrema()[0] < 160  # grey text drawn there
+    rest = (0, 0, after.width, after.height - 30)
+    assert after.crop(rest).tobytes() == before.crop(rest).tobytes()

@@ -71,7 +71,6 @@ ACCESS: dict[str, frozenset[str]] = {
     "controller.export_release": frozenset({"controller"}),
     "controller.export_bundle": frozenset({"controller"}),
     "controller.export_file_picture": frozenset({"controller"}),
-    "controller.export_file_svg": frozenset({"controller"}),
     "controller.control": frozenset({"controller"}),
     "controller.destruction_page": frozenset({"controller"}),
     "controller.certificate": frozenset({"controller"}),
@@ -184,7 +183,7 @@ def test_only_allowed_roles_get_through(app, world, role):
                              "controller.certificate", "controller.decide",
                              "controller.export_page", "controller.export_vote",
                              "controller.export_release", "controller.export_bundle",
-                             "controller.export_file_picture", "controller.export_file_svg",
+                             "controller.export_file_picture",
                              "committee.confirm_claim", "admin.institution", "admin.evidence")
                 and allowed):
             # no decision, agreement or destruction task exists yet: a 404, never a 403
