@@ -30,8 +30,8 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 
-from sandbox import anchored, checkpoints, receipts, witness, witnessing
-from sandbox.audit import Verification
+from sandbox import anchored, audit, checkpoints, receipts, witness, witnessing
+from sandbox.audit import AuditAction, Verification
 from sandbox.db import make_engine
 from sandbox.errors import InputError, PolicyRefusal, SandboxError, Unavailable
 from sandbox.federated import messages
@@ -192,7 +192,7 @@ def install_gateway(app: FastAPI, anchors: Anchors, sites: Callable[[], dict[str
     Returns the round, for the serving process to run periodically."""
 
     def round_once() -> dict:
-        return gateway_round(anchors, sites(), keys_url())
+        return audited_round(anchors, lambda: gateway_round(anchors, sites(), keys_url()))
 
     @app.post("/v1/admin/audit/checkpoint")
     def round_now(_actor: str = Depends(admin)) -> dict:
@@ -212,6 +212,25 @@ def install_gateway(app: FastAPI, anchors: Anchors, sites: Callable[[], dict[str
 
     _install_records(app, anchors, admin)
     return round_once
+
+
+def audited_round(anchors: Anchors, round_once: Callable[[], dict]) -> dict:
+    """``round_once()``; if it fails, the failure is logged and audited (a round that fails
+    unnoticed would leave the chain anchored nowhere) and reported as a reason."""
+    try:
+        return round_once()
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"[:500]
+        log.error("audit checkpoint round failed: %s", reason, exc_info=True)
+        try:
+            with anchors.engine.begin() as conn:
+                audit.append(conn, AuditAction.AUDIT_CHECKPOINT_FAILED,
+                             checkpoints.subject(anchors.service),
+                             checkpoints.subject(anchors.service), {"reason": reason})
+        except Exception:  # the database itself is away: the log has it
+            log.exception("the failed checkpoint round could not be audited")
+        raise Unavailable(f"the audit checkpoint round failed ({reason}); it was logged "
+                          "and, where the database allowed, audited") from None
 
 
 def gateway_round(anchors: Anchors, sites: dict[str, str], keys_url: str,
