@@ -4,9 +4,9 @@ portal and sent by e-mail to every controller once per alert."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -37,8 +37,7 @@ def scan(db: Session, settings: PortalSettings, hours: float = 24,
     db.commit()
     problem = None
     try:
-        gateway_entries = [Entry(e["seq"], datetime.fromisoformat(e["at"]), e["actor"],
-                                 e["action"], e["subject"], json.loads(e["details"]))
+        gateway_entries = [Entry.from_row(SimpleNamespace(**e))
                            for e in gateway.audit_entries(settings, since)]
     except SandboxError as exc:
         gateway_entries, problem = [], exc.reason
@@ -54,7 +53,7 @@ def key(source: str, alert: Alert) -> str:
 def notify_new(db: Session, settings: PortalSettings, found: Scan) -> int:
     """E-mail every controller about alerts not sent before; each sending is audited (and
     remembered through the audit log). Returns how many alerts were sent."""
-    sent = {json.loads(d).get("key") for d in db.scalars(
+    sent = {(audit.details_of(d) or {}).get("key") for d in db.scalars(
         select(audit_log.c.details).where(audit_log.c.action == AuditAction.ALERT_SENT))}
     new = [(s, a) for s, a in found.alerts if key(s, a) not in sent]
     if not new:

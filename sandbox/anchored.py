@@ -15,8 +15,8 @@ entry's hash covers the one before it, a chain that changed from entry *k* on fa
 anchor from *k* on: the witness, which has every entry, names *k* itself; a checkpoint
 names the range between the last anchor that holds and itself. An anchor for an entry the
 chain no longer has means its tail was cut (or the database replaced by an older copy).
-Entries pruned under the retention policy are not expected, but the witness's times show
-whether the pruning took only what was old enough.
+Entries pruned under the retention policy are not expected, but every anchor of a removed
+entry must predate the pruning's cutoff (``sandbox.retention``).
 
 Read the anchors first and the database last: entries committed meanwhile are then in the
 chain, never only in an anchor.
@@ -25,16 +25,15 @@ chain, never only in an anchor.
 from __future__ import annotations
 
 import heapq
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, func, select
 
-from sandbox import audit, checkpoints
+from sandbox import audit, checkpoints, retention
 from sandbox.audit import AuditAction, Verification, audit_checkpoint, audit_log
 from sandbox.errors import InputError
+from sandbox.retention import Cutoff
 from sandbox.witness import Line, Snapshot
 
 WITNESS = ("the witness file", "见证文件")
@@ -60,12 +59,15 @@ def _witness_points(lines: Iterable[Line]) -> Iterator[Point]:
 def own_checkpoints(conn: Connection, public_pem: bytes | None = None
                     ) -> tuple[list[Point], Verification | None]:
     """The service's own checkpoints in its chain (their signatures checked when the
-    service's public key is given), or the entry holding one its key did not sign."""
+    service's public key is given), or the entry holding one its key did not sign. A
+    malformed entry is skipped here: ``audit.verify`` names it."""
     points = []
-    for row in conn.execute(select(audit_log.c.seq, audit_log.c.details).where(
-            audit_log.c.action == str(AuditAction.AUDIT_CHECKPOINTED))
-            .order_by(audit_log.c.seq)):
-        document = json.loads(row.details).get("checkpoint")
+    for row in conn.execute(select(audit_log.c.seq, audit_log.c.at, audit_log.c.details)
+                            .where(audit_log.c.action == str(AuditAction.AUDIT_CHECKPOINTED))
+                            .order_by(audit_log.c.seq)):
+        if audit.malformed(str(AuditAction.AUDIT_CHECKPOINTED), row.at, row.details):
+            continue
+        document = (audit.details_of(row.details) or {}).get("checkpoint")
         payload = document.get("payload") if isinstance(document, dict) else None
         try:
             if public_pem is not None:
@@ -88,11 +90,11 @@ def peer_points(entries: Iterable[dict], service: str, public_pem: bytes | None 
     they could only raise a false alarm, never hide anything."""
     points = []
     for entry in entries:
-        if entry.get("action") != str(AuditAction.AUDIT_ANCHORED) or \
+        if not isinstance(entry, dict) or \
+                entry.get("action") != str(AuditAction.AUDIT_ANCHORED) or \
                 entry.get("subject") != checkpoints.subject(service):
             continue
-        details = entry["details"]
-        details = json.loads(details) if isinstance(details, str) else details
+        details = audit.details_of(entry.get("details"))
         try:
             payload = details["checkpoint"]["payload"] if public_pem is None else \
                 checkpoints.payload_of(details["checkpoint"], public_pem, service)
@@ -120,7 +122,7 @@ def _named(service: str) -> tuple[str, str]:
 def verify(conn: Connection, points: Iterable[Point] = (), witness: Snapshot | None = None,
            public_pem: bytes | None = None) -> Verification:
     """``audit.verify``, then every anchor: the first entry that no longer matches one."""
-    base = audit.verify(conn)
+    base = audit.verify(conn, well_formed=True)
     own, forged = own_checkpoints(conn, public_pem)
     if witness is not None and witness.problem:
         return _broken(base.entries, None, *witness.problem)
@@ -154,7 +156,7 @@ class ChainView:
     start_hash: str | None
     last: int
     rows: Iterator[tuple[int, str]]
-    cutoff: _Cutoff | None = None
+    cutoff: Cutoff | None = None
 
 
 def _view(conn: Connection) -> ChainView:
@@ -165,18 +167,20 @@ def _view(conn: Connection) -> ChainView:
         .order_by(audit_log.c.seq)))
     return ChainView(start, pruned.hash if pruned else None,
                      conn.execute(select(func.max(audit_log.c.seq))).scalar() or start,
-                     rows, _retention_cutoff(conn, pruned))
+                     rows, retention.claimed(conn, start) if pruned else None)
 
 
 def hashes_at(conn: Connection, seqs: Iterable[int]) -> dict:
-    """A chain's hashes at ``seqs``, where it starts and ends: what another service needs to
-    check its records of this chain's checkpoints (``check_points``)."""
+    """A chain's hashes at ``seqs``, where it starts and ends, and the cutoff of the pruning
+    that made its start: what another service needs to check its records of this chain's
+    checkpoints (``check_points``)."""
     view = _view(conn)
     wanted = sorted(set(seqs))
     rows = conn.execute(select(audit_log.c.seq, audit_log.c.hash)
                         .where(audit_log.c.seq.in_(wanted))) if wanted else []
     return {"start": view.start, "start_hash": view.start_hash, "last": view.last,
-            "hashes": {str(r.seq): r.hash for r in rows}}
+            "hashes": {str(r.seq): r.hash for r in rows},
+            "pruned": view.cutoff.claim() if view.cutoff else None}
 
 
 def check_points(answers: Iterable[dict], points: Iterable[Point]) -> Verification:
@@ -186,8 +190,9 @@ def check_points(answers: Iterable[dict], points: Iterable[Point]) -> Verificati
     hashes = sorted((int(seq), str(h)) for answer in answers
                     for seq, h in answer["hashes"].items())
     last = answers[-1] if answers else {"start": 0, "start_hash": None, "last": 0}
-    view = ChainView(int(last["start"]), last.get("start_hash"), int(last["last"]),
-                     iter(hashes))
+    start = int(last["start"])
+    view = ChainView(start, last.get("start_hash"), int(last["last"]), iter(hashes),
+                     retention.from_claim(start, last.get("pruned")) if start else None)
     found = _check(view, iter(sorted(points, key=lambda p: p.seq)))
     return first_failure(found.failure, matched=found.matched, through=found.through) or \
         Verification(True, view.last - view.start, anchors=found.matched,
@@ -206,11 +211,12 @@ def _check(view: ChainView, anchors: Iterator[Point]) -> _Found:
     row = next(rows, None)
     found, good = _Found(), start  # ``good``: the last entry an anchor vouched for
     for point in anchors:
-        if point.seq < start or (point.seq == start and start == 0):
-            late = cutoff.problem(point) if point.dense and cutoff is not None else None
-            if late is not None:
-                found.failure = late
+        if cutoff is not None and point.seq <= start:
+            young = cutoff.young(point)  # an anchor of an entry the pruning removed
+            if young is not None:
+                found.failure = young
                 return found
+        if point.seq < start or (point.seq == start and start == 0):
             continue
         if point.seq == start:
             actual: str | None = view.start_hash
@@ -261,55 +267,3 @@ def _mismatch(point: Point, actual: str | None, good: int, last: int,
 
 def _broken(entries: int, seq: int | None, problem: str, problem_zh: str) -> Verification:
     return Verification(False, entries, problem, seq, problem_zh)
-
-
-@dataclass
-class _Cutoff:
-    """What the pruning that made the retention checkpoint claims it removed."""
-
-    entry: int
-    older_than: str
-    too_early: Verification | None
-
-    def problem(self, point: Point) -> Verification | None:
-        if point.at < self.older_than:
-            return None
-        return _broken(0, point.seq, f"entry {point.seq} was pruned though it was recorded "
-                       f"at {point.at}, after the pruning's cutoff {self.older_than} "
-                       f"(entry {self.entry})",
-                       f"第 {point.seq} 条记录于 {point.at}，晚于清理截止时间 "
-                       f"{self.older_than}（第 {self.entry} 条），却被清理")
-
-
-def _retention_cutoff(conn: Connection, pruned) -> _Cutoff | None:
-    """The ``audit.pruned`` entry that vouches for the retention checkpoint, and whether
-    its cutoff lay at least the minimum retention before it was made. When it was made is
-    bounded by the entry after it and by now, so a pruning dated in the future does not
-    pass for an old one."""
-    if pruned is None:
-        return None
-    for row in conn.execute(select(audit_log.c.seq, audit_log.c.at, audit_log.c.details)
-                            .where(audit_log.c.action == str(AuditAction.AUDIT_PRUNED),
-                                   audit_log.c.seq > pruned.seq)
-                            .order_by(audit_log.c.seq.desc())):
-        details = json.loads(row.details)
-        if details.get("through_seq") != pruned.seq:
-            continue
-        older_than = str(details.get("older_than", ""))
-        after = conn.execute(select(audit_log.c.at).where(audit_log.c.seq == row.seq + 1)
-                             ).scalar()
-        try:
-            made = min(datetime.fromisoformat(at) for at in (row.at, after) if at)
-            made = min(made, datetime.now(UTC))
-            early = datetime.fromisoformat(older_than) > made - timedelta(
-                days=audit.MIN_RETENTION_DAYS) + timedelta(seconds=1)
-        except (TypeError, ValueError):
-            early = True
-        too_early = None if not early else _broken(
-            0, None, f"entries up to {pruned.seq} were pruned too early: the pruning "
-            f"(entry {row.seq}, {row.at}) cut at {older_than or 'an unreadable time'}, less "
-            f"than {audit.MIN_RETENTION_DAYS} days before",
-            f"第 {pruned.seq} 条及之前的记录被提前清理：清理（第 {row.seq} 条，{row.at}）的"
-            f"截止时间为 {older_than or '无法读取'}，距清理不足 {audit.MIN_RETENTION_DAYS} 天")
-        return _Cutoff(row.seq, older_than, too_early)
-    return None

@@ -30,8 +30,8 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 
-from sandbox import anchored, checkpoints, receipts, witness, witnessing
-from sandbox.audit import Verification
+from sandbox import anchored, audit, checkpoints, receipts, witness, witnessing
+from sandbox.audit import AuditAction, Verification
 from sandbox.db import make_engine
 from sandbox.errors import InputError, PolicyRefusal, SandboxError, Unavailable
 from sandbox.federated import messages
@@ -151,6 +151,14 @@ def install_peer(app: FastAPI, anchors: Anchors, audience: str,
 PAGE = 1000
 
 
+def entry_number(value: int, name: str) -> int:
+    """A sequence number a caller gave, within what the chain can hold; InputError
+    otherwise."""
+    if not 0 <= value <= audit.MAX_SEQ:
+        raise InputError(f"{name}: an entry number from 0 to {audit.MAX_SEQ}")
+    return value
+
+
 def _install_records(app: FastAPI, anchors: Anchors, admin: Callable[..., str]) -> None:
     @app.get("/v1/admin/audit/anchors")
     def records(service: str, after_seq: int = 0, limit: int = PAGE,
@@ -158,20 +166,24 @@ def _install_records(app: FastAPI, anchors: Anchors, admin: Callable[..., str]) 
         """This chain's records of ``service``'s checkpoints (its ``audit.anchored``
         entries, oldest first, ``after_seq`` pages on), for verifying that service's
         chain."""
+        if not checkpoints.SERVICE.match(service):
+            raise InputError(f"service: not a service name: {service[:60]!r}")
         return {"service": service, "recorder": anchors.service,
-                "records": anchors.records(service, after_seq, min(max(limit, 1), PAGE))}
+                "records": anchors.records(service, entry_number(after_seq, "after_seq"),
+                                           min(max(limit, 1), PAGE))}
 
     @app.get("/v1/admin/audit/hashes")
     def hashes(seqs: str = "", _actor: str = Depends(admin)) -> dict:
         """This chain's hashes at ``seqs`` (comma-separated, at most 1000), where it
-        starts and where it ends: for another service to check its records of this
-        chain's checkpoints."""
+        starts and where it ends, and its pruning's cutoff: for another service to check
+        its records of this chain's checkpoints."""
+        parts = [s for s in seqs.split(",") if s.strip()]
+        if len(parts) > PAGE:
+            raise InputError(f"at most {PAGE} entries at a time")
         try:
-            wanted = [int(s) for s in seqs.split(",") if s.strip()]
+            wanted = [entry_number(int(s), "seqs") for s in parts]
         except ValueError:
             raise InputError("seqs: comma-separated entry numbers") from None
-        if len(wanted) > PAGE:
-            raise InputError(f"at most {PAGE} entries at a time")
         with anchors.engine.connect() as conn:
             return anchored.hashes_at(conn, wanted)
 
@@ -192,7 +204,7 @@ def install_gateway(app: FastAPI, anchors: Anchors, sites: Callable[[], dict[str
     Returns the round, for the serving process to run periodically."""
 
     def round_once() -> dict:
-        return gateway_round(anchors, sites(), keys_url())
+        return audited_round(anchors, lambda: gateway_round(anchors, sites(), keys_url()))
 
     @app.post("/v1/admin/audit/checkpoint")
     def round_now(_actor: str = Depends(admin)) -> dict:
@@ -212,6 +224,25 @@ def install_gateway(app: FastAPI, anchors: Anchors, sites: Callable[[], dict[str
 
     _install_records(app, anchors, admin)
     return round_once
+
+
+def audited_round(anchors: Anchors, round_once: Callable[[], dict]) -> dict:
+    """``round_once()``; if it fails, the failure is logged and audited (a round that fails
+    unnoticed would leave the chain anchored nowhere) and reported as a reason."""
+    try:
+        return round_once()
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"[:500]
+        log.error("audit checkpoint round failed: %s", reason, exc_info=True)
+        try:
+            with anchors.engine.begin() as conn:
+                audit.append(conn, AuditAction.AUDIT_CHECKPOINT_FAILED,
+                             checkpoints.subject(anchors.service),
+                             checkpoints.subject(anchors.service), {"reason": reason})
+        except Exception:  # the database itself is away: the log has it
+            log.exception("the failed checkpoint round could not be audited")
+        raise Unavailable(f"the audit checkpoint round failed ({reason}); it was logged "
+                          "and, where the database allowed, audited") from None
 
 
 def gateway_round(anchors: Anchors, sites: dict[str, str], keys_url: str,

@@ -17,13 +17,13 @@ same code checks a live log, a CSV export or a synthetic trace in the tests:
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from sandbox import audit
 from sandbox.errors import InputError
 
 QUERY_ACTIONS = frozenset({"release.charged", "query.previewed"})
@@ -31,6 +31,7 @@ REFUSED = "query.refused"
 LOGIN_FAILED = "login.failed"
 LOGIN_ACTIONS = frozenset({"login.succeeded", LOGIN_FAILED})
 EXPORT_SUBMITTED = "export.submitted"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -95,9 +96,12 @@ class Entry:
 
     @classmethod
     def from_row(cls, row: object) -> Entry:
-        details = getattr(row, "details", "{}")
-        return cls(row.seq, datetime.fromisoformat(row.at), row.actor, row.action,
-                   row.subject, json.loads(details) if isinstance(details, str) else details)
+        """An audit entry (a row, or an object with its fields). A malformed one — which
+        verifying the chain names — is read as far as it goes, so that it cannot stop the
+        rules: no details, and the start of the epoch for a time that cannot be read."""
+        return cls(row.seq, audit.parse_time(row.at) or EPOCH, row.actor, row.action,
+                   row.subject,
+                   audit.details_of(getattr(row, "details", "{}")) or {})
 
 
 @dataclass(frozen=True)
@@ -158,11 +162,17 @@ def failed_logins(entries: list[Entry], policy: AnomalyPolicy) -> Iterator[Alert
         lambda n: f"{n} failed sign-ins within {policy.login_minutes} min")
 
 
+def _count(details: dict, name: str) -> int:
+    """A count in an entry's details (0 when it is not an integer: a malformed entry)."""
+    value = details.get(name, 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def large_exports(entries: list[Entry], policy: AnomalyPolicy) -> Iterator[Alert]:
     for entry in entries:
         if entry.action != EXPORT_SUBMITTED:
             continue
-        size, files = int(entry.details.get("bytes", 0)), int(entry.details.get("files", 0))
+        size, files = _count(entry.details, "bytes"), _count(entry.details, "files")
         if size > policy.export_bytes or files > policy.export_files:
             yield _alert("large_export", _who(entry), [entry],
                          f"export of {size:,} bytes in {files} files (limits "

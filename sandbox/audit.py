@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -66,6 +67,15 @@ audit_head = Table(
 
 # Retention: entries older than the policy may be pruned, never younger than this.
 MIN_RETENTION_DAYS = 183
+
+# The largest sequence number the ``seq`` column holds on every backend (PostgreSQL's
+# INTEGER): a number a caller gives is refused above it rather than failing in the driver.
+MAX_SEQ = 2**31 - 1
+
+# How every time in a chain is spelled (entries, checkpoints, a pruning's cutoff): UTC with
+# microseconds. Only this spelling is read back, so a claim cannot be parsed as one time
+# and compared as another.
+_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}\+00:00")
 
 # Where a pruned chain now starts: the last pruned entry's sequence number and hash. The
 # same pair is written into the chain itself (the ``audit.pruned`` entry), so a forged
@@ -165,6 +175,72 @@ class AuditAction(StrEnum):
     DEMO_SEEDED = "demo.seeded"
     AUDIT_CHECKPOINTED = "audit.checkpointed"  # this service signed its chain's head
     AUDIT_ANCHORED = "audit.anchored"  # another service's signed checkpoint, recorded here
+    AUDIT_CHECKPOINT_FAILED = "audit.checkpoint_failed"  # a checkpoint round could not run
+
+
+def stamp(when: datetime) -> str:
+    """``when`` spelled as the chain spells times."""
+    return when.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def parse_time(text: object) -> datetime | None:
+    """A time spelled exactly as ``stamp`` spells it, or None for anything else."""
+    if not isinstance(text, str) or not _TIME.fullmatch(text):
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:  # 2026-02-30 and the like
+        return None
+
+
+def given_time(text: str, name: str) -> str:
+    """A time a caller gave (ISO 8601; UTC when it names no zone), spelled as entries spell
+    theirs, so that comparing the strings compares the times; InputError otherwise."""
+    try:
+        when = datetime.fromisoformat(text)
+        return stamp(when if when.tzinfo else when.replace(tzinfo=UTC))
+    except ValueError:
+        raise InputError(f"{name}: not an ISO 8601 time, e.g. 2026-01-31T08:00:00+08:00"
+                         ) from None
+    except OverflowError:
+        raise InputError(f"{name}: a time beyond what UTC can express") from None
+
+
+def details_of(details: object) -> dict | None:
+    """An entry's details as ``append`` writes them — a JSON object — or None."""
+    if isinstance(details, str):
+        try:
+            details = json.loads(details)
+        except (ValueError, RecursionError):
+            return None
+    return details if isinstance(details, dict) else None
+
+
+# The details the anchoring code reads, by action: name → type.
+_REQUIRED: dict[str, dict[str, type]] = {
+    "audit.checkpointed": {"seq": int, "hash": str, "checkpoint": dict},
+    "audit.anchored": {"service": str, "seq": int, "hash": str, "at": str, "checkpoint": dict},
+    "audit.pruned": {"through_seq": int, "through_hash": str, "entries": int,
+                     "older_than": str, "retention_days": int},
+}
+
+
+def malformed(action: str, at: object, details: object) -> tuple[str, str] | None:
+    """Why an entry is not as ``append`` writes it (its time, its details as an object, and
+    the fields the anchoring code reads for its action), in English and Chinese; None if it
+    is."""
+    if parse_time(at) is None:
+        return f"its time {str(at)[:60]!r} is not a time as entries record it", \
+            f"其时间 {str(at)[:60]!r} 不是记录所用的时间格式"
+    found = details_of(details)
+    if found is None:
+        return "its details are not a JSON object", "其详情不是 JSON 对象"
+    for name, kind in _REQUIRED.get(action, {}).items():
+        value = found.get(name)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"its details lack {name!r} as {kind.__name__}", \
+                f"其详情缺少 {kind.__name__} 类型的 {name!r}"
+    return None
 
 
 def create_tables(engine: Engine) -> None:
@@ -192,7 +268,7 @@ def append(conn: Connection, action: AuditAction, actor: str, subject: str,
     head = conn.execute(select(audit_head).where(audit_head.c.id == 1).with_for_update()).one()
     entry = {
         "seq": head.seq + 1,
-        "at": datetime.now(UTC).isoformat(timespec="microseconds"),
+        "at": stamp(datetime.now(UTC)),
         "actor": actor,
         "action": str(action),
         "subject": subject,
@@ -222,9 +298,10 @@ class Verification:
     anchored_through: int | None = None
 
 
-def verify(conn: Connection) -> Verification:
+def verify(conn: Connection, well_formed: bool = False) -> Verification:
     """Walk the chain in sequence order, from the retention checkpoint if there is one, and
-    report the first break."""
+    report the first break — with ``well_formed``, also the first entry not as ``append``
+    writes it (``malformed``), which the hashes alone do not show."""
     checkpoint = conn.execute(select(audit_checkpoint).where(audit_checkpoint.c.id == 1)
                               ).first()
     prev, expected_seq = (checkpoint.hash, checkpoint.seq + 1) if checkpoint else (GENESIS, 1)
@@ -243,8 +320,12 @@ def verify(conn: Connection) -> Verification:
         if _hash(entry) != row.hash:
             return Verification(False, count, f"entry {row.seq} was altered", row.seq,
                                 f"第 {row.seq} 条记录被篡改")
+        wrong = malformed(row.action, row.at, row.details) if well_formed else None
+        if wrong is not None:
+            return Verification(False, count, f"entry {row.seq} is malformed: {wrong[0]}",
+                                row.seq, f"第 {row.seq} 条记录格式有误：{wrong[1]}")
         if checkpoint and row.action == AuditAction.AUDIT_PRUNED:
-            pruned = json.loads(row.details)
+            pruned = details_of(row.details) or {}
             vouched = vouched or (pruned.get("through_seq") == checkpoint.seq
                                   and pruned.get("through_hash") == checkpoint.hash)
         prev, expected_seq, count = row.hash, expected_seq + 1, count + 1
@@ -285,20 +366,27 @@ def prune(conn: Connection, older_than: datetime, actor: str,
     if not before.ok:
         raise InputError(f"the audit chain does not verify ({before.problem}); "
                          "nothing was removed")
-    cutoff = older_than.astimezone(UTC).isoformat(timespec="microseconds")
+    cutoff = stamp(older_than)
     # The oldest run of entries before the cutoff (entries are in time order by seq).
-    first_kept = conn.execute(select(audit_log.c.seq).where(audit_log.c.at >= cutoff)
-                              .order_by(audit_log.c.seq).limit(1)).scalar()
+    first_kept = conn.execute(select(audit_log.c.seq, audit_log.c.action)
+                              .where(audit_log.c.at >= cutoff)
+                              .order_by(audit_log.c.seq).limit(1)).first()
     head = conn.execute(select(audit_head).where(audit_head.c.id == 1)
                         .with_for_update()).one()
-    through = (first_kept - 1) if first_kept is not None else head.seq
+    through = (first_kept.seq - 1) if first_kept is not None else head.seq
+    if first_kept is not None and first_kept.action == AuditAction.AUDIT_CHECKPOINTED:
+        # It checkpoints the last entry to go, and may have been signed after the cutoff;
+        # verification holds every anchor of a removed entry to the cutoff
+        # (sandbox.retention), so that entry stays too. (A checkpoint of an earlier entry
+        # was signed before the next entry was written, which is older than the cutoff.)
+        through -= 1
     start = conn.execute(select(audit_checkpoint.c.seq).where(audit_checkpoint.c.id == 1)
                          ).scalar() or 0
     if through <= start:
         return Pruned(0, None)
     last = conn.execute(select(audit_log.c.hash).where(audit_log.c.seq == through)).scalar()
     removed = conn.execute(delete(audit_log).where(audit_log.c.seq <= through)).rowcount
-    values = {"seq": through, "hash": last, "at": now.isoformat(timespec="microseconds")}
+    values = {"seq": through, "hash": last, "at": stamp(now)}
     if conn.execute(update(audit_checkpoint).where(audit_checkpoint.c.id == 1)
                     .values(**values)).rowcount == 0:
         conn.execute(insert(audit_checkpoint).values(id=1, **values))

@@ -16,7 +16,6 @@ does not keep writing to itself.
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,15 +46,21 @@ def make(conn: Connection, signer: receipts.Signer, service: str) -> dict:
     if last is not None:
         busy = conn.execute(select(audit_log.c.seq).where(
             audit_log.c.seq > last.seq, audit_log.c.action.not_in(ANCHOR_ACTIONS)).limit(1)
-        ).first()
-        document = json.loads(last.details).get("checkpoint")
-        if busy is None and isinstance(document, dict) and \
-                document.get("payload", {}).get("service") == service and \
-                document.get("key_id") == signer.key_id:
+        ).first() is not None
+        # A malformed entry (someone planted it: it is no record of ours) is covered by a
+        # new checkpoint, and so is anything after a checkpoint that is not this service's
+        # with this key. (Only records follow the last checkpoint here: a few rows.)
+        busy = busy or any(audit.malformed(r.action, r.at, r.details) for r in conn.execute(
+            select(audit_log.c.action, audit_log.c.at, audit_log.c.details)
+            .where(audit_log.c.seq >= last.seq)))
+        document = (audit.details_of(last.details) or {}).get("checkpoint")
+        payload = document.get("payload") if isinstance(document, dict) else None
+        if not busy and isinstance(payload, dict) and \
+                payload.get("service") == service and document.get("key_id") == signer.key_id:
             return document
     head = conn.execute(select(audit_head).where(audit_head.c.id == 1).with_for_update()).one()
     document = signer.sign({"service": service, "seq": head.seq, "hash": head.hash,
-                            "at": datetime.now(UTC).isoformat(timespec="microseconds")},
+                            "at": audit.stamp(datetime.now(UTC))},
                            receipts.Domain.CHECKPOINT)
     audit.append(conn, AuditAction.AUDIT_CHECKPOINTED, subject(service), subject(service),
                  {"seq": head.seq, "hash": head.hash, "checkpoint": document})
@@ -97,11 +102,16 @@ def record(conn: Connection, document: object, public_pem: bytes, service: str,
 
 
 def latest(conn: Connection, service: str) -> dict | None:
-    row = conn.execute(select(audit_log.c.details).where(
+    """The details of this chain's last well-formed record of ``service``'s checkpoints (a
+    malformed one, which ``audit.verify`` names, is passed over)."""
+    rows = conn.execute(select(audit_log.c.at, audit_log.c.details).where(
         audit_log.c.action == str(AuditAction.AUDIT_ANCHORED),
-        audit_log.c.subject == subject(service)).order_by(audit_log.c.seq.desc()).limit(1)
-    ).first()
-    return json.loads(row.details) if row else None
+        audit_log.c.subject == subject(service)).order_by(audit_log.c.seq.desc()))
+    with rows:
+        for row in rows:
+            if not audit.malformed(str(AuditAction.AUDIT_ANCHORED), row.at, row.details):
+                return audit.details_of(row.details)
+    return None
 
 
 def records(conn: Connection, service: str, after_seq: int = 0, limit: int | None = None

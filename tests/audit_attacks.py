@@ -8,9 +8,10 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import create_engine, delete, func, select, text, update
+from sqlalchemy import create_engine, delete, func, insert, select, text, update
 
 from sandbox import audit
 from sandbox.audit import audit_checkpoint, audit_head, audit_log
@@ -75,6 +76,41 @@ def rewrite(url: str, seq: int, **changes: str) -> None:
                          .values(**entry, hash=digest))
             previous = digest
         conn.execute(update(audit_head).where(audit_head.c.id == 1).values(hash=previous))
+    engine.dispose()
+
+
+def plant(url: str, action: str, details: str, subject: str = "service:gateway") -> int:
+    """Append an entry with raw ``details`` (anything, not only a JSON object), hashed and
+    chained as ``audit.append`` would: the chain stays consistent. Its sequence number."""
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        head = conn.execute(select(audit_head).where(audit_head.c.id == 1)).one()
+        entry = {"seq": head.seq + 1, "at": audit.stamp(datetime.now(UTC)),
+                 "actor": "someone", "action": action, "subject": subject,
+                 "details": details, "prev_hash": head.hash}
+        digest = audit._hash(entry)
+        conn.execute(insert(audit_log).values(**entry, hash=digest))
+        conn.execute(update(audit_head).where(audit_head.c.id == 1)
+                     .values(seq=entry["seq"], hash=digest))
+    engine.dispose()
+    return entry["seq"]
+
+
+def forge_pruning(url: str, through: int, older_than: str) -> None:
+    """What ``audit.prune`` leaves behind, made by hand: entries up to ``through`` deleted,
+    the retention checkpoint set to the last of them, and an ``audit.pruned`` entry
+    appended that vouches for it and claims the cutoff ``older_than``."""
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        digest = conn.execute(select(audit_log.c.hash).where(audit_log.c.seq == through)
+                              ).scalar_one()
+        removed = conn.execute(delete(audit_log).where(audit_log.c.seq <= through)).rowcount
+        values = {"seq": through, "hash": digest, "at": audit.stamp(datetime.now(UTC))}
+        if conn.execute(update(audit_checkpoint).values(**values)).rowcount == 0:
+            conn.execute(insert(audit_checkpoint).values(id=1, **values))
+        audit.append(conn, audit.AuditAction.AUDIT_PRUNED, "system:retention", "audit:log",
+                     {"through_seq": through, "through_hash": digest, "entries": removed,
+                      "older_than": older_than, "retention_days": 183})
     engine.dispose()
 
 

@@ -329,3 +329,148 @@ def test_a_checkpoint_the_services_key_did_not_sign_is_named(chain, cli, tmp_pat
     assert result.code == 6, result
     assert f"entry {forged} holds a checkpoint the service's key did not sign" in \
         result.stderr
+
+
+# -- pruning against every anchor; malformed entries ------------------------------------------
+
+def _clock(monkeypatch, days: int) -> None:
+    """Entries and checkpoints written ``days`` ago from now on (0: the real clock)."""
+    from sandbox import checkpoints
+
+    class Then(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.now(tz) - timedelta(days=days)
+
+    for module in (audit, checkpoints):
+        monkeypatch.setattr(module, "datetime", Then if days else datetime)
+
+
+def test_a_pruning_is_held_to_the_checkpoints_other_services_recorded(chain, cli, tmp_path,
+                                                                      monkeypatch):
+    """An honest pruning passes against the witness, the service's own checkpoints and
+    another service's records of them — also when the checkpoint of its last old entry was
+    signed after the cutoff (that entry is kept). The records alone (no witness: its holder
+    may have rewritten it) expose a pruning forged with a cutoff spelled as ``prune`` spells
+    it, in ``audit verify`` and through the hashes the portal asks the gateway for."""
+    from sandbox import anchored, checkpoints, receipts, witness, witnessing
+    from sandbox.anchors import check_records, records_from_database
+    from tests.audit_attacks import forge_pruning
+
+    with chain.begin() as conn:  # a chain that starts afresh, a year ago
+        conn.execute(delete(audit_log))
+        conn.execute(update(audit.audit_head).values(seq=0, hash=audit.GENESIS))
+    owner, path = _Owner(), tmp_path / "audit-witness.jsonl"
+    followed = witness.WitnessFile(path)
+    witnessing.follow(owner, followed, chain)
+    signer = receipts.Signer(tmp_path / "service.pem")
+    peer_url = f"sqlite:///{tmp_path / 'peer.db'}"
+    peer = make_engine(peer_url)
+    audit.create_tables(peer)
+
+    def checkpoint() -> None:  # made, and recorded by another service
+        with chain.begin() as conn:
+            document = checkpoints.make(conn, signer, "gateway")
+        with peer.begin() as conn:
+            checkpoints.record(conn, document, signer.public_pem, "gateway", "keys")
+
+    def entries(n: int) -> None:
+        for i in range(n):
+            with chain.begin() as conn:
+                audit.append(conn, AuditAction.QUERY_PREVIEWED, "grant:x", f"q:{i}")
+
+    _clock(monkeypatch, 400)
+    entries(4)
+    checkpoint()  # entry 5: a checkpoint of entry 4, 400 days ago
+    entries(3)  # 6 to 8
+    _clock(monkeypatch, 0)
+    checkpoint()  # entry 9: a checkpoint of entry 8, today
+    entries(3)  # 10 to 12
+    checkpoint()  # entry 13: of entry 12
+    _wait_for(path, chain)
+    url = chain.url.render_as_string(hide_password=False)
+    pruned = cli("audit", "prune", "--database-url", url, "--older-than-days", "365")
+    assert pruned.code == 0 and "removed 7 entries" in pruned.stdout, pruned  # 8 is kept
+    _wait_for(path, chain)
+    witnessing.unfollow(followed)
+    public = tmp_path / "service.pub.pem"
+    public.write_bytes(signer.public_pem)
+    anchors = ("--service", "gateway", "--public-key", public, "--peer-database", peer_url)
+    held = cli("audit", "verify", "--database-url", url, "--witness", path, *anchors)
+    assert held.code == 0 and "through entry 14" in held.stdout, held  # the witness's last
+
+    # The holder of the database and the witness removes entries 8 to 12 "as a pruning".
+    forge_pruning(url, 12, audit.stamp(datetime.now(UTC) - timedelta(days=184)))
+    with chain.connect() as conn:
+        assert audit.verify(conn).ok
+    forged = cli("audit", "verify", "--database-url", url, *anchors)
+    assert forged.code == 6 and "entries up to 12 were pruned too early" in forged.stderr, \
+        forged
+    # the first entry removed that is younger than the cutoff: the one after the checkpoint
+    # of entry 8, signed today
+    assert "shows entry 8 checkpointed at" in forged.stderr
+    assert "so entry 9 was written later" in forged.stderr
+    points = anchored.peer_points(records_from_database(peer_url, "gateway"), "gateway",
+                                  signer.public_pem)
+
+    def hashes(seqs: list[int]) -> dict:
+        with chain.connect() as conn:
+            return anchored.hashes_at(conn, seqs)
+
+    seen = check_records(points, hashes)  # what the portal checks of the gateway's chain
+    assert not seen.ok and seen.seq == 9 and "pruned too early" in seen.problem
+    peer.dispose()
+
+
+@pytest.mark.parametrize("action, details", [
+    ("query.refused", "[]"),
+    ("audit.checkpointed", "[]"),
+    ("audit.checkpointed", '{"seq": 1, "hash": "x"}'),
+    ("audit.anchored", '{"service": "gateway", "seq": "3", "hash": "x", "at": "x"}'),
+    ("audit.pruned", '"old"'),
+    ("login.failed", "[" * 100_000),
+])
+def test_a_malformed_entry_is_named_and_checkpoints_go_past_it(chain, cli, tmp_path, action,
+                                                               details):
+    """Someone with the database appends an entry, consistently chained, whose details are
+    not what ``append`` writes. ``audit verify`` names it (exit 6) instead of failing; a
+    new checkpoint covers it and records of checkpoints go on being made."""
+    from sandbox import anchored, checkpoints, receipts
+    from tests.audit_attacks import plant
+
+    url = chain.url.render_as_string(hide_password=False)
+    signer = receipts.Signer(tmp_path / "service.pem")
+    with chain.begin() as conn:
+        first = checkpoints.make(conn, signer, "gateway")
+        checkpoints.record(conn, first, signer.public_pem, "gateway", "keys")
+    planted = plant(url, action, details)
+    with chain.begin() as conn:
+        document = checkpoints.make(conn, signer, "gateway")
+        assert document["payload"]["seq"] == planted  # a new checkpoint covers it
+        assert checkpoints.record(conn, document, signer.public_pem, "gateway", "keys")
+        assert anchored.hashes_at(conn, [planted])["hashes"]
+    with chain.connect() as conn:
+        assert audit.verify(conn).ok  # the chain itself is consistent
+    public = tmp_path / "service.pub.pem"
+    public.write_bytes(signer.public_pem)
+    result = cli("audit", "verify", "--database-url", url, "--public-key", public)
+    assert result.code == 6 and f"entry {planted} is malformed" in result.stderr, result
+
+
+def test_a_checkpoint_round_that_fails_is_logged_and_audited(chain, tmp_path, caplog):
+    from sandbox import receipts
+    from sandbox.anchors import Anchors, AnchorSettings, audited_round
+    from sandbox.errors import Unavailable
+
+    anchors = Anchors("gateway", chain, receipts.Signer(tmp_path / "service.pem"), tmp_path,
+                      AnchorSettings(), follow=False)
+
+    def failing() -> dict:
+        raise RuntimeError("the disk is full")
+
+    with pytest.raises(Unavailable, match="RuntimeError: the disk is full"):
+        audited_round(anchors, failing)
+    with chain.connect() as conn:
+        last = conn.execute(select(audit_log).order_by(audit_log.c.seq.desc()).limit(1)).one()
+    assert last.action == "audit.checkpoint_failed" and "the disk is full" in last.details
+    assert "audit checkpoint round failed" in caplog.text

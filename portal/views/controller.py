@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from datetime import UTC, datetime
 
 from flask import (
@@ -50,7 +49,7 @@ from portal.models import (
 )
 from portal.views import stepup
 from portal.views.auth import login_required, reason_of, record
-from sandbox.audit import AuditAction, audit_log
+from sandbox.audit import AuditAction, audit_log, details_of
 from sandbox.errors import SandboxError
 
 bp = Blueprint("controller", __name__, url_prefix="/controller")
@@ -90,12 +89,14 @@ def audit_page() -> ResponseReturnValue:
     page = max(1, request.args.get("page", 1, type=int) or 1)
     rows = g.db.execute(_filtered().order_by(audit_log.c.seq.desc()).limit(PER_PAGE + 1)
                         .offset((page - 1) * PER_PAGE)).all()
-    entries = [(row, json.loads(row.details)) for row in rows[:PER_PAGE]]
+    # A malformed entry (named by the chain's verification) is still listed.
+    entries = [(row, details_of(row.details) or {}) for row in rows[:PER_PAGE]]
     last = g.db.execute(select(audit_log).where(audit_log.c.action ==
                                                 AuditAction.AUDIT_VERIFIED)
                         .order_by(audit_log.c.seq.desc()).limit(1)).first()
     return render_template("controller/audit.html", entries=entries, page=page,
-                           last=(last, json.loads(last.details)) if last else None,
+                           last=(last, details_of(last.details) or {}) if last
+                           else None,
                            more=len(rows) > PER_PAGE, actions=sorted(a.value for a in
                                                                      AuditAction),
                            args=request.args)
@@ -121,7 +122,7 @@ def audit_csv() -> ResponseReturnValue:
     writer = csv.writer(out)
     writer.writerow(["seq", "at", "actor", "action", "subject", "ip", "details", "hash"])
     for row in g.db.execute(_filtered().order_by(audit_log.c.seq)):
-        details = json.loads(row.details)
+        details = details_of(row.details) or {}
         writer.writerow([row.seq, row.at, row.actor, row.action, row.subject,
                          details.get("ip", ""), row.details, row.hash])
     record(AuditAction.AUDIT_EXPORTED, "audit:log", {"filters": dict(request.args)})

@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-from sandbox import anchors, httpapi
+from sandbox import anchors, audit, httpapi
 from sandbox.errors import InputError
 from sandbox.federated.plan import FederatedSpec
 from sandbox.gateway.queries import QuerySpec
@@ -129,7 +129,9 @@ def create_app(settings: GatewaySettings | None = None,
                       limit: int = 1000) -> dict:
         """The gateway's audit entries (oldest first), for controllers' review and the
         anomaly rules; ``since`` is an ISO time, ``after_seq`` pages on."""
-        return {"entries": service.audit_entries(since, after_seq, min(max(limit, 1), 5000))}
+        return {"entries": service.audit_entries(
+            audit.given_time(since, "since") if since else "",
+            anchors.entry_number(after_seq, "after_seq"), min(max(limit, 1), 5000))}
 
     @app.get("/v1/admin/audit/verify")
     def audit_verify(_actor: Admin) -> dict:
@@ -171,7 +173,8 @@ def create_app(settings: GatewaySettings | None = None,
     @app.get("/v1/admin/exports")
     def list_exports(_actor: Admin, after: str = "") -> dict:
         """Export requests recorded after ``after`` (creation time), with their files."""
-        return {"exports": service.exports_after(after)}
+        return {"exports": service.exports_after(audit.given_time(after, "after")
+                                                 if after else "")}
 
     @app.get("/v1/releases")
     def list_releases(grant: Project) -> list[dict]:

@@ -306,8 +306,12 @@ class Engine:
                                              spec.keys == "private" and bool(spec.group_by))
                     with self._lock:
                         self._scales[key] = cached
-        measurement = self._make(dataset, plan, *cached)
-        eps, delta = measurement.map(d_in)
+        try:  # a cached scale skips calibration, not OpenDP's checks of this query's plan
+            measurement = self._make(dataset, plan, *cached)
+            eps, delta = measurement.map(d_in)
+        except (OpenDPException, ValueError) as exc:
+            raise InputError(f"this query cannot be answered privately: "
+                             f"{_first_line(exc)}") from None
         if eps > spec.epsilon * (1 + 1e-9) or delta > spec.delta * (1 + 1e-9) + 1e-300:
             raise PolicyRefusal("the calibrated measurement exceeds the requested budget")
         return measurement

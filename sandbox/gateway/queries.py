@@ -17,6 +17,7 @@ MAX_QUANTILES = 9
 MAX_FILTERS = 20
 MAX_IN_VALUES = 100
 QUANTILE_CANDIDATES = 100
+INT64 = (-(2**63), 2**63 - 1)
 
 Scalar = str | int | float | bool
 
@@ -32,6 +33,12 @@ class Filter(BaseModel):
 
     @model_validator(mode="after")
     def _shape(self) -> Filter:
+        values = self.value if isinstance(self.value, list) else [self.value]
+        if any(isinstance(v, int) and not INT64[0] <= v <= INT64[1] for v in values):
+            # Columns hold 64-bit integers at most: a literal beyond them cannot be compared
+            # by the engines (and would fail inside OpenDP), so it is refused here.
+            raise ValueError(f"integer values must lie within 64 bits "
+                             f"({INT64[0]} to {INT64[1]})")
         if self.op == "in":
             if not isinstance(self.value, list) or not 1 <= len(self.value) <= MAX_IN_VALUES:
                 raise ValueError(f"'in' takes a list of 1 to {MAX_IN_VALUES} values")

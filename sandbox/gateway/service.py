@@ -77,6 +77,12 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
+def _check_id(grant_id: str) -> None:
+    """No grant has a NUL in its id (PostgreSQL's driver would fail on it, not find none)."""
+    if "\x00" in grant_id:
+        raise NotFound(f"no grant {grant_id!r}")
+
+
 def _hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -107,7 +113,12 @@ class GrantRequest(BaseModel):
     @field_validator("expires_at")
     @classmethod
     def _aware(cls, when: datetime) -> datetime:
-        return when if when.tzinfo else when.replace(tzinfo=UTC)
+        # In UTC here, so that a time whose offset carries it past the last (or before the
+        # first) representable instant is refused with a reason, not met later.
+        try:
+            return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
+        except OverflowError:
+            raise ValueError("not a time that can be expressed in UTC") from None
 
 
 class ExportFileIn(BaseModel):
@@ -268,6 +279,7 @@ class GatewayService:
 
     def bind_networks(self, actor: str, grant_id: str, networks: list[str]) -> dict:
         """Accept the grant's token only from ``networks`` (replacing earlier ones)."""
+        _check_id(grant_id)
         try:
             cidrs = sorted({str(ipaddress.ip_network(n, strict=False)) for n in networks})
         except ValueError as exc:
@@ -350,6 +362,7 @@ class GatewayService:
         return json.loads(document) if document else None
 
     def grant(self, grant_id: str) -> dict:
+        _check_id(grant_id)
         with self.db.connect() as conn:
             row = conn.execute(select(grants).where(grants.c.id == grant_id)).mappings().first()
         if row is None:
@@ -357,6 +370,7 @@ class GatewayService:
         return _grant(row)
 
     def change_grant(self, actor: str, grant_id: str, action: str, reason: str) -> dict:
+        _check_id(grant_id)
         with self.db.begin() as conn:
             row = conn.execute(select(grants).where(grants.c.id == grant_id).with_for_update()
                                ).mappings().first()

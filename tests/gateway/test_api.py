@@ -177,6 +177,12 @@ BAD = [
     ({**COUNT, "epsilon": 3.0}, 403, "only ε = 2, δ = 1e-05 remain"),
     ({**COUNT, "group_by": ["total_cost"]}, 422, "group_by needs text fields"),
     ({**COUNT, "sql": "select * from records"}, 422, "Extra inputs are not permitted"),
+    ({**COUNT, "filters": [{"field": "length_of_stay", "op": "in", "value": [1, 2**64]}]},
+     422, "within 64 bits"),
+    ({**COUNT, "filters": [{"field": "length_of_stay", "op": "between",
+                            "value": [0, 2**63]}]}, 422, "within 64 bits"),
+    ({**COUNT, "filters": [{"field": "length_of_stay", "op": "ge", "value": -(2**63) - 1}]},
+     422, "within 64 bits"),
 ]
 
 

@@ -16,6 +16,7 @@ from tests.audit_attacks import (
     consistent,
     copy_database,
     cut_tail,
+    plant,
     rewrite,
     verify,
     wait_witnessed,
@@ -134,3 +135,21 @@ def test_putting_back_an_older_copy_is_named(history):
     assert result.code == 6, result.stdout
     first = history["older_last"] + 1
     assert f"entry {first} is missing: the witness file recorded it" in result.stderr
+
+
+def test_a_malformed_entry_is_named_and_the_next_round_covers_it(fresh_gateway):
+    """Someone with the database adds a record of another service's checkpoint, chained
+    and hashed, whose details lack what a record holds: the gateway's verification answers
+    (200) that the chain is not ok and names that entry; its next checkpoint round covers
+    it (a record alone would not need a new checkpoint; a malformed one does)."""
+    fresh_gateway.start()
+    _ask(fresh_gateway, fresh_gateway.grant()["token"], range(1))
+    _checkpoint(fresh_gateway)
+    planted = plant(fresh_gateway.database_url, "audit.anchored", '{"service": "keys"}',
+                    "service:keys")
+    checked = fresh_gateway.admin("GET", "/v1/admin/audit/verify")
+    assert checked.status_code == 200, checked.text
+    result = checked.json()
+    assert not result["ok"] and result["seq"] == planted
+    assert f"entry {planted} is malformed" in result["problem"]
+    assert _checkpoint(fresh_gateway)["checkpoint"]["seq"] >= planted

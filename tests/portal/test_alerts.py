@@ -4,6 +4,7 @@ controller's page and mailed to controllers exactly once (real SMTP server)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, time, timedelta
 
@@ -88,3 +89,30 @@ def test_the_periodic_round_ends_terms_sends_alerts_and_keeps_the_audit_verifiab
         later = periodic.run_once(db, settings, datetime.now(UTC) + timedelta(days=550))
         assert later.pruned > 0
         assert audit.verify(db.connection()).ok
+
+
+def test_malformed_entries_stop_neither_the_round_nor_the_audit_pages(
+        app, portal_settings, gateway, inbox):
+    """Someone with the portal's database adds entries, consistently chained, whose details
+    are not JSON objects — an ``alert.sent`` the round reads, a failed sign-in the anomaly
+    rules read. The periodic round still hands the gateway a checkpoint that covers them,
+    and the controller's audit page and CSV still list them."""
+    from tests.audit_attacks import plant
+
+    settings = portal_settings.model_copy(update={
+        "gateway_url": gateway.url, "gateway_token_file": gateway.state_dir / "admin.token",
+        "smtp_port": inbox.port})
+    url = portal_settings.database_url
+    planted = [plant(url, "alert.sent", "[]", "alert:x"),
+               plant(url, "login.failed", "[]", "user:x")]
+    with app.extensions["portal.sessions"]() as db:
+        periodic.run_once(db, settings)
+    records = gateway.admin("GET", "/v1/admin/audit/anchors?service=portal").json()["records"]
+    assert json.loads(records[-1]["details"])["seq"] >= planted[-1]
+    email = f"c-{uuid.uuid4().hex[:6]}@example.cn"
+    make_user(app, email, role="controller")
+    page = app.test_client()
+    sign_in(page, email)
+    assert page.get("/controller/audit").status_code == 200
+    listed = page.get("/controller/audit.csv")
+    assert listed.status_code == 200 and "alert:x" in listed.get_data(as_text=True)
