@@ -245,13 +245,21 @@ def enrol(db: Session, settings: PortalSettings, record: SignInSession, code: st
             return step
         if _locked_now(db, user.id):
             _refuse_locked(db, user.id, AuditAction.LOGIN_FAILED, details)
-        record.pending_totp_secret = None
-        _audit(db, AuditAction.LOGIN_FAILED, user.id, details | {"why": "enrolled_elsewhere"})
-        db.commit()
         db.refresh(user)
-        raise AlreadyEnrolled("this account has just enrolled an authenticator in another "
-                              "sign-in; enter the code of that authenticator")
+        void_enrolment(db, record)
     _refuse_code(db, settings, user, AuditAction.LOGIN_FAILED, details, [])
+
+
+def void_enrolment(db: Session, record: SignInSession) -> NoReturn:
+    """This session showed a key, but the account enrolled an authenticator in another
+    sign-in meanwhile: the key is void (audited, not counted as a wrong code — the owner
+    learns that someone enrolled, which may not have been them)."""
+    record.pending_totp_secret = None
+    _audit(db, AuditAction.LOGIN_FAILED, record.user_id,
+           {"purpose": str(Purpose.SIGN_IN), "enrolment": True, "why": "enrolled_elsewhere"})
+    db.commit()
+    raise AlreadyEnrolled("this account has just enrolled an authenticator in another "
+                          "sign-in; enter the code of that authenticator")
 
 
 # -- sessions -----------------------------------------------------------------------------

@@ -226,10 +226,12 @@ def mfa():
         return _mfa_page(user)
     code = request.form.get("code", "")
     try:
-        if user.totp_enabled:
-            signin.check_code(g.db, settings(), user, code, signin.Purpose.SIGN_IN)
-        else:
+        if not user.totp_enabled:
             signin.enrol(g.db, settings(), g.signin, code)
+        elif g.signin.pending_totp_secret:  # this sign-in showed a key, now void
+            signin.void_enrolment(g.db, g.signin)
+        else:
+            signin.check_code(g.db, settings(), user, code, signin.Purpose.SIGN_IN)
     except signin.AccountLocked:
         end_session()
         return render_template("auth/login.html",

@@ -80,6 +80,7 @@ def test_of_two_sessions_enrolling_the_first_code_wins(app):
     late = mine.post("/mfa", data={"code": pyotp.TOTP(my_key).now()})
     page = late.get_data(as_text=True)
     assert late.status_code == 401 and 'role="alert"' in page
+    assert "另一次登录中绑定" in page or "enrolled an authenticator in another sign-in" in page
     assert 'id="totp-secret"' not in page, "the void key is not shown again"
     assert account(app, email).totp_secret == their_key
 
