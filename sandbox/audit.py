@@ -165,6 +165,8 @@ class AuditAction(StrEnum):
     DEMO_SEEDED = "demo.seeded"
     AUDIT_CHECKPOINTED = "audit.checkpointed"  # this service signed its chain's head
     AUDIT_ANCHORED = "audit.anchored"  # another service's signed checkpoint, recorded here
+    EXPORT_AWAITING_CONFIRMATION = "export.awaiting_confirmation"  # sent from a sandbox
+    EXPORT_CONFIRMED = "export.confirmed"  # by its author, with a fresh code
 
 
 def create_tables(engine: Engine) -> None:
