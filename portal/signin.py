@@ -170,7 +170,8 @@ def check_code(db: Session, settings: PortalSettings, user: User, code: str,
         taken = db.execute(update(User).where(
             User.id == user.id, _unlocked(datetime.now(UTC)),
             or_(User.totp_last_step.is_(None), User.totp_last_step < step))
-            .values(totp_last_step=step, failed_logins=0)).rowcount
+            .values(totp_last_step=step, failed_logins=0)
+            .execution_options(synchronize_session=False)).rowcount
         if taken == 1:
             db.refresh(user)
             _audit(db, AuditAction.LOGIN_SUCCEEDED if purpose == Purpose.SIGN_IN
@@ -235,7 +236,8 @@ def enrol(db: Session, settings: PortalSettings, record: SignInSession, code: st
         taken = db.execute(update(User).where(
             User.id == user.id, User.totp_enabled.is_(False), _unlocked(datetime.now(UTC)))
             .values(totp_secret=record.pending_totp_secret, totp_enabled=True,
-                    totp_last_step=step, failed_logins=0)).rowcount
+                    totp_last_step=step, failed_logins=0)
+            .execution_options(synchronize_session=False)).rowcount
         if taken == 1:
             record.pending_totp_secret = None
             db.refresh(user)
