@@ -5,6 +5,12 @@ blinded to each other until all have voted; the author never reviews their own r
 A round of review ends when the required number of reviewers have voted: any *reject*
 rejects, otherwise any *request changes* returns the request to its author, otherwise it
 is approved. A resubmission starts a new round with fresh votes.
+
+A bundle sent from inside the sandbox (``gw.export``) is only *received*: whoever reaches
+the sandbox — a copied portal cookie opens it through the hub's sign-in — can send one, so
+it waits, unconfirmed, until its author confirms it on the portal with a fresh code; only
+then do the automated checks and the review start. A request made on the portal's project
+page carries that code already and is submitted at once.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from approvals.states import Role, move
 
 class ExportState(StrEnum):
     DRAFT = "draft"
+    UNCONFIRMED = "unconfirmed"  # sent from the sandbox; waits for its author's fresh code
     SUBMITTED = "submitted"
     UNDER_REVIEW = "under_review"
     RETURNED = "returned"
@@ -30,6 +37,8 @@ class ExportState(StrEnum):
 
 
 class ExportAction(StrEnum):
+    RECEIVE = "receive"
+    CONFIRM = "confirm"
     SUBMIT = "submit"
     START_REVIEW = "start_review"
     RETURN = "return"
@@ -43,9 +52,14 @@ class ExportAction(StrEnum):
 S, A = ExportState, ExportAction
 RESEARCHER, SYSTEM = frozenset({Role.RESEARCHER}), frozenset({Role.SYSTEM})
 
-# (state, action) → (next state, roles that may take it). The system moves a request on
-# after the automated checks and when a round of votes is complete.
+# (state, action) → (next state, roles that may take it). The system receives what the
+# sandbox sends, moves a request on after the automated checks and when a round of votes
+# is complete; the author alone submits (with a fresh code on the project page) or confirms
+# (with a fresh code) what the sandbox sent.
 TRANSITIONS: dict[tuple[ExportState, ExportAction], tuple[ExportState, frozenset[Role]]] = {
+    (S.DRAFT, A.RECEIVE): (S.UNCONFIRMED, SYSTEM),
+    (S.RETURNED, A.RECEIVE): (S.UNCONFIRMED, SYSTEM),  # a corrected bundle, from the sandbox
+    (S.UNCONFIRMED, A.CONFIRM): (S.SUBMITTED, RESEARCHER),
     (S.DRAFT, A.SUBMIT): (S.SUBMITTED, RESEARCHER),
     (S.SUBMITTED, A.START_REVIEW): (S.UNDER_REVIEW, SYSTEM),
     (S.SUBMITTED, A.RETURN): (S.RETURNED, SYSTEM),  # an automated check failed
@@ -57,7 +71,8 @@ TRANSITIONS: dict[tuple[ExportState, ExportAction], tuple[ExportState, frozenset
     (S.UNDER_REVIEW, A.REJECT): (S.REJECTED, SYSTEM),
     (S.APPROVED, A.RELEASE): (S.RELEASED, SYSTEM),
     **{(state, A.WITHDRAW): (S.WITHDRAWN, RESEARCHER)
-       for state in (S.DRAFT, S.SUBMITTED, S.UNDER_REVIEW, S.RETURNED, S.RESUBMITTED)},
+       for state in (S.DRAFT, S.UNCONFIRMED, S.SUBMITTED, S.UNDER_REVIEW, S.RETURNED,
+                     S.RESUBMITTED)},
 }
 TERMINAL = frozenset({S.RELEASED, S.REJECTED, S.WITHDRAWN})
 
@@ -66,6 +81,12 @@ def check(state: ExportState, action: ExportAction, role: Role) -> ExportState:
     """The state ``action`` leads to; raises with a readable reason otherwise."""
     return move(TRANSITIONS, ExportState(state), ExportAction(action), role,
                 "an export request")
+
+
+def can(state: ExportState, action: ExportAction, role: Role) -> bool:
+    """For templates: whether ``role`` may take ``action`` now."""
+    found = TRANSITIONS.get((ExportState(state), ExportAction(action)))
+    return found is not None and role in found[1]
 
 
 class VoteChoice(StrEnum):

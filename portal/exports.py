@@ -8,6 +8,12 @@ a new bundle from a project with a returned request is its resubmission (a new r
 Researchers send a bundle with ``gw.export`` in the notebook, or from the project page:
 the portal lists the files in the running sandbox's workspace and the project's releases,
 and records the chosen ones on the gateway for them — the same path, the same checks.
+
+A bundle sent from the sandbox is not checked or reviewed until its author confirms it on
+the portal with a fresh code (step-up), as the project page's request form asks: anyone
+holding a copy of the researcher's portal cookie reaches the sandbox through the hub's
+sign-in, so what comes from there proves nothing about who sent it. The author is mailed
+that a request waits for confirmation, and may withdraw it instead.
 """
 
 from __future__ import annotations
@@ -46,9 +52,11 @@ PROJECT_PREFIX = "application-"
 log = logging.getLogger("portal.exports")
 
 
-def sync(db: Session, settings: PortalSettings) -> list[int]:
+def sync(db: Session, settings: PortalSettings, confirmed: str | None = None) -> list[int]:
     """Collect the export requests the gateway recorded since the last one seen; returns
-    the requests created or resubmitted."""
+    the requests created or resubmitted. ``confirmed`` names the gateway's id of a bundle
+    its author sent from the project page with a fresh code: it goes to the checks at
+    once; every other bundle came from the sandbox and waits for its author."""
     last = db.scalar(select(ExportRequest.gateway_created_at)
                      .order_by(ExportRequest.gateway_created_at.desc()).limit(1)) or ""
     db.commit()
@@ -63,7 +71,8 @@ def sync(db: Session, settings: PortalSettings) -> list[int]:
             log.warning("export %s names project %r, unknown to this portal; skipped",
                         bundle["id"], bundle["project"])
             continue
-        touched.append(_take(db, settings, application, bundle, public_key))
+        touched.append(_take(db, settings, application, bundle, public_key,
+                             bundle["id"] == confirmed))
     return touched
 
 
@@ -74,8 +83,7 @@ def _application(db: Session, project: str) -> Application | None:
 
 
 def _take(db: Session, settings: PortalSettings, application: Application, bundle: dict,
-          public_key: bytes) -> int:
-    project = bundle["project"]
+          public_key: bytes, confirmed: bool) -> int:
     returned = db.scalar(select(ExportRequest).where(
         ExportRequest.application_id == application.id,
         ExportRequest.state == ExportState.RETURNED).order_by(ExportRequest.id.desc()))
@@ -87,23 +95,47 @@ def _take(db: Session, settings: PortalSettings, application: Application, bundl
             raise InputError(f"export {bundle['id']}: {item['name']} does not match the "
                              "digest the gateway recorded")
         files.append(ExportFile(name=item["name"], content=content, sha256=digest))
+    # From the project page: submitted by its author; from the sandbox: only received.
+    action, role = (ExportAction.SUBMIT, Role.RESEARCHER) if confirmed \
+        else (ExportAction.RECEIVE, Role.SYSTEM)
     if returned is not None:  # the author's corrected bundle: a new round
         request = returned
-        request.state = rules.check(ExportState(request.state), ExportAction.RESUBMIT,
-                                    Role.RESEARCHER)
+        request.state = rules.check(ExportState(request.state), ExportAction.RESUBMIT
+                                    if confirmed else action, role)
         request.round += 1
         request.files = files
         request.gateway_id, request.gateway_created_at = bundle["id"], bundle["created_at"]
     else:
         request = ExportRequest(application_id=application.id, gateway_id=bundle["id"],
                                 gateway_created_at=bundle["created_at"], round=1,
-                                state=rules.check(ExportState.DRAFT, ExportAction.SUBMIT,
-                                                  Role.RESEARCHER), files=files)
+                                state=rules.check(ExportState.DRAFT, action, role),
+                                files=files)
         db.add(request)
     request.note, request.receipts = bundle.get("note", ""), bundle["receipts"]
     request.submitted_at = datetime.now(UTC)
-    found = checks.check_bundle([checks.ExportFile(f.name, f.content) for f in files],
-                                request.receipts, project, public_key)
+    if confirmed:
+        _check(db, settings, request, application, public_key)
+        return request.id
+    request.checks, request.verdict = [], ""  # an earlier round's checks say nothing of it
+    db.flush()
+    audit.append(db.connection(), AuditAction.EXPORT_AWAITING_CONFIRMATION,
+                 "system:export-collection", f"export:{request.id}",
+                 {"application": application.id, "round": request.round,
+                  "files": [f.name for f in files]})
+    db.commit()
+    _mail(settings, application, "导出申请待您确认：请在项目页输入新验证码确认或撤回 / an export "
+          "request sent from your sandbox waits for your confirmation with a fresh code on "
+          "the project page (or withdraw it)")
+    return request.id
+
+
+def _check(db: Session, settings: PortalSettings, request: ExportRequest,
+           application: Application, public_key: bytes) -> None:
+    """The automated checks of a submitted request: back to its author on a failure, to
+    the reviewers otherwise."""
+    found = checks.check_bundle([checks.ExportFile(f.name, f.content) for f in request.files],
+                                request.receipts, f"{PROJECT_PREFIX}{application.id}",
+                                public_key)
     request.checks = [{"check": c.check, "outcome": str(c.outcome), "reason": c.reason,
                        "file": c.file} for c in found]
     request.verdict = str(checks.verdict(found))
@@ -114,12 +146,31 @@ def _take(db: Session, settings: PortalSettings, application: Application, bundl
     audit.append(db.connection(), AuditAction.EXPORT_CHECKED, "system:export-checks",
                  f"export:{request.id}", {"application": application.id,
                                           "round": request.round, "verdict": request.verdict,
-                                          "files": [f.name for f in files]})
+                                          "files": [f.name for f in request.files]})
     db.commit()
     if next_action == ExportAction.RETURN:
         _mail(settings, application, "导出申请未通过自动检查 / export request failed the "
               "automated checks")
-    return request.id
+
+
+def confirm(db: Session, settings: PortalSettings, request: ExportRequest,
+            researcher: User) -> ExportState:
+    """The author confirms a request sent from the sandbox — the caller has taken a fresh
+    code from them (step-up) — and the automated checks run now; returns the state they
+    lead to (under review, or returned)."""
+    application = db.get(Application, request.application_id)
+    if application.researcher_id != researcher.id:
+        raise NotFound("no such export request")
+    rules.check(ExportState(request.state), ExportAction.CONFIRM, Role.RESEARCHER)
+    db.commit()  # no transaction open while the gateway is asked
+    public_key = gateway.public_key(settings)
+    request.state = rules.check(ExportState(request.state), ExportAction.CONFIRM,
+                                Role.RESEARCHER)
+    audit.append(db.connection(), AuditAction.EXPORT_CONFIRMED, f"user:{researcher.id}",
+                 f"export:{request.id}", {"round": request.round,
+                                          "files": [f.name for f in request.files]})
+    _check(db, settings, request, application, public_key)
+    return ExportState(request.state)
 
 
 @dataclass(frozen=True)
@@ -157,7 +208,7 @@ def choices(db: Session, settings: PortalSettings, application: Application,
 
 def request_from_sandbox(db: Session, settings: PortalSettings, application: Application,
                          researcher: User, paths: list[str], release_ids: list[str],
-                         note: str) -> int:
+                         note: str) -> int | None:
     """Record an export request of the chosen workspace files and releases, as if sent
     with ``gw.export`` from the sandbox; returns the portal's request id."""
     record, grant_id = _source(db, application, researcher)
@@ -195,9 +246,14 @@ def request_from_sandbox(db: Session, settings: PortalSettings, application: App
                  {"gateway_export": answer["export"], "files": paths,
                   "releases": release_ids})
     db.commit()
-    sync(db, settings)
-    return db.scalar(select(ExportRequest.id).where(
+    sync(db, settings, confirmed=answer["export"])
+    request = db.scalar(select(ExportRequest).where(
         ExportRequest.gateway_id == answer["export"]))
+    if request is not None and request.state == ExportState.UNCONFIRMED:
+        # the minute's collection took it first, as if from the sandbox: the code typed
+        # on the request form is its confirmation
+        confirm(db, settings, request, researcher)
+    return request.id if request is not None else None
 
 
 def vote(db: Session, settings: PortalSettings, request: ExportRequest, reviewer: User,

@@ -39,6 +39,7 @@ NAMES = {
     "resubmitted": _l("Resubmitted"),
     "released": _l("Released"),
     "withdrawn": _l("Withdrawn"),
+    "unconfirmed": _l("Awaiting the author's confirmation"),
     "request_changes": _l("Request changes"),
     "verified": _l("Verified"),
     "suspend": _l("Suspend"),

@@ -62,6 +62,10 @@ class SignInSession(Base):
     mfa_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     ended_why: Mapped[str] = mapped_column(String(20), default="")
+    # The TOTP secret this session shows an account that has no authenticator yet: drawn
+    # for this sign-in only, written to the account with its first valid code (so a secret
+    # someone else saw in their own session is never the one enrolled), cleared with it.
+    pending_totp_secret: Mapped[str | None] = mapped_column(String(64))
 
     user: Mapped[User] = relationship()
 class Institution(Base):

@@ -1,8 +1,8 @@
 """What a serving portal does every minute: end the terms that have passed, mail
 controllers the new anomaly alerts, prune audit entries past the retention policy,
 exchange signed audit checkpoints with the gateway, and collect new export requests from
-the gateway (checked, and their authors told of a failed check, without waiting for a
-controller to open the exports page)."""
+the gateway (their authors told that one sent from the sandbox waits for their
+confirmation, without waiting for anyone to open a page)."""
 
 from __future__ import annotations
 

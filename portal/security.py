@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import unicodedata
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from urllib.parse import unquote, urlsplit
 
 import pyotp
@@ -79,15 +79,6 @@ def is_locked(locked_until: datetime | None, now: datetime | None = None) -> boo
     if locked_until.tzinfo is None:
         locked_until = locked_until.replace(tzinfo=UTC)
     return locked_until > (now or datetime.now(UTC))
-
-
-def after_failure(failed: int, max_failed: int, lockout_minutes: int
-                  ) -> tuple[int, datetime | None]:
-    """(failed count, locked until) after one more failed login."""
-    failed += 1
-    if failed >= max_failed:
-        return 0, datetime.now(UTC) + timedelta(minutes=lockout_minutes)
-    return failed, None
 
 
 def local_path(target: str | None) -> str | None:

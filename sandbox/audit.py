@@ -176,6 +176,8 @@ class AuditAction(StrEnum):
     AUDIT_CHECKPOINTED = "audit.checkpointed"  # this service signed its chain's head
     AUDIT_ANCHORED = "audit.anchored"  # another service's signed checkpoint, recorded here
     AUDIT_CHECKPOINT_FAILED = "audit.checkpoint_failed"  # a checkpoint round could not run
+    EXPORT_AWAITING_CONFIRMATION = "export.awaiting_confirmation"  # sent from a sandbox
+    EXPORT_CONFIRMED = "export.confirmed"  # by its author, with a fresh code
 
 
 def stamp(when: datetime) -> str:

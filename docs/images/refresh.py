@@ -78,6 +78,8 @@ SHOTS: dict[str, Shot] = {
         "stepup-02-export-request-wrong-code-refused.png", STEP_UP),
     "researcher-export-sent.png": Shot("stepup-03-export-requested-with-a-fresh-code.png",
                                        STEP_UP),
+    "researcher-export-confirm.png": Shot("controller-researcher-export-confirm.png",
+                                          CONTROLLER),
     "researcher-certificate-returned.png": Shot(
         "controller-researcher-certificate-returned.png", CONTROLLER),
     # committee: chair, experts, admin

@@ -29,7 +29,6 @@ from portal.models import Profile, User
 from portal.security import (
     hash_password,
     local_path,
-    new_totp_secret,
     password_problem,
     totp_qr_data_uri,
 )
@@ -96,6 +95,7 @@ def start_session(user: User, *, mfa_done: bool) -> None:
     old = getattr(g, "signin", None)
     if old is not None:
         old.ended_at, old.ended_why = datetime.now(UTC), "renewed"
+        old.pending_totp_secret = None
     session.clear()
     session_id = signin.open_session(g.db, user, mfa_done=mfa_done)
     session.update(sid=session_id, **keep)
@@ -205,39 +205,44 @@ def login():
 
 
 def _mfa_page(user: User, error: str | None = None, status: int = 200):
-    return render_template("auth/mfa.html", user=user, error=error,
-                           qr=None if user.totp_enabled else
-                           totp_qr_data_uri(user.totp_secret, user.email)), status
+    """The code page; for an account without an authenticator, with the QR code and key of
+    the secret drawn for this sign-in session (never the account's own)."""
+    secret = None if user.totp_enabled else signin.enrolment_secret(g.db, g.signin)
+    return render_template("auth/mfa.html", user=user, error=error, secret=secret,
+                           qr=secret and totp_qr_data_uri(secret, user.email)), status
 
 
 @bp.route("/mfa", methods=["GET", "POST"])
 @limiter.limit(lambda: settings().login_rate, methods=["POST"])
 def mfa():
     """The second step of every sign-in; an account without an authenticator enrols one
-    here (QR code and key), at its first sign-in or its next one."""
+    here (QR code and key, drawn for this sign-in), at its first sign-in or its next one."""
     user = g.user
     if user is None:
         return redirect(url_for("auth.login"))
     if passed_mfa():
         return redirect(session.pop("next", None) or url_for("catalog.index"))
-    if not user.totp_enabled and not user.totp_secret:
-        user.totp_secret = new_totp_secret()
-        g.db.commit()
     if request.method == "GET":
         return _mfa_page(user)
+    code = request.form.get("code", "")
     try:
-        signin.check_code(g.db, settings(), user, request.form.get("code", ""),
-                          signin.Purpose.SIGN_IN)
+        if not user.totp_enabled:
+            signin.enrol(g.db, settings(), g.signin, code)
+        elif g.signin.pending_totp_secret:  # this sign-in showed a key, now void
+            signin.void_enrolment(g.db, g.signin)
+        else:
+            signin.check_code(g.db, settings(), user, code, signin.Purpose.SIGN_IN)
     except signin.AccountLocked:
         end_session()
         return render_template("auth/login.html",
                                error=_("This account is locked. Try again later.")), 403
+    except signin.AlreadyEnrolled:
+        return _mfa_page(user, _("This account has just enrolled an authenticator in "
+                                 "another sign-in. Enter the code of that authenticator; "
+                                 "if it is not yours, tell an administrator."), 401)
     except signin.CodeRefused as exc:
         return _mfa_page(user, _("This code was already used; wait for the next one.")
                          if "already used" in exc.reason else _("Wrong code."), 401)
-    if not user.totp_enabled:
-        user.totp_enabled = True
-        record(AuditAction.MFA_ENROLLED, f"user:{user.id}")
     start_session(user, mfa_done=True)
     return redirect(session.pop("next", None) or url_for("catalog.index"))
 

@@ -3,6 +3,8 @@ reasons, submission. Rules come from ``approvals``."""
 
 from __future__ import annotations
 
+import logging
+
 from flask import (
     Blueprint,
     Response,
@@ -20,8 +22,10 @@ from flask_babel import gettext as _
 from sqlalchemy import select
 
 from approvals import eligibility, states
+from approvals import exports as export_rules
 from approvals.eligibility import Applicant, EligibilityPolicy
 from approvals.errors import Ineligible
+from approvals.exports import ExportAction, ExportState
 from approvals.states import Action, Role, State
 from portal import catalog as datasets
 from portal import credentials, destruction, exports, sandboxes, signin, workflow
@@ -33,6 +37,7 @@ from sandbox.data.reference.population import PURPOSES
 from sandbox.errors import InputError, SandboxError
 
 bp = Blueprint("researcher", __name__, url_prefix="/applications")
+log = logging.getLogger("portal.researcher")
 
 
 def policy() -> EligibilityPolicy:
@@ -119,6 +124,12 @@ def show(application_id: int) -> ResponseReturnValue:
     assessment = eligibility.assess(applicant(), app.purpose, app.non_profit, policy())
     reasons = assessment.reasons
     settings = current_app.extensions["portal.settings"]
+    if g.db.get(Agreement, app.id) is not None:  # a project with a sandbox: collect what
+        try:  # it sent, so a request waiting for confirmation shows at once
+            exports.sync(g.db, settings)
+        except SandboxError as exc:  # the gateway is away: the minute's round collects it
+            g.db.rollback()
+            log.warning("export requests not collected: %s", exc.reason)
     return render_template("researcher/show.html", app=app, reasons=reasons,
                            unverified=assessment.unverified,
                            decision=workflow.latest_decision(g.db, app),
@@ -224,6 +235,35 @@ def export_withdraw(application_id: int, export_id: int) -> ResponseReturnValue:
         abort(404)
     exports.withdraw(g.db, request_, g.user)
     flash(_("Export request withdrawn."))
+    return redirect(url_for("researcher.show", application_id=app.id))
+
+
+@bp.route("/<int:application_id>/exports/<int:export_id>/confirm", methods=["GET", "POST"])
+@login_required(Role.RESEARCHER)
+def export_confirm(application_id: int, export_id: int) -> ResponseReturnValue:
+    """A request sent from the sandbox: what it holds, and its confirmation with a fresh
+    code (step-up) — only then do the automated checks and the review start."""
+    app = own(application_id)
+    request_ = g.db.get(ExportRequest, export_id)
+    if request_ is None or request_.application_id != app.id:
+        abort(404)
+    waiting = export_rules.can(request_.state, ExportAction.CONFIRM, Role.RESEARCHER)
+
+    def page(problem: str | None, status: int) -> ResponseReturnValue:
+        return render_template("researcher/export_confirm.html", app=app, request_=request_,
+                               waiting=waiting, problem=problem), status
+
+    if request.method == "GET":
+        return page(None, 200)
+    if not waiting:
+        return page(_("This export request does not wait for a confirmation."), 409)
+    refused = stepup.check(signin.Purpose.EXPORT_REQUEST, f"export:{export_id}")
+    if refused is not None:
+        return page(refused, 401)
+    exports.confirm(g.db, current_app.extensions["portal.settings"], request_, g.user)
+    flash(_("Export request confirmed; automated checks and the controllers' review "
+            "follow.") if request_.state != ExportState.RETURNED else
+          _("Export request confirmed; it failed the automated checks — see the reasons."))
     return redirect(url_for("researcher.show", application_id=app.id))
 
 

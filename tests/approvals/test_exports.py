@@ -1,6 +1,7 @@
 """Export review: the author cannot review, reviewers are blinded until the round is
 complete, one vote each, and the round's votes decide; the state table walks the issue's
-path (draft → submitted → under review → returned → resubmitted → … → released)."""
+path (draft → unconfirmed → submitted → under review → returned → resubmitted → … →
+released); what the sandbox sends waits for its author's confirmation."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ REJECT = Vote("rev2", VoteChoice.REJECT, "含身份证号")
 
 
 def test_the_issue_path():
-    path = [(ExportAction.SUBMIT, Role.RESEARCHER), (ExportAction.START_REVIEW, Role.SYSTEM),
+    path = [(ExportAction.RECEIVE, Role.SYSTEM), (ExportAction.CONFIRM, Role.RESEARCHER),
+            (ExportAction.START_REVIEW, Role.SYSTEM),
             (ExportAction.RETURN, Role.SYSTEM), (ExportAction.RESUBMIT, Role.RESEARCHER),
             (ExportAction.START_REVIEW, Role.SYSTEM), (ExportAction.APPROVE, Role.SYSTEM),
             (ExportAction.RELEASE, Role.SYSTEM)]
@@ -25,6 +27,28 @@ def test_the_issue_path():
     for action, role in path:
         state = exports.check(state, action, role)
     assert state == ExportState.RELEASED
+
+
+def test_what_the_sandbox_sends_waits_for_its_author():
+    """Received from the sandbox (first round or a corrected bundle): unconfirmed until the
+    author confirms; no check or review starts before, and only the author confirms."""
+    for start in (ExportState.DRAFT, ExportState.RETURNED):
+        state = exports.check(start, ExportAction.RECEIVE, Role.SYSTEM)
+        assert state == ExportState.UNCONFIRMED
+        for action in (ExportAction.START_REVIEW, ExportAction.RETURN, ExportAction.APPROVE):
+            with pytest.raises(IllegalTransition):
+                exports.check(state, action, Role.SYSTEM)
+        for role in (Role.SYSTEM, Role.CONTROLLER, Role.ADMIN):
+            with pytest.raises(NotPermitted):
+                exports.check(state, ExportAction.CONFIRM, role)
+            assert not exports.can(state, ExportAction.CONFIRM, role)
+        assert exports.can(state, ExportAction.CONFIRM, Role.RESEARCHER)
+        assert exports.check(state, ExportAction.CONFIRM, Role.RESEARCHER) \
+            == ExportState.SUBMITTED
+        assert exports.check(state, ExportAction.WITHDRAW, Role.RESEARCHER) \
+            == ExportState.WITHDRAWN
+    with pytest.raises(NotPermitted):  # the sandbox's bundle is never submitted by itself
+        exports.check(ExportState.DRAFT, ExportAction.SUBMIT, Role.SYSTEM)
 
 
 def test_only_the_researcher_withdraws_and_never_after_approval():

@@ -96,3 +96,16 @@ class Visitor:
         answer = self.form("/mfa", {"code": fresh_code(sessions, email)})
         assert answer.status_code == 302, answer.text[:300]
         return answer
+
+
+def author(url: str, sessions, email: str) -> Visitor:
+    """The researcher of a project ``tests.portal.conftest.active_project`` made (its own
+    password), signed in with password and code."""
+    from tests.portal.conftest import PASSWORD as RESEARCHER_PASSWORD
+
+    visitor = Visitor(url)
+    answer = visitor.form("/login", {"email": email, "password": RESEARCHER_PASSWORD})
+    assert answer.headers["location"].endswith("/mfa"), answer.text[:300]
+    answer = visitor.form("/mfa", {"code": fresh_code(sessions, email)})
+    assert answer.status_code == 302, answer.text[:300]
+    return visitor

@@ -1,6 +1,8 @@
 """An export bundle played the real way: ``gw.export`` from the sandbox client to a gateway
 process, the served portal collecting it, two controllers reviewing it on the review page,
-one releasing it and another downloading it (each with a fresh code) — all over HTTP.
+one releasing it and another downloading it (each with a fresh code) — all over HTTP. (Its
+author confirms it on the project page with a fresh code first, as every request sent from
+the sandbox must be.)
 
 Adversaries:
 
@@ -45,7 +47,7 @@ from portal.models import ExportRequest
 from sandbox import audit
 from sandbox.audit import AuditAction
 from sandbox.client import Gateway
-from tests.attacks.conftest import Visitor, person, serve
+from tests.attacks.conftest import Visitor, author, person, serve
 from tests.exports import disguises
 from tests.portal.conftest import active_project
 from tests.signin import fresh_code
@@ -89,6 +91,21 @@ def files_of(result) -> dict[str, bytes]:
     }
 
 
+def confirm_as_author(stack, sessions, project) -> None:
+    """The researcher confirms what the sandbox sent, on the project page, with a fresh
+    code (the bundle is collected when the page opens)."""
+    researcher = author(stack.url, sessions, project.email)
+    assert researcher.http.get(f"/applications/{project.application_id}").status_code == 200
+    with sessions() as db:
+        waiting = db.scalar(select(ExportRequest.id).where(
+            ExportRequest.application_id == project.application_id,
+            ExportRequest.state == "unconfirmed"))
+    confirmed = researcher.form(
+        f"/applications/{project.application_id}/exports/{waiting}/confirm",
+        {"code": fresh_code(sessions, project.email)})
+    assert confirmed.status_code == 302, confirmed.text[:300]
+
+
 @pytest.fixture(scope="module")
 def released(dataset, tmp_path_factory):
     """The bundle sent, collected, reviewed, released and downloaded over HTTP."""
@@ -108,6 +125,7 @@ def released(dataset, tmp_path_factory):
         for name, content in sent.items():
             (folder / name).write_bytes(content)
         gw.export([folder / name for name in sent], [result], note="表1 与图1")
+        confirm_as_author(stack, sessions, seeded["project"])
 
         first, second = person(sessions, "controller"), person(sessions, "controller")
         reviewers = {}

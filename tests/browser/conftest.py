@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import expect, sync_playwright
 
 from portal.config import PortalSettings
 from tests.conftest import ROOT
@@ -84,6 +84,22 @@ def portal_stack(dataset: Path, root: Path, before_serving=None,
     portal.wait(10)
     smtp.stop()
     gateway.stop()
+
+
+def confirm_export(page, url: str, application_id: int, code: str, shot=None) -> None:
+    """The researcher (signed in on ``page``) confirms the request their sandbox sent, as
+    the project page offers it: **Confirm export request**, a fresh code, confirm (the page
+    collects the request from the gateway when it opens). ``shot`` photographs the
+    confirmation page with the code typed."""
+    page.goto(f"{url}/applications/{application_id}")
+    page.locator(".confirm-export").first.click()
+    expect(page.locator("#export-state")).to_have_attribute("data-state", "unconfirmed")
+    expect(page.locator(".responsibility")).to_have_text("数据安全责任由本人承担")
+    page.fill("#code", code)
+    if shot:
+        shot(page)
+    page.click("#confirm")
+    expect(page.locator(".flash")).to_contain_text("导出申请已确认")
 
 
 @pytest.fixture(scope="module")

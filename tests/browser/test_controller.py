@@ -31,7 +31,13 @@ from sandbox import audit
 from sandbox.client import Gateway
 from sandbox.exports import bundle
 from tests import committee
-from tests.browser.conftest import ARTIFACTS, PASSWORD, PortalStack, portal_stack
+from tests.browser.conftest import (
+    ARTIFACTS,
+    PASSWORD,
+    PortalStack,
+    confirm_export,
+    portal_stack,
+)
 from tests.browser.test_approval_flow import sign_in
 from tests.signin import Authenticators
 
@@ -190,6 +196,10 @@ def test_export_review_with_two_blinded_reviewers(world, browser, tmp_path):
     figure = tmp_path / "by-sex.png"
     Image.new("RGB", (360, 220), "white").save(figure)
     gw.export([table, figure], [counts], note="表2 按性别")
+    # sent from the sandbox: its author confirms it on the project page with a fresh code
+    researcher = sign_in(browser, url, running["email"], TOTP)
+    confirm_export(researcher, url, running["id"], TOTP.code(running["email"]),
+                   shot=lambda page: shot(page, "researcher-export-confirm"))
 
     first = sign_in(browser, url, "controller@lingnan.cn", TOTP)
     first.goto(f"{url}/controller/exports")

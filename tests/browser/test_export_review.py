@@ -1,10 +1,11 @@
 """Export review in a real browser against the served portal and a gateway process: a
 disguised bundle (a zip after a PNG, base64 rows in a .txt, an SVG with a script) comes
-back to its author with the reasons on the review page, and the script never runs; the
-corrected bundle — one file of every allowed type — is previewed for the reviewers
-(figures, PDF pages, SVG drawn by the server as PNG, tables, notebook cells); after
-release, the files are no longer previewed, two controllers' downloads each carry their
-own account and time on PNG, PDF, CSV and text, and each copy's manifest verifies.
+back to its author with the reasons on the review page (once the author has confirmed it,
+as every bundle from the sandbox), and the script never runs; the corrected bundle — one
+file of every allowed type — is previewed for the reviewers (figures, PDF pages, SVG drawn
+by the server as PNG, tables, notebook cells); after release, the files are no longer
+previewed, two controllers' downloads each carry their own account and time on PNG, PDF,
+CSV and text, and each copy's manifest verifies.
 Screenshots go to test-artifacts/browser/exports-*.png."""
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect
 from pypdf import PdfReader
+from sqlalchemy import select
 
 from portal import create_app, exports
+from portal.models import User
+from portal.security import hash_password
 from sandbox.client import Gateway
 from sandbox.exports import bundle
-from tests.browser.conftest import ARTIFACTS, portal_stack
+from tests.browser.conftest import ARTIFACTS, PASSWORD, confirm_export, portal_stack
 from tests.browser.test_approval_flow import sign_in
 from tests.exports import disguises
 from tests.portal.conftest import active_project
@@ -54,6 +58,11 @@ def world(dataset, tmp_path_factory):
         app = create_app(stack.settings)
         project = active_project(app, stack.settings, ["sex", "visit_type"],
                                  project_title="就诊类型分析")
+        with app.extensions["portal.sessions"]() as db:  # the author signs in here too
+            author = db.scalar(select(User).where(User.email == project.email))
+            author.password_hash = hash_password(PASSWORD)
+            TOTP.add(author.email, author.totp_secret)
+            db.commit()
         seeded.update(app=app, settings=stack.settings, project=project)
         stack.add_institution("岭南卫健委", "Lingnan Health Commission")
         stack.create_user(FIRST, "管理员刘", "controller", "岭南卫健委")
@@ -102,6 +111,9 @@ def test_review_previews_and_marked_downloads(world, browser, tmp_path):
     (sneaky / "notes.txt").write_bytes(base64.b64encode(disguises.rows_csv()))
     (sneaky / "figure.svg").write_bytes(disguises.figure("svg").replace(b"</svg>", PWNED))
     gw.export(sorted(sneaky.iterdir()), [counts], note="表1")
+    project = world["project"]  # sent from the sandbox: its author confirms it
+    author = sign_in(browser, url, project.email, TOTP)
+    confirm_export(author, url, project.application_id, TOTP.code(project.email))
     first = sign_in(browser, url, FIRST, TOTP)
     first.goto(f"{url}/controller/exports")
     first.click("#exports a")
@@ -133,7 +145,8 @@ def test_review_previews_and_marked_downloads(world, browser, tmp_path):
     honest = tmp_path / "honest"
     honest.mkdir()
     gw.export(honest_files(counts, honest), [counts], note="已更正")
-    first.goto(f"{url}/controller/exports")  # the exports page collects new requests
+    confirm_export(author, url, project.application_id, TOTP.code(project.email))
+    first.goto(f"{url}/controller/exports")
     first.goto(review_url)
     expect(first.locator("#export-state")).to_have_attribute("data-state", "under_review")
     for name, kind in KINDS.items():

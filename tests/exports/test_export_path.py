@@ -1,7 +1,8 @@
 """Disguised rows sent the real way out: ``gw.export`` from the sandbox client to a running
-gateway process (HTTP), the portal collecting the request from the gateway (HTTP) and
-checking it. Each disguised bundle comes back to its author with the reason; an honest
-bundle of the same project goes on to review."""
+gateway process (HTTP), the portal collecting the request from the gateway (HTTP) and,
+once its author has confirmed it with a fresh code, checking it. Each disguised bundle
+comes back to its author with the reason; an honest bundle of the same project goes on to
+review."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from sandbox.client import Gateway
 from sandbox.errors import InputError
 from sandbox.exports import bundle
 from tests.exports import disguises
-from tests.portal.conftest import active_project
+from tests.portal.conftest import active_project, confirm_export
 from tests.services import GatewayProcess
 
 
@@ -70,7 +71,7 @@ def test_a_disguised_bundle_sent_through_the_gateway_is_returned(world, tmp_path
     gw.export([path], [result], note="表1")
     with app.extensions["portal.sessions"]() as db:
         [request_id] = exports.sync(db, settings)
-        request = db.get(ExportRequest, request_id)
+        request = confirm_export(db, settings, request_id)
         assert (request.state, request.verdict) == ("returned", "fail"), request.checks
         reasons = [c["reason"] for c in request.checks if c["outcome"] == "fail"]
         assert any(because in r for r in reasons), reasons
@@ -88,7 +89,7 @@ def test_an_honest_bundle_goes_to_review_and_downloads_only_as_reviewed(world, t
     gw.export([table, figure], [result])
     with app.extensions["portal.sessions"]() as db:
         [request_id] = exports.sync(db, settings)
-        request = db.get(ExportRequest, request_id)
+        request = confirm_export(db, settings, request_id)
         assert (request.state, request.verdict) == ("under_review", "pass"), request.checks
 
     # released, then downloaded: the copy is marked for its account and verifies …

@@ -117,6 +117,11 @@ def test_researcher_requests_an_export_from_the_project_page(stack, executed):
         assert request.note == "图：各年龄组平均费用"
         assert request.state == "under_review", request.checks
         assert {c["outcome"] for c in request.checks} <= {"pass", "review"}
+        request_id = request.id
+    # the code typed on the request form was the author's confirmation: unlike a bundle
+    # sent with gw.export, nothing waits for another one
+    shown = client.get(f"/applications/{project}").get_data(as_text=True)
+    assert f"/exports/{request_id}/confirm" not in shown
     audit = httpx.get(f"{stack.gateway.url}/v1/admin/audit", headers={
         "Authorization": f"Bearer {stack.gateway.admin_token}"}).json()["entries"]
     submitted = [e for e in audit if e["action"] == "export.submitted"]

@@ -11,14 +11,21 @@ from datetime import UTC, datetime, timedelta
 import pyotp
 import pytest
 
-from portal import create_app
+from portal import create_app, exports, signin
 from portal import gateway as portal_gateway
 from portal.config import PortalSettings
-from portal.models import Agreement, Application, DecisionRecord, Profile, User
+from portal.models import (
+    Agreement,
+    Application,
+    DecisionRecord,
+    ExportRequest,
+    Profile,
+    User,
+)
 from portal.security import hash_password
 from tests import committee
 from tests.services import GatewayProcess, Postgres
-from tests.signin import fresh_code
+from tests.signin import code_after, fresh_code
 
 PASSWORD = "correct horse 42"
 
@@ -98,9 +105,12 @@ def sign_in(client, email: str, password: str = PASSWORD):
     user_sessions = client.application.extensions["portal.sessions"]
     with user_sessions() as db:
         enrolled = db.query(User).filter_by(email=email).one().totp_enabled
-    if not enrolled:
-        client.get("/mfa")  # shows the QR code and creates the secret
-    response = client.post("/mfa", data={"code": fresh_code(user_sessions, email)})
+    if enrolled:
+        code = fresh_code(user_sessions, email)
+    else:  # the key the code page shows for this sign-in, as a person would type it
+        page = client.get("/mfa").get_data(as_text=True)
+        code = pyotp.TOTP(re.search(r'id="totp-secret">([A-Z2-7]+)<', page).group(1)).now()
+    response = client.post("/mfa", data={"code": code})
     assert response.status_code == 302, response.get_data(as_text=True)[-500:]
     return response
 
@@ -151,3 +161,16 @@ def active_project(app, settings: PortalSettings, fields: list[str],
                          signed_by=user.id, grant_id=grant_id, expires_at=expires))
         db.commit()
         return Project(application.id, user.id, email, grant_id, token)
+
+
+def confirm_export(db, settings: PortalSettings, request_id: int) -> ExportRequest:
+    """The author confirms an export request sent from the sandbox as the project page has
+    them do it — a fresh code (step-up), then the confirmation, which starts the checks."""
+    request = db.get(ExportRequest, request_id)
+    assert request.state == "unconfirmed" and not request.checks, "nothing checked before"
+    author = db.get(Application, request.application_id).researcher
+    signin.check_code(db, settings, author, code_after(author.totp_secret,
+                                                       author.totp_last_step),
+                      signin.Purpose.EXPORT_REQUEST, f"export:{request_id}")
+    exports.confirm(db, settings, request, author)
+    return request

@@ -79,11 +79,15 @@ def test_the_periodic_round_ends_terms_sends_alerts_and_keeps_the_audit_verifiab
         db.commit()
         done = periodic.run_once(db, settings)
         assert made.application_id in done.ended and done.pruned == 0
-        # the export request was collected and checked without anyone opening a page
+        # the export request was collected without anyone opening a page; sent from the
+        # sandbox, it waits for its author's confirmation before it is checked
         assert done.exports_collected >= 1
         collected = [r for r in db.query(ExportRequest).filter_by(
             application_id=made.application_id) if r.note == "方法说明"]
-        assert [f.name for f in collected[0].files] == ["method.md"] and collected[0].checks
+        assert [f.name for f in collected[0].files] == ["method.md"]
+        assert (collected[0].state, collected[0].checks) == ("unconfirmed", [])
+        assert any("waits for your confirmation" in m["Subject"]
+                   for m in inbox.to(made.email))
         assert db.get(Application, made.application_id).state == "closing"
         # a year and a half later the retention policy removes what is past it
         later = periodic.run_once(db, settings, datetime.now(UTC) + timedelta(days=550))

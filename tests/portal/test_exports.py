@@ -1,7 +1,8 @@
 """Export requests end to end with a running gateway (real HTTP): a researcher exports from
-the client, the portal collects the bundle and checks it, two controllers review it blinded
-to each other, changes are requested, the corrected bundle is a new round and is approved;
-a bundle with an ID number goes straight back to its author."""
+the client, the portal collects the bundle, which waits until its author confirms it with a
+fresh code, then checks it; two controllers review it blinded to each other, changes are
+requested, the corrected bundle is a new round and is approved; a bundle with an ID number
+goes straight back to its author."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import zipfile
 import pytest
 from PIL import Image
 
+from approvals.errors import IllegalTransition
 from approvals.exports import VoteChoice
 from portal import exports
 from portal.models import Application, ExportRequest, User
@@ -21,7 +23,7 @@ from sandbox.data import idcard
 from sandbox.errors import InputError, NotFound
 from sandbox.exports import bundle
 from tests.mail import start_smtp
-from tests.portal.conftest import active_project
+from tests.portal.conftest import active_project, confirm_export
 from tests.services import GatewayProcess
 
 
@@ -79,7 +81,7 @@ def test_two_blinded_reviewers_a_returned_round_and_approval(app, portal_setting
     first, second = controllers(app, 2)
     with app.extensions["portal.sessions"]() as db:
         [request_id] = exports.sync(db, settings)
-        request = db.get(ExportRequest, request_id)
+        request = confirm_export(db, settings, request_id)
         assert request.state == "under_review" and request.verdict == "pass", request.checks
         assert exports.vote(db, settings, request, db.get(User, first), VoteChoice.APPROVE,
                             "") == "under_review"
@@ -93,7 +95,7 @@ def test_two_blinded_reviewers_a_returned_round_and_approval(app, portal_setting
     gw.export([table, figure], [counts], note="已合并")  # the corrected bundle: round two
     with app.extensions["portal.sessions"]() as db:
         assert exports.sync(db, settings) == [request_id]
-        request = db.get(ExportRequest, request_id)
+        request = confirm_export(db, settings, request_id)
         assert (request.state, request.round, request.note) == ("under_review", 2, "已合并")
         exports.vote(db, settings, request, db.get(User, second), VoteChoice.APPROVE, "")
         assert exports.vote(db, settings, request, db.get(User, first), VoteChoice.APPROVE,
@@ -137,7 +139,7 @@ def test_a_bundle_failing_the_checks_goes_back_to_its_author(app, portal_setting
     [reviewer_id] = controllers(app, 1)
     with app.extensions["portal.sessions"]() as db:
         [request_id] = exports.sync(db, settings)
-        request = db.get(ExportRequest, request_id)
+        request = confirm_export(db, settings, request_id)
         assert (request.state, request.verdict) == ("returned", "fail")
         assert any("resident ID number" in c["reason"] for c in request.checks)
         with pytest.raises(InputError, match="not under review"):
@@ -148,3 +150,41 @@ def test_a_bundle_failing_the_checks_goes_back_to_its_author(app, portal_setting
         author = db.get(Application, request.application_id).researcher
         exports.withdraw(db, request, author)
         assert db.get(ExportRequest, request_id).state == "withdrawn"
+
+
+def test_a_bundle_from_the_sandbox_waits_for_its_authors_fresh_code(app, portal_settings,
+                                                                    gateway, inbox, tmp_path):
+    """Collected, a bundle sent from the sandbox is neither checked nor reviewable; its
+    author is mailed; nobody else confirms it, and a confirmation needs the step-up."""
+    settings = portal_settings.model_copy(update={
+        "gateway_url": gateway.url, "gateway_token_file": gateway.state_dir / "admin.token",
+        "smtp_port": inbox.port})
+    _, token, email = project(app, settings)
+    gw = Gateway(gateway.url, token)
+    result = gw.count("emr-visits", epsilon=0.2)
+    notes = tmp_path / "method.md"
+    notes.write_text("Method: one count.\n")
+    gw.export([notes], [result], note="方法")
+    [reviewer_id] = controllers(app, 1)
+    with app.extensions["portal.sessions"]() as db:
+        [request_id] = exports.sync(db, settings)
+        request = db.get(ExportRequest, request_id)
+        assert (request.state, request.verdict, request.checks) == ("unconfirmed", "", [])
+        with pytest.raises(InputError, match="not under review"):
+            exports.vote(db, settings, request, db.get(User, reviewer_id),
+                         VoteChoice.APPROVE, "")
+        with pytest.raises(NotFound):  # only its author confirms it
+            exports.confirm(db, settings, request, db.get(User, reviewer_id))
+        assert db.get(ExportRequest, request_id).state == "unconfirmed"
+    assert any("waits for your confirmation" in m["Subject"] for m in inbox.to(email))
+
+    gw.export([notes], [result], note="不是我发的")  # a second one, which the author withdraws
+    with app.extensions["portal.sessions"]() as db:
+        [other_id] = exports.sync(db, settings)
+        other = db.get(ExportRequest, other_id)
+        exports.withdraw(db, other, db.get(Application, other.application_id).researcher)
+        assert (other.state, other.checks) == ("withdrawn", [])
+        with pytest.raises(IllegalTransition):
+            exports.confirm(db, settings, other, db.get(Application,
+                                                        other.application_id).researcher)
+        assert confirm_export(db, settings, request_id).state == "under_review"
