@@ -208,7 +208,7 @@ def test_evidence_is_checked_by_its_content(app, name, content, accepted):
                         credit_grade="A", years_experience=10)
     before = len(entries(app, "credential.verified"))
     response = admin.post(f"/admin/credentials/{subject.id}", data={
-        "kind": "title", "evidence": (io.BytesIO(content), name)},
+        "kind": "title", "value": "主任医师", "evidence": (io.BytesIO(content), name)},
         content_type="multipart/form-data")
     with app.extensions["portal.sessions"]() as db:
         stored = db.scalars(select(CredentialVerification).where(
@@ -246,3 +246,37 @@ def test_a_verification_covers_the_value_it_saw(app):
     assert 'data-basis="verified" data-claim="credit_grade"' in page
     changed = entries(app, "profile.changed")[-1]
     assert changed["title"] == {"before": "副主任医师", "after": "主任医师"}
+
+
+def test_a_verification_names_the_value_the_admin_saw(app):
+    """The form posts the value it showed; a claim changed since is refused with the reason
+    and nothing is recorded."""
+    admin, _ = staff(app, "admin")
+    address = f"r-{uuid.uuid4().hex[:6]}@example.cn"
+    subject = make_user(app, address, institution="岭南大学", title="副研究员",
+                        credit_grade="A", years_experience=10)
+    page = admin.get(f"/admin/credentials?q={address}").get_data(as_text=True)
+    assert '<input type="hidden" name="value" value="副研究员">' in page
+
+    def post(value: str | None):
+        data = {"kind": "title", "evidence": (io.BytesIO(committee.EVIDENCE.read_bytes()),
+                                              "certificate.pdf")}
+        if value is not None:
+            data["value"] = value
+        return admin.post(f"/admin/credentials/{subject.id}", data=data,
+                          content_type="multipart/form-data")
+
+    before = len(entries(app, "credential.verified"))
+    for shown, reason in (("研究员", "而非页面所示的“研究员”：未作核验"),
+                          (None, "请说明核验的是哪一项内容"), ("", "请说明核验的是哪一项内容")):
+        refused = post(shown)
+        assert refused.status_code == 422 and reason in refused.get_data(as_text=True), \
+            refused.get_data(as_text=True)
+    with app.extensions["portal.sessions"]() as db:
+        assert db.scalars(select(CredentialVerification).where(
+            CredentialVerification.user_id == subject.id)).all() == []
+    assert len(entries(app, "credential.verified")) == before
+    assert post("副研究员").status_code == 302
+    with app.extensions["portal.sessions"]() as db:
+        assert [r.value for r in db.scalars(select(CredentialVerification).where(
+            CredentialVerification.user_id == subject.id))] == ["副研究员"]
