@@ -165,6 +165,7 @@ class AuditAction(StrEnum):
     DEMO_SEEDED = "demo.seeded"
     AUDIT_CHECKPOINTED = "audit.checkpointed"  # this service signed its chain's head
     AUDIT_ANCHORED = "audit.anchored"  # another service's signed checkpoint, recorded here
+    APPLICATION_DECISION_REFUSED = "application.decision_refused"  # the chair is conflicted
 
 
 def create_tables(engine: Engine) -> None:

@@ -248,6 +248,43 @@ def test_a_verification_covers_the_value_it_saw(app):
     assert changed["title"] == {"before": "副主任医师", "after": "主任医师"}
 
 
+def test_a_look_alike_waits_for_a_chair_who_sees_what_it_imitates(app):
+    """A name typed with a Cyrillic а is not the entry it imitates (nor a new one): it is a
+    claim, the chair's page names the entry it looks like, and neither a chair nor an admin
+    can add it beside that entry."""
+    tag = uuid.uuid4().hex[:4]
+    english = f"Nanling University {tag}"
+    look_alike = english.replace("a", "\u0430", 1)
+    with app.extensions["portal.sessions"]() as db:
+        known = committee.entry(db, f"南岭大学{tag}", english)
+    address = f"l-{tag}@example.cn"
+    make_user(app, address)
+    client = app.test_client()
+    sign_in(client, address)
+    assert client.post("/profile", data={"institution": "other",
+                                         "institution_other": look_alike}).status_code == 302
+    with app.extensions["portal.sessions"]() as db:
+        claim = db.scalar(select(InstitutionClaim).where(InstitutionClaim.text == look_alike))
+        assert claim.state == "pending"
+    chair, _ = staff(app, "chair")
+    listed = chair.get("/committee/institutions").get_data(as_text=True)
+    hint = listed.split(f'id="claim-{claim.id}"')[1].split("</section>")[0]
+    assert f'class="warnings look-alike" data-institution="{known.id}"' in hint
+    refused = chair.post(f"/committee/institutions/claims/{claim.id}", data={
+        "action": "add", "name_zh": look_alike, "name_en": look_alike})
+    assert refused.status_code == 409
+    assert "字形相同" in refused.get_data(as_text=True) or \
+        "looks the same" in refused.get_data(as_text=True)
+    admin, _ = staff(app, "admin")
+    assert admin.post("/admin/institutions", data={
+        "name_zh": f"新{tag}", "name_en": look_alike.upper(), "aliases": ""}).status_code == 409
+    with app.extensions["portal.sessions"]() as db:
+        assert db.scalar(select(func.count()).select_from(Institution).where(
+            Institution.name_en.like(f"%{tag}%"))) == 1
+    assert chair.post(f"/committee/institutions/claims/{claim.id}", data={
+        "action": "map", "institution": str(known.id)}).status_code == 302
+
+
 def test_a_verification_names_the_value_the_admin_saw(app):
     """The form posts the value it showed; a claim changed since is refused with the reason
     and nothing is recorded."""
