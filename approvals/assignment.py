@@ -7,11 +7,19 @@ institution is not confirmed yet cannot be cleared at all. Names (team members, 
 people) compare by their folded key. The same check runs at assignment, at scoring and at
 decision time: institutions and declarations change, and a conflict that arose after the
 panel was formed counts as much as one that existed before.
+
+A person picks their institution on their own profile, so the check looks back: an
+institution the expert or the applicant has held since the application's look-back date
+(its submission, less the configured look-back) conflicts as much as the one held now —
+an expert cannot step out of the applicant's institution by picking another entry, before
+or after being assigned, nor the applicant out of an expert's. The chair who decides is
+held to the same rule, except that a chair with no institution on record is not refused for
+it (chairs are appointed by an admin and do not choose their institution).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from approvals.errors import ConflictOfInterest, InvalidDecision, Reason
@@ -29,6 +37,8 @@ class Expert:
     declared_conflicts: frozenset[str] = field(default_factory=frozenset)
     # registry ids of institutions the expert declared a conflict with
     declared_institutions: frozenset[int] = field(default_factory=frozenset)
+    # registry ids the expert held since the case's look-back date (at assignment included)
+    former: frozenset[int] = field(default_factory=frozenset)
 
 
 @dataclass(frozen=True)
@@ -41,10 +51,28 @@ class Case:
     team: frozenset[str] = field(default_factory=frozenset)  # person ids and names
     applicant_name: str = ""
     institution_names: tuple[str, str] = ("", "")  # (zh, en), for reasons only
+    # registry ids the applicant held since the look-back date (at submission included)
+    former: frozenset[int] = field(default_factory=frozenset)
+    since: str = ""  # the look-back date, for reasons
+    names: Mapping[int, tuple[str, str]] = field(default_factory=dict)  # id → (zh, en)
+
+
+def _held(institution: int | None, former: frozenset[int]) -> frozenset[int]:
+    return former | ({institution} if institution is not None else frozenset())
 
 
 def conflict(expert: Expert, case: Case) -> Reason | None:
     """Why ``expert`` may not review ``case`` (in both languages), or None."""
+    return _conflict(expert, case, institution_required=True)
+
+
+def chair_conflict(chair: Expert, case: Case) -> Reason | None:
+    """Why ``chair`` may not decide ``case``: the experts' rule, but a chair with no
+    institution on record is checked for the rest only."""
+    return _conflict(chair, case, institution_required=False)
+
+
+def _conflict(expert: Expert, case: Case, institution_required: bool) -> Reason | None:
     name = expert.name
     zh_inst, en_inst = case.institution_names
     if expert.id == case.applicant_id:
@@ -52,12 +80,18 @@ def conflict(expert: Expert, case: Case) -> Reason | None:
     if case.institution is None:
         return Reason("applicant_unconfirmed", "申请人的单位尚待主任委员确认",
                       "the applicant's institution awaits a chair's confirmation")
-    if expert.institution is None:
+    if expert.institution is None and institution_required:
         return Reason("expert_unconfirmed", f"{name}的单位尚待确认",
                       f"{name}'s institution awaits confirmation")
-    if expert.institution == case.institution:
+    if expert.institution is not None and expert.institution == case.institution:
         return Reason("institution", f"{name}与申请人同属{zh_inst}",
                       f"{name} works at the applicant's institution ({en_inst})")
+    shared = _held(expert.institution, expert.former) & _held(case.institution, case.former)
+    if shared:
+        zh, en = case.names.get(min(shared), ("", ""))
+        return Reason("former_institution", f"{name}与申请人自 {case.since} 以来都曾隶属{zh}",
+                      f"{name} and the applicant have both belonged to {en} since "
+                      f"{case.since}")
     team = {key(member) for member in case.team}
     if key(expert.id) in team or key(name) in team:
         return Reason("team", f"{name}是申请团队成员",

@@ -73,6 +73,11 @@ class PortalSettings(BaseSettings, AnchorSettings):
                                       "this are pruned while the portal serves (at least "
                                       "183 days)")
     quorum: int = Field(3, description="expert scores needed before a decision")
+    conflict_lookback_days: int = Field(365, ge=0, description="an institution that an "
+                                        "expert, a chair or the applicant left up to this "
+                                        "many days before an application was submitted, or "
+                                        "at any time since, conflicts as the one they hold "
+                                        "now")
     aggregation: str = Field("mean", description="how expert totals combine: mean or median")
     testing: bool = Field(False, description="disable CSRF and rate limits for unit tests")
 

@@ -125,9 +125,11 @@ def standing_json(found: Standing) -> dict:
             "relied_on": {kind: claim(kind) for kind in KINDS}}
 
 
-def verify(db: Session, admin: User, subject: User, kind: str, evidence: bytes,
+def verify(db: Session, admin: User, subject: User, kind: str, seen: str, evidence: bytes,
            ip: str | None = None) -> CredentialVerification:
-    """An admin vouches for ``subject``'s current ``kind`` claim, on ``evidence``."""
+    """An admin vouches for ``subject``'s ``kind`` claim as the admin saw it (``seen``), on
+    ``evidence``. Refused when the claim is no longer ``seen``: the researcher may change it
+    while the admin looks at the evidence, and a verification covers only what was seen."""
     if Role(admin.role) != Role.ADMIN:
         raise NotPermitted("only an admin verifies credentials")
     if kind not in KINDS:
@@ -137,6 +139,15 @@ def verify(db: Session, admin: User, subject: User, kind: str, evidence: bytes,
     if not value:
         raise InputError("there is no claim to verify: the profile names none",
                          zh="该用户未填写此项，无可核验内容")
+    if not seen.strip():
+        raise InputError("say which value you verify: reload the page and use its button",
+                         zh="请说明核验的是哪一项内容：请刷新页面后使用页面上的按钮")
+    if seen.strip() != value:
+        raise InputError(f"the claim is now {value!r}, not {seen.strip()!r} as shown to you: "
+                         f"nothing was verified; reload the page and check the evidence "
+                         f"against the claim as it is now",
+                         zh=f"该项现为“{value}”，而非页面所示的“{seen.strip()}”：未作核验；请刷新页面，"
+                            f"按当前内容核对证明材料")
     if not evidence:
         raise InputError("attach the evidence file", zh="请上传证明材料")
     kind_of_file = evidence_type(evidence)

@@ -282,6 +282,7 @@ def _project(db: Session, settings: PortalSettings, users: dict[str, User], entr
         for kind, proof in credentials.current(db, researcher).items():
             if proof is None:
                 credentials.verify(db, users["admin"], researcher, kind,
+                                   getattr(researcher.profile, kind),
                                    certificate(researcher, kind))
         workflow.decide(ctx("chair"), application, DECISION)
         moved = True

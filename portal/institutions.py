@@ -19,7 +19,14 @@ from approvals import institutions as rules
 from approvals.errors import DuplicateInstitution
 from approvals.institutions import ClaimAction, ClaimState
 from approvals.states import Role
-from portal.models import Institution, InstitutionClaim, InstitutionKey, Profile, User
+from portal.models import (
+    FormerInstitution,
+    Institution,
+    InstitutionClaim,
+    InstitutionKey,
+    Profile,
+    User,
+)
 from sandbox import audit
 from sandbox.audit import AuditAction
 from sandbox.errors import InputError, NotFound
@@ -40,19 +47,30 @@ def listing(db: Session) -> list[Institution]:
 
 
 def resolve(db: Session, text: str) -> Institution | None:
-    """The entry ``text`` names in any of its spellings (one indexed lookup)."""
-    wanted = rules.key(text)
-    if not wanted:
-        return None
-    found = db.get(InstitutionKey, wanted)
-    return db.get(Institution, found.institution_id) if found else None
+    """The entry ``text`` names in any of its spellings (one indexed lookup). The key table
+    holds skeletons, so the row found may be an entry ``text`` only looks like: that one is
+    not ``text``'s institution (see ``look_alike``)."""
+    found = db.get(InstitutionKey, rules.skeleton(text)) if rules.key(text) else None
+    row = db.get(Institution, found.institution_id) if found else None
+    return row if row is not None and rules.key(text) in entry(row).folded() else None
+
+
+def look_alike(db: Session, text: str) -> Institution | None:
+    """The entry ``text`` imitates with look-alike characters of another script (a claim a
+    chair should map to it, not add beside it), or None."""
+    for form in rules.skeletons(text):
+        found = db.get(InstitutionKey, form)
+        row = db.get(Institution, found.institution_id) if found else None
+        if row is not None and rules.key(text) not in entry(row).folded():
+            return row
+    return None
 
 
 def _store_keys(db: Session, row: Institution) -> None:
     db.execute(delete(InstitutionKey).where(InstitutionKey.institution_id == row.id))
     db.flush()
-    for k in entry(row).folded():
-        db.add(InstitutionKey(key=k, institution_id=row.id))
+    for form in entry(row).skeletons():
+        db.add(InstitutionKey(key=form, institution_id=row.id))
     try:
         db.flush()
     except IntegrityError:
@@ -113,6 +131,15 @@ def names(profile: Profile | None) -> tuple[str, str]:
 
 # -- a person's institution ------------------------------------------------------------
 
+def _set(db: Session, user: User, profile: Profile, row: Institution | None) -> None:
+    """Name ``row`` as the person's institution, keeping the one they leave: conflicts of
+    interest look back at it (``portal.conflicts``)."""
+    if profile.institution_id is not None and (row is None or row.id != profile.institution_id):
+        db.add(FormerInstitution(user_id=user.id, institution_id=profile.institution_id,
+                                 left_at=datetime.now(UTC)))
+    profile.institution = row
+
+
 def choose(db: Session, user: User, choice: str, other: str, actor: str,
            ip: str | None = None) -> None:
     """Set ``user``'s institution from a form: a registry id, or ``OTHER`` with a name.
@@ -145,12 +172,14 @@ def choose(db: Session, user: User, choice: str, other: str, actor: str,
         _decide(db, pending, ClaimAction.WITHDRAW, Role.SYSTEM, actor, None, "", ip)
         profile.institution_claim = None
     if picked is not None:
-        profile.institution, profile.institution_claim = picked, None
+        _set(db, user, profile, picked)
+        profile.institution_claim = None
     elif pending is None or pending.text != text:
         claim = InstitutionClaim(user_id=user.id, text=text, state=ClaimState.PENDING)
         db.add(claim)
         db.flush()
-        profile.institution, profile.institution_claim = None, claim
+        _set(db, user, profile, None)
+        profile.institution_claim = claim
         audit.append(db.connection(), AuditAction.INSTITUTION_CLAIMED, actor,
                      f"institution-claim:{claim.id}",
                      {"user": user.id, "text": text, "ip": ip})
@@ -187,7 +216,8 @@ def confirm(db: Session, chair: User, claim: InstitutionClaim, action: ClaimActi
     profile = claim.user.profile
     if profile is not None and profile.institution_claim_id == claim.id:
         profile.institution_claim = None
-        profile.institution = target  # None when rejected: the person must choose again
+        # None when rejected: the person must choose again
+        _set(db, claim.user, profile, target)
     db.commit()
     return target
 

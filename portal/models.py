@@ -87,13 +87,27 @@ class Institution(Base):
 
 
 class InstitutionKey(Base):
-    """Each folded name of an entry, held once: the database itself refuses a second entry
-    under a spelling of an existing one (``approvals.institutions.key``)."""
+    """Each skeleton of an entry's names, held once: the database itself refuses a second
+    entry under a spelling, or a look-alike, of an existing one
+    (``approvals.institutions.skeletons``)."""
 
     __tablename__ = "institution_keys"
 
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     institution_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"), index=True)
+
+
+class FormerInstitution(Base):
+    """An institution a person's profile named until ``left_at``: conflicts of interest look
+    back at it, so that leaving an institution on one's profile clears nobody
+    (docs/adr/0008)."""
+
+    __tablename__ = "former_institutions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    institution_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"))
+    left_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class InstitutionClaim(Base):
@@ -182,10 +196,15 @@ class Application(Base):
     ethics_pdf: Mapped[bytes | None] = mapped_column(LargeBinary)
     ethics_sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # First submission, and the applicant's institution then: conflicts look back to it.
+    submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    submitted_institution_id: Mapped[int | None] = mapped_column(
+        ForeignKey("institutions.id"))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
                                                  onupdate=utcnow)
 
     researcher: Mapped[User] = relationship()
+    submitted_institution: Mapped[Institution | None] = relationship()
     fields: Mapped[list[RequestedField]] = relationship(
         back_populates="application", cascade="all, delete-orphan",
         order_by="RequestedField.id")
@@ -214,8 +233,11 @@ class Assignment(Base):
     application_id: Mapped[int] = mapped_column(ForeignKey("applications.id"), index=True)
     expert_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     assigned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The expert's institution when assigned: it conflicts for as long as the panel sits.
+    institution_id: Mapped[int | None] = mapped_column(ForeignKey("institutions.id"))
 
     expert: Mapped[User] = relationship()
+    institution: Mapped[Institution | None] = relationship()
 
 
 class Review(Base):

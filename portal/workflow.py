@@ -16,7 +16,16 @@ from approvals.decisions import ACTION, Decision, Terms, Verdict, check_decision
 from approvals.errors import ConflictOfInterest, Ineligible, InvalidDecision, NotPermitted, Reason
 from approvals.scoring import Dimension, RubricConfig, Score
 from approvals.states import Action, Role, State
-from portal import agreement, credentials, gateway, institutions, notify, sandboxes, tokens
+from portal import (
+    agreement,
+    conflicts,
+    credentials,
+    gateway,
+    institutions,
+    notify,
+    sandboxes,
+    tokens,
+)
 from portal import catalog as datasets
 from portal.config import PortalSettings
 from portal.models import (
@@ -57,29 +66,6 @@ def rubric(settings: PortalSettings) -> RubricConfig:
 
 def _move(ctx: Context, application: Application, action: Action, role: Role) -> None:
     application.state = states.check(State(application.state), action, role)
-
-
-def case_of(application: Application) -> assignment.Case:
-    """What conflict checks compare about ``application``, as its researcher's profile
-    stands now."""
-    researcher = application.researcher
-    profile = researcher.profile
-    return assignment.Case(str(application.id), str(researcher.id),
-                           profile.institution_id if profile else None,
-                           frozenset(application.team), researcher.name,
-                           institutions.names(profile))
-
-
-def expert_of(db: Session, user: User) -> assignment.Expert:
-    """An expert as conflict checks see them now: declared lines that spell a registry
-    entry count as a declared conflict with that institution."""
-    profile = user.profile
-    declared = [str(line) for line in (profile.declared_conflicts or [])] if profile else []
-    named = {found.id for found in (institutions.resolve(db, line) for line in declared)
-             if found is not None}
-    return assignment.Expert(str(user.id), user.name,
-                             profile.institution_id if profile else None,
-                             frozenset(declared), frozenset(named))
 
 
 @dataclass(frozen=True)
@@ -143,6 +129,10 @@ def submit(ctx: Context, application: Application, applicant: eligibility.Applic
     action = (Action.RESUBMIT if State(application.state) == State.REVISION_REQUESTED
               else Action.SUBMIT)
     _move(ctx, application, action, Role.RESEARCHER)
+    if application.submitted_at is None:  # conflicts look back to the first submission
+        profile = ctx.actor.profile
+        application.submitted_at = datetime.now(UTC)
+        application.submitted_institution_id = profile.institution_id if profile else None
     ctx.audit(AuditAction.APPLICATION_SUBMITTED, application, {"action": str(action)})
     ctx.db.commit()
     chairs = list(ctx.db.scalars(select(User).where(User.role == Role.CHAIR)))
@@ -155,23 +145,29 @@ def assign(ctx: Context, application: Application, experts: list[User]) -> None:
     if any(e.role != Role.EXPERT for e in experts):
         raise InvalidDecision("only members of the expert pool can be assigned",
                               zh="只能分配专家库中的专家")
-    case = case_of(application)
+    case = conflicts.case_of(ctx.db, ctx.settings, application)
     on_panel = {e.id for e in assigned_experts(ctx.db, application)}
+
+    def seen(expert: User) -> assignment.Expert:
+        return conflicts.expert_of(ctx.db, ctx.settings, expert, application)
+
     if State(application.state) == State.UNDER_REVIEW:
         experts = [e for e in experts if e.id not in on_panel]
         if not experts:
             raise InvalidDecision("choose at least one expert not yet on the panel",
                                   zh="请至少选择一位尚未参与评审的专家")
         for expert in experts:
-            assignment.check_can_assign(expert_of(ctx.db, expert), case)
+            assignment.check_can_assign(seen(expert), case)
         action = Action.ADD_EXPERTS
     else:
-        assignment.check_panel([expert_of(ctx.db, e) for e in experts], case)
+        assignment.check_panel([seen(e) for e in experts], case)
         action = Action.START_REVIEW
     _move(ctx, application, action, Role(ctx.actor.role))
     for expert in experts:
         if expert.id not in on_panel:  # a panel re-formed after a revision keeps its rows
-            ctx.db.add(Assignment(application_id=application.id, expert_id=expert.id))
+            ctx.db.add(Assignment(application_id=application.id, expert_id=expert.id,
+                                  institution_id=expert.profile.institution_id
+                                  if expert.profile else None))
     ctx.audit(AuditAction.APPLICATION_ASSIGNED, application,
               {"experts": [e.id for e in experts], "action": str(action)})
     ctx.db.commit()
@@ -190,7 +186,7 @@ def score(ctx: Context, application: Application, values: dict[str, int], commen
     if ctx.actor.id not in {e.id for e in assigned_experts(ctx.db, application)}:
         raise NotPermitted("you are not assigned to this application")
     # Institutions and declarations change after assignment: check again before scoring.
-    reason = assignment.conflict(expert_of(ctx.db, ctx.actor), case_of(application))
+    reason = conflicts.conflict(ctx.db, ctx.settings, ctx.actor, application)
     if reason is not None:
         ctx.audit(AuditAction.APPLICATION_SCORE_REFUSED, application, {"conflict": reason.code})
         ctx.db.commit()
@@ -228,30 +224,40 @@ class Panel:
     summary: scoring.Summary
 
 
-def panel(db: Session, application: Application, config: RubricConfig) -> Panel:
+def panel(db: Session, settings: PortalSettings, application: Application) -> Panel:
+    config = rubric(settings)
     everyone = reviews(db, application)
-    case = case_of(application)
+    case = conflicts.case_of(db, settings, application)
     excluded = {int(expert_id): reason for expert_id, reason in assignment.conflicted(
-        [expert_of(db, r.expert) for r in everyone], case).items()}
+        [conflicts.expert_of(db, settings, r.expert, application) for r in everyone],
+        case).items()}
     counted = [Score(str(r.expert_id), {Dimension(k): v for k, v in r.scores.items()},
                      r.comments, frozenset(r.remove_fields))
                for r in everyone if r.expert_id not in excluded]
     return Panel(everyone, excluded, scoring.summarise(counted, config))
 
 
-def summary(db: Session, application: Application, config: RubricConfig) -> scoring.Summary:
-    return panel(db, application, config).summary
+def summary(db: Session, settings: PortalSettings,
+            application: Application) -> scoring.Summary:
+    return panel(db, settings, application).summary
 
 
 def decide(ctx: Context, application: Application, decision: Decision) -> Terms | None:
-    """Conflicts are checked again now — a conflicted expert's score does not count — and an
-    approval needs the applicant eligible on verified title and credit grade."""
-    config = rubric(ctx.settings)
+    """Conflicts are checked again now — a conflicted expert's score does not count, a
+    conflicted chair may not decide — and an approval needs the applicant eligible on
+    verified title and credit grade."""
     requested = [f.field for f in application.fields]
-    if case_of(application).institution is None:
+    case = conflicts.case_of(ctx.db, ctx.settings, application)
+    if case.institution is None:
         raise InvalidDecision("the applicant's institution awaits a chair's confirmation",
                               zh="申请人的单位尚待主任委员确认")
-    found = panel(ctx.db, application, config)
+    reason = conflicts.chair_conflict(ctx.db, ctx.settings, ctx.actor, application)
+    if reason is not None:
+        ctx.audit(AuditAction.APPLICATION_DECISION_REFUSED, application,
+                  {"conflict": reason.code})
+        ctx.db.commit()
+        raise ConflictOfInterest(reason.en, zh=reason.zh, conflict=reason.code)
+    found = panel(ctx.db, ctx.settings, application)
     if found.excluded and not found.summary.quorum_met:
         raise InvalidDecision(
             f"the quorum has not scored: {len(found.excluded)} score(s) no longer count "

@@ -178,6 +178,7 @@ class AuditAction(StrEnum):
     AUDIT_CHECKPOINT_FAILED = "audit.checkpoint_failed"  # a checkpoint round could not run
     EXPORT_AWAITING_CONFIRMATION = "export.awaiting_confirmation"  # sent from a sandbox
     EXPORT_CONFIRMED = "export.confirmed"  # by its author, with a fresh code
+    APPLICATION_DECISION_REFUSED = "application.decision_refused"  # the chair is conflicted
 
 
 def stamp(when: datetime) -> str:

@@ -37,4 +37,5 @@ def verify(db: Session, user: User, by: User | None = None,
     """An admin verifies ``user``'s claims (title and credit grade by default)."""
     by = by or admin(db)
     for kind in kinds:
-        credentials.verify(db, by, user, kind, EVIDENCE.read_bytes())
+        credentials.verify(db, by, user, kind, getattr(user.profile, kind),
+                           EVIDENCE.read_bytes())

@@ -97,6 +97,7 @@ def verify(user_id: int) -> ResponseReturnValue:
     upload = request.files.get("evidence")
     try:
         row = credentials.verify(g.db, g.user, subject, request.form.get("kind", ""),
+                                 request.form.get("value", ""),
                                  upload.read() if upload else b"", request.remote_addr)
     except SandboxError as exc:
         return _refused(exc)

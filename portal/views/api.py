@@ -262,8 +262,9 @@ def score(application_id: int) -> ResponseReturnValue:
 def summary(application_id: int) -> ResponseReturnValue:
     user = _user(Role.CHAIR)
     app = _application(application_id, user)
-    config = workflow.rubric(current_app.extensions["portal.settings"])
-    panel = workflow.panel(g.db, app, config)
+    settings = current_app.extensions["portal.settings"]
+    config = workflow.rubric(settings)
+    panel = workflow.panel(g.db, settings, app)
     result = panel.summary
     return jsonify(excluded=[{"expert": expert, "code": r.code, "zh": r.zh, "en": r.en}
                              for expert, r in panel.excluded.items()],

@@ -27,7 +27,7 @@ from approvals.errors import ConflictOfInterest, InvalidDecision, NotPermitted
 from approvals.institutions import ClaimAction
 from approvals.scoring import LABELS, Dimension
 from approvals.states import Role, State
-from portal import credentials, institutions, workflow
+from portal import conflicts, credentials, institutions, workflow
 from portal.models import Application, Assignment, User
 from portal.views.auth import login_required, reason_of
 from sandbox.errors import SandboxError
@@ -71,19 +71,23 @@ def show(application_id: int) -> ResponseReturnValue:
     settings = current_app.extensions["portal.settings"]
     config = workflow.rubric(settings)
     pool = g.db.scalars(select(User).where(User.role == Role.EXPERT).order_by(User.name)).all()
-    case = workflow.case_of(app)
-    conflicts = {e.id: assignment.conflict(workflow.expert_of(g.db, e), case) for e in pool}
-    panel = workflow.panel(g.db, app, config)
+    case = conflicts.case_of(g.db, settings, app)
+    found = {e.id: assignment.conflict(conflicts.expert_of(g.db, settings, e, app), case)
+             for e in pool}
+    panel = workflow.panel(g.db, settings, app)
     profile = app.researcher.profile
+    claim = profile.institution_claim if profile else None
     return render_template(
-        "committee/show.html", app=app, pool=pool, conflicts=conflicts, config=config,
+        "committee/show.html", app=app, pool=pool, conflicts=found, config=config,
         labels=LABELS, dimensions=list(Dimension),
         assigned=workflow.assigned_experts(g.db, app),
         reviews=panel.reviews, excluded=panel.excluded, summary=panel.summary,
         decision=workflow.latest_decision(g.db, app),
         standing=credentials.standing(g.db, settings, app),
-        claim=profile.institution_claim if profile else None,
-        registry=institutions.listing(g.db))
+        changes=conflicts.changes(g.db, app),
+        chair_conflict=conflicts.chair_conflict(g.db, settings, g.user, app),
+        claim=claim, registry=institutions.listing(g.db),
+        alike={claim.id: institutions.look_alike(g.db, claim.text)} if claim else {})
 
 
 @bp.route("/applications/<int:application_id>/assign", methods=["POST"])
@@ -123,7 +127,7 @@ def review(application_id: int) -> ResponseReturnValue:
             return render_template("error.html", status=422, reason=reason_of(exc)), 422
         flash(_("Thank you, your scores are recorded."))
         return redirect(url_for("committee.queue"))
-    conflict = assignment.conflict(workflow.expert_of(g.db, g.user), workflow.case_of(app))
+    conflict = conflicts.conflict(g.db, settings, g.user, app)
     return render_template("committee/review.html", app=app, labels=LABELS,
                            dimensions=list(Dimension), conflict=conflict,
                            standing=credentials.standing(g.db, settings, app))
@@ -158,8 +162,10 @@ def decide(application_id: int) -> ResponseReturnValue:
 @login_required(Role.CHAIR)
 def claims() -> ResponseReturnValue:
     """Institutions typed as "other", waiting for a chair."""
-    return render_template("committee/claims.html", claims=institutions.pending_claims(g.db),
-                           registry=institutions.listing(g.db))
+    pending = institutions.pending_claims(g.db)
+    return render_template("committee/claims.html", claims=pending,
+                           registry=institutions.listing(g.db),
+                           alike={c.id: institutions.look_alike(g.db, c.text) for c in pending})
 
 
 @bp.route("/institutions/claims/<int:claim_id>", methods=["POST"])

@@ -176,3 +176,50 @@ def test_approval_terms_and_decision_rules():
     early = scoring.summarise([score("a")], RubricConfig())
     with pytest.raises(InvalidDecision, match="quorum"):
         check_decision(Decision(Verdict.REJECT, "no"), fields, early)
+
+
+# The look-back: institutions held since the application's look-back date conflict too.
+LOOKED_BACK = assignment.Case("app-3", "u-1", ELSEWHERE, applicant_name="申请人",
+                              institution_names=("别处", "Elsewhere"),
+                              former=frozenset({LINGNAN}), since="2026-01-05",
+                              names={LINGNAN: ("岭南大学", "Lingnan University"),
+                                     ELSEWHERE: ("别处", "Elsewhere")})
+
+
+@pytest.mark.parametrize(("expert", "case"), [
+    # left the applicant's institution (before or after assignment), holds another now
+    (assignment.Expert("u-2", "王强", ZHONGSHAN, former=frozenset({LINGNAN})), CASE),
+    # the applicant left the expert's institution after submitting
+    (assignment.Expert("u-2", "王强", LINGNAN), LOOKED_BACK),
+    # both left it
+    (assignment.Expert("u-2", "王强", ZHONGSHAN, former=frozenset({LINGNAN})), LOOKED_BACK),
+])
+def test_an_institution_held_since_the_look_back_date_conflicts(expert, case):
+    reason = assignment.conflict(expert, case)
+    assert reason.code == ("institution" if expert.institution == case.institution
+                           else "former_institution")
+    with pytest.raises(ConflictOfInterest):
+        assignment.check_can_assign(expert, case)
+
+
+def test_the_look_back_reason_names_the_institution_and_the_date():
+    reason = assignment.conflict(assignment.Expert("u-2", "王强", LINGNAN), LOOKED_BACK)
+    assert reason.zh == "王强与申请人自 2026-01-05 以来都曾隶属岭南大学"
+    assert reason.en == ("王强 and the applicant have both belonged to Lingnan University "
+                         "since 2026-01-05")
+    assert assignment.conflict(assignment.Expert("u-4", "周", ZHONGSHAN,
+                                                 former=frozenset({ELSEWHERE + 10})),
+                               LOOKED_BACK) is None
+
+
+def test_a_chair_is_held_to_the_experts_rule_but_needs_no_institution_on_record():
+    assert assignment.chair_conflict(assignment.Expert("c-1", "周主任", None), CASE) is None
+    assert assignment.chair_conflict(assignment.Expert("c-1", "周主任", LINGNAN),
+                                     CASE).code == "institution"
+    assert assignment.chair_conflict(
+        assignment.Expert("c-1", "周主任", None, former=frozenset({LINGNAN})),
+        CASE).code == "former_institution"
+    assert assignment.chair_conflict(assignment.Expert("c-1", "陈静", None), CASE).code == \
+        "team"
+    assert assignment.conflict(assignment.Expert("c-1", "周主任", None), CASE).code == \
+        "expert_unconfirmed"

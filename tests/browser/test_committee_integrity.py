@@ -6,7 +6,8 @@ serve``) beside a gateway process:
   Chinese name for the English one, traditional characters) to slip an expert from the same
   institution past the conflict check;
 - an expert who joins the applicant's institution, or declares a conflict, after being
-  assigned: refused at scoring, and a score already given no longer counts at decision;
+  assigned: refused at scoring, a score already given no longer counts at decision, and
+  the chair's page shows the institution the expert had at assignment and has now;
 - a self-declared professional title and credit grade: shown as such to the committee
   (pages and JSON API), and an approval refused until an admin verifies them against an
   evidence file — after which the pages and the API say what the eligibility relied on.
@@ -212,9 +213,14 @@ def test_a_conflict_arising_after_assignment_is_refused_at_scoring_and_decision(
                 if e["subject"] == f"application:{app_id}"]
     assert [e["conflict"] for e in refusals] == ["institution", "declared"]
 
-    # At decision the mover's earlier score does not count: the quorum is not met.
+    # At decision the mover's earlier score does not count: the quorum is not met. The
+    # chair's page shows the mover's institution since assignment.
     chair.goto(f"{url}/committee/applications/{app_id}")
     expect(chair.locator("#excluded")).to_contain_text(f"{mover_name} 的评分不计入")
+    changed = chair.locator("#institution-changes li[data-role=expert]")
+    expect(changed).to_have_count(1)
+    expect(changed).to_contain_text(
+        f"专家{mover_name}，自分配以来：南方医院 / Nanfang Hospital → {LINGNAN}")
     shot(chair, "conflicted-score-flagged")
     summary = chair.request.get(f"{url}/api/v1/applications/{app_id}/summary").json()
     assert [e["code"] for e in summary["excluded"]] == ["institution"]

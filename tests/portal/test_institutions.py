@@ -208,7 +208,7 @@ def test_evidence_is_checked_by_its_content(app, name, content, accepted):
                         credit_grade="A", years_experience=10)
     before = len(entries(app, "credential.verified"))
     response = admin.post(f"/admin/credentials/{subject.id}", data={
-        "kind": "title", "evidence": (io.BytesIO(content), name)},
+        "kind": "title", "value": "主任医师", "evidence": (io.BytesIO(content), name)},
         content_type="multipart/form-data")
     with app.extensions["portal.sessions"]() as db:
         stored = db.scalars(select(CredentialVerification).where(
@@ -246,3 +246,74 @@ def test_a_verification_covers_the_value_it_saw(app):
     assert 'data-basis="verified" data-claim="credit_grade"' in page
     changed = entries(app, "profile.changed")[-1]
     assert changed["title"] == {"before": "副主任医师", "after": "主任医师"}
+
+
+def test_a_look_alike_waits_for_a_chair_who_sees_what_it_imitates(app):
+    """A name typed with a Cyrillic а is not the entry it imitates (nor a new one): it is a
+    claim, the chair's page names the entry it looks like, and neither a chair nor an admin
+    can add it beside that entry."""
+    tag = uuid.uuid4().hex[:4]
+    english = f"Nanling University {tag}"
+    look_alike = english.replace("a", "\u0430", 1)
+    with app.extensions["portal.sessions"]() as db:
+        known = committee.entry(db, f"南岭大学{tag}", english)
+    address = f"l-{tag}@example.cn"
+    make_user(app, address)
+    client = app.test_client()
+    sign_in(client, address)
+    assert client.post("/profile", data={"institution": "other",
+                                         "institution_other": look_alike}).status_code == 302
+    with app.extensions["portal.sessions"]() as db:
+        claim = db.scalar(select(InstitutionClaim).where(InstitutionClaim.text == look_alike))
+        assert claim.state == "pending"
+    chair, _ = staff(app, "chair")
+    listed = chair.get("/committee/institutions").get_data(as_text=True)
+    hint = listed.split(f'id="claim-{claim.id}"')[1].split("</section>")[0]
+    assert f'class="warnings look-alike" data-institution="{known.id}"' in hint
+    refused = chair.post(f"/committee/institutions/claims/{claim.id}", data={
+        "action": "add", "name_zh": look_alike, "name_en": look_alike})
+    assert refused.status_code == 409
+    assert "字形相同" in refused.get_data(as_text=True) or \
+        "looks the same" in refused.get_data(as_text=True)
+    admin, _ = staff(app, "admin")
+    assert admin.post("/admin/institutions", data={
+        "name_zh": f"新{tag}", "name_en": look_alike.upper(), "aliases": ""}).status_code == 409
+    with app.extensions["portal.sessions"]() as db:
+        assert db.scalar(select(func.count()).select_from(Institution).where(
+            Institution.name_en.like(f"%{tag}%"))) == 1
+    assert chair.post(f"/committee/institutions/claims/{claim.id}", data={
+        "action": "map", "institution": str(known.id)}).status_code == 302
+
+
+def test_a_verification_names_the_value_the_admin_saw(app):
+    """The form posts the value it showed; a claim changed since is refused with the reason
+    and nothing is recorded."""
+    admin, _ = staff(app, "admin")
+    address = f"r-{uuid.uuid4().hex[:6]}@example.cn"
+    subject = make_user(app, address, institution="岭南大学", title="副研究员",
+                        credit_grade="A", years_experience=10)
+    page = admin.get(f"/admin/credentials?q={address}").get_data(as_text=True)
+    assert '<input type="hidden" name="value" value="副研究员">' in page
+
+    def post(value: str | None):
+        data = {"kind": "title", "evidence": (io.BytesIO(committee.EVIDENCE.read_bytes()),
+                                              "certificate.pdf")}
+        if value is not None:
+            data["value"] = value
+        return admin.post(f"/admin/credentials/{subject.id}", data=data,
+                          content_type="multipart/form-data")
+
+    before = len(entries(app, "credential.verified"))
+    for shown, reason in (("研究员", "而非页面所示的“研究员”：未作核验"),
+                          (None, "请说明核验的是哪一项内容"), ("", "请说明核验的是哪一项内容")):
+        refused = post(shown)
+        assert refused.status_code == 422 and reason in refused.get_data(as_text=True), \
+            refused.get_data(as_text=True)
+    with app.extensions["portal.sessions"]() as db:
+        assert db.scalars(select(CredentialVerification).where(
+            CredentialVerification.user_id == subject.id)).all() == []
+    assert len(entries(app, "credential.verified")) == before
+    assert post("副研究员").status_code == 302
+    with app.extensions["portal.sessions"]() as db:
+        assert [r.value for r in db.scalars(select(CredentialVerification).where(
+            CredentialVerification.user_id == subject.id))] == ["副研究员"]
