@@ -11,7 +11,7 @@ RAW := $(VAR)/demo/raw
 DATASET := $(VAR)/datasets/emr-visits
 KEY := $(VAR)/keys/pseudonym.key
 
-.PHONY: install run demo test lint bench clean-demo translations
+.PHONY: install run demo test test-fast lint bench clean-demo translations
 
 $(STAMP): pyproject.toml
 	PYTHON=$(PYTHON) infra/scripts/ensure-python.sh
@@ -54,6 +54,11 @@ test: install
 	infra/scripts/test-deps.sh
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# For a quick loop: everything but the sealed sandboxes (Docker) and the browser tests.
+test-fast: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest --ignore=tests/hub --ignore=tests/browser
 
 lint: install
 	$(BIN)/ruff check .
