@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.services import Postgres
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -26,6 +28,15 @@ def run_cli(*args: str | Path) -> CliResult:
         capture_output=True, text=True, cwd=ROOT, timeout=600,
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """Debian's PostgreSQL, started once per session (only when a test asks for it) and
+    stopped at the end if this session started it; each test takes its own database."""
+    server = Postgres.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,7 @@ class Postgres:
     def start(cls) -> Postgres:
         out = subprocess.run([str(ROOT / "infra" / "scripts" / "postgres.sh")],
                              capture_output=True, text=True, check=True, timeout=600)
-        url, state = out.stdout.split()
+        url, state = out.stdout.split()[-2:]
         return cls(url, state == "started")
 
     def new_database(self) -> str:

@@ -13,23 +13,18 @@ from sandbox import audit
 from sandbox.audit import AuditAction, audit_log
 from sandbox.db import make_engine
 from sandbox.errors import InputError
-from tests.services import Postgres
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def engine(request, tmp_path_factory):
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('audit') / 'audit.db'}"
-        server = None
     else:
-        server = Postgres.start()
-        url = server.new_database()
+        url = request.getfixturevalue("postgres").new_database()
     engine = make_engine(url)
     audit.create_tables(engine)
     yield engine
     engine.dispose()
-    if server:
-        server.stop()
 
 
 @pytest.fixture

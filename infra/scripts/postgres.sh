@@ -13,11 +13,12 @@ if ! command -v pg_ctlcluster >/dev/null 2>&1; then
 fi
 VERSION=$(ls /usr/lib/postgresql | sort -n | tail -1)
 if ! pg_lsclusters -h | awk '{print $1" "$2}' | grep -qx "$VERSION main"; then
-  pg_createcluster "$VERSION" main >/dev/null
+  pg_createcluster "$VERSION" main >&2
 fi
 state=running
 if ! pg_lsclusters -h | awk -v v="$VERSION" '$1==v && $2=="main" {print $4}' | grep -q online; then
-  pg_ctlcluster --skip-systemctl-redirect "$VERSION" main start
+  # its notes ("Removed stale pid file.") go to stderr: stdout carries only the two lines
+  pg_ctlcluster --skip-systemctl-redirect "$VERSION" main start >&2
   state=started
 fi
 PORT=$(pg_lsclusters -h | awk -v v="$VERSION" '$1==v && $2=="main" {print $3}')

@@ -19,8 +19,7 @@ from portal.security import hash_password
 from tests import committee
 from tests.browser.conftest import portal_stack
 from tests.federated.conftest import cluster, exact, noisy  # noqa: F401
-from tests.gateway.conftest import datasets_dir, postgres  # noqa: F401
-from tests.services import Postgres
+from tests.gateway.conftest import datasets_dir  # noqa: F401
 from tests.signin import fresh_code
 
 PASSWORD = "Attack-test-42"
@@ -49,13 +48,9 @@ def served(dataset, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def served_postgres(dataset, tmp_path_factory):
+def served_postgres(dataset, tmp_path_factory, postgres):
     """The same portal on PostgreSQL (the production database the README names)."""
-    server = Postgres.start()
-    try:
-        yield from serve(dataset, tmp_path_factory.mktemp("attacks-pg"), server.new_database())
-    finally:
-        server.stop()
+    yield from serve(dataset, tmp_path_factory.mktemp("attacks-pg"), postgres.new_database())
 
 
 def person(sessions, role: str = "researcher", institution: str = "岭南大学") -> str:

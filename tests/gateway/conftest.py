@@ -6,14 +6,7 @@ import shutil
 
 import pytest
 
-from tests.services import GatewayProcess, Postgres
-
-
-@pytest.fixture(scope="session")
-def postgres():
-    server = Postgres.start()
-    yield server
-    server.stop()
+from tests.services import GatewayProcess
 
 
 @pytest.fixture(scope="session")

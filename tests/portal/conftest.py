@@ -24,7 +24,7 @@ from portal.models import (
 )
 from portal.security import hash_password
 from tests import committee
-from tests.services import GatewayProcess, Postgres
+from tests.services import GatewayProcess
 from tests.signin import code_after, fresh_code
 
 PASSWORD = "correct horse 42"
@@ -50,16 +50,12 @@ def gateway(catalog_dir, tmp_path_factory):
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def portal_settings(request, catalog_dir, tmp_path_factory):
     state = tmp_path_factory.mktemp("portal")
-    server = None
     if request.param == "sqlite":
         url = f"sqlite:///{state / 'portal.db'}"
     else:
-        server = Postgres.start()
-        url = server.new_database()
-    yield PortalSettings(database_url=url, state_dir=state, datasets_dir=catalog_dir,
-                         testing=True)
-    if server:
-        server.stop()
+        url = request.getfixturevalue("postgres").new_database()
+    return PortalSettings(database_url=url, state_dir=state, datasets_dir=catalog_dir,
+                          testing=True)
 
 
 @pytest.fixture(scope="module")

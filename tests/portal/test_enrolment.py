@@ -22,7 +22,6 @@ from portal.db import alembic_config
 from portal.models import SignInSession, User
 from sandbox import audit
 from tests.portal.conftest import login, make_user
-from tests.services import Postgres
 
 KEY = re.compile(r'id="totp-secret">([A-Z2-7]+)<')
 
@@ -86,16 +85,12 @@ def test_of_two_sessions_enrolling_the_first_code_wins(app):
 
 
 @pytest.fixture
-def empty_database(portal_settings, tmp_path):
+def empty_database(portal_settings, tmp_path, request):
     """A database of the same kind as the app's that no app has migrated yet."""
     if portal_settings.database_url.startswith("sqlite"):
         yield f"sqlite:///{tmp_path / 'migration.db'}"
         return
-    server = Postgres.start()
-    try:
-        yield server.new_database()
-    finally:
-        server.stop()
+    yield request.getfixturevalue("postgres").new_database()
 
 
 def test_migration_0009_voids_the_secrets_of_accounts_without_an_authenticator(
