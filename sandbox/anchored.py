@@ -71,9 +71,9 @@ def own_checkpoints(conn: Connection, public_pem: bytes | None = None
         payload = document.get("payload") if isinstance(document, dict) else None
         try:
             if public_pem is not None:
-                payload = checkpoints.payload_of(document, public_pem,
-                                                 str((payload or {}).get("service")))
-            seq, digest, at = int(payload["seq"]), str(payload["hash"]), str(payload["at"])
+                service = payload.get("service") if isinstance(payload, dict) else None
+                payload = checkpoints.payload_of(document, public_pem, str(service))
+            seq, digest, at = _fields(payload)
         except (InputError, KeyError, TypeError, ValueError):
             return [], Verification(
                 False, 0, f"entry {row.seq} holds a checkpoint the service's key did not "
@@ -81,6 +81,17 @@ def own_checkpoints(conn: Connection, public_pem: bytes | None = None
         points.append(Point(seq, digest, at, f"the service's own checkpoint in entry "
                             f"{row.seq}", f"第 {row.seq} 条中本服务签名的检查点"))
     return points, None
+
+
+def _fields(payload: object) -> tuple[int, str, str]:
+    """A checkpoint's seq, hash and time; ValueError for anything that is not one (a
+    payload that is no object, a seq that is no whole number, or one JSON reads as ∞)."""
+    if not isinstance(payload, dict):
+        raise ValueError("a checkpoint's payload is an object")
+    seq = payload["seq"]
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise ValueError("a checkpoint's seq is a whole number")
+    return seq, str(payload["hash"]), str(payload["at"])
 
 
 def peer_points(entries: Iterable[dict], service: str, public_pem: bytes | None = None
@@ -98,7 +109,7 @@ def peer_points(entries: Iterable[dict], service: str, public_pem: bytes | None 
         try:
             payload = details["checkpoint"]["payload"] if public_pem is None else \
                 checkpoints.payload_of(details["checkpoint"], public_pem, service)
-            seq, digest, at = int(payload["seq"]), str(payload["hash"]), str(payload["at"])
+            seq, digest, at = _fields(payload)
         except (InputError, KeyError, TypeError, ValueError):
             continue
         who, who_zh = _named(str(entry.get("actor", "")).removeprefix("service:"))

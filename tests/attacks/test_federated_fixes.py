@@ -1,0 +1,113 @@
+"""Attacks on the fixes of the federated path (portal-signed grant authorizations, query ids
+derived from the question, count checks of regressions), over the real process boundary:
+site and key-service processes started with ``sandboxctl``, the gateway as its own process.
+
+Each test asserts a guarantee of docs/federated.md or docs/threat-model.md; a test that
+fails shows the weakness is there.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import polars as pl
+import pytest
+
+from sandbox.client import Gateway, GatewayError
+from sandbox.federated import authorization
+from sandbox.federated.plan import FederatedSpec
+from tests.attacks.test_federated_noise import SMALL_CELL, _assemble, _decrypt
+from tests.federated.conftest import DATASET, grant
+
+
+def test_a_regression_on_a_numeric_feature_clamped_to_0_1_releases_no_group_under_5(
+        cluster, noisy):
+    """Adversary: a researcher with a project token.
+
+    docs/federated.md: the key service "checks that every count the answer reveals covers
+    at least 5 patients (… for a regression also each category of a text feature, its
+    reference category, and each pair of categories)"; the threat model: a regression
+    whose group covers fewer than 5 patients is not released, "every count the answer
+    reveals is checked like n". Only one-hot columns are checked, though, and the
+    researcher picks the clamping bounds of a numeric feature: ``length_of_stay`` clamped
+    to [0, 1] is the indicator "stayed at least a day", so the diagonal cell Σz² of ZᵀZ
+    is the number of rows in that group and the feature's coefficient is the mean
+    difference of the target between the group and the rest — a group of 1–4 patients
+    inside a large filter, the same group whose mean is refused."""
+    rows = pl.concat([pl.read_parquet(cluster.parts / name / "restricted" /
+                                      "records.parquet") for name in cluster.sites])
+    chosen = rows.filter((pl.col("total_cost") < 5000) & (pl.col("age_band") == "80-99"))
+    stayed = chosen.filter(pl.col("length_of_stay") >= 1)["pseudonym"].n_unique()
+    assert 1 <= stayed <= 4 and chosen.height >= 300, (stayed, chosen.height)
+
+    gw = Gateway(noisy.url, grant(noisy, project=f"clamp-{uuid.uuid4().hex[:6]}")["token"])
+    with pytest.raises(GatewayError) as mean:  # the group on its own: refused
+        gw.federated.mean(DATASET, "total_cost", epsilon=5.0,
+                          where=[*SMALL_CELL, {"field": "length_of_stay", "op": "ge",
+                                               "value": 1}])
+    assert "fewer than 5 patients" in mean.value.reason
+    try:
+        fit = gw.federated.linear_regression(
+            DATASET, "total_cost", ["length_of_stay"], epsilon=5.0,
+            feature_bounds={"length_of_stay": (0, 1)}, where=SMALL_CELL)
+    except GatewayError as refused:
+        assert "fewer than 5 patients" in refused.reason
+    else:
+        raise AssertionError(
+            f"released a regression whose indicator 'length_of_stay ≥ 1' covers {stayed} "
+            f"patients (its coefficient is their mean difference): {fit.df.to_dicts()}")
+
+
+def test_one_question_spelled_another_way_gets_no_fresh_noise(cluster, noisy):
+    """Adversary: a researcher with a project token (or the gateway's key, which asks the
+    same).
+
+    docs/federated.md: "one question under one authorization has one id, so one noise
+    share per site and one decision, however often or under whatever id it is asked"; the
+    gateway cannot "buy fresh noise for a question". The id is the hash of the spec's JSON,
+    not of the question: the same mean with its two filters in the other order, or with
+    its bounds written out as the public bounds they default to, is another id — fresh
+    shares at every site, a fresh decryption. (Each spelling is charged, so the budget
+    holds; what fails is "one question, one noise draw".)"""
+    gw = Gateway(noisy.url, grant(noisy, project=f"spell-{uuid.uuid4().hex[:6]}")["token"])
+    where = [{"field": "age_band", "op": "eq", "value": "40-59"},
+             {"field": "visit_type", "op": "eq", "value": "门诊"}]
+    spellings = {
+        "as asked": gw.federated.mean(DATASET, "length_of_stay", epsilon=1.0, where=where),
+        "filters the other way round": gw.federated.mean(
+            DATASET, "length_of_stay", epsilon=1.0, where=where[::-1]),
+        "the default bounds written out": gw.federated.mean(
+            DATASET, "length_of_stay", epsilon=1.0, where=where, bounds=(0, 365)),
+    }
+    answers = {name: (result.df["count"][0], round(result.df["mean"][0], 9))
+               for name, result in spellings.items()}
+    assert len(set(answers.values())) == 1, (
+        f"one question drew {len(set(answers.values()))} different noisy answers: {answers}")
+
+
+def test_a_revoked_grants_authorization_decrypts_nothing(cluster, noisy):
+    """Adversary: anyone holding the gateway's signing key, after the committee revoked
+    the project's grant (the portal revokes it on the gateway).
+
+    The threat model: the key service cannot decrypt "outside the grant"; docs/federated.md:
+    the gateway "cannot decrypt beyond what the committee granted". The portal's signed
+    authorization has no state: the sites check only its term, and the key service reads
+    the grant's state "as the gateway signs it". So the revoked grant's authorization keeps
+    buying decryptions, up to its ε and until its term ends."""
+    granted = grant(noisy, project=f"revoked-{uuid.uuid4().hex[:6]}")
+    revoked = noisy.admin("POST", f"/v1/admin/grants/{granted['grant']['id']}/revoke",
+                          {"reason": "agreement breached"})
+    assert revoked.status_code == 200, revoked.text
+    with pytest.raises(GatewayError):  # the researcher's token is refused, as it should be
+        Gateway(noisy.url, granted["token"]).federated.mean(DATASET, "total_cost",
+                                                            epsilon=1.0)
+    document = granted["authorization"]
+    spec = FederatedSpec(dataset=DATASET, kind="mean", field="total_cost", epsilon=1.0,
+                         bounds=(0, 20000))
+    stated = {k: granted["grant"][k] for k in ("id", "project", "expires_at", "datasets",
+                                                "fields", "epsilon_total")} | {
+        "status": "active", "epsilon_spent": 0.0}
+    answer = _decrypt(cluster, _assemble(cluster, spec, authorization.query_id(
+        document["payload"]["id"], spec.fingerprint()), stated, document))
+    assert answer.status_code != 200 or answer.json().get("outcome") != "released", (
+        f"the revoked grant's authorization was decrypted: {answer.json()}")
