@@ -77,6 +77,14 @@ class FederatedSpec(BaseModel):
     epsilon: float = Field(gt=0, le=10)
     delta: float = Field(default=0.0, ge=0, le=0)  # pure ε-DP (Laplace)
 
+    @field_validator("filters")
+    @classmethod
+    def _filters(cls, filters: list[Filter]) -> list[Filter]:
+        # A conjunction: its order and repeats say nothing, so one set of filters is one
+        # spelling (and one fingerprint).
+        spelled = {json.dumps(f.model_dump(mode="json"), sort_keys=True): f for f in filters}
+        return [spelled[key] for key in sorted(spelled)]
+
     @field_validator("bounds")
     @classmethod
     def _bounds(cls, bounds: tuple[float, float] | None) -> tuple[float, float] | None:
@@ -247,6 +255,32 @@ def make_plan(spec: FederatedSpec, metadata: dict, allowed: set[str] | None = No
                          f"{ckks.SLOTS}")
     ckks.check_range(plan.limits())
     return plan
+
+
+def resolved(spec: FederatedSpec, metadata: dict) -> FederatedSpec:
+    """``spec`` with the public bounds it left out written in, so that one question has one
+    spelling, and so one query id (the gateway resolves what it is asked; the sites refuse
+    a question that is not resolved). Unknown fields are left for ``make_plan`` to refuse."""
+    fields = {f["name"]: f for f in metadata["tables"]["records"]["fields"]}
+
+    def public(name: str | None) -> tuple[float, float] | None:
+        f = fields.get(name or "")
+        if f is None or f.get("type") not in ("integer", "float") or not f.get("bounds"):
+            return None
+        return float(f["bounds"][0]), float(f["bounds"][1])
+
+    changes: dict = {}
+    if spec.kind in ("mean", "linear_regression") and spec.bounds is None:
+        changes["bounds"] = public(spec.field if spec.kind == "mean" else spec.target)
+    if spec.kind == "linear_regression":
+        given = {name: (float(low), float(high))
+                 for name, (low, high) in spec.feature_bounds.items()}
+        changes["feature_bounds"] = given | {
+            name: bounds for name in spec.features
+            if name not in given and (bounds := public(name)) is not None}
+    if spec.bounds is not None:
+        changes.setdefault("bounds", (float(spec.bounds[0]), float(spec.bounds[1])))
+    return spec.model_copy(update=changes) if changes else spec
 
 
 def sites_per_patient(metadata: dict) -> int:

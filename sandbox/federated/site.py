@@ -48,7 +48,7 @@ from sandbox.errors import (
 )
 from sandbox.federated import authorization, ckks, counts, messages
 from sandbox.federated.noise import noisy
-from sandbox.federated.plan import FederatedSpec, Plan, local_vector, make_plan
+from sandbox.federated.plan import FederatedSpec, Plan, local_vector, make_plan, resolved
 from sandbox.gateway import engine as dpengine
 from sandbox.serving import TRUSTED_PROXIES_HELP, TrustedProxies
 
@@ -169,6 +169,9 @@ class SiteService:
                 request.get("authorization"),
                 authorization.portal_key(self.settings.portal_key_file))
             granted.covers(spec)
+            if spec != resolved(spec, self.dataset.metadata):
+                raise InputError("the question leaves out bounds it takes from the public "
+                                 "metadata: one question, one spelling, one id")
             if query_id != granted.query_id(spec):
                 raise Unauthenticated("the query id is not the one its authorization and "
                                       "question give: one question, one id, one noise draw")

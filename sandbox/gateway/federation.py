@@ -52,6 +52,7 @@ from sandbox.federated.plan import (
     Plan,
     finish,
     make_plan,
+    resolved,
     sites_per_patient,
 )
 from sandbox.gateway.engine import Release
@@ -126,12 +127,19 @@ class Federation:
         except (OSError, KeyError, TypeError, ValueError) as exc:
             raise InputError(f"federation file {config_file}: {exc}") from None
 
-    def plan(self, spec: FederatedSpec, allowed: set[str]) -> Plan:
-        dataset = self.datasets.get(spec.dataset)
+    def _dataset(self, name: str) -> FederatedDataset:
+        dataset = self.datasets.get(name)
         if dataset is None:
-            raise InputError(f"{spec.dataset!r} is not a federated dataset; federated: "
+            raise InputError(f"{name!r} is not a federated dataset; federated: "
                              f"{', '.join(sorted(self.datasets)) or 'none'}")
-        return make_plan(spec, dataset.metadata, allowed)
+        return dataset
+
+    def resolve(self, spec: FederatedSpec) -> FederatedSpec:
+        """The question as every party spells it: its public default bounds written in."""
+        return resolved(spec, self._dataset(spec.dataset).metadata)
+
+    def plan(self, spec: FederatedSpec, allowed: set[str]) -> Plan:
+        return make_plan(spec, self._dataset(spec.dataset).metadata, allowed)
 
     def run(self, plan: Plan, grant: dict, query: str, authorized: dict) -> Release:
         """Ask every site for its noisy part of query ``query``, have the key service add

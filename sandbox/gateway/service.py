@@ -495,6 +495,13 @@ class GatewayService:
         self._granted(grant, spec.dataset)
         return self.federation.plan(spec, set(grant["fields"]))
 
+    def _federated_spelling(self, spec: FederatedSpec) -> FederatedSpec:
+        """One question, one spelling: its public default bounds written in (filters are
+        already in one order), so a question asked another way is charged and answered as
+        the same question (an unknown dataset is refused later, where it is audited)."""
+        known = spec.dataset in self.federation.datasets
+        return self.federation.resolve(spec) if known else spec
+
     def _federation_holds(self, dataset: str, again: bool = False) -> None:
         """Refuse a federation whose sites share more patients than it declares (checked
         from the sites' blinded pseudonyms — ``again``: now, whatever the last check —,
@@ -518,6 +525,8 @@ class GatewayService:
         """A federated answer: charged here first, computed by the sites under
         encryption with their own noise shares, added and decrypted by the key service,
         recorded and receipted here. Retries of a charge ask about the same query id."""
+        spec = self._federated_spelling(spec)
+
         def prepare() -> tuple[FederatedDataset, Callable[[dict], dpengine.Release]]:
             plan = self._federated_plan(grant, spec)
             document = self.authorization_of(grant["id"])
@@ -543,6 +552,8 @@ class GatewayService:
         return self._answer(grant, spec, prepare)
 
     def federated_preview(self, grant: dict, spec: FederatedSpec) -> dict:
+        spec = self._federated_spelling(spec)
+
         def compute() -> dict:
             plan = self._federated_plan(grant, spec)
             return {"statistics": accuracy(plan), "min_count": plan.min_count}

@@ -16,7 +16,7 @@ import pytest
 from sandbox.client import Gateway, GatewayError
 from sandbox.federated import authorization
 from sandbox.federated.plan import FederatedSpec
-from tests.attacks.test_federated_noise import SMALL_CELL, _assemble, _decrypt
+from tests.attacks.test_federated_noise import SMALL_CELL, _assemble, _decrypt, _parts
 from tests.federated.conftest import DATASET, grant
 
 
@@ -111,3 +111,22 @@ def test_a_revoked_grants_authorization_decrypts_nothing(cluster, noisy):
         document["payload"]["id"], spec.fingerprint()), stated, document))
     assert answer.status_code != 200 or answer.json().get("outcome") != "released", (
         f"the revoked grant's authorization was decrypted: {answer.json()}")
+
+
+def test_the_gateways_key_cannot_spell_a_question_another_way_at_the_sites(cluster, noisy):
+    """Adversary: anyone holding the gateway's signing key, who asks the sites directly.
+
+    The gateway writes a question's public default bounds in before it asks; a site
+    refuses a question that leaves them out, so the key holder cannot get a second noise
+    share for one question by spelling it without its bounds (other bounds are another
+    question, charged at the key service like any other)."""
+    granted = grant(noisy, project=f"spelling-{uuid.uuid4().hex[:6]}")
+    document = granted["authorization"]
+    bare = FederatedSpec(dataset=DATASET, kind="mean", field="length_of_stay", epsilon=1.0)
+    parts = _parts(cluster, bare, authorization.query_id(document["payload"]["id"],
+                                                         bare.fingerprint()), document)
+    assert parts == [], f"{len(parts)} site(s) answered a question without its bounds"
+    written = bare.model_copy(update={"bounds": (0.0, 365.0)})
+    parts = _parts(cluster, written, authorization.query_id(document["payload"]["id"],
+                                                            written.fingerprint()), document)
+    assert len(parts) == len(cluster.sites)
