@@ -22,10 +22,23 @@ class GatewayUnavailable(SandboxError):
     code = "gateway_unavailable"
 
 
-def change_grant(settings: PortalSettings, grant_id: str, action: str, reason: str) -> None:
-    """Suspend, resume or revoke a project's grant on the gateway."""
-    _gateway(settings, "POST", f"/v1/admin/grants/{grant_id}/{action}", {"reason": reason},
-             f"{action} the grant")
+STATES = {"suspend": "suspended", "resume": "active", "revoke": "revoked"}
+
+
+def project_name(application_id: int) -> str:
+    """The project's name in grants and authorizations."""
+    return f"application-{application_id}"
+
+
+def change_grant(settings: PortalSettings, grant_id: str, application_id: int, action: str,
+                 reason: str) -> None:
+    """Suspend, resume or revoke a project's grant on the gateway, with the portal's signed
+    statement of the change, which the gateway relays to the key service (so that no one
+    holding the gateway's key can still have the project's federated queries decrypted)."""
+    statement = authorization.state_statement(
+        grant_signer(settings), project_name(application_id), STATES[action], reason)
+    _gateway(settings, "POST", f"/v1/admin/grants/{grant_id}/{action}",
+             {"reason": reason, "statement": statement}, f"{action} the grant")
 
 
 def bind_networks(settings: PortalSettings, grant_id: str, networks: list[str]) -> None:
@@ -49,7 +62,7 @@ def create_grant(settings: PortalSettings, application_id: int, purpose: str,
                  ) -> tuple[str, str]:
     """Create the project's grant, with the portal's signed authorization of its terms
     (what federated queries are checked against); returns (grant id, project token)."""
-    project = f"application-{application_id}"
+    project = project_name(application_id)
     signed = authorization.issue(grant_signer(settings), project, datasets,
                                  decision.fields, purpose, decision.epsilon,
                                  decision.delta, expires)

@@ -38,7 +38,7 @@ def control(db: Session, settings: PortalSettings, application: Application, act
     agreement = db.get(Agreement, application.id)
     verb, audited = CONTROLS[action]
     if agreement is not None and agreement.grant_id:
-        gateway.change_grant(settings, agreement.grant_id, verb, reason)
+        gateway.change_grant(settings, agreement.grant_id, application.id, verb, reason)
     application.state = target
     audit.append(db.connection(), audited, actor, f"application:{application.id}",
                  {"reason": reason})

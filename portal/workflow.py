@@ -322,8 +322,8 @@ def sign(ctx: Context, application: Application) -> Agreement:
         ctx.db.commit()
     except Exception:
         # The project did not become active here, so its grant must not stay usable there.
-        gateway.change_grant(ctx.settings, grant_id, "revoke",
-                            "activation failed in the portal")
+        gateway.change_grant(ctx.settings, grant_id, application.id, "revoke",
+                             "activation failed in the portal")
         raise
     ctx.mail([application.researcher], application, "项目已启用 / project active")
     if sandboxes.enabled(ctx.settings):

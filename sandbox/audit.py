@@ -155,6 +155,7 @@ class AuditAction(StrEnum):
     OAUTH_AUTHORIZED = "oauth.authorized"
     SITE_OVERLAP_REPORTED = "site.overlap_reported"
     KEYS_REPEATED = "keys.repeated"
+    KEYS_GRANT_STATE = "keys.grant_state"
     FEDERATION_CHECKED = "federation.checked"
     EXPORT_DOWNLOADED = "export.downloaded"
     PASSWORD_ACCEPTED = "login.password_accepted"

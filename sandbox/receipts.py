@@ -36,6 +36,8 @@ class Domain(StrEnum):
     MANIFEST = "export-manifest"       # the portal's manifest of a released export
     CHECKPOINT = "audit-checkpoint"    # a service's statement about its audit chain's head
     GRANT = "grant-authorization"      # the portal's statement of what a project was granted
+    GRANT_STATE = "grant-state"        # the portal's statement that a grant was suspended,
+                                       # resumed or revoked
 
 
 DOMAIN_FIELD = "domain"

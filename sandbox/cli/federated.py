@@ -105,7 +105,7 @@ _database = click.option("--database-url", help="Database [env SANDBOX_KEYS_DATA
 @trusted_proxy_option("SANDBOX_KEYS_TRUSTED_PROXIES")
 def keys_serve(**options: object) -> None:
     """Serve the public context and policy-checked decryption until interrupted."""
-    from sandbox.federated.keys import create_app
+    from sandbox.federated.keys_app import create_app
 
     settings = _key_settings(options)
     app = create_app(settings)

@@ -13,7 +13,12 @@ away. With an authorization:
   asked;
 - the key service spends the authorization's ε itself (atomically, before it decrypts),
   so all the different questions together cannot decrypt more than the committee granted;
-- no authorization, no federated answer: only the portal's key issues them.
+- no authorization, no federated answer: only the portal's key issues them;
+- when the committee suspends, resumes or revokes the project, the portal signs a
+  *grant state* statement (``Domain.GRANT_STATE``) which the gateway relays to the key
+  service (anyone may deliver it: only the portal can sign it); the key service decrypts
+  nothing under an authorization issued before a revocation of its project, nor while
+  the project's latest statement says suspended.
 
 Signed with the portal's grant key (``Domain.GRANT``); its public key is published beside
 it (``grant-public-key.pem`` in the portal's state directory).
@@ -57,6 +62,7 @@ class Authorization:
     delta: float
     expires_at: datetime
     document: dict
+    issued_at: datetime | None = None
 
     def covers(self, spec: FederatedSpec, now: datetime | None = None) -> None:
         """Refuse ``spec`` unless this authorization grants it (dataset, fields, ε, term);
@@ -113,10 +119,65 @@ def read(document: object, public_pem: bytes) -> Authorization:
         return Authorization(
             str(payload["id"]), str(payload["project"]), frozenset(payload["datasets"]),
             frozenset(payload["fields"]), str(payload["purpose"]), float(payload["epsilon"]),
-            float(payload["delta"]),
-            expires if expires.tzinfo else expires.replace(tzinfo=UTC), document)
+            float(payload["delta"]), _aware(expires), document,
+            _aware(datetime.fromisoformat(payload["issued_at"])))
     except (KeyError, TypeError, ValueError) as exc:
         raise Unauthenticated(f"the grant's authorization is malformed: {exc}") from None
+
+
+STATES = ("suspended", "active", "revoked")
+
+
+@dataclass(frozen=True)
+class GrantState:
+    """The portal's statement that project ``project``'s grant became ``status`` at
+    ``at`` (suspended, active again, or revoked for good)."""
+
+    project: str
+    status: str
+    at: datetime
+    reason: str
+    document: dict
+
+    def stops(self, granted: Authorization) -> bool:
+        """Whether this statement stops ``granted``: a revocation stops every authorization
+        of its project issued until then; a suspension, those issued before it."""
+        return granted.project == self.project and self.status != "active" and \
+            (granted.issued_at is None or granted.issued_at <= self.at)
+
+
+def state_statement(signer: receipts.Signer, project: str, status: str,
+                    reason: str) -> dict:
+    """The portal's signed statement that ``project``'s grant is now ``status``."""
+    if status not in STATES:
+        raise InputError(f"a grant's state is one of {', '.join(STATES)}, not {status!r}")
+    return signer.sign({"project": project, "status": status, "reason": reason[:2000],
+                        "at": datetime.now(UTC).isoformat(timespec="microseconds")},
+                       receipts.Domain.GRANT_STATE)
+
+
+def read_state(document: object, public_pem: bytes) -> GrantState:
+    """The statement in a document the portal's grant key signed; Unauthenticated for a
+    document it did not sign, InputError for a malformed one."""
+    if not isinstance(document, dict):
+        raise InputError("a grant state statement is a signed document")
+    try:
+        payload = receipts.verify(document, public_pem, receipts.Domain.GRANT_STATE)
+    except InputError as exc:
+        raise Unauthenticated(f"the statement is not the portal's: {exc.reason}") from None
+    try:
+        status = str(payload["status"])
+        if status not in STATES:
+            raise ValueError(f"unknown state {status!r}")
+        return GrantState(str(payload["project"]), status,
+                          _aware(datetime.fromisoformat(str(payload["at"]))),
+                          str(payload.get("reason", "")), document)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"the statement is malformed: {exc}") from None
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def portal_key(path: Path) -> bytes:

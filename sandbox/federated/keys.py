@@ -37,8 +37,6 @@ import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fastapi import Depends, FastAPI, Header
-from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import (
@@ -56,11 +54,19 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from sandbox import anchors, audit, httpapi, receipts
+from sandbox import anchors, audit, receipts
 from sandbox.audit import AuditAction
 from sandbox.db import make_engine
 from sandbox.errors import Conflict, Forbidden, InputError, SandboxError, Unauthenticated
-from sandbox.federated import authorization, ckks, counts, messages, policy
+from sandbox.federated import (
+    authorization,
+    ckks,
+    counts,
+    messages,
+    noise,
+    policy,
+    standing,
+)
 from sandbox.federated.plan import FederatedSpec
 from sandbox.secretfile import read_or_create
 from sandbox.serving import TRUSTED_PROXIES_HELP, TrustedProxies
@@ -151,6 +157,7 @@ class KeyService:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.db: Engine = make_engine(settings.database_url)
         metadata.create_all(self.db)
+        standing.metadata.create_all(self.db)
         audit.create_tables(self.db)
         self._secret = ckks.load(read_or_create(
             settings.secret_file, lambda: ckks.new_secret_context().serialize(
@@ -222,6 +229,11 @@ class KeyService:
             self._audit(AuditAction.KEYS_REPEATED, "gateway", query_id,
                         {"outcome": stored["outcome"]})
             return {**stored, "repeated": True}
+        try:  # the portal's word on the grant's standing, not the gateway's: not final
+            self._standing(request)
+        except SandboxError as exc:
+            self._audit(AuditAction.KEYS_REFUSED, "gateway", query_id, {"reason": exc.reason})
+            raise
         grant = request.get("grant") if isinstance(request.get("grant"), dict) else {}
         try:
             outcome, decrypted = self._decide(request, spec, body), True
@@ -254,8 +266,14 @@ class KeyService:
         self._spend(granted, spec, query_id)
         total = ckks.add(self._public, parts)  # the key service adds the parts itself
         values: list[float | None] = list(ckks.decrypt(self._secret, total, layout.size))
+        # a histogram's cell is withheld below the minimum; a mean or regression is
+        # refused unless each count is above it by the noise's 99.9% margin
+        scale = layout.required_scale(spec) if self.require_noise else 0.0
+        needed = {check: layout.min_count + (0.0 if spec.kind == "histogram" else
+                                             noise.check_margin(check, scale, len(parts)))
+                  for check in layout.count_checks}
         short = [check for check in layout.count_checks
-                 if counts.value(check, values) < layout.min_count]
+                 if counts.value(check, values) < needed[check]]
         if short and spec.kind != "histogram":
             raise _RefusedAfterDecryption("the answer would cover fewer than 5 patients; "
                                           "nothing was released")
@@ -263,6 +281,32 @@ class KeyService:
         for i in small:
             values[i] = None
         return {"outcome": "released", "values": values, "withheld": small, "sites": sites}
+
+    def _standing(self, request: dict) -> None:
+        """Refuse (undecided: a suspended grant may resume) a request whose authorization
+        the portal has since revoked or suspended; an unreadable one is ``_decide``'s."""
+        try:
+            granted = authorization.read(
+                request.get("authorization"),
+                authorization.portal_key(self.settings.portal_key_file))
+        except SandboxError:
+            return
+        with self.db.connect() as conn:
+            standing.check(conn, granted)
+
+    def grant_state(self, document: object) -> dict:
+        """Keep the portal's signed statement that a project's grant was suspended,
+        resumed or revoked (whoever delivers it: only the portal can sign one)."""
+        statement = authorization.read_state(
+            document, authorization.portal_key(self.settings.portal_key_file))
+        try:
+            with self.db.begin() as conn:
+                changed = standing.record(conn, statement, "portal")
+        except IntegrityError:  # the project's first statement, delivered twice at once
+            with self.db.begin() as conn:
+                changed = standing.record(conn, statement, "portal")
+        return {"project": statement.project, "status": statement.status,
+                "recorded": changed}
 
     def _spend(self, granted: authorization.Authorization, spec: FederatedSpec,
                query_id: str) -> None:
@@ -363,50 +407,3 @@ def _now() -> str:
 
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def create_app(settings: KeySettings | None = None, service: KeyService | None = None
-               ) -> FastAPI:
-    service = service or KeyService(settings or KeySettings())
-    app = FastAPI(title="Sandbox key service", version="1",
-                  description="Holds the CKKS secret key; decrypts only noisy federated "
-                              "totals that satisfy its policy.")
-    app.state.service = service
-    httpapi.install(app, log, lambda _path: service.settings.max_body_bytes)
-
-    def operator(authorization: str | None = Header(None)) -> str:
-        token = authorization[7:].strip() if authorization and \
-            authorization.lower().startswith("bearer ") else None
-        return service.check_operator(token)
-
-    anchors.install_peer(app, service.anchors, AUDIENCE, service._gateway_key, lambda: {
-        f"site:{name}": pem for name, pem in service.site_keys().items()}, operator)
-
-    @app.get("/v1/health")
-    def health() -> dict:
-        return {"status": "ok", "sites": sorted(service.site_keys())}
-
-    @app.get("/v1/parameters")
-    def parameters() -> dict:
-        """The CKKS parameters, their security level and the approximation error bound."""
-        return ckks.PARAMETERS
-
-    @app.get("/v1/context")
-    def context() -> Response:
-        """The public context (public key only): what sites and the gateway encrypt with."""
-        return Response(service.public_context, media_type="application/octet-stream")
-
-    @app.post("/v1/decrypt")
-    def decrypt(body: DecryptIn) -> dict:
-        return service.decrypt(body)
-
-    @app.get("/v1/admin/audit/verify")
-    def verify(_actor: str = Depends(operator)) -> dict:
-        return service.verify_audit()
-
-    @app.get("/v1/admin/audit")
-    def entries(_actor: str = Depends(operator), after_seq: int = 0,
-                limit: int = 1000) -> dict:
-        return {"entries": service.audit_entries(after_seq, min(max(limit, 1), 5000))}
-
-    return app

@@ -22,6 +22,9 @@ dp.enable_features("contrib")
 
 ALPHA = 0.05
 MAX_SHARES = 64
+# A mean or regression is released only if each count it reveals is at least the minimum
+# plus this margin: a group below the minimum then passes with probability < 1 in 1,000.
+FALSE_PASS = 0.001
 
 
 def noisy(plan: Plan, vector: np.ndarray) -> np.ndarray:
@@ -38,16 +41,37 @@ def noisy(plan: Plan, vector: np.ndarray) -> np.ndarray:
 
 def accuracy(plan: Plan) -> list[dict]:
     """Per slot: one share's noise scale, the number of shares in the total, the (1 − α)
-    bound of their sum, and the CKKS error bound at the largest value the slot can hold."""
+    bound of their sum, the CKKS error bound at the largest value the slot can hold, and
+    for a count the key service checks, the noisy count it needs."""
     ckks_error = ckks.error_bound(plan.limits())
     bound = laplace_sum_bound(1.0, plan.shares, ALPHA)
+    margin = 0.0 if plan.spec.kind == "histogram" else \
+        check_margin(((0, 1),), plan.scale, plan.shares)
+    counted = {check[0][0] for check in plan.count_checks if len(check) == 1}
     out = []
-    for name, s in zip(plan.slots, plan.sensitivity, strict=True):
+    for i, (name, s) in enumerate(zip(plan.slots, plan.sensitivity, strict=True)):
         scale = s * plan.scale
         out.append({"slot": name, "noise_scale": scale, "shares": plan.shares,
                     "noise_std": scale * math.sqrt(2 * plan.shares),
-                    "noise_bound_95": scale * bound, "ckks_error_bound": s * ckks_error})
+                    "noise_bound_95": scale * bound, "ckks_error_bound": s * ckks_error,
+                    # the noisy count this slot needs (withheld or refused below it)
+                    "count_needed": plan.min_count + margin if i in counted else None})
     return out
+
+
+def check_margin(check: tuple[tuple[int, int], ...], scale: float, shares: int) -> float:
+    """How far above the minimum count a noisy count check must come out, so that a group
+    truly below it passes with probability under ``FALSE_PASS``: the one-sided bound of
+    the check's noise — the sum of ``shares`` Laplace(``scale``) draws in each of its
+    slots (exact while at most ``MAX_SHARES`` draws; past that, a union bound over its
+    slots)."""
+    if scale <= 0:
+        return 0.0
+    draws = sum(abs(c) for _, c in check) * shares
+    if draws <= MAX_SHARES and all(abs(c) == 1 for _, c in check):
+        return laplace_sum_bound(scale, draws, 2 * FALSE_PASS)
+    each = laplace_sum_bound(scale, shares, 2 * FALSE_PASS / len(check))
+    return sum(abs(c) for _, c in check) * each
 
 
 def laplace_sum_bound(scale: float, shares: int, alpha: float) -> float:

@@ -20,7 +20,8 @@ Layouts (x clamped to [L, U], M = max(|L|, |U|), r = rows per patient):
 - mean: [n, Σx, Σx²]; a row moves them by at most 1, M, M²;
 - linear regression of y on z = (1, x₁ … x_p) (text features one-hot, first category
   left out): the upper triangle of ZᵀZ (its first slot is n), Zᵀy and Σy²; a row moves
-  slot (i, j) by at most max|zᵢ|·max|zⱼ|.
+  slot (i, j) by at most max|zᵢ|·max|zⱼ|. Then, per numeric feature, the rows above its
+  low bound and below its high bound (counts the key service checks, never released).
 
 Sites encrypt the vector divided slot by slot by those sensitivities (the *normalised*
 vector: every slot then has about the magnitude of a row count, which keeps the CKKS error,
@@ -248,6 +249,15 @@ def make_plan(spec: FederatedSpec, metadata: dict, allowed: set[str] | None = No
         checks = counts.regression(
             [c.field if c.category is not None else None for c in design],
             lambda i, j: cells[(min(i, j), max(i, j))])
+        # A numeric feature's coefficient speaks about the rows away from its bounds: one
+        # clamped to [0, 1] is an indicator, one that is 0 for all but a few rows speaks
+        # about those few. So the rows above its low bound and below its high bound are
+        # counted (checked, never released) like the groups of a text feature.
+        for column in _numeric_features(design):
+            checks += [counts.single(len(slots)), counts.single(len(slots) + 1)]
+            slots += [f"rows {column.name} > {column.low:g}",
+                      f"rows {column.name} < {column.high:g}"]
+            sensitivity += [1.0, 1.0]
         plan = Plan(spec, slots, sensitivity, checks, len(slots), r, m, shares, records,
                     [*design, target], [c.name for c in design])
     if plan.size > ckks.SLOTS:
@@ -305,6 +315,10 @@ def _numeric(fields: dict, name: str, bounds: tuple[float, float] | None,
     return Column(name, name, float(chosen[0]), float(chosen[1]))
 
 
+def _numeric_features(design: list[Column]) -> list[Column]:
+    return [c for c in design if c.field and c.category is None]
+
+
 def _design(fields: dict, name: str, bounds: tuple[float, float] | None) -> list[Column]:
     f = fields[name]
     if f["type"] == "string" and f.get("categories"):
@@ -352,7 +366,9 @@ def _exact(plan: Plan, rows: pl.DataFrame) -> np.ndarray:
     z = np.column_stack([_design_values(c, rows, codes) for c in plan.columns[:-1]])
     y = rows[plan.columns[-1].name].to_numpy()
     upper = np.triu_indices(z.shape[1])
-    return np.concatenate([(z.T @ z)[upper], z.T @ y, [y @ y]]).astype(np.float64)
+    away = [[(z[:, i] > c.low).sum(), (z[:, i] < c.high).sum()]
+            for i, c in enumerate(plan.columns[:-1]) if c.field and c.category is None]
+    return np.concatenate([(z.T @ z)[upper], z.T @ y, [y @ y], *away]).astype(np.float64)
 
 
 def _design_values(column: Column, rows: pl.DataFrame, codes: dict[str, np.ndarray]
@@ -385,7 +401,7 @@ def finish(plan: Plan, normalised: list[float | None]) -> list[dict]:
     xtx[upper] = values[:len(upper[0])]
     xtx = xtx + np.triu(xtx, 1).T
     xty = np.asarray(values[len(upper[0]):len(upper[0]) + p])
-    yty = values[-1]
+    yty = values[len(upper[0]) + p]  # the counts after it are checked, not released
     beta, *_ = np.linalg.lstsq(xtx, xty, rcond=None)
     n = xtx[0, 0]
     ss_res = yty - 2 * beta @ xty + beta @ xtx @ beta

@@ -29,6 +29,8 @@ class NetworkBinding(BaseModel):
 
 class GrantChange(BaseModel):
     reason: str = Field(default="", max_length=2000, pattern=r"^[^\x00]*$")
+    statement: dict | None = Field(None, description="the portal's signed statement of "
+                                   "the change, relayed to the key service")
 
 
 PSEUDONYM = re.compile(r"^[0-9a-f]{64}$")
@@ -111,7 +113,7 @@ def create_app(settings: GatewaySettings | None = None,
     @app.post("/v1/admin/grants/{grant_id}/{action}")
     def change_grant(grant_id: str, action: Literal["suspend", "resume", "revoke"],
                      change: GrantChange, actor: Admin) -> dict:
-        return service.change_grant(actor, grant_id, action, change.reason)
+        return service.change_grant(actor, grant_id, action, change.reason, change.statement)
 
     @app.post("/v1/admin/consent-withdrawals", status_code=201)
     def withdraw(request: Withdrawal, actor: Admin) -> dict:

@@ -250,6 +250,19 @@ class Federation:
                     missed.append(name)
         return missed
 
+    def tell_keys(self, statement: dict) -> bool:
+        """Relay the portal's signed grant state statement to the key service; whether it
+        took it (a key service that is down is told by the portal's next change, or by
+        anyone holding the statement: ``POST /v1/grant-states``)."""
+        if not self.keys_url:
+            return False
+        try:
+            self._post(f"{self.keys_url}/v1/grant-states", {"statement": statement},
+                       "the key service", timeout=WITHDRAWAL_TIMEOUT)
+        except SandboxError:
+            return False
+        return True
+
     def _post(self, url: str, body: dict, who: str, timeout: float | None = None) -> dict:
         try:
             response = self._http.post(url, json=body,

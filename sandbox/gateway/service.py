@@ -77,6 +77,9 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
+STATEMENT_OF = {"suspend": "suspended", "resume": "active", "revoke": "revoked"}
+
+
 def _check_id(grant_id: str) -> None:
     """No grant has a NUL in its id (PostgreSQL's driver would fail on it, not find none)."""
     if "\x00" in grant_id:
@@ -369,8 +372,15 @@ class GatewayService:
             raise NotFound(f"no grant {grant_id}")
         return _grant(row)
 
-    def change_grant(self, actor: str, grant_id: str, action: str, reason: str) -> dict:
+    def change_grant(self, actor: str, grant_id: str, action: str, reason: str,
+                     statement: dict | None = None) -> dict:
+        """Suspend, resume or revoke a grant; the portal's signed statement of the change,
+        when given, is checked first and relayed to the key service, which then holds the
+        grant's authorization to it whatever this gateway later says."""
         _check_id(grant_id)
+        relay = statement is not None and bool(self.federation.keys_url)
+        if relay:  # (without a key service there is no one to tell)
+            self._check_statement(grant_id, action, statement)
         with self.db.begin() as conn:
             row = conn.execute(select(grants).where(grants.c.id == grant_id).with_for_update()
                                ).mappings().first()
@@ -381,7 +391,18 @@ class GatewayService:
                          .values(status=state, status_reason=reason))
             audit.append(conn, event, actor, f"grant:{grant_id}",
                          {"from": row["status"], "to": str(state), "reason": reason})
-        return self.grant(grant_id)
+        changed = self.grant(grant_id)
+        if relay:
+            changed["key_service_told"] = self.federation.tell_keys(statement)
+        return changed
+
+    def _check_statement(self, grant_id: str, action: str, statement: dict) -> None:
+        said = authorization.read_state(
+            statement, authorization.portal_key(self.settings.portal_key_file))
+        project = self.grant(grant_id)["project"]
+        if said.project != project or said.status != STATEMENT_OF[action]:
+            raise InputError(f"the portal's statement says {said.project} is {said.status}; "
+                             f"this is to {action} {project}")
 
     # -- consent -----------------------------------------------------------------------------
     def withdraw(self, actor: str, request: Withdrawal) -> dict:

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import uuid
 
+import httpx
 import polars as pl
 import pytest
 
 from sandbox.client import Gateway, GatewayError
 from sandbox.federated import authorization
 from sandbox.federated.plan import FederatedSpec
+from sandbox.receipts import Signer
 from tests.attacks.test_federated_noise import SMALL_CELL, _assemble, _decrypt, _parts
-from tests.federated.conftest import DATASET, grant
+from tests.federated.conftest import DATASET, PORTAL, grant
 
 
 def test_a_regression_on_a_numeric_feature_clamped_to_0_1_releases_no_group_under_5(
@@ -95,22 +97,83 @@ def test_a_revoked_grants_authorization_decrypts_nothing(cluster, noisy):
     the grant's state "as the gateway signs it". So the revoked grant's authorization keeps
     buying decryptions, up to its ε and until its term ends."""
     granted = grant(noisy, project=f"revoked-{uuid.uuid4().hex[:6]}")
-    revoked = noisy.admin("POST", f"/v1/admin/grants/{granted['grant']['id']}/revoke",
-                          {"reason": "agreement breached"})
+    revoked = _change(noisy, granted, "revoke", "agreement breached")
     assert revoked.status_code == 200, revoked.text
+    assert revoked.json()["key_service_told"] is True
     with pytest.raises(GatewayError):  # the researcher's token is refused, as it should be
         Gateway(noisy.url, granted["token"]).federated.mean(DATASET, "total_cost",
                                                             epsilon=1.0)
-    document = granted["authorization"]
     spec = FederatedSpec(dataset=DATASET, kind="mean", field="total_cost", epsilon=1.0,
                          bounds=(0, 20000))
-    stated = {k: granted["grant"][k] for k in ("id", "project", "expires_at", "datasets",
-                                                "fields", "epsilon_total")} | {
-        "status": "active", "epsilon_spent": 0.0}
-    answer = _decrypt(cluster, _assemble(cluster, spec, authorization.query_id(
-        document["payload"]["id"], spec.fingerprint()), stated, document))
+    answer = _ask_directly(cluster, granted, spec)  # the grant stated "active"
     assert answer.status_code != 200 or answer.json().get("outcome") != "released", (
         f"the revoked grant's authorization was decrypted: {answer.json()}")
+    assert answer.status_code == 403 and "revoked" in answer.json()["reason"]
+
+
+STATES = {"suspend": "suspended", "resume": "active", "revoke": "revoked"}
+
+
+def _change(gateway, granted: dict, action: str, reason: str, signer=None,
+            project: str | None = None):
+    """Suspend, resume or revoke ``granted`` on the gateway as the portal does: with its
+    signed statement of the change."""
+    statement = authorization.state_statement(
+        signer or PORTAL[0], project or granted["grant"]["project"], STATES[action], reason)
+    return gateway.admin("POST", f"/v1/admin/grants/{granted['grant']['id']}/{action}",
+                         {"reason": reason, "statement": statement})
+
+
+def _ask_directly(cluster, granted: dict, spec: FederatedSpec, status: str = "active"):
+    """The key service's answer to the gateway's key asking ``spec`` under ``granted``'s
+    authorization, with the grant stated as ``status``."""
+    document = granted["authorization"]
+    stated = {k: granted["grant"][k] for k in ("id", "project", "expires_at", "datasets",
+                                                "fields", "epsilon_total")} | {
+        "status": status, "epsilon_spent": 0.0}
+    return _decrypt(cluster, _assemble(cluster, spec, authorization.query_id(
+        document["payload"]["id"], spec.fingerprint()), stated, document))
+
+
+def test_a_suspended_grants_authorization_decrypts_nothing_until_it_resumes(cluster, noisy):
+    """Adversary: anyone holding the gateway's signing key while the committee has
+    suspended the project. The key service refuses (undecided: the refusal is not the
+    query's outcome) until the portal's statement that the grant resumed; then the same
+    question is answered once."""
+    granted = grant(noisy, project=f"suspended-{uuid.uuid4().hex[:6]}")
+    spec = FederatedSpec(dataset=DATASET, kind="mean", field="total_cost", epsilon=1.0,
+                         bounds=(0, 30000))
+    suspended = _change(noisy, granted, "suspend", "audit pending")
+    assert suspended.status_code == 200 and suspended.json()["key_service_told"], suspended.text
+    refused = _ask_directly(cluster, granted, spec)
+    assert refused.status_code == 403 and "suspended" in refused.json()["reason"], \
+        refused.text
+    assert _change(noisy, granted, "resume", "audit closed").status_code == 200
+    answered = _ask_directly(cluster, granted, spec)
+    assert answered.status_code == 200 and answered.json()["outcome"] == "released", \
+        answered.text
+
+
+def test_a_grant_state_statement_is_the_portals_or_nothing(cluster, noisy):
+    """Adversary: anyone who can reach the gateway's admin API or the key service, with a
+    statement the portal did not sign, or the portal's statement about another project.
+    A forged statement changes nothing at the key service (401); a statement that does
+    not match the change asked of the gateway is refused there (4xx, the grant as it
+    was)."""
+    granted = grant(noisy, project=f"states-{uuid.uuid4().hex[:6]}")
+    other = grant(noisy, project=f"states-{uuid.uuid4().hex[:6]}")
+    forged = authorization.state_statement(Signer(cluster.root / "forger.pem"),
+                                           granted["grant"]["project"], "active", "x")
+    posted = httpx.post(f"{cluster.keys_url}/v1/grant-states", json={"statement": forged},
+                        timeout=30)
+    assert posted.status_code == 401, posted.text
+    for mismatched in (_change(noisy, granted, "revoke", "x",
+                               project=other["grant"]["project"]),
+                       _change(noisy, granted, "revoke", "x", signer=Signer(
+                           cluster.root / "forger.pem"))):
+        assert mismatched.status_code in (400, 401, 422), mismatched.text
+    assert noisy.admin("GET", f"/v1/admin/grants/{granted['grant']['id']}").json()[
+        "status"] == "active"
 
 
 def test_the_gateways_key_cannot_spell_a_question_another_way_at_the_sites(cluster, noisy):

@@ -22,7 +22,7 @@ import polars as pl
 import pytest
 
 from sandbox.client import Gateway, GatewayError
-from sandbox.federated import authorization, ckks, keys, messages
+from sandbox.federated import authorization, ckks, keys, keys_app, messages
 from sandbox.federated.plan import FederatedSpec, make_plan
 from sandbox.receipts import Signer
 from tests.conftest import run_cli
@@ -133,7 +133,7 @@ def test_the_key_services_grant_tally_holds_under_concurrent_requests(cluster, t
         return decrypt(*args)
 
     monkeypatch.setattr(keys.ckks, "decrypt", loaded)
-    served = ServedApp(keys.create_app(service=keys.KeyService(keys.KeySettings(
+    served = ServedApp(keys_app.create_app(service=keys.KeyService(keys.KeySettings(
         state_dir=state, database_url=database, gateway_key_file=cluster.gateway_key,
         portal_key_file=cluster.portal_key))))
     try:

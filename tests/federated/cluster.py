@@ -19,7 +19,7 @@ import httpx
 import uvicorn
 
 from sandbox import receipts
-from sandbox.federated import authorization, keys, site
+from sandbox.federated import authorization, keys, keys_app, site
 from sandbox.gateway.app import create_app
 from sandbox.gateway.service import GatewayService
 from sandbox.gateway.settings import GatewaySettings
@@ -167,7 +167,7 @@ def start_exact(cluster: Cluster) -> Path:
     settings = keys.KeySettings(state_dir=root / "keys", database_url=keys_db,
                                 gateway_key_file=cluster.gateway_key,
                                 portal_key_file=cluster.portal_key)
-    served = ServedApp(keys.create_app(service=keys.KeyService(settings,
+    served = ServedApp(keys_app.create_app(service=keys.KeyService(settings,
                                                                require_noise=False)))
     cluster.processes["exact-keys"] = served
     sites = serve_sites(cluster, cluster.parts, {n: n for n in cluster.sites}, served.url,

@@ -153,7 +153,8 @@ def test_a_gateway_forging_the_noise_never_gets_a_sites_exact_aggregate(cluster,
     ``Enc(0) − south − east`` as the noise, so that the total is north's part alone. The
     key service takes no noise from the gateway and adds the attested parts itself; each
     part carries its site's own noise, so whatever it decrypts is noisy."""
-    spec = FederatedSpec(dataset=DATASET, kind="mean", field="total_cost", epsilon=1.0)
+    spec = FederatedSpec(dataset=DATASET, kind="mean", field="total_cost", epsilon=1.0,
+                         bounds=(0, 500000))
     plan = make_plan(spec, json.loads((cluster.parts / "metadata.json").read_text()))
     context = public_context(cluster)
     north_exact = _exact_part(cluster, "north", spec, tmp_path)

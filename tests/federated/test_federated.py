@@ -57,7 +57,8 @@ def test_answers_match_the_pooled_computation(cluster, exact):
     assert set(histogram.df["sites"]) == {3}
 
     metadata = json.loads((cluster.parts / "metadata.json").read_text())
-    spec = FederatedSpec(dataset=DATASET, kind="mean", field="total_cost", epsilon=0.5)
+    spec = FederatedSpec(dataset=DATASET, kind="mean", field="total_cost", epsilon=0.5,
+                         bounds=(0, 500000))
     error = ckks.error_bound(make_plan(spec, metadata).limits())  # per normalised slot
     mean = gw.federated.mean(DATASET, "total_cost", epsilon=0.5).df.row(0, named=True)
     assert mean["count"] == len(cost)
@@ -109,7 +110,8 @@ def test_the_gateway_cannot_decrypt_what_a_site_sends(cluster):
     assert not context.has_secret_key()
     assert not any(b"secret" in p.name.encode() or p.suffix == ".context"
                    for p in cluster.gateway_state.rglob("*") if p.is_file())
-    spec = FederatedSpec(dataset=DATASET, kind="mean", field="total_cost", epsilon=1.0)
+    spec = FederatedSpec(dataset=DATASET, kind="mean", field="total_cost", epsilon=1.0,
+                         bounds=(0, 500000))
     part = _ask(cluster, "north", spec)
     with pytest.raises(ValueError, match="secret_key"):
         ts.ckks_vector_from(context, ckks.unb64(part["ciphertext"])).decrypt()
@@ -121,7 +123,8 @@ def test_the_gateway_cannot_decrypt_what_a_site_sends(cluster):
 
 
 def test_a_site_answers_only_the_gateway(cluster, tmp_path):
-    spec = FederatedSpec(dataset=DATASET, kind="mean", field="total_cost", epsilon=1.0)
+    spec = FederatedSpec(dataset=DATASET, kind="mean", field="total_cost", epsilon=1.0,
+                         bounds=(0, 500000))
     url = cluster.sites["south"]
     unsigned = httpx.post(f"{url}/v1/aggregate", json={"payload": {
         "spec": spec.model_dump(mode="json")}})
@@ -206,7 +209,8 @@ def decrypt(cluster, spec: FederatedSpec, sites: list[str], *, signer=None,
 def test_the_key_service_decrypts_only_within_policy(cluster, tmp_path):
     """Whatever the key service decides for a gateway-signed query — values or a refusal —
     is that query's final outcome; requests it cannot attribute are refused undecided."""
-    spec = FederatedSpec(dataset=DATASET, kind="mean", field="total_cost", epsilon=1.0)
+    spec = FederatedSpec(dataset=DATASET, kind="mean", field="total_cost", epsilon=1.0,
+                         bounds=(0, 500000))
     everyone = list(cluster.sites)
 
     once = authorized(cluster)
@@ -254,11 +258,12 @@ def test_the_key_service_decrypts_only_within_policy(cluster, tmp_path):
                                                     "min_count": 10_000}),
                                     "other public parameters"),
         "beyond the authorization's ε": (decrypt(cluster, FederatedSpec(
-            dataset=DATASET, kind="mean", field="length_of_stay", epsilon=1.0), everyone,
+            dataset=DATASET, kind="mean", field="length_of_stay", epsilon=1.0, bounds=(0, 365)),
+            everyone,
             granted=spent), "spent what the portal granted"),
         # (ε = 10: the noisy count of about no patients stays far below 5 patients' rows)
         "too few patients": (decrypt(cluster, FederatedSpec(
-            dataset=DATASET, kind="mean", field="total_cost", epsilon=10.0,
+            dataset=DATASET, kind="mean", field="total_cost", epsilon=10.0, bounds=(0, 500000),
             filters=[{"field": "length_of_stay", "op": "between", "value": [364, 365]}]),
             everyone), "fewer than 5 patients"),
     }
@@ -287,7 +292,8 @@ def test_the_key_service_decrypts_only_within_policy(cluster, tmp_path):
 
 def test_values_beyond_the_encrypted_range_are_refused(cluster, exact):
     metadata = json.loads((cluster.parts / "metadata.json").read_text())
-    spec = FederatedSpec(dataset=DATASET, kind="mean", field="total_cost", epsilon=1.0)
+    spec = FederatedSpec(dataset=DATASET, kind="mean", field="total_cost", epsilon=1.0,
+                         bounds=(0, 500000))
     huge = {**metadata, "sample_size": {"patients": 10**18, "records": 10**19}}
     with pytest.raises(PolicyRefusal, match="beyond the encrypted range"):
         make_plan(spec, huge)
