@@ -14,6 +14,8 @@ import httpx
 import polars as pl
 import pytest
 
+from portal.config import PortalSettings
+from portal.gateway import change_grant
 from sandbox.client import Gateway, GatewayError
 from sandbox.federated import authorization
 from sandbox.federated.plan import FederatedSpec
@@ -193,3 +195,21 @@ def test_the_gateways_key_cannot_spell_a_question_another_way_at_the_sites(clust
     parts = _parts(cluster, written, authorization.query_id(document["payload"]["id"],
                                                             written.fingerprint()), document)
     assert len(parts) == len(cluster.sites)
+
+
+def test_the_portals_revocation_reaches_the_key_service(cluster, noisy, tmp_path):
+    """The portal's own path (``portal.gateway.change_grant``, what the committee's
+    revoke button calls) against the gateway as deployed: the statement it signs passes
+    the gateway's check and reaches the key service, which then refuses the gateway's key
+    under the revoked project's authorization."""
+    application = 9000 + uuid.uuid4().int % 1000
+    granted = grant(noisy, project=f"application-{application}")
+    settings = PortalSettings(state_dir=cluster.portal_key.parent, gateway_url=noisy.url,
+                              gateway_token_file=noisy.state_dir / "admin.token",
+                              database_url=f"sqlite:///{tmp_path / 'portal.db'}")
+    change_grant(settings, granted["grant"]["id"], application, "revoke", "breach")
+    assert noisy.admin("GET", f"/v1/admin/grants/{granted['grant']['id']}").json()[
+        "status"] == "revoked"
+    answer = _ask_directly(cluster, granted, FederatedSpec(
+        dataset=DATASET, kind="mean", field="total_cost", epsilon=1.0, bounds=(0, 40000)))
+    assert answer.status_code == 403 and "revoked" in answer.json()["reason"], answer.text
