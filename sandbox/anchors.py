@@ -286,7 +286,8 @@ def _exchange(anchors: Anchors, http: httpx.Client, peer: str, url: str, body: d
     return None
 
 
-def start_rounds(round_once: Callable[[], object], seconds: float) -> threading.Thread | None:
+def start_rounds(round_once: Callable[[], object], seconds: float,
+                 name: str = "audit-checkpoints") -> threading.Thread | None:
     """``round_once()`` every ``seconds`` (0: never) in a daemon thread."""
     if seconds <= 0:
         return None
@@ -297,9 +298,9 @@ def start_rounds(round_once: Callable[[], object], seconds: float) -> threading.
             try:
                 round_once()
             except Exception as exc:  # keep serving; the next round tries again
-                log.warning("audit checkpoint round failed: %s", exc)
+                log.warning("%s round failed: %s", name, exc)
 
-    thread = threading.Thread(target=run, daemon=True, name="audit-checkpoints")
+    thread = threading.Thread(target=run, daemon=True, name=name)
     thread.start()
     return thread
 

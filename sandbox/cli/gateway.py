@@ -12,6 +12,8 @@ from sandbox.cli.options import given, trusted_proxy_option
 from sandbox.errors import InputError
 from sandbox.limits import MAX_EPSILON
 
+STATEMENT_RETRY_SECONDS = 3  # how often the portal's statements are relayed again
+
 
 @click.group()
 def gateway() -> None:
@@ -51,6 +53,8 @@ def serve(**options: object) -> None:
     settings = GatewaySettings(**given(options))
     app = create_app(settings)
     start_rounds(app.state.audit_round, settings.audit_checkpoint_seconds)
+    # the portal's statements the key service could not take yet, until it has them all
+    start_rounds(app.state.service.tell_keys, STATEMENT_RETRY_SECONDS, "grant-statements")
     click.echo(f"gateway on http://{settings.host}:{settings.port} serving "
                f"{', '.join(sorted(app.state.service.datasets)) or 'no datasets'}; "
                f"service token in {settings.admin_token_file}", err=True)

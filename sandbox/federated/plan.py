@@ -17,11 +17,14 @@ the spec and the dataset's public metadata:
 Layouts (x clamped to [L, U], M = max(|L|, |U|), r = rows per patient):
 
 - histogram: one count per bin; a row moves one count by 1;
-- mean: [n, Σx, Σx²]; a row moves them by at most 1, M, M²;
+- mean: [n, Σx, Σx², rows above L, rows below U]; a row moves them by at most 1, M, M²,
+  1, 1 (the two row counts are checked, never released: clamped to [0, 1], x is an
+  indicator and Σx a count);
 - linear regression of y on z = (1, x₁ … x_p) (text features one-hot, first category
   left out): the upper triangle of ZᵀZ (its first slot is n), Zᵀy and Σy²; a row moves
-  slot (i, j) by at most max|zᵢ|·max|zⱼ|. Then, per numeric feature, the rows above its
-  low bound and below its high bound (counts the key service checks, never released).
+  slot (i, j) by at most max|zᵢ|·max|zⱼ|. Then, per numeric feature and for the target,
+  the rows above its low bound and below its high bound (counts the key service checks,
+  never released).
 
 Sites encrypt the vector divided slot by slot by those sensitivities (the *normalised*
 vector: every slot then has about the magnitude of a row count, which keeps the CKKS error,
@@ -81,9 +84,11 @@ class FederatedSpec(BaseModel):
     @field_validator("filters")
     @classmethod
     def _filters(cls, filters: list[Filter]) -> list[Filter]:
-        # A conjunction: its order and repeats say nothing, so one set of filters is one
+        # A conjunction: its order and repeats say nothing, nor do 5000.0 for 5000 or the
+        # order and repeats of an 'in' list (one value: 'eq'), so one set of filters is one
         # spelling (and one fingerprint).
-        spelled = {json.dumps(f.model_dump(mode="json"), sort_keys=True): f for f in filters}
+        spelled = {json.dumps(f.model_dump(mode="json"), sort_keys=True): f
+                   for f in map(_canonical_filter, filters)}
         return [spelled[key] for key in sorted(spelled)]
 
     @field_validator("bounds")
@@ -140,6 +145,22 @@ class FederatedSpec(BaseModel):
         used += [self.field] if self.field else []
         used += [self.target, *self.features] if self.target else []
         return list(dict.fromkeys(used))
+
+
+def _canonical_filter(flt: Filter) -> Filter:
+    def number(v: object) -> object:
+        whole = isinstance(v, float) and v.is_integer() and abs(v) < 2**63
+        return int(v) if whole else v
+
+    if flt.op == "in":
+        values = {json.dumps(number(v)): number(v) for v in flt.value}
+        ordered = [values[key] for key in sorted(values)]
+        if len(ordered) == 1:
+            return Filter(field=flt.field, op="eq", value=ordered[0])
+        return Filter(field=flt.field, op="in", value=ordered)
+    if isinstance(flt.value, list):
+        return Filter(field=flt.field, op=flt.op, value=[number(v) for v in flt.value])
+    return Filter(field=flt.field, op=flt.op, value=number(flt.value))
 
 
 def _check_bounds(bounds: tuple[float, float]) -> None:
@@ -226,10 +247,11 @@ def make_plan(spec: FederatedSpec, metadata: dict, allowed: set[str] | None = No
     elif spec.kind == "mean":
         column = _numeric(fields, spec.field, spec.bounds, "bounds")
         top = column.magnitude
-        plan = Plan(spec, ["n", f"sum {column.name}", f"sum {column.name}²"],
-                    [1.0, top, top * top], [counts.single(0)], 3, r, m, shares, records,
-                    [column],
-                    ["count", "mean", "std"])
+        plan = Plan(spec, ["n", f"sum {column.name}", f"sum {column.name}²",
+                           *_away_slots(column)],
+                    [1.0, top, top * top, 1.0, 1.0],
+                    [counts.single(0), counts.single(3), counts.single(4)], 5, r, m, shares,
+                    records, [column], ["count", "mean", "std"])
     else:
         design = [Column("intercept", "", 1.0, 1.0)]
         for name in spec.features:
@@ -249,14 +271,13 @@ def make_plan(spec: FederatedSpec, metadata: dict, allowed: set[str] | None = No
         checks = counts.regression(
             [c.field if c.category is not None else None for c in design],
             lambda i, j: cells[(min(i, j), max(i, j))])
-        # A numeric feature's coefficient speaks about the rows away from its bounds: one
-        # clamped to [0, 1] is an indicator, one that is 0 for all but a few rows speaks
-        # about those few. So the rows above its low bound and below its high bound are
-        # counted (checked, never released) like the groups of a text feature.
-        for column in _numeric_features(design):
+        # A number speaks about the rows away from its bounds: clamped to [0, 1] it is an
+        # indicator; 0 for all but a few rows, it speaks about those few. So for each
+        # numeric feature, and the target, the rows above its low bound and below its high
+        # bound are counted (checked, never released) like the groups of a text feature.
+        for column in [*_numeric_features(design), target]:
             checks += [counts.single(len(slots)), counts.single(len(slots) + 1)]
-            slots += [f"rows {column.name} > {column.low:g}",
-                      f"rows {column.name} < {column.high:g}"]
+            slots += _away_slots(column)
             sensitivity += [1.0, 1.0]
         plan = Plan(spec, slots, sensitivity, checks, len(slots), r, m, shares, records,
                     [*design, target], [c.name for c in design])
@@ -315,6 +336,15 @@ def _numeric(fields: dict, name: str, bounds: tuple[float, float] | None,
     return Column(name, name, float(chosen[0]), float(chosen[1]))
 
 
+def _away_slots(column: Column) -> list[str]:
+    return [f"rows {column.name} > {column.low:g}", f"rows {column.name} < {column.high:g}"]
+
+
+def _away(column: Column, values: np.ndarray) -> list[int]:
+    """The rows above ``column``'s low bound and below its high bound."""
+    return [int((values > column.low).sum()), int((values < column.high).sum())]
+
+
 def _numeric_features(design: list[Column]) -> list[Column]:
     return [c for c in design if c.field and c.category is None]
 
@@ -360,15 +390,17 @@ def _exact(plan: Plan, rows: pl.DataFrame) -> np.ndarray:
         return np.bincount(bins, minlength=len(plan.labels)).astype(np.float64)
     if spec.kind == "mean":
         x = rows[plan.columns[0].name].to_numpy()
-        return np.array([len(x), x.sum(), (x * x).sum()], dtype=np.float64)
+        return np.array([len(x), x.sum(), (x * x).sum(), *_away(plan.columns[0], x)],
+                        dtype=np.float64)
     codes = {f: rows[f].to_physical().to_numpy() for f in
              {c.field for c in plan.columns if c.category is not None}}
     z = np.column_stack([_design_values(c, rows, codes) for c in plan.columns[:-1]])
     y = rows[plan.columns[-1].name].to_numpy()
     upper = np.triu_indices(z.shape[1])
-    away = [[(z[:, i] > c.low).sum(), (z[:, i] < c.high).sum()]
-            for i, c in enumerate(plan.columns[:-1]) if c.field and c.category is None]
-    return np.concatenate([(z.T @ z)[upper], z.T @ y, [y @ y], *away]).astype(np.float64)
+    away = [_away(c, z[:, i]) for i, c in enumerate(plan.columns[:-1])
+            if c.field and c.category is None]
+    return np.concatenate([(z.T @ z)[upper], z.T @ y, [y @ y], *away,
+                           _away(plan.columns[-1], y)]).astype(np.float64)
 
 
 def _design_values(column: Column, rows: pl.DataFrame, codes: dict[str, np.ndarray]
@@ -390,7 +422,7 @@ def finish(plan: Plan, normalised: list[float | None]) -> list[dict]:
                  "suppressed": v is None} for label, v in zip(plan.labels, values,
                                                                strict=True)]
     if spec.kind == "mean":
-        n, total, squares = values
+        n, total, squares = values[:3]  # the row counts after them: checked, not released
         column = plan.columns[0]
         mean = min(max(total / n, column.low), column.high)
         std = math.sqrt(max(0.0, squares / n - mean * mean))

@@ -45,17 +45,24 @@ class Layout:
         return row_l1 * self.rows_per_patient * self.sites_per_patient / spec.epsilon
 
 
+# a mean's vector: n, Σx, Σx², then the rows above and below its bounds — all but the sums
+# are counts the answer reveals
+MEAN_SLOTS = 5
+MEAN_CHECKS = [counts.single(0), counts.single(3), counts.single(4)]
+
+
 def check_layout(spec: FederatedSpec, layout: Layout) -> None:
     """The count checks include what the kind of query always reveals (each bin of a
-    histogram, n otherwise), whatever the request says — the sites attest the rest; the
-    minimum count covers 5 patients of r rows at m sites."""
+    histogram; n and the rows away from the bounds of a mean; n otherwise), whatever the
+    request says — the sites attest the rest; the minimum count covers 5 patients of r
+    rows at m sites."""
     if spec.kind == "histogram":
         expected = [counts.single(i) for i in range(len(spec.bins) - 1)]
         fits = layout.count_checks == expected and layout.size == len(expected)
     else:
         fits = counts.single(0) in layout.count_checks and \
-            (spec.kind != "mean" or (layout.size == 3
-                                     and layout.count_checks == [counts.single(0)]))
+            (spec.kind != "mean" or (layout.size == MEAN_SLOTS
+                                     and layout.count_checks == MEAN_CHECKS))
     if not fits or any(slot >= layout.size or slot < 0
                        for check in layout.count_checks for slot, _ in check):
         raise PolicyRefusal("the request's layout does not fit its query")

@@ -110,6 +110,12 @@ def create_app(settings: GatewaySettings | None = None,
         """The project's releases with their receipts (for export requests and review)."""
         return service.releases(service.grant(grant_id))
 
+    @app.get("/v1/admin/grant-statements")
+    def grant_statements(_actor: Admin) -> list[dict]:
+        """The portal's grant state statements relayed to the key service, and when it
+        took each (``told_at`` null: not yet; retried every few seconds)."""
+        return service.grant_statements()
+
     @app.post("/v1/admin/grants/{grant_id}/{action}")
     def change_grant(grant_id: str, action: Literal["suspend", "resume", "revoke"],
                      change: GrantChange, actor: Admin) -> dict:

@@ -99,6 +99,19 @@ grant_authorizations = Table(
 )
 
 
+# The portal's grant state statements, kept until the key service has taken each one (the
+# gateway relays them at once and retries the rest every few seconds).
+grant_statements = Table(
+    "grant_statements", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("project", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("document", Text, nullable=False),
+    Column("received_at", String(40), nullable=False),
+    Column("told_at", String(40), nullable=True),
+)
+
+
 def create_tables(engine: Engine) -> None:
     metadata.create_all(engine)
     audit.create_tables(engine)

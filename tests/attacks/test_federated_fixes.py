@@ -77,11 +77,11 @@ def test_one_question_spelled_another_way_gets_no_fresh_noise(cluster, noisy):
     where = [{"field": "age_band", "op": "eq", "value": "40-59"},
              {"field": "visit_type", "op": "eq", "value": "门诊"}]
     spellings = {
-        "as asked": gw.federated.mean(DATASET, "length_of_stay", epsilon=1.0, where=where),
+        "as asked": gw.federated.mean(DATASET, "total_cost", epsilon=1.0, where=where),
         "filters the other way round": gw.federated.mean(
-            DATASET, "length_of_stay", epsilon=1.0, where=where[::-1]),
+            DATASET, "total_cost", epsilon=1.0, where=where[::-1]),
         "the default bounds written out": gw.federated.mean(
-            DATASET, "length_of_stay", epsilon=1.0, where=where, bounds=(0, 365)),
+            DATASET, "total_cost", epsilon=1.0, where=where, bounds=(0, 500000)),
     }
     answers = {name: (result.df["count"][0], round(result.df["mean"][0], 9))
                for name, result in spellings.items()}

@@ -216,7 +216,7 @@ def test_the_key_service_decrypts_only_within_policy(cluster, tmp_path):
     once = authorized(cluster)
     ok = decrypt(cluster, spec, everyone, granted=once)
     assert ok.status_code == 200 and ok.json()["outcome"] == "released", ok.text
-    assert set(ok.json()["sites"]) == set(everyone) and len(ok.json()["values"]) == 3
+    assert set(ok.json()["sites"]) == set(everyone) and len(ok.json()["values"]) == 5
 
     undecided = {
         "unsigned": (httpx.post(f"{cluster.keys_url}/v1/decrypt", json={
@@ -298,7 +298,7 @@ def test_values_beyond_the_encrypted_range_are_refused(cluster, exact):
     with pytest.raises(PolicyRefusal, match="beyond the encrypted range"):
         make_plan(spec, huge)
     large = {**metadata, "sample_size": {"patients": 10**8, "records": 10**9}}
-    assert make_plan(spec, large).size == 3
+    assert make_plan(spec, large).size == 5
     project = grant(exact)
     gw = Gateway(exact.url, project["token"])
     with pytest.raises(GatewayError, match="outside the public bounds"):
@@ -313,12 +313,13 @@ def test_noise_is_on_as_deployed(cluster, noisy):
     rows = pooled(cluster)
     preview = gw.federated.preview_mean(DATASET, "total_cost", epsilon=1.0,
                                         bounds=(0, 20_000))
-    assert preview["slot"].to_list() == ["n", "sum total_cost", "sum total_cost²"]
+    assert preview["slot"].to_list() == ["n", "sum total_cost", "sum total_cost²",
+                                         "rows total_cost > 0", "rows total_cost < 20000"]
     assert (preview["ckks_error_bound"] > 0).all() and (preview["noise_scale"] > 0).all()
     # three sites, three shares: the total's noise is √3 times one share's
-    assert preview["shares"].to_list() == [3, 3, 3]
+    assert preview["shares"].to_list() == [3] * 5
     r = json.loads((cluster.parts / "metadata.json").read_text())["contribution_bound"]
-    assert preview["noise_scale"][0] == pytest.approx(3 * r / 1.0)  # row_l1 · r · m / ε
+    assert preview["noise_scale"][0] == pytest.approx(5 * r / 1.0)  # row_l1 · r · m / ε
     assert preview["noise_std"][0] == pytest.approx(preview["noise_scale"][0] * math.sqrt(6))
     first = gw.federated.mean(DATASET, "total_cost", epsilon=1.0, bounds=(0, 20_000))
     again = gw.federated.mean(DATASET, "total_cost", epsilon=1.0, bounds=(0, 20_000))
