@@ -52,6 +52,7 @@ from sandbox.federated import authorization
 from sandbox.federated.noise import ALPHA, accuracy
 from sandbox.federated.plan import FederatedSpec, Plan
 from sandbox.gateway import engine as dpengine
+from sandbox.gateway import statements
 from sandbox.gateway.federation import FederatedDataset, Federation
 from sandbox.gateway.grants import GrantState, check_usable, next_state
 from sandbox.gateway.queries import QuerySpec
@@ -62,7 +63,6 @@ from sandbox.gateway.store import (
     exports,
     grant_authorizations,
     grant_networks,
-    grant_statements,
     grants,
     releases,
     withdrawals,
@@ -393,39 +393,20 @@ class GatewayService:
             audit.append(conn, event, actor, f"grant:{grant_id}",
                          {"from": row["status"], "to": str(state), "reason": reason})
             if relay:  # kept with the change: the key service is told until it has it
-                conn.execute(insert(grant_statements).values(
-                    id=uuid.uuid4().hex, project=row["project"],
-                    status=STATEMENT_OF[action], document=json.dumps(statement),
-                    received_at=_now(), told_at=None))
+                statement_id = statements.keep(conn, row["project"], STATEMENT_OF[action],
+                                               statement)
         changed = self.grant(grant_id)
         if relay:
-            changed["key_service_told"] = self.tell_keys() == 0
+            changed["key_service_told"] = statement_id not in self.tell_keys()
         return changed
 
-    def tell_keys(self) -> int:
-        """Relay the portal's statements the key service has not taken yet, oldest first
-        (at each change, and every few seconds while any is left); how many are left."""
-        with self.db.connect() as conn:
-            waiting = conn.execute(select(grant_statements.c.id, grant_statements.c.document)
-                                   .where(grant_statements.c.told_at.is_(None))
-                                   .order_by(grant_statements.c.received_at)).all()
-        for i, row in enumerate(waiting):
-            if not self.federation.tell_keys(json.loads(row.document)):
-                return len(waiting) - i
-            with self.db.begin() as conn:
-                conn.execute(update(grant_statements).where(grant_statements.c.id == row.id)
-                             .values(told_at=_now()))
-        return 0
+    def tell_keys(self) -> list[str]:
+        """Relay the portal's statements the key service has not taken yet; the ids of
+        those left (``statements.relay``)."""
+        return statements.relay(self.db, self.federation.tell_keys)
 
     def grant_statements(self) -> list[dict]:
-        """The portal's statements this gateway relays, and when the key service took
-        each (None: not yet)."""
-        with self.db.connect() as conn:
-            rows = conn.execute(select(grant_statements.c.project, grant_statements.c.status,
-                                       grant_statements.c.received_at,
-                                       grant_statements.c.told_at)
-                                .order_by(grant_statements.c.received_at)).mappings()
-            return [dict(r) for r in rows]
+        return statements.listed(self.db)
 
     def _check_statement(self, grant_id: str, action: str, statement: dict) -> None:
         said = authorization.read_state(
