@@ -96,6 +96,7 @@ class FederatedSpec(BaseModel):
     def _bounds(cls, bounds: tuple[float, float] | None) -> tuple[float, float] | None:
         if bounds is not None:
             _check_bounds(bounds)
+            return _zero(bounds[0]), _zero(bounds[1])
         return bounds
 
     @field_validator("feature_bounds")
@@ -104,7 +105,24 @@ class FederatedSpec(BaseModel):
                         ) -> dict[str, tuple[float, float]]:
         for pair in bounds.values():
             _check_bounds(pair)
-        return bounds
+        return {name: (_zero(low), _zero(high)) for name, (low, high) in bounds.items()}
+
+    @field_validator("bins")
+    @classmethod
+    def _bins(cls, bins: list[float] | None) -> list[float] | None:
+        return None if bins is None else [_zero(b) for b in bins]
+
+    @field_validator("delta")
+    @classmethod
+    def _delta(cls, delta: float) -> float:
+        return _zero(delta)
+
+    @field_validator("features")
+    @classmethod
+    def _features(cls, features: list[str]) -> list[str]:
+        # one regression whatever the order its features are named in (the answer names
+        # each coefficient); repeats are refused below
+        return sorted(features)
 
     @model_validator(mode="after")
     def _shape(self) -> FederatedSpec:
@@ -116,6 +134,8 @@ class FederatedSpec(BaseModel):
             if not all(map(math.isfinite, self.bins)) or any(
                     b <= a for a, b in itertools.pairwise(self.bins)):
                 raise ValueError("bin edges must be finite and increasing")
+            if self.bounds is not None:
+                raise ValueError("a histogram takes bins, not bounds")
         elif self.bins is not None:
             raise ValueError("bins only go with a histogram")
         if self.kind == "linear_regression":
@@ -145,6 +165,11 @@ class FederatedSpec(BaseModel):
         used += [self.field] if self.field else []
         used += [self.target, *self.features] if self.target else []
         return list(dict.fromkeys(used))
+
+
+def _zero(x: float) -> float:
+    """``x``, with -0.0 written 0.0 (one number, one spelling)."""
+    return x + 0.0
 
 
 def _canonical_filter(flt: Filter) -> Filter:

@@ -39,6 +39,9 @@ class Filter(BaseModel):
             # by the engines (and would fail inside OpenDP), so it is refused here.
             raise ValueError(f"integer values must lie within 64 bits "
                              f"({INT64[0]} to {INT64[1]})")
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            # 1e400 is valid JSON for infinity: no column holds it, and the engines fail on it
+            raise ValueError("numbers must be finite")
         if self.op == "in":
             if not isinstance(self.value, list) or not 1 <= len(self.value) <= MAX_IN_VALUES:
                 raise ValueError(f"'in' takes a list of 1 to {MAX_IN_VALUES} values")
