@@ -309,7 +309,8 @@ class Federated:
                           feature_bounds: dict[str, tuple[float, float]] | None = None,
                           where: Where = None) -> DPResult:
         """Least-squares coefficients of ``target`` on ``features`` (text features one-hot,
-        first category as reference) from noisy XᵀX and Xᵀy, with n and R²."""
+        first category as reference; features taken in name order, one row per named
+        term) from noisy XᵀX and Xᵀy, with n and R²."""
         return self.query(self._spec("linear_regression", dataset, epsilon, target=target,
                                      features=features, bounds=bounds,
                                      feature_bounds=feature_bounds, filters=_filters(where)))
