@@ -43,12 +43,11 @@ from sandbox import receipts  # noqa: E402
 from sandbox.federated import authorization, ckks  # noqa: E402
 from sandbox.federated.noise import accuracy, noisy  # noqa: E402
 from sandbox.federated.plan import (  # noqa: E402
-    FederatedSpec,
     finish,
     local_vector,
     make_plan,
-    resolved,
 )
+from sandbox.federated.spec import FederatedSpec, resolved  # noqa: E402
 from sandbox.gateway import engine as dpengine  # noqa: E402
 from sandbox.gateway.federation import Federation  # noqa: E402
 from tests.federated.cluster import SITES, authorize, start_cluster  # noqa: E402

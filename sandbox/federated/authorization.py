@@ -34,7 +34,7 @@ from pathlib import Path
 
 from sandbox import receipts
 from sandbox.errors import Forbidden, InputError, Unauthenticated
-from sandbox.federated.plan import FederatedSpec
+from sandbox.federated.spec import FederatedSpec
 
 TERMS = ("project", "datasets", "fields", "purpose", "epsilon", "delta", "expires_at")
 

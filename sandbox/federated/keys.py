@@ -67,7 +67,7 @@ from sandbox.federated import (
     policy,
     standing,
 )
-from sandbox.federated.plan import FederatedSpec
+from sandbox.federated.spec import FederatedSpec
 from sandbox.secretfile import read_or_create
 from sandbox.serving import TRUSTED_PROXIES_HELP, TrustedProxies
 

@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 from sandbox import receipts
 from sandbox.errors import Forbidden, InputError, PolicyRefusal, Unauthenticated
 from sandbox.federated import counts, messages
-from sandbox.federated.plan import MIN_PATIENTS, FederatedSpec
+from sandbox.federated.plan import MIN_PATIENTS
+from sandbox.federated.spec import FederatedSpec
 
 
 @dataclass(frozen=True)

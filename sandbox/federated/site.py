@@ -48,7 +48,8 @@ from sandbox.errors import (
 )
 from sandbox.federated import authorization, ckks, counts, messages
 from sandbox.federated.noise import noisy
-from sandbox.federated.plan import FederatedSpec, Plan, local_vector, make_plan, resolved
+from sandbox.federated.plan import Plan, local_vector, make_plan
+from sandbox.federated.spec import FederatedSpec, resolved
 from sandbox.gateway import engine as dpengine
 from sandbox.serving import TRUSTED_PROXIES_HELP, TrustedProxies
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from sandbox import anchors, audit, httpapi
 from sandbox.errors import InputError
-from sandbox.federated.plan import FederatedSpec
+from sandbox.federated.spec import FederatedSpec
 from sandbox.gateway.queries import QuerySpec
 from sandbox.gateway.service import ExportIn, GatewayService, GrantRequest, Withdrawal
 from sandbox.gateway.settings import GatewaySettings

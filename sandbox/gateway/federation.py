@@ -48,13 +48,12 @@ from sandbox.errors import (
 from sandbox.federated import messages
 from sandbox.federated.keys import MIN_SITES
 from sandbox.federated.plan import (
-    FederatedSpec,
     Plan,
     finish,
     make_plan,
-    resolved,
     sites_per_patient,
 )
+from sandbox.federated.spec import FederatedSpec, resolved
 from sandbox.gateway.engine import Release
 
 WITHDRAWAL_TIMEOUT = 15.0

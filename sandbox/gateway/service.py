@@ -50,7 +50,8 @@ from sandbox.errors import (
 )
 from sandbox.federated import authorization
 from sandbox.federated.noise import ALPHA, accuracy
-from sandbox.federated.plan import FederatedSpec, Plan
+from sandbox.federated.plan import Plan
+from sandbox.federated.spec import FederatedSpec
 from sandbox.gateway import engine as dpengine
 from sandbox.gateway import statements
 from sandbox.gateway.federation import FederatedDataset, Federation

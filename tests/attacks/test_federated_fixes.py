@@ -18,7 +18,7 @@ from portal.config import PortalSettings
 from portal.gateway import change_grant
 from sandbox.client import Gateway, GatewayError
 from sandbox.federated import authorization
-from sandbox.federated.plan import FederatedSpec
+from sandbox.federated.spec import FederatedSpec
 from sandbox.receipts import Signer
 from tests.attacks.test_federated_noise import SMALL_CELL, _assemble, _decrypt, _parts
 from tests.federated.conftest import DATASET, PORTAL, grant

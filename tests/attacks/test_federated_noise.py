@@ -23,7 +23,8 @@ import pytest
 
 from sandbox.client import Gateway, GatewayError
 from sandbox.federated import authorization, ckks, keys, keys_app, messages
-from sandbox.federated.plan import FederatedSpec, make_plan
+from sandbox.federated.plan import make_plan
+from sandbox.federated.spec import FederatedSpec
 from sandbox.receipts import Signer
 from tests.conftest import run_cli
 from tests.federated.cluster import ServedApp, authorize

@@ -20,7 +20,7 @@ from portal.config import PortalSettings
 from portal.gateway import change_grant
 from sandbox.client import Gateway, GatewayError
 from sandbox.federated import authorization
-from sandbox.federated.plan import FederatedSpec
+from sandbox.federated.spec import FederatedSpec
 from tests.attacks.test_federated_noise import _assemble
 from tests.conftest import run_cli
 from tests.federated.conftest import DATASET, grant

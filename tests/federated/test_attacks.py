@@ -22,7 +22,8 @@ from sqlalchemy import create_engine, select
 from sandbox import audit
 from sandbox.client import Gateway, GatewayError
 from sandbox.federated import authorization, ckks, messages
-from sandbox.federated.plan import FederatedSpec, local_vector, make_plan
+from sandbox.federated.plan import local_vector, make_plan
+from sandbox.federated.spec import FederatedSpec
 from sandbox.gateway import engine as dpengine
 from sandbox.gateway.service import GatewayService
 from tests.federated.cluster import ServedApp, serve_sites

@@ -19,7 +19,8 @@ from sandbox import audit, receipts
 from sandbox.client import Gateway, GatewayError
 from sandbox.errors import PolicyRefusal
 from sandbox.federated import authorization, ckks, messages
-from sandbox.federated.plan import FederatedSpec, make_plan
+from sandbox.federated.plan import make_plan
+from sandbox.federated.spec import FederatedSpec
 from sandbox.gateway.engine import consent_column
 from tests.conftest import run_cli
 from tests.federated.cluster import authorize
