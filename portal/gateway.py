@@ -22,9 +22,6 @@ class GatewayUnavailable(SandboxError):
     code = "gateway_unavailable"
 
 
-STATES = {"suspend": "suspended", "resume": "active", "revoke": "revoked"}
-
-
 def project_name(application_id: int) -> str:
     """The project's name in grants and authorizations."""
     return f"application-{application_id}"
@@ -36,7 +33,8 @@ def change_grant(settings: PortalSettings, grant_id: str, application_id: int, a
     statement of the change, which the gateway relays to the key service (so that no one
     holding the gateway's key can still have the project's federated queries decrypted)."""
     statement = authorization.state_statement(
-        grant_signer(settings), project_name(application_id), STATES[action], reason)
+        grant_signer(settings), project_name(application_id),
+        authorization.STATE_AFTER[action], reason)
     _gateway(settings, "POST", f"/v1/admin/grants/{grant_id}/{action}",
              {"reason": reason, "statement": statement}, f"{action} the grant")
 

@@ -53,8 +53,9 @@ def serve(**options: object) -> None:
     settings = GatewaySettings(**given(options))
     app = create_app(settings)
     start_rounds(app.state.audit_round, settings.audit_checkpoint_seconds)
-    # the portal's statements the key service could not take yet, until it has them all
-    start_rounds(app.state.service.tell_keys, STATEMENT_RETRY_SECONDS, "grant-statements")
+    if app.state.service.federation.keys_url:  # (no key service, no statements kept)
+        # the portal's statements the key service could not take yet, until it has them all
+        start_rounds(app.state.service.tell_keys, STATEMENT_RETRY_SECONDS, "grant-statements")
     click.echo(f"gateway on http://{settings.host}:{settings.port} serving "
                f"{', '.join(sorted(app.state.service.datasets)) or 'no datasets'}; "
                f"service token in {settings.admin_token_file}", err=True)

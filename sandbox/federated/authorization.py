@@ -125,7 +125,9 @@ def read(document: object, public_pem: bytes) -> Authorization:
         raise Unauthenticated(f"the grant's authorization is malformed: {exc}") from None
 
 
-STATES = ("suspended", "active", "revoked")
+# what each change of a grant makes it (the portal signs it, the gateway checks it)
+STATE_AFTER = {"suspend": "suspended", "resume": "active", "revoke": "revoked"}
+STATES = tuple(STATE_AFTER.values())
 
 
 @dataclass(frozen=True)

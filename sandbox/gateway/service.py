@@ -79,9 +79,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-STATEMENT_OF = {"suspend": "suspended", "resume": "active", "revoke": "revoked"}
-
-
 def _check_id(grant_id: str) -> None:
     """No grant has a NUL in its id (PostgreSQL's driver would fail on it, not find none)."""
     if "\x00" in grant_id:
@@ -394,8 +391,8 @@ class GatewayService:
             audit.append(conn, event, actor, f"grant:{grant_id}",
                          {"from": row["status"], "to": str(state), "reason": reason})
             if relay:  # kept with the change: the key service is told until it has it
-                statement_id = statements.keep(conn, row["project"], STATEMENT_OF[action],
-                                               statement)
+                statement_id = statements.keep(conn, row["project"],
+                                               authorization.STATE_AFTER[action], statement)
         changed = self.grant(grant_id)
         if relay:
             changed["key_service_told"] = statement_id not in self.tell_keys()
@@ -413,7 +410,7 @@ class GatewayService:
         said = authorization.read_state(
             statement, authorization.portal_key(self.settings.portal_key_file))
         project = self.grant(grant_id)["project"]
-        if said.project != project or said.status != STATEMENT_OF[action]:
+        if said.project != project or said.status != authorization.STATE_AFTER[action]:
             raise InputError(f"the portal's statement says {said.project} is {said.status}; "
                              f"this is to {action} {project}")
 
