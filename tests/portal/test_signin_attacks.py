@@ -39,7 +39,7 @@ _addresses = iter(f"127.0.{a}.{b}" for a in range(1, 250) for b in range(2, 250)
 @pytest.fixture(scope="module")
 def portal(dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("signin-attacks")
-    for stack in portal_stack(dataset, root, env={
+    for stack in portal_stack(dataset, root, sign_in_rate=None, env={
             "SANDBOX_PORTAL_HUB_URL": HUB,
             "SANDBOX_PORTAL_SECRETS_DIR": str(root / "secrets")}):
         _engine, sessions = connect(stack.env["SANDBOX_PORTAL_DATABASE_URL"])
