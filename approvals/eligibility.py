@@ -15,7 +15,7 @@ from enum import StrEnum
 
 from approvals.errors import Ineligible, Reason
 from approvals.states import Role
-from sandbox.data.reference.population import PURPOSES
+from sandbox.purposes import IDS
 
 # Professional titles and their grade: 1 初级, 2 中级, 3 副高级, 4 正高级.
 TITLE_GRADES: dict[str, int] = {
@@ -27,7 +27,7 @@ TITLE_GRADES: dict[str, int] = {
 GRADE_NAMES = {1: ("初级", "junior"), 2: ("中级", "intermediate"),
                3: ("副高级", "associate senior"), 4: ("正高级", "senior")}
 COMMERCIAL_PURPOSES = frozenset({"commercial_development", "commercial_insurance"})
-KNOWN_PURPOSES = frozenset(p[0] for p in PURPOSES)
+KNOWN_PURPOSES = frozenset(IDS)
 
 
 class Basis(StrEnum):

@@ -48,8 +48,8 @@ from sandbox.federated.plan import (  # noqa: E402
     make_plan,
 )
 from sandbox.federated.spec import FederatedSpec, resolved  # noqa: E402
-from sandbox.gateway import engine as dpengine  # noqa: E402
 from sandbox.gateway.federation import Federation  # noqa: E402
+from sandbox.queries import view  # noqa: E402
 from tests.federated.cluster import SITES, authorize, start_cluster  # noqa: E402
 
 DEMO = ROOT / "var" / "datasets" / "emr-visits"
@@ -132,7 +132,7 @@ def main() -> None:
 
 
 def run(cluster, public: dict, rounds: int) -> None:
-    views = {s: dpengine.prepare(cluster.parts / s, cluster.root / "bench-views", {})
+    views = {s: view.prepare(cluster.parts / s, cluster.root / "bench-views", {})
              for s in SITES}
     keys_state = cluster.root / "keys"
     secret = ckks.load((keys_state / "ckks-secret.context").read_bytes())

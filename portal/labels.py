@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask_babel import lazy_gettext as _l
 
 from portal import i18n
-from sandbox.data.reference.population import PURPOSES
+from sandbox.purposes import PURPOSES
 
 NAMES = {
     "draft": _l("Draft"),
@@ -46,7 +46,7 @@ NAMES = {
     "resume": _l("Resume"),
     "revoke": _l("Revoke"),
 }
-PURPOSE_NAMES = {p[0]: (p[1], p[2]) for p in PURPOSES}
+PURPOSE_NAMES = {p.id: (p.zh, p.en) for p in PURPOSES}
 
 
 def label(code: str | None) -> str:

@@ -33,8 +33,8 @@ from portal.agreement import CLAUSES
 from portal.models import Agreement, Application, DestructionTask, ExportRequest
 from portal.views import stepup
 from portal.views.auth import login_required, reason_of
-from sandbox.data.reference.population import PURPOSES
 from sandbox.errors import InputError, SandboxError
+from sandbox.purposes import PURPOSES
 
 bp = Blueprint("researcher", __name__, url_prefix="/applications")
 log = logging.getLogger("portal.researcher")

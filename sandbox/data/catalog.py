@@ -13,8 +13,8 @@ from pathlib import Path
 import polars as pl
 
 from sandbox.data.hierarchy import icd10_label
-from sandbox.data.reference.population import PURPOSES
 from sandbox.data.spec import Icd10Hierarchy, Spec
+from sandbox.purposes import PURPOSES
 
 METADATA_VERSION = 1
 RECORDS = "records"
@@ -79,7 +79,7 @@ def build(spec: Spec, records: pl.DataFrame, consent: pl.DataFrame, years: tuple
                 "nullable": False,
                 "labels": {c: icd10_label(c) for c in entry["categories"]},
             })
-    labels = {p[0]: {"zh": p[1], "en": p[2]} for p in PURPOSES}
+    labels = {p.id: {"zh": p.zh, "en": p.en} for p in PURPOSES}
     return {
         "metadata_version": METADATA_VERSION,
         "id": spec.dataset.id,

@@ -74,7 +74,7 @@ SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     },
     "consents": {
         "patient_id": pl.String(),
-        **{purpose[0]: pl.Boolean() for purpose in ref.PURPOSES},
+        **{purpose: pl.Boolean() for purpose in ref.CONSENT_SHARES},
         "consented_by": pl.String(), "consent_date": pl.Date(), "withdrawn_at": pl.Date(),
     },
 }
@@ -592,7 +592,7 @@ def _consents(rng: np.random.Generator, p: dict[str, np.ndarray], v: dict[str, n
     consent_day = np.maximum(first_visit - rng.integers(0, 30, n), p["birth"])
     openness = rng.normal(0, 1, n)
     columns: dict[str, pl.Series] = {"patient_id": pl.Series(p["ids"])}
-    for column, _, _, share in ref.PURPOSES:
+    for column, share in ref.CONSENT_SHARES.items():
         threshold = math.sqrt(2) * NormalDist().inv_cdf(share)
         columns[column] = pl.Series(openness + rng.normal(0, 1, n) < threshold)
     minor_at_consent = (consent_day - p["birth"]) < 14 * 365.25

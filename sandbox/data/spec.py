@@ -13,14 +13,14 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sandbox.data.reference.population import PURPOSES
+from sandbox import purposes as purposes_
 from sandbox.errors import InputError, SpecError
 
 Grade = Literal["public", "restricted", "identifiable"]
 ValueType = Literal["string", "integer", "float", "date", "boolean"]
 DATE_LEVELS = ("day", "month", "quarter", "year")
 ICD10_LEVELS = ("code", "category", "block", "chapter")
-KNOWN_PURPOSES = tuple(p[0] for p in PURPOSES)
+KNOWN_PURPOSES = purposes_.IDS
 
 
 class _Strict(BaseModel):

@@ -51,7 +51,8 @@ import polars as pl
 from sandbox.errors import InputError, PolicyRefusal
 from sandbox.federated import ckks, counts
 from sandbox.federated.spec import FederatedSpec
-from sandbox.gateway import engine as dpengine
+from sandbox.queries import checks as query_checks
+from sandbox.queries import view
 
 dp.enable_features("contrib")
 
@@ -119,9 +120,9 @@ def make_plan(spec: FederatedSpec, metadata: dict, allowed: set[str] | None = No
     """Check ``spec`` against the public metadata (and the grant's fields) and lay out its
     vector; refuses what cannot be answered within the encrypted range."""
     fields = {f["name"]: f for f in metadata["tables"]["records"]["fields"]}
-    dpengine.check_fields(spec.fields_used(), fields,
-                          set(fields) if allowed is None else allowed)
-    dpengine.check_filters(spec.filters, fields)
+    query_checks.check_fields(spec.fields_used(), fields,
+                              set(fields) if allowed is None else allowed)
+    query_checks.check_filters(spec.filters, fields)
     r = int(metadata["contribution_bound"])
     m = sites_per_patient(metadata)
     shares = max(1, len(metadata.get("sites") or [])) if metadata.get("federated") else 1
@@ -225,13 +226,13 @@ def _design(fields: dict, name: str, bounds: tuple[float, float] | None) -> list
 
 # -- at a site ----------------------------------------------------------------------------
 
-def local_vector(plan: Plan, dataset: dpengine.Dataset, purpose: str) -> np.ndarray:
+def local_vector(plan: Plan, dataset: view.Dataset, purpose: str) -> np.ndarray:
     """This site's exact aggregate vector over its consented rows, normalised (never
     leaves the site: only ``noisy`` shares of it do, encrypted)."""
     spec = plan.spec
-    frame = dataset.placeholder().filter(pl.col(dpengine.consent_column(purpose)))
+    frame = dataset.placeholder().filter(pl.col(view.consent_column(purpose)))
     for flt in spec.filters:
-        frame = frame.filter(dpengine.predicate(flt))
+        frame = frame.filter(query_checks.predicate(flt))
     numeric = [c for c in plan.columns if c.category is None and c.field]
     text = sorted({c.field for c in plan.columns if c.category is not None})
     frame = frame.select(

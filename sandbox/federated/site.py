@@ -50,7 +50,7 @@ from sandbox.federated import authorization, ckks, counts, messages
 from sandbox.federated.noise import noisy
 from sandbox.federated.plan import Plan, local_vector, make_plan
 from sandbox.federated.spec import FederatedSpec, resolved
-from sandbox.gateway import engine as dpengine
+from sandbox.queries import view
 from sandbox.serving import TRUSTED_PROXIES_HELP, TrustedProxies
 
 log = logging.getLogger("sandbox.site")
@@ -113,15 +113,15 @@ class SiteService:
                                        settings.state_dir, settings)
         self._lock = threading.Lock()
         self._pool: ckks.EncryptionPool | None = None
-        self._partition: tuple[dpengine.Dataset, str] | None = None
+        self._partition: tuple[view.Dataset, str] | None = None
         self.dataset = self._prepare()
 
-    def _prepare(self) -> dpengine.Dataset:
+    def _prepare(self) -> view.Dataset:
         withdrawn: dict[str, set[str]] = {}
         with self.db.connect() as conn:
             for row in conn.execute(select(withdrawals)):
                 withdrawn.setdefault(row.pseudonym, set()).add(row.purpose)
-        return dpengine.prepare(self.settings.dataset_dir, self.settings.state_dir / "views",
+        return view.prepare(self.settings.dataset_dir, self.settings.state_dir / "views",
                                 withdrawn)
 
     def partition(self, patients: list[str] | None = None) -> str:
@@ -130,7 +130,7 @@ class SiteService:
         partition refreshed since the check is noticed before anything is computed."""
         dataset = self.dataset
         if self._partition is None or self._partition[0] is not dataset:
-            held = sorted(patients if patients is not None else dpengine.patients(dataset))
+            held = sorted(patients if patients is not None else view.patients(dataset))
             self._partition = (dataset, hashlib.sha256("\n".join(held).encode()).hexdigest())
         return self._partition[1]
 
@@ -268,7 +268,7 @@ class SiteService:
             raise InputError("an overlap check needs a hex salt and a check id") from None
         if len(salt) < 16:
             raise InputError("the salt must be at least 16 bytes")
-        patients = dpengine.patients(self.dataset)
+        patients = view.patients(self.dataset)
         partition = self.partition(patients)
         digests = sorted(hmac.new(salt, p.encode(), hashlib.sha256).digest()[:8]
                          for p in patients)
@@ -284,7 +284,7 @@ class SiteService:
         transparency reports); asked by pseudonym, answered yes or no."""
         request = self._open(message, "holds")
         pseudonym = str(request.get("pseudonym", ""))
-        found = dpengine.contains(self.dataset, pseudonym)
+        found = view.contains(self.dataset, pseudonym)
         with self.db.begin() as conn:
             audit.append(conn, AuditAction.SITE_PATIENT_LOOKED_UP, "gateway",
                          f"patient:{pseudonym}", {"found": found})

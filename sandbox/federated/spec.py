@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sandbox.gateway.queries import MAX_BINS, MAX_FILTERS, Filter
+from sandbox.queries.spec import MAX_BINS, MAX_FILTERS, Filter
 
 MAX_FEATURES = 20
 Kind = Literal["histogram", "mean", "linear_regression"]

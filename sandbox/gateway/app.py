@@ -15,9 +15,12 @@ from pydantic import BaseModel, Field
 from sandbox import anchors, audit, httpapi
 from sandbox.errors import InputError
 from sandbox.federated.spec import FederatedSpec
-from sandbox.gateway.queries import QuerySpec
-from sandbox.gateway.service import ExportIn, GatewayService, GrantRequest, Withdrawal
+from sandbox.gateway.consent import Withdrawal
+from sandbox.gateway.exports import ExportIn
+from sandbox.gateway.grants import Grant, GrantRequest
+from sandbox.gateway.service import GatewayService
 from sandbox.gateway.settings import GatewaySettings
+from sandbox.queries.spec import QuerySpec
 
 log = logging.getLogger("sandbox.gateway")
 
@@ -46,13 +49,13 @@ def _admin(request: Request, token: Annotated[str | None, Depends(_bearer)]) -> 
     return request.app.state.service.check_admin(token)
 
 
-def _project(request: Request, token: Annotated[str | None, Depends(_bearer)]) -> dict:
+def _project(request: Request, token: Annotated[str | None, Depends(_bearer)]) -> Grant:
     client = request.client.host if request.client else None
     return request.app.state.service.grant_for_token(token, client)
 
 
 Admin = Annotated[str, Depends(_admin)]
-Project = Annotated[dict, Depends(_project)]
+Project = Annotated[Grant, Depends(_project)]
 
 
 def create_app(settings: GatewaySettings | None = None,
@@ -103,12 +106,12 @@ def create_app(settings: GatewaySettings | None = None,
     def submit_export_for(grant_id: str, request: ExportIn, actor: Admin) -> dict:
         """An export request the portal makes for a project (files it read from the
         project's sandbox when the researcher asked): recorded like the sandbox's own."""
-        return service.submit_export(service.grant(grant_id), request, actor)
+        return service.submit_export(service.grants.get(grant_id), request, actor)
 
     @app.get("/v1/admin/grants/{grant_id}/releases")
     def grant_releases(grant_id: str, _actor: Admin) -> list[dict]:
         """The project's releases with their receipts (for export requests and review)."""
-        return service.releases(service.grant(grant_id))
+        return service.releases(service.grants.get(grant_id))
 
     @app.get("/v1/admin/grant-statements")
     def grant_statements(_actor: Admin) -> list[dict]:

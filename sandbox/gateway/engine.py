@@ -1,11 +1,5 @@
-"""The DP query engine: restricted rows in, OpenDP releases out.
-
-Each dataset is served from a prepared *view*: the restricted records with at most
-``contribution_bound`` rows per patient (a seeded sample, so one patient changes at most
-that many rows — the privacy unit OpenDP accounts for), the patient's live consent for each
-purpose as boolean columns (withdrawals applied), and text columns encoded against the
-public category lists. The view is an Arrow IPC file that OpenDP's Polars plugin scans
-directly, so no rows are copied through Python per query.
+"""The DP query engine: a dataset's bounded consented view in (sandbox.queries.view),
+OpenDP releases out.
 
 A query becomes a Polars plan on an empty frame of the view's schema; OpenDP's
 ``make_private_lazyframe`` turns it into a measurement whose privacy loss OpenDP computes.
@@ -17,174 +11,26 @@ clamping and accounting all come from OpenDP.
 
 from __future__ import annotations
 
-import functools
-import itertools
-import json
 import math
-import operator
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import opendp.prelude as dp
 import polars as pl
 from opendp.accuracy import summarize_polars_measurement
-from opendp.domains import with_margin
-from opendp.extras.polars import Margin, _lazyframe_domain_from_schema
 from opendp.measurements import make_private_lazyframe
 from opendp.mod import Measurement, OpenDPException, binary_search
 
-from sandbox.data.catalog import CONSENT, RECORDS
 from sandbox.errors import InputError, PolicyRefusal
-from sandbox.gateway.queries import MAX_CELLS, QUANTILE_CANDIDATES, Filter, QuerySpec
+from sandbox.queries.checks import bin_labels, check_spec, predicate
+from sandbox.queries.spec import QUANTILE_CANDIDATES, QuerySpec
+from sandbox.queries.view import Dataset, consent_column
 
 dp.enable_features("contrib")
 
 SMALL_CELL = 5
 COUNT = "count"
 SUPPRESSED = "suppressed"
-ALL_PURPOSES = "*"
-
-
-def consent_column(purpose: str) -> str:
-    return f"_consent_{purpose}"
-
-
-@dataclass
-class Dataset:
-    """A dataset the gateway serves: its public metadata and its prepared view."""
-
-    id: str
-    directory: Path
-    metadata: dict
-    view: Path
-    schema: pl.Schema
-    fields: dict[str, dict]
-    purposes: list[str]
-    domain: object = None
-
-    @property
-    def version(self) -> str:
-        return self.metadata["version"]
-
-    @property
-    def contribution_bound(self) -> int:
-        return int(self.metadata["contribution_bound"])
-
-    def placeholder(self) -> pl.LazyFrame:
-        return pl.LazyFrame(schema=self.schema)
-
-    def scan(self) -> pl.LazyFrame:
-        return pl.scan_ipc(self.view, memory_map=True)
-
-
-def contains(dataset: Dataset, pseudonym: str) -> bool:
-    """Whether any restricted record of ``dataset`` belongs to ``pseudonym``."""
-    records = pl.scan_parquet(dataset.directory / "restricted" / f"{RECORDS}.parquet")
-    return records.filter(pl.col("pseudonym") == pseudonym).select(pl.len()).collect(
-    ).item() > 0
-
-
-def patients(dataset: Dataset) -> list[str]:
-    """The pseudonyms of every patient with a restricted record in ``dataset``."""
-    key = dataset.metadata["patient_key"]
-    records = pl.scan_parquet(dataset.directory / "restricted" / f"{RECORDS}.parquet")
-    return records.select(pl.col(key).unique()).collect()[key].to_list()
-
-
-def prepare(directory: Path, cache: Path, withdrawals: dict[str, set[str]]) -> Dataset:
-    """Build (or rebuild) the view of the dataset in ``directory``. ``withdrawals`` maps a
-    pseudonym to the purposes withdrawn ("*" for all)."""
-    directory = Path(directory)
-    try:
-        metadata = json.loads((directory / "metadata.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{directory} is not an onboarded dataset: {exc}") from None
-    if metadata.get("grade") == "public":
-        raise InputError(f"{metadata['id']} is a public aggregate dataset; nothing to serve")
-    fields = {f["name"]: f for f in metadata["tables"][RECORDS]["fields"]}
-    purposes = [p["id"] for p in metadata["purposes"]]
-    patient = metadata["patient_key"]
-    records = pl.scan_parquet(directory / "restricted" / f"{RECORDS}.parquet")
-    consent = pl.scan_parquet(directory / "restricted" / f"{CONSENT}.parquet")
-
-    withdrawn = pl.DataFrame(
-        [(p, purpose) for p, purposes_ in withdrawals.items() for purpose in purposes_],
-        schema={patient: pl.String, "_purpose": pl.String}, orient="row",
-    )
-    consent_cols = []
-    for purpose in purposes:
-        live = withdrawn.filter(pl.col("_purpose").is_in([purpose, ALL_PURPOSES]))[patient]
-        consent_cols.append(
-            (pl.col(purpose).fill_null(False) & pl.col("withdrawn_at").is_null()
-             & ~pl.col(patient).is_in(live.implode())).alias(consent_column(purpose))
-        )
-    consent = consent.select(patient, *consent_cols)
-
-    encode = []
-    for name, f in fields.items():
-        if f["type"] == "string" and f.get("categories") is not None and f["role"] != "label":
-            encode.append(pl.col(name).cast(pl.Enum(f["categories"]), strict=False))
-    bound = int(metadata["contribution_bound"])
-    # Keep at most `bound` rows per patient, chosen by a seeded shuffle: which rows is a
-    # matter of utility, how many is the privacy unit.
-    seed = int(metadata.get("spec_sha256", "0" * 8)[:8], 16)
-    view = (
-        records
-        .filter(pl.int_range(pl.len()).shuffle(seed=seed).over(patient) < bound)
-        .join(consent, on=patient, how="left")
-        .with_columns(*(pl.col(consent_column(p)).fill_null(False) for p in purposes))
-        .with_columns(encode)
-        .drop(patient, *(n for n, f in fields.items() if f["role"] == "label"))
-        .collect(engine="streaming")
-    )
-    cache.mkdir(parents=True, exist_ok=True)
-    target = cache / f"{metadata['id']}-{metadata['version']}.arrow"
-    tmp = target.with_suffix(".arrow.tmp")
-    view.write_ipc(tmp)
-    tmp.replace(target)
-    return Dataset(metadata["id"], directory, metadata, target, view.schema,
-                   fields, purposes, _domain(view.schema, metadata))
-
-
-def _domain(schema: pl.Schema, metadata: dict) -> object:
-    records = metadata["sample_size"]["records"]
-    max_length = 10 ** math.ceil(math.log10(max(records, 1) * 1.5 + 1))
-    return with_margin(_lazyframe_domain_from_schema(schema),
-                       Margin(by=(), max_length=max_length))
-
-
-def check_fields(names: list[str], fields: dict[str, dict], allowed: set[str]) -> None:
-    """Refuse a field the dataset does not publish, or the grant does not cover."""
-    granted = sorted(f for f in allowed if f in fields)
-    for name in names:
-        if name not in fields or fields[name]["role"] in ("patient_key", "label"):
-            raise InputError(f"unknown field {name!r}; allowed fields: "
-                             f"{', '.join(granted)}", allowed=granted)
-        if name not in allowed:
-            raise PolicyRefusal(f"field {name!r} is outside this project's grant; "
-                                f"allowed fields: {', '.join(granted)}", allowed=granted)
-
-
-def check_filters(filters: list[Filter], fields: dict[str, dict]) -> None:
-    """Refuse a filter whose values do not fit its field's type or public categories."""
-    for flt in filters:
-        f = fields[flt.field]
-        values = flt.value if isinstance(flt.value, list) else [flt.value]
-        if f["type"] == "string":
-            if flt.op not in ("eq", "ne", "in"):
-                raise InputError(f"filter {flt.op!r} does not apply to text field "
-                                 f"{flt.field!r}")
-            unknown = [v for v in values if v not in (f.get("categories") or [])]
-            if unknown:
-                raise InputError(f"{unknown} not among the public categories of "
-                                 f"{flt.field!r}: {', '.join(f.get('categories') or [])}")
-        elif f["type"] in ("integer", "float"):
-            if not all(isinstance(v, int | float) and not isinstance(v, bool)
-                       for v in values):
-                raise InputError(f"filter on {flt.field!r} needs numbers")
-        elif f["type"] == "boolean" and not all(isinstance(v, bool) for v in values):
-            raise InputError(f"filter on {flt.field!r} needs true or false")
 
 
 @dataclass(frozen=True)
@@ -207,30 +53,10 @@ class Engine:
         self._lock = threading.Lock()
 
     # -- validation ------------------------------------------------------------------
-    def check(self, spec: QuerySpec, dataset: Dataset, allowed: set[str]) -> None:
+    @staticmethod
+    def check(spec: QuerySpec, dataset: Dataset, allowed: set[str]) -> None:
         """Refuse a spec the dataset or the grant does not allow; nothing is spent."""
-        check_fields(spec.fields_used(), dataset.fields, allowed)
-        if spec.field:
-            f = dataset.fields[spec.field]
-            if f["type"] not in ("integer", "float"):
-                raise InputError(f"{spec.kind} needs a numeric field; {spec.field!r} is "
-                                 f"{f['type']}")
-            low, high = f["bounds"]
-            if spec.bounds and (spec.bounds[0] < low or spec.bounds[1] > high):
-                raise InputError(f"bounds {list(spec.bounds)} lie outside the public bounds "
-                                 f"[{low:g}, {high:g}] of {spec.field!r}")
-            if spec.bins and (spec.bins[0] < low or spec.bins[-1] > high):
-                raise InputError(f"bins must lie within the public bounds [{low:g}, {high:g}]")
-        cells = 1
-        for name in spec.group_by:
-            f = dataset.fields[name]
-            if f["type"] != "string":
-                raise InputError(f"group_by needs text fields; {name!r} is {f['type']}")
-            cells *= len(f.get("categories") or [])
-        if spec.group_by and spec.keys == "public" and cells > MAX_CELLS:
-            raise InputError(f"grouping by {spec.group_by} makes {cells} cells; "
-                             f"at most {MAX_CELLS}")
-        check_filters(spec.filters, dataset.fields)
+        check_spec(spec, dataset.fields, allowed)
 
     # -- compilation -----------------------------------------------------------------
     def _plan(self, spec: QuerySpec, dataset: Dataset, purpose: str) -> pl.LazyFrame:
@@ -272,7 +98,7 @@ class Engine:
 
     def _histogram(self, spec: QuerySpec, frame: pl.LazyFrame) -> pl.LazyFrame:
         edges = spec.bins
-        labels = _bin_labels(edges)
+        labels = bin_labels(edges)
         value = pl.col(spec.field).cast(pl.Float64).fill_null(edges[0]).clip(edges[0], edges[-1])
         binned = frame.with_columns(
             value.cut(edges[1:-1], labels=labels, left_closed=True).alias("bin"))
@@ -352,12 +178,6 @@ class Engine:
         return _rows(summary)
 
 
-def _bin_labels(edges: list[float]) -> list[str]:
-    labels = [f"[{a:g}, {b:g})" for a, b in itertools.pairwise(edges)]
-    labels[-1] = labels[-1][:-1] + "]"
-    return labels
-
-
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[-1].strip() if text else type(exc).__name__
@@ -372,33 +192,13 @@ def _public_keys(names: list[str], dataset: Dataset) -> pl.LazyFrame:
     return frame.lazy()
 
 
-def predicate(flt: Filter) -> pl.Expr:
-    col = pl.col(flt.field)
-    match flt.op:
-        case "eq":
-            return col == flt.value
-        case "ne":
-            return col != flt.value
-        case "in":
-            return functools.reduce(operator.or_, (col == v for v in flt.value))
-        case "lt":
-            return col < flt.value
-        case "le":
-            return col <= flt.value
-        case "gt":
-            return col > flt.value
-        case "ge":
-            return col >= flt.value
-    return (col >= flt.value[0]) & (col <= flt.value[1])
-
-
 def _post_process(spec: QuerySpec, frame: pl.DataFrame,
                   bounds: tuple[float, float] | None) -> pl.DataFrame:
     """Small cells: a group whose noisy count is below 5 is withheld (post-processing of
     the DP release, so it costs nothing), as the guide's minimum-count rule asks."""
     # Rows come back in no particular order; present them in category (or bin) order.
     if spec.kind == "histogram":
-        labels = _bin_labels(spec.bins)
+        labels = bin_labels(spec.bins)
         frame = frame.with_columns(pl.col("bin").cast(pl.String).cast(pl.Enum(labels)))
         frame = frame.sort("bin")
     elif spec.group_by:

@@ -10,7 +10,7 @@ import pytest
 from sandbox.data import idcard
 from sandbox.data.generate import SCHEMAS, generate
 from sandbox.data.reference import icd10
-from sandbox.data.reference.population import PURPOSES
+from sandbox.data.reference.population import CONSENT_SHARES
 
 
 def read(raw, table: str) -> pl.DataFrame:
@@ -110,7 +110,7 @@ def test_labs_costs_and_prescriptions_are_consistent(raw):
 def test_consent_covers_seven_purposes_with_some_withdrawals(raw):
     consents = read(raw, "consents")
     assert consents.height == 1500
-    for purpose, _, _, share in PURPOSES:
+    for purpose, share in CONSENT_SHARES.items():
         assert abs(consents[purpose].mean() - share) < 0.06, purpose
     withdrawn = consents.filter(pl.col("withdrawn_at").is_not_null())
     assert 0 < withdrawn.height < 0.05 * consents.height

@@ -24,8 +24,8 @@ from sandbox.client import Gateway, GatewayError
 from sandbox.federated import authorization, ckks, messages
 from sandbox.federated.plan import local_vector, make_plan
 from sandbox.federated.spec import FederatedSpec
-from sandbox.gateway import engine as dpengine
 from sandbox.gateway.service import GatewayService
+from sandbox.queries import view
 from tests.federated.cluster import ServedApp, serve_sites
 from tests.federated.conftest import DATASET, grant
 from tests.federated.test_federated import (
@@ -144,7 +144,7 @@ def _failing_aggregates(site_url: str) -> FastAPI:
 
 def _exact_part(cluster, site: str, spec: FederatedSpec, tmp_path) -> np.ndarray:
     """What a site's part would be without noise (computed here from its partition)."""
-    dataset = dpengine.prepare(cluster.parts / site, tmp_path / f"view-{site}", {})
+    dataset = view.prepare(cluster.parts / site, tmp_path / f"view-{site}", {})
     plan = make_plan(spec, dataset.metadata)
     return local_vector(plan, dataset, PURPOSE) * np.asarray(plan.sensitivity)
 

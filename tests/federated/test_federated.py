@@ -21,7 +21,7 @@ from sandbox.errors import PolicyRefusal
 from sandbox.federated import authorization, ckks, messages
 from sandbox.federated.plan import make_plan
 from sandbox.federated.spec import FederatedSpec
-from sandbox.gateway.engine import consent_column
+from sandbox.queries.view import consent_column
 from tests.conftest import run_cli
 from tests.federated.cluster import authorize
 from tests.federated.conftest import DATASET, grant

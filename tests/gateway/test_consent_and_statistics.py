@@ -9,8 +9,9 @@ import polars as pl
 import pytest
 
 from sandbox.client import Gateway
-from sandbox.gateway.engine import Engine, prepare
-from sandbox.gateway.queries import QuerySpec
+from sandbox.gateway.engine import Engine
+from sandbox.queries.spec import QuerySpec
+from sandbox.queries.view import prepare
 
 
 def test_a_withdrawal_lowers_the_next_count_for_that_purpose_only(gateway, datasets_dir):

@@ -181,16 +181,9 @@ DEFAULT_DRUGS: tuple[tuple[str, str, float, str, str, float], ...] = (
     ("复方甘草片", "100片", 3, "片", "tid", 0.08),
 )
 
-# The seven purposes a patient consents to or refuses separately: the basic scope
-# (medical research) and the six extended purposes of the authorisation template.
-# (column, Chinese label, English label, share of patients who consent)
-PURPOSES: tuple[tuple[str, str, str, float], ...] = (
-    ("medical_research", "医学研究", "medical research", 0.96),
-    ("third_party_research", "第三方合作研究", "third-party cooperative research", 0.72),
-    ("commercial_development", "商业开发", "commercial development", 0.22),
-    ("public_health", "公共卫生统计与政策制定", "public health statistics and policy", 0.88),
-    ("ai_training", "人工智能诊断系统训练", "AI diagnostic system training", 0.35),
-    ("professional_training", "专业培训", "professional training", 0.6),
-    ("commercial_insurance", "商业保险定价与理赔", "commercial insurance pricing and claims",
-     0.12),
-)
+# The share of patients who consent to each purpose (sandbox.purposes), for the generator.
+CONSENT_SHARES: dict[str, float] = {
+    "medical_research": 0.96, "third_party_research": 0.72, "commercial_development": 0.22,
+    "public_health": 0.88, "ai_training": 0.35, "professional_training": 0.6,
+    "commercial_insurance": 0.12,
+}

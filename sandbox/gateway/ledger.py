@@ -1,0 +1,274 @@
+"""The ledger: every release a grant paid for, and the rule that keeps budgets (invariants
+2 and 3).
+
+A query's (ε, δ) is charged in one transaction — a conditional UPDATE that cannot take the
+grant past its total, plus the release row and its audit entry — *before* anything is
+computed. Only then does the question run; its value and signed receipt are recorded, and
+only a value recorded as released is returned. A crash or failure after the charge leaves
+it charged; re-sending the identical query then releases under that same charge, and once
+released, the identical query returns the stored value at no cost, so repeating a question
+cannot average the noise away.
+
+Composition is basic sequential composition: a grant's spent ε is the sum of its queries'
+ε, its spent δ the sum of their δ (docs/privacy-accounting.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, Engine, and_, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from sandbox import audit
+from sandbox.audit import AuditAction
+from sandbox.errors import (
+    BudgetExhausted,
+    Conflict,
+    Forbidden,
+    RefusedRelease,
+    SandboxError,
+)
+from sandbox.gateway.engine import Release
+from sandbox.gateway.grants import Grant, GrantState, now
+from sandbox.gateway.store import grants, releases
+from sandbox.receipts import Domain, Signer
+
+EPS_SLACK = 1e-9
+
+
+class ReleaseStatus(StrEnum):
+    CHARGED = "charged"  # paid for; nothing computed or recorded yet
+    RELEASED = "released"  # value and receipt stored: the answer, for good
+    FAILED = "failed"  # the computation failed after the charge; the charge is kept
+
+
+# move → {status it may leave: status it enters}, with the audit event it writes. A
+# reclaim also takes a charged row whose request died without failing it (a crash).
+TRANSITIONS: dict[str, tuple[dict[ReleaseStatus, ReleaseStatus], AuditAction]] = {
+    "record": ({ReleaseStatus.CHARGED: ReleaseStatus.RELEASED}, AuditAction.RELEASE_RELEASED),
+    "fail": ({ReleaseStatus.CHARGED: ReleaseStatus.FAILED}, AuditAction.RELEASE_FAILED),
+    "reclaim": ({ReleaseStatus.CHARGED: ReleaseStatus.CHARGED,
+                 ReleaseStatus.FAILED: ReleaseStatus.CHARGED}, AuditAction.RELEASE_CHARGED),
+    "repeat": ({ReleaseStatus.RELEASED: ReleaseStatus.RELEASED},
+               AuditAction.RELEASE_REPEATED),
+}
+
+
+def next_status(move: str, current: str) -> tuple[ReleaseStatus, AuditAction]:
+    """The status ``move`` leads to from ``current``; raises if not allowed."""
+    moves, event = TRANSITIONS[move]
+    try:
+        return moves[ReleaseStatus(current)], event
+    except KeyError:
+        raise Conflict(f"a release that is {current} cannot {move}") from None
+
+
+class Spec(Protocol):
+    """What the ledger needs of a question's spec (central or federated)."""
+
+    dataset: str
+    epsilon: float
+    delta: float
+
+    def fingerprint(self) -> str: ...
+    def canonical(self) -> str: ...
+
+
+class Served(Protocol):
+    id: str
+    version: str
+
+
+class Question(Protocol):
+    """One question of one grant: ``resolve`` checks and compiles it — refusing with a
+    reason before anything is spent — and names the dataset version it reads; ``run``
+    computes the release, called only once the charge (``claim``) is recorded."""
+
+    spec: Spec
+
+    def resolve(self) -> Served: ...
+    def run(self, claim: dict) -> Release: ...
+
+
+class Ledger:
+    """Charges, reclaims, records and reads releases."""
+
+    def __init__(self, db: Engine, signer: Signer) -> None:
+        self.db = db
+        self.signer = signer
+
+    def answer(self, grant: Grant, question: Question) -> dict:
+        """Charge, compute, record, sign, return — in that order."""
+        spec = question.spec
+        try:
+            dataset = question.resolve()
+            claim = self._charge(grant, spec, dataset)
+        except SandboxError as exc:
+            self.refused(grant, spec, exc)
+            raise
+        if claim["status"] == ReleaseStatus.RELEASED:
+            return _stored(claim)
+        try:
+            result = question.run(claim)
+        except Exception as exc:
+            self._fail(claim, exc)
+            raise
+        return self._record(grant, spec, dataset, claim, result)
+
+    def refused(self, grant: Grant, spec: Spec, exc: SandboxError) -> None:
+        with self.db.begin() as conn:
+            audit.append(conn, AuditAction.QUERY_REFUSED, f"grant:{grant.id}",
+                         f"dataset:{spec.dataset}",
+                         {"spec": json.loads(spec.canonical()), "reason": exc.reason})
+
+    def releases(self, grant: Grant) -> list[dict]:
+        with self.db.connect() as conn:
+            rows = conn.execute(select(releases).where(releases.c.grant_id == grant.id)
+                                .order_by(releases.c.created_at)).mappings().all()
+        return [{"release": r["id"], "status": r["status"], "dataset": r["dataset"],
+                 "query": json.loads(r["spec"]), "epsilon": r["epsilon"], "delta": r["delta"],
+                 "created_at": r["created_at"], "released_at": r["released_at"],
+                 "receipt": json.loads(r["receipt"]) if r["receipt"] else None}
+                for r in rows]
+
+    # -- the moves ---------------------------------------------------------------------
+    def _charge(self, grant: Grant, spec: Spec, dataset: Served) -> dict:
+        fingerprint = spec.fingerprint()
+        try:
+            with self.db.begin() as conn:
+                existing = conn.execute(select(releases).where(and_(
+                    releases.c.grant_id == grant.id, releases.c.query_hash == fingerprint))
+                ).mappings().first()
+                if existing is not None:
+                    return self._reclaim(conn, grant, dict(existing))
+                charged = conn.execute(
+                    update(grants)
+                    .where(and_(
+                        grants.c.id == grant.id,
+                        grants.c.status == GrantState.ACTIVE,
+                        grants.c.expires_at > datetime.now(UTC).isoformat(),
+                        grants.c.epsilon_spent + spec.epsilon
+                        <= grants.c.epsilon_total + EPS_SLACK,
+                        grants.c.delta_spent + spec.delta <= grants.c.delta_total + 1e-15,
+                    ))
+                    .values(epsilon_spent=grants.c.epsilon_spent + spec.epsilon,
+                            delta_spent=grants.c.delta_spent + spec.delta)
+                ).rowcount
+                if charged != 1:
+                    _explain_refusal(conn, grant.id, spec)
+                claim = {
+                    "id": uuid.uuid4().hex, "grant_id": grant.id, "query_hash": fingerprint,
+                    "spec": spec.canonical(), "dataset": dataset.id,
+                    "dataset_version": dataset.version, "epsilon": spec.epsilon,
+                    "delta": spec.delta, "status": ReleaseStatus.CHARGED, "created_at": now(),
+                }
+                conn.execute(insert(releases).values(**claim))
+                audit.append(conn, AuditAction.RELEASE_CHARGED, f"grant:{grant.id}",
+                             f"release:{claim['id']}", {"epsilon": spec.epsilon,
+                                                         "delta": spec.delta,
+                                                         "query_hash": fingerprint})
+                return claim
+        except IntegrityError:
+            # An identical query was charged by a concurrent request; nothing was spent here.
+            raise Conflict("an identical query is being answered; send it again to get "
+                           "its stored result") from None
+
+    def _reclaim(self, conn: Connection, grant: Grant, existing: dict) -> dict:
+        if existing["status"] == ReleaseStatus.RELEASED:
+            _, event = next_status("repeat", existing["status"])
+            audit.append(conn, event, f"grant:{grant.id}", f"release:{existing['id']}", {})
+            return existing
+        # Charged earlier but never released (a crash or a failure): release now under the
+        # same charge. A fresh id makes a concurrent reclaim of the same row lose the race.
+        status, event = next_status("reclaim", existing["status"])
+        new_id = uuid.uuid4().hex
+        taken = conn.execute(update(releases).where(and_(
+            releases.c.id == existing["id"], releases.c.status == existing["status"]))
+            .values(id=new_id, status=status, error=None)).rowcount
+        if taken != 1:
+            raise Conflict("an identical query is being answered; send it again")
+        audit.append(conn, event, f"grant:{grant.id}", f"release:{new_id}",
+                     {"reclaims": existing["id"], "epsilon": 0.0})
+        return {**existing, "id": new_id, "status": status}
+
+    def _fail(self, claim: dict, exc: Exception) -> None:
+        status, event = next_status("fail", claim["status"])
+        with self.db.begin() as conn:
+            conn.execute(update(releases).where(and_(
+                releases.c.id == claim["id"], releases.c.status == ReleaseStatus.CHARGED))
+                .values(status=status, error=f"{type(exc).__name__}: {exc}"[:2000]))
+            audit.append(conn, event, f"grant:{claim['grant_id']}",
+                         f"release:{claim['id']}", {"error": type(exc).__name__})
+
+    def _record(self, grant: Grant, spec: Spec, dataset: Served, claim: dict,
+                result: Release) -> dict:
+        status, event = next_status("record", claim["status"])
+        payload = {
+            "release": claim["id"], "grant": grant.id, "project": grant.project,
+            "purpose": grant.purpose, "dataset": dataset.id,
+            "dataset_version": dataset.version, "query": json.loads(spec.canonical()),
+            "query_hash": claim["query_hash"], "result": result.rows,
+            "epsilon": spec.epsilon, "delta": spec.delta,
+            "opendp_loss": [result.epsilon, result.delta], "released_at": now(),
+            **({"refused": result.refused} if result.refused else {}),
+        }
+        receipt = self.signer.sign(payload, Domain.RECEIPT)
+        with self.db.begin() as conn:
+            done = conn.execute(update(releases).where(and_(
+                releases.c.id == claim["id"], releases.c.status == ReleaseStatus.CHARGED))
+                .values(status=status, value=json.dumps(result.rows, ensure_ascii=False),
+                        receipt=json.dumps(receipt, ensure_ascii=False),
+                        released_at=payload["released_at"])).rowcount
+            if done != 1:
+                # Another request reclaimed this charge meanwhile: this value never leaves.
+                raise Conflict("an identical query is being answered; send it again")
+            audit.append(conn, event, f"grant:{grant.id}", f"release:{claim['id']}",
+                         {"receipt_sha256": hashlib.sha256(
+                             json.dumps(receipt, sort_keys=True).encode()).hexdigest()})
+        answer = {"release": claim["id"], "result": result.rows, "columns": result.columns,
+                  "epsilon": spec.epsilon, "delta": spec.delta, "repeated": False,
+                  "receipt": receipt}
+        _raise_if_refused(answer)
+        return answer
+
+
+def _explain_refusal(conn: Connection, grant_id: str, spec: Spec) -> None:
+    grant = Grant.from_row(
+        conn.execute(select(grants).where(grants.c.id == grant_id)).mappings().one())
+    grant.check_usable()
+    if grant.status != GrantState.ACTIVE:
+        raise Forbidden(f"grant {grant_id} is {grant.status}")
+    eps_left = max(0.0, grant.epsilon_total - grant.epsilon_spent)
+    delta_left = max(0.0, grant.delta_total - grant.delta_spent)
+    raise BudgetExhausted(
+        f"this query needs ε = {spec.epsilon:g}, δ = {spec.delta:g} but only "
+        f"ε = {eps_left:.6g}, δ = {delta_left:.3g} remain",
+        epsilon_remaining=eps_left, delta_remaining=delta_left)
+
+
+def _stored(row: dict[str, Any]) -> dict:
+    receipt = json.loads(row["receipt"])
+    rows = json.loads(row["value"])
+    _raise_if_refused({"release": row["id"], "epsilon": row["epsilon"],
+                       "delta": row["delta"], "repeated": True, "receipt": receipt})
+    return {"release": row["id"], "result": rows,
+            "columns": list(rows[0].keys()) if rows else [],
+            "epsilon": row["epsilon"], "delta": row["delta"], "repeated": True,
+            "receipt": receipt}
+
+
+def _raise_if_refused(answer: dict) -> None:
+    """A release whose outcome is a refusal reaches the caller as ``RefusedRelease``,
+    with its id and receipt: charged once, the same refusal every time."""
+    refused = answer["receipt"]["payload"].get("refused")
+    if refused:
+        raise RefusedRelease(
+            f"{refused} (release {answer['release']}: ε = {answer['epsilon']:g} was charged "
+            "once; asking again returns this same outcome)",
+            **{k: answer[k] for k in ("release", "epsilon", "delta", "repeated", "receipt")})
