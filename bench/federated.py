@@ -132,7 +132,7 @@ def main() -> None:
 
 
 def run(cluster, public: dict, rounds: int) -> None:
-    views = {s: view.prepare(cluster.parts / s, cluster.root / "bench-views", {})
+    views = {s: view.prepare(cluster.parts / s, cluster.root / "bench-views")
              for s in SITES}
     keys_state = cluster.root / "keys"
     secret = ckks.load((keys_state / "ckks-secret.context").read_bytes())

@@ -3,8 +3,13 @@ onboarding. The portal never opens restricted files."""
 
 from __future__ import annotations
 
-import json
+import logging
 from pathlib import Path
+
+from sandbox.data import metadata
+from sandbox.errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 def load(datasets_dir: Path) -> list[dict]:
@@ -12,8 +17,11 @@ def load(datasets_dir: Path) -> list[dict]:
     root = Path(datasets_dir)
     if not root.is_dir():
         return entries
-    for meta_file in sorted(root.glob("*/metadata.json")):
-        entries.append(json.loads(meta_file.read_text(encoding="utf-8")))
+    for meta_file in sorted(root.glob(f"*/{metadata.FILE}")):
+        try:
+            entries.append(metadata.read(meta_file).document())
+        except InputError as exc:  # one bad document must not take the catalog down
+            log.warning("catalog entry left out: %s", exc.reason)
     return entries
 
 

@@ -9,12 +9,12 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from sandbox.data import metadata
 from sandbox.data.generate import generate as generate_extract
 from sandbox.data.onboard import onboard as onboard_dataset
 from sandbox.data.onboard import read_report
 from sandbox.data.pseudonym import create_key
 from sandbox.data.report import render_markdown
-from sandbox.errors import InputError
 
 _dir = click.Path(path_type=Path, file_okay=False)
 _file = click.Path(path_type=Path, dir_okay=False)
@@ -89,11 +89,7 @@ def report(directory: Path, as_json: bool) -> None:
 def catalog(directories: tuple[Path, ...], lang: str) -> None:
     """Print the catalog entries of onboarded datasets."""
     for directory in directories:
-        try:
-            meta = json.loads((directory / "metadata.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            raise InputError(f"{directory} is not an onboarded dataset (no metadata.json)"
-                             ) from None
+        meta = metadata.load(directory).document()
         size = meta["sample_size"]
         labels = {"zh": ("样本量", "患者", "记录", "年份", "等级", "申请条件", "字段"),
                   "en": ("sample size", "patients", "records", "years", "grade",

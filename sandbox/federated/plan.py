@@ -226,9 +226,11 @@ def _design(fields: dict, name: str, bounds: tuple[float, float] | None) -> list
 
 # -- at a site ----------------------------------------------------------------------------
 
-def local_vector(plan: Plan, dataset: view.Dataset, purpose: str) -> np.ndarray:
-    """This site's exact aggregate vector over its consented rows, normalised (never
-    leaves the site: only ``noisy`` shares of it do, encrypted)."""
+def local_vector(plan: Plan, dataset: view.Dataset, purpose: str,
+                 excluded: frozenset[str] = frozenset()) -> np.ndarray:
+    """This site's exact aggregate vector over its consented rows — less those of the
+    patients ``excluded`` (withdrawn) — normalised (never leaves the site: only ``noisy``
+    shares of it do, encrypted)."""
     spec = plan.spec
     frame = dataset.placeholder().filter(pl.col(view.consent_column(purpose)))
     for flt in spec.filters:
@@ -243,7 +245,7 @@ def local_vector(plan: Plan, dataset: view.Dataset, purpose: str) -> np.ndarray:
     if rows_per_patient > plan.rows_per_patient:
         raise PolicyRefusal(f"a patient can change {rows_per_patient} rows here, more than "
                             f"the {plan.rows_per_patient} the plan allows for")
-    rows = stable(dataset.scan()).collect()
+    rows = stable(view.without(dataset.scan(), excluded)).collect()
     return _exact(plan, rows) / np.asarray(plan.sensitivity)
 
 

@@ -37,6 +37,7 @@ from sqlalchemy.exc import IntegrityError
 
 from sandbox import anchors, audit, httpapi, receipts
 from sandbox.audit import AuditAction
+from sandbox.data.metadata import load as load_metadata
 from sandbox.db import make_engine
 from sandbox.errors import (
     Conflict,
@@ -50,7 +51,9 @@ from sandbox.federated import authorization, ckks, counts, messages
 from sandbox.federated.noise import noisy
 from sandbox.federated.plan import Plan, local_vector, make_plan
 from sandbox.federated.spec import FederatedSpec, resolved
+from sandbox.purposes import ALL
 from sandbox.queries import view
+from sandbox.queries.withdrawals import Withdrawn
 from sandbox.serving import TRUSTED_PROXIES_HELP, TrustedProxies
 
 log = logging.getLogger("sandbox.site")
@@ -91,6 +94,8 @@ class SiteSettings(BaseSettings, anchors.AnchorSettings):
     trusted_proxies: TrustedProxies = Field(default_factory=list,
                                             description=TRUSTED_PROXIES_HELP)
     max_body_bytes: int = Field(256 * 1024, description="largest request body accepted")
+    max_withdrawal_bytes: int = Field(32 * 1024 * 1024, description="largest body of "
+                                      "forwarded withdrawals (a bulk intake)")
 
     @property
     def audience(self) -> str:
@@ -117,12 +122,10 @@ class SiteService:
         self.dataset = self._prepare()
 
     def _prepare(self) -> view.Dataset:
-        withdrawn: dict[str, set[str]] = {}
         with self.db.connect() as conn:
-            for row in conn.execute(select(withdrawals)):
-                withdrawn.setdefault(row.pseudonym, set()).add(row.purpose)
-        return view.prepare(self.settings.dataset_dir, self.settings.state_dir / "views",
-                                withdrawn)
+            rows = conn.execute(select(withdrawals.c.pseudonym, withdrawals.c.purpose)).all()
+        self.withdrawn = Withdrawn().adding(len(rows), ((r.pseudonym, r.purpose) for r in rows))
+        return view.prepare(self.settings.dataset_dir, self.settings.state_dir / "views")
 
     def partition(self, patients: list[str] | None = None) -> str:
         """A digest of the patients this site holds now (of the loaded partition): what the
@@ -214,7 +217,7 @@ class SiteService:
         stored = self._stored_share(query_id, fingerprint)
         if stored is not None:
             return stored, False
-        vector = local_vector(plan, self.dataset, purpose)
+        vector = local_vector(plan, self.dataset, purpose, self.withdrawn.excluded(purpose))
         share = noisy(plan, vector) if self.noise else vector
         try:
             with self.db.begin() as conn:
@@ -238,22 +241,31 @@ class SiteService:
         return json.loads(row.vector)
 
     def withdraw(self, message: dict) -> dict:
-        """Record a patient's withdrawal (forwarded by the gateway) and rebuild the view."""
+        """Record patients' withdrawals forwarded by the gateway — one (``pseudonym``,
+        ``purposes``) or many (``withdrawals``: a list of them) — applied to every query
+        from now on, with no view rebuilt."""
         request = self._open(message, "withdraw")
-        pseudonym, purposes = str(request["pseudonym"]), request.get("purposes") or ["*"]
-        with self.db.begin() as conn:
-            for purpose in purposes:
-                if conn.execute(select(withdrawals).where(
-                        withdrawals.c.pseudonym == pseudonym,
-                        withdrawals.c.purpose == purpose)).first() is None:
-                    conn.execute(insert(withdrawals).values(
-                        pseudonym=pseudonym, purpose=purpose,
-                        at=datetime.now(UTC).isoformat()))
-            audit.append(conn, AuditAction.CONSENT_WITHDRAWN, "gateway",
-                         f"patient:{pseudonym}", {"purposes": purposes})
-        with self._lock:
-            self.dataset = self._prepare()
-        return {"site": self.settings.site, "recorded": purposes}
+        try:
+            items = request.get("withdrawals", [request])
+            wanted = {(str(item["pseudonym"]), str(purpose)) for item in items
+                      for purpose in (item.get("purposes") or [ALL])}
+        except (KeyError, TypeError, AttributeError):
+            raise InputError("a withdrawal names a pseudonym (and purposes)") from None
+        with self._lock, self.db.begin() as conn:
+            known = {(r.pseudonym, r.purpose) for r in conn.execute(
+                select(withdrawals.c.pseudonym, withdrawals.c.purpose))}
+            new = sorted(wanted - known)
+            if new:
+                at = datetime.now(UTC).isoformat()
+                conn.execute(insert(withdrawals), [
+                    {"pseudonym": p, "purpose": purpose, "at": at} for p, purpose in new])
+            for pseudonym in sorted({p for p, _ in wanted}):
+                audit.append(conn, AuditAction.CONSENT_WITHDRAWN, "gateway",
+                             f"patient:{pseudonym}", {"purposes": sorted(
+                                 purpose for p, purpose in wanted if p == pseudonym)})
+            self.withdrawn = self.withdrawn.adding(self.withdrawn.version + len(new), new)
+        return {"site": self.settings.site, "recorded": len(new),
+                "version": self.withdrawn.version}
 
     def overlap(self, message: dict) -> dict:
         """This site's patients, blinded for one overlap check: the first 8 bytes of
@@ -312,7 +324,8 @@ def create_app(settings: SiteSettings, service: SiteService | None = None) -> Fa
     app = FastAPI(title=f"Federated site {settings.site}", version="1",
                   description="Encrypted local aggregates of this site's partition.")
     app.state.service = service
-    httpapi.install(app, log, lambda _path: settings.max_body_bytes)
+    httpapi.install(app, log, lambda path: settings.max_withdrawal_bytes
+                    if path == "/v1/withdrawals" else settings.max_body_bytes)
     anchors.install_peer(app, service.anchors, settings.audience,
                          settings.gateway_key_file.read_bytes)
 
@@ -358,10 +371,7 @@ def split(dataset_dir: Path, sites: list[str], out: Path, dataset_id: str = "",
 
     if len(sites) < 3 or len(set(sites)) != len(sites):
         raise InputError("a federation needs at least 3 distinct sites")
-    try:
-        meta = json.loads((dataset_dir / "metadata.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{dataset_dir} is not an onboarded dataset: {exc}") from None
+    meta = load_metadata(dataset_dir).document()
     meta["id"] = dataset_id or f"{meta['id']}-federated"
     key = meta["patient_key"]
     records = pl.read_parquet(dataset_dir / "restricted" / "records.parquet")

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from sandbox import anchors, audit, httpapi
 from sandbox.errors import InputError
 from sandbox.federated.spec import FederatedSpec
-from sandbox.gateway.consent import Withdrawal
+from sandbox.gateway.consent import Withdrawal, Withdrawals
 from sandbox.gateway.exports import ExportIn
 from sandbox.gateway.grants import Grant, GrantRequest
 from sandbox.gateway.service import GatewayService
@@ -70,8 +70,8 @@ def create_app(settings: GatewaySettings | None = None,
     app.state.service = service
 
     # Export requests carry files (the sandbox's own, or the portal's for a project).
-    httpapi.install(app, log, lambda path: export_limit if path.endswith("/exports")
-                    else limit,
+    httpapi.install(app, log, lambda path: export_limit
+                    if path.endswith(("/exports", "/batch")) else limit,
                     "internal error; no answer was released, and a charge already made "
                     "stands (sending the identical query again costs nothing)")
 
@@ -127,6 +127,11 @@ def create_app(settings: GatewaySettings | None = None,
     @app.post("/v1/admin/consent-withdrawals", status_code=201)
     def withdraw(request: Withdrawal, actor: Admin) -> dict:
         return service.withdraw(actor, request)
+
+    @app.post("/v1/admin/consent-withdrawals/batch", status_code=201)
+    def withdraw_many(request: Withdrawals, actor: Admin) -> dict:
+        """Many withdrawals in one call (bulk intake), applied to the next question."""
+        return service.withdraw_many(actor, request.withdrawals)
 
     @app.get("/v1/admin/patients/{pseudonym}/datasets")
     def patient_datasets(pseudonym: str, _actor: Admin) -> dict:

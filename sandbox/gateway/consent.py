@@ -12,6 +12,8 @@ from sandbox.gateway.grants import now
 from sandbox.gateway.store import withdrawals
 from sandbox.purposes import ALL, IDS
 
+MAX_BATCH = 100_000
+
 
 class Withdrawal(BaseModel):
     """A patient's withdrawal of consent, by pseudonym, for some purposes or all."""
@@ -35,26 +37,33 @@ class Withdrawal(BaseModel):
         return self.purposes or [ALL]
 
 
-def record(db: Engine, actor: str, request: Withdrawal) -> list[str]:
-    """Record the withdrawal (audited); the purposes not withdrawn before."""
-    purposes = request.withdrawn()
+class Withdrawals(BaseModel):
+    """Many withdrawals in one call (a controller's bulk intake)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    withdrawals: list[Withdrawal] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+def record(db: Engine, actor: str, requests: list[Withdrawal]) -> list[tuple[str, str]]:
+    """Record withdrawals in one transaction, each patient's audited; the (pseudonym,
+    purpose) pairs not withdrawn before."""
+    wanted = {(r.pseudonym, p): None for r in requests for p in r.withdrawn()}
+    pseudonyms = sorted({p for p, _ in wanted})
     with db.begin() as conn:
-        existing = {r.purpose for r in conn.execute(
-            select(withdrawals.c.purpose).where(withdrawals.c.pseudonym == request.pseudonym))}
-        new = [p for p in purposes if p not in existing]
-        for purpose in new:
-            conn.execute(insert(withdrawals).values(
-                pseudonym=request.pseudonym, purpose=purpose, recorded_at=now(),
-                recorded_by=actor))
-        audit.append(conn, AuditAction.CONSENT_WITHDRAWN, actor,
-                     f"patient:{request.pseudonym}", {"purposes": purposes})
+        known = set()
+        for start in range(0, len(pseudonyms), 1000):
+            chunk = pseudonyms[start:start + 1000]
+            known |= {(r.pseudonym, r.purpose) for r in conn.execute(
+                select(withdrawals.c.pseudonym, withdrawals.c.purpose)
+                .where(withdrawals.c.pseudonym.in_(chunk)))}
+        new = [pair for pair in wanted if pair not in known]
+        if new:
+            at = now()
+            conn.execute(insert(withdrawals), [
+                {"pseudonym": p, "purpose": purpose, "recorded_at": at, "recorded_by": actor}
+                for p, purpose in new])
+        for request in requests:
+            audit.append(conn, AuditAction.CONSENT_WITHDRAWN, actor,
+                         f"patient:{request.pseudonym}", {"purposes": request.withdrawn()})
     return new
-
-
-def withdrawn(db: Engine) -> dict[str, set[str]]:
-    """Every recorded withdrawal: pseudonym → purposes ("*" for all)."""
-    out: dict[str, set[str]] = {}
-    with db.connect() as conn:
-        for row in conn.execute(select(withdrawals.c.pseudonym, withdrawals.c.purpose)):
-            out.setdefault(row.pseudonym, set()).add(row.purpose)
-    return out

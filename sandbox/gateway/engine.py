@@ -3,10 +3,11 @@ OpenDP releases out.
 
 A query becomes a Polars plan on an empty frame of the view's schema; OpenDP's
 ``make_private_lazyframe`` turns it into a measurement whose privacy loss OpenDP computes.
-Searching for the noise scale is the slow part (~0.6 s), so the scale found for a query
-*shape* (the spec without filter values) and (ε, δ) is cached and reused; the reused
-measurement's loss is still checked by OpenDP against (ε, δ) before it runs. Noise,
-clamping and accounting all come from OpenDP.
+The noise scale comes in closed form from one evaluation of OpenDP's loss
+(``calibration``), checked by ``map``; the scale found for a query *shape* (the spec
+without filter values) and (ε, δ) is cached and reused, and the reused measurement's loss
+is still checked by OpenDP against (ε, δ) before it runs. Noise, clamping and accounting
+all come from OpenDP.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from opendp.measurements import make_private_lazyframe
 from opendp.mod import Measurement, OpenDPException, binary_search
 
 from sandbox.errors import InputError, PolicyRefusal
+from sandbox.gateway.calibration import scale_for
 from sandbox.queries.checks import bin_labels, check_spec, predicate
 from sandbox.queries.spec import QUANTILE_CANDIDATES, QuerySpec
-from sandbox.queries.view import Dataset, consent_column
+from sandbox.queries.view import Dataset, consent_column, without
+from sandbox.queries.withdrawals import Withdrawn
 
 dp.enable_features("contrib")
 
@@ -42,6 +45,7 @@ class Release:
     delta: float
     columns: list[str]
     refused: str | None = None  # a refusal decided from noisy values: the release itself
+    withdrawals: int | None = None  # the withdrawal set's version it was computed under
 
 
 class Engine:
@@ -146,13 +150,10 @@ class Engine:
                    delta: float, threshold: bool) -> tuple[float, int | None]:
         try:
             if not threshold:
-                scale = binary_search(
-                    lambda s: self._make(dataset, plan, s, None).map(d_in)[0] <= epsilon,
-                    T=float)
-                return scale, None
-            scale = binary_search(
-                lambda s: self._make(dataset, plan, s, 2**32 - 1).map(d_in)[0] <= epsilon,
-                T=float)
+                return scale_for(
+                    lambda s: self._make(dataset, plan, s, None).map(d_in)[0], epsilon), None
+            scale = scale_for(
+                lambda s: self._make(dataset, plan, s, 2**32 - 1).map(d_in)[0], epsilon)
             cut = binary_search(
                 lambda t: self._make(dataset, plan, scale, t).map(d_in)[1] <= delta, T=int)
             return scale, cut
@@ -161,14 +162,18 @@ class Engine:
                              f"{_first_line(exc)}") from None
 
     # -- running ---------------------------------------------------------------------
-    def run(self, spec: QuerySpec, dataset: Dataset, measurement: Measurement) -> Release:
-        """Release the answer of ``measurement`` (from ``measurement()``). Call only after
-        the budget has been charged."""
+    def run(self, spec: QuerySpec, dataset: Dataset, measurement: Measurement,
+            withdrawn: Withdrawn, purpose: str) -> Release:
+        """Release the answer of ``measurement`` (from ``measurement()``) over the view less
+        the patients ``withdrawn`` from ``purpose``. Call only after the budget has been
+        charged."""
         eps, delta = measurement.map(dataset.contribution_bound)
-        frame = measurement(dataset.scan()).collect()
+        rows = without(dataset.scan(), withdrawn.excluded(purpose))
+        frame = measurement(rows).collect()
         bounds = self._bounds(spec, dataset) if spec.field else None
         frame = _post_process(spec, frame, bounds)
-        return Release(_rows(frame), float(eps), float(delta), frame.columns)
+        return Release(_rows(frame), float(eps), float(delta), frame.columns,
+                       withdrawals=withdrawn.version)
 
     def preview(self, spec: QuerySpec, dataset: Dataset, purpose: str,
                 alpha: float = 0.05) -> list[dict]:

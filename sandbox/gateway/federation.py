@@ -38,6 +38,7 @@ from pathlib import Path
 import httpx
 
 from sandbox import receipts
+from sandbox.data import metadata
 from sandbox.errors import (
     InputError,
     PartitionChanged,
@@ -117,7 +118,7 @@ class Federation:
             config = json.loads(Path(config_file).read_text(encoding="utf-8"))
             self.keys_url = config["keys_url"].rstrip("/")
             for name, entry in config["datasets"].items():
-                meta = json.loads(Path(entry["metadata"]).read_text(encoding="utf-8"))
+                meta = metadata.read(Path(entry["metadata"])).document()
                 if meta["id"] != name or len(entry["sites"]) < MIN_SITES:
                     raise ValueError(f"{name}: metadata of {meta['id']!r}, or fewer than "
                                      f"{MIN_SITES} sites")
@@ -235,15 +236,16 @@ class Federation:
                     break
         return found
 
-    def forward_withdrawal(self, pseudonym: str, purposes: list[str]) -> list[str]:
-        """Tell every site of every federated dataset; the sites that could not be told."""
+    def forward_withdrawals(self, withdrawals: list[dict]) -> list[str]:
+        """Tell every site of every federated dataset, in one message each; the sites that
+        could not be told."""
         missed = []
         for dataset in self.datasets.values():
             for name, url in dataset.sites.items():
                 try:  # a site that is down must not hold up the intake for long
                     self._post(f"{url.rstrip('/')}/v1/withdrawals", messages.sign(
                         self.signer, f"site:{name}", "withdraw",
-                        {"pseudonym": pseudonym, "purposes": purposes}),
+                        {"withdrawals": withdrawals}),
                                f"site {name}", timeout=WITHDRAWAL_TIMEOUT)
                 except SandboxError:
                     missed.append(name)

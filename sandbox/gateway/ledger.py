@@ -217,6 +217,8 @@ class Ledger:
             "epsilon": spec.epsilon, "delta": spec.delta,
             "opendp_loss": [result.epsilon, result.delta], "released_at": now(),
             **({"refused": result.refused} if result.refused else {}),
+            **({"withdrawals_version": result.withdrawals}
+               if result.withdrawals is not None else {}),
         }
         receipt = self.signer.sign(payload, Domain.RECEIPT)
         with self.db.begin() as conn:

@@ -19,6 +19,7 @@ from sandbox.gateway.federation import FederatedDataset, Federation
 from sandbox.gateway.grants import Grant, Grants
 from sandbox.queries.spec import QuerySpec
 from sandbox.queries.view import Dataset
+from sandbox.queries.withdrawals import WithdrawalLog
 
 
 def central_dataset(grant: Grant, spec: QuerySpec, datasets: dict[str, Dataset],
@@ -39,9 +40,10 @@ class CentralQuestion:
     """A query over a dataset this gateway serves, answered by OpenDP here."""
 
     def __init__(self, grant: Grant, spec: QuerySpec, datasets: dict[str, Dataset],
-                 federation: Federation, engine: DPEngine) -> None:
+                 federation: Federation, engine: DPEngine, withdrawals: WithdrawalLog) -> None:
         self.grant, self.spec = grant, spec
         self._datasets, self._federation, self._engine = datasets, federation, engine
+        self._withdrawals = withdrawals
         self._compiled = None
 
     def resolve(self) -> Dataset:
@@ -53,7 +55,10 @@ class CentralQuestion:
         return self.dataset
 
     def run(self, claim: dict) -> Release:
-        return self._engine.run(self.spec, self.dataset, self._compiled)
+        # the withdrawal set as it stands now, after the charge: a withdrawal recorded
+        # before this line is in the answer
+        return self._engine.run(self.spec, self.dataset, self._compiled,
+                                self._withdrawals.current(), self.grant.purpose)
 
 
 def federated_plan(grant: Grant, spec: FederatedSpec, federation: Federation) -> Plan:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,12 +15,13 @@ from sqlalchemy import select
 
 from sandbox import audit
 from sandbox.anchors import Anchors, result
+from sandbox.data import metadata
 from sandbox.db import make_engine
 from sandbox.errors import InputError, SandboxError, Unauthenticated
 from sandbox.federated import authorization
 from sandbox.federated.noise import ALPHA, accuracy
 from sandbox.federated.spec import FederatedSpec
-from sandbox.gateway import consent, exports, statements
+from sandbox.gateway import consent, exports, statements, store
 from sandbox.gateway import engine as dpengine
 from sandbox.gateway.consent import Withdrawal
 from sandbox.gateway.exports import ExportIn
@@ -34,11 +34,12 @@ from sandbox.gateway.questions import (
     central_dataset,
     federated_plan,
 )
-from sandbox.gateway.ratelimit import RateLimiter
+from sandbox.gateway.ratelimit import limiter_for
 from sandbox.gateway.settings import GatewaySettings
 from sandbox.gateway.store import create_tables
 from sandbox.queries import view
 from sandbox.queries.spec import QuerySpec
+from sandbox.queries.withdrawals import WithdrawalLog
 from sandbox.receipts import Signer
 from sandbox.secretfile import read_or_create
 
@@ -62,10 +63,10 @@ class GatewayService:
             settings.admin_token_file, lambda: secrets.token_urlsafe(32).encode()
         ).decode().strip())
         self.engine = dpengine.Engine()
-        self.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
+        self.limiter = limiter_for(self.db, settings.rate_limit, settings.rate_burst)
         self.grants = Grants(self.db)
         self.ledger = Ledger(self.db, self.signer)
-        self._refresh = threading.Lock()
+        self.withdrawals = WithdrawalLog(self.db, store.withdrawals)
         self.datasets: dict[str, view.Dataset] = {}
         self._load_datasets()
         self.federation = Federation(settings.federation_file, self.signer)
@@ -75,13 +76,12 @@ class GatewayService:
         root = Path(self.settings.datasets_dir)
         if not root.is_dir():
             raise InputError(f"datasets directory {root} not found")
-        withdrawn = consent.withdrawn(self.db)
         loaded = {}
-        for directory in sorted(p for p in root.iterdir() if (p / "metadata.json").is_file()):
-            meta = json.loads((directory / "metadata.json").read_text(encoding="utf-8"))
-            if meta.get("grade") == "public" or meta.get("federated"):
+        for directory in sorted(p for p in root.iterdir() if (p / metadata.FILE).is_file()):
+            meta = metadata.load(directory)
+            if meta.grade == "public" or meta.federated:
                 continue  # nothing to serve here (federated rows stay at their sites)
-            loaded[meta["id"]] = view.prepare(directory, self.settings.cache_dir, withdrawn)
+            loaded[meta.id] = view.prepare(directory, self.settings.cache_dir)
         self.datasets = loaded
 
     # -- authentication ------------------------------------------------------------------
@@ -176,17 +176,28 @@ class GatewayService:
 
     # -- consent -----------------------------------------------------------------------------
     def withdraw(self, actor: str, request: Withdrawal) -> dict:
-        new = consent.record(self.db, actor, request)
-        # Takes effect before this call returns: the views are rebuilt now.
-        with self._refresh:
-            self._load_datasets()
+        # Takes effect at once: every question reads the withdrawal set as it stands.
+        new = consent.record(self.db, actor, [request])
         # Sites hold their own rows: they are told now, and say if they could not be.
         purposes = request.withdrawn()
-        missed = self.federation.forward_withdrawal(request.pseudonym, purposes)
+        missed = self.federation.forward_withdrawals(
+            [{"pseudonym": request.pseudonym, "purposes": purposes}])
         return {"pseudonym": request.pseudonym, "purposes": purposes,
-                "recorded": new, "datasets": sorted(self.datasets),
+                "recorded": [purpose for _, purpose in new], "datasets": sorted(self.datasets),
                 "containing": self.containing(request.pseudonym, strict=False),
-                "sites_missed": missed}
+                "sites_missed": missed, "version": self.withdrawals.current().version}
+
+    def withdraw_many(self, actor: str, requests: list[Withdrawal]) -> dict:
+        """Withdrawals in bulk: recorded in one transaction, applied to the next question,
+        forwarded to every site in one message each; how many patients each served
+        dataset holds among them."""
+        new = consent.record(self.db, actor, requests)
+        missed = self.federation.forward_withdrawals(
+            [{"pseudonym": r.pseudonym, "purposes": r.withdrawn()} for r in requests])
+        pseudonyms = sorted({r.pseudonym for r in requests})
+        return {"withdrawals": len(requests), "recorded": len(new),
+                "holding": {d.id: view.holding(d, pseudonyms) for d in self.datasets.values()},
+                "sites_missed": missed, "version": self.withdrawals.current().version}
 
     def containing(self, pseudonym: str, strict: bool = True) -> list[dict]:
         """The datasets (id and version) holding records of this patient, federated ones
@@ -238,8 +249,8 @@ class GatewayService:
         return self.ledger.releases(grant)
 
     def query(self, grant: Grant, spec: QuerySpec) -> dict:
-        return self.ledger.answer(grant, CentralQuestion(grant, spec, self.datasets,
-                                                         self.federation, self.engine))
+        return self.ledger.answer(grant, CentralQuestion(
+            grant, spec, self.datasets, self.federation, self.engine, self.withdrawals))
 
     def preview(self, grant: Grant, spec: QuerySpec) -> dict:
         try:

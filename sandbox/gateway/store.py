@@ -78,6 +78,15 @@ releases = Table(
     UniqueConstraint("grant_id", "query_hash", name="uq_release_query"),
 )
 
+# Per-token rate-limit buckets, shared by gateway replicas on one PostgreSQL database
+# (``ratelimit.SharedRateLimiter``); a single SQLite gateway keeps them in memory.
+rate_buckets = Table(
+    "rate_buckets", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("at", Float, nullable=False),  # seconds since the epoch, last taken
+)
+
 withdrawals = Table(
     "withdrawals", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),

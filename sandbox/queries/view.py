@@ -1,13 +1,13 @@
 """The bounded, consented view of a dataset: what every query — central or federated —
 reads. At most ``contribution_bound`` rows per patient (a seeded sample, so one patient
-changes at most that many rows — the privacy unit OpenDP accounts for), the patient's live
-consent for each purpose as boolean columns (withdrawals applied), and text columns encoded
-against the public category lists. The view is an Arrow IPC file that OpenDP's Polars
-plugin scans directly, so no rows are copied through Python per query."""
+changes at most that many rows — the privacy unit OpenDP accounts for), the patient's
+consent for each purpose as given in the extract (boolean columns), the patient's pseudonym
+(so that withdrawals recorded since apply to every query, ``without``, with no rebuild),
+and text columns encoded against the public category lists. The view is an Arrow IPC file
+that OpenDP's Polars plugin scans directly, so no rows are copied through Python per query."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +17,13 @@ from opendp.domains import with_margin
 from opendp.extras.polars import Margin, _lazyframe_domain_from_schema
 
 from sandbox.data.catalog import CONSENT, RECORDS
+from sandbox.data.metadata import load as load_metadata
 from sandbox.errors import InputError
-from sandbox.purposes import ALL as ALL_PURPOSES
+
+# The view's patient column: kept so that withdrawals apply per query; a query never names
+# it (it is no field of the catalog).
+PATIENT = "_patient"
+VIEW_FORMAT = "v2"  # bumped when a view's columns change, so an old cached view is not reused
 
 
 def consent_column(purpose: str) -> str:
@@ -60,6 +65,14 @@ def contains(dataset: Dataset, pseudonym: str) -> bool:
     ).item() > 0
 
 
+def holding(dataset: Dataset, pseudonyms: list[str]) -> int:
+    """How many of ``pseudonyms`` have a restricted record in ``dataset``."""
+    records = pl.scan_parquet(dataset.directory / "restricted" / f"{RECORDS}.parquet")
+    wanted = pl.LazyFrame({"pseudonym": pseudonyms}, schema={"pseudonym": pl.String})
+    return records.select("pseudonym").unique().join(wanted, on="pseudonym", how="semi"
+                                                     ).select(pl.len()).collect().item()
+
+
 def patients(dataset: Dataset) -> list[str]:
     """The pseudonyms of every patient with a restricted record in ``dataset``."""
     key = dataset.metadata["patient_key"]
@@ -67,35 +80,31 @@ def patients(dataset: Dataset) -> list[str]:
     return records.select(pl.col(key).unique()).collect()[key].to_list()
 
 
-def prepare(directory: Path, cache: Path, withdrawals: dict[str, set[str]]) -> Dataset:
-    """Build (or rebuild) the view of the dataset in ``directory``. ``withdrawals`` maps a
-    pseudonym to the purposes withdrawn ("*" for all)."""
+def prepare(directory: Path, cache: Path) -> Dataset:
+    """The view of the dataset in ``directory``, built once per dataset version (a view
+    already in ``cache`` is reused: nothing in it changes while the version lives — consent
+    withdrawals are applied per query, ``without``)."""
     directory = Path(directory)
-    try:
-        metadata = json.loads((directory / "metadata.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{directory} is not an onboarded dataset: {exc}") from None
-    if metadata.get("grade") == "public":
+    metadata = load_metadata(directory).document()
+    if metadata["grade"] == "public":
         raise InputError(f"{metadata['id']} is a public aggregate dataset; nothing to serve")
     fields = {f["name"]: f for f in metadata["tables"][RECORDS]["fields"]}
     purposes = [p["id"] for p in metadata["purposes"]]
+    target = cache / f"{metadata['id']}-{metadata['version']}.{VIEW_FORMAT}.arrow"
+    if not target.is_file():
+        _build(directory, metadata, fields, purposes, target)
+    schema = pl.Schema(pl.scan_ipc(target).collect_schema())
+    return Dataset(metadata["id"], directory, metadata, target, schema,
+                   fields, purposes, _domain(schema, metadata))
+
+
+def _build(directory: Path, metadata: dict, fields: dict[str, dict], purposes: list[str],
+           target: Path) -> None:
     patient = metadata["patient_key"]
     records = pl.scan_parquet(directory / "restricted" / f"{RECORDS}.parquet")
-    consent = pl.scan_parquet(directory / "restricted" / f"{CONSENT}.parquet")
-
-    withdrawn = pl.DataFrame(
-        [(p, purpose) for p, purposes_ in withdrawals.items() for purpose in purposes_],
-        schema={patient: pl.String, "_purpose": pl.String}, orient="row",
-    )
-    consent_cols = []
-    for purpose in purposes:
-        live = withdrawn.filter(pl.col("_purpose").is_in([purpose, ALL_PURPOSES]))[patient]
-        consent_cols.append(
-            (pl.col(purpose).fill_null(False) & pl.col("withdrawn_at").is_null()
-             & ~pl.col(patient).is_in(live.implode())).alias(consent_column(purpose))
-        )
-    consent = consent.select(patient, *consent_cols)
-
+    consent = pl.scan_parquet(directory / "restricted" / f"{CONSENT}.parquet").select(
+        patient, *((pl.col(p).fill_null(False) & pl.col("withdrawn_at").is_null())
+                   .alias(consent_column(p)) for p in purposes))
     encode = []
     for name, f in fields.items():
         if f["type"] == "string" and f.get("categories") is not None and f["role"] != "label":
@@ -110,16 +119,24 @@ def prepare(directory: Path, cache: Path, withdrawals: dict[str, set[str]]) -> D
         .join(consent, on=patient, how="left")
         .with_columns(*(pl.col(consent_column(p)).fill_null(False) for p in purposes))
         .with_columns(encode)
-        .drop(patient, *(n for n, f in fields.items() if f["role"] == "label"))
+        .drop(*(n for n, f in fields.items() if f["role"] == "label"))
+        .rename({patient: PATIENT})
         .collect(engine="streaming")
     )
-    cache.mkdir(parents=True, exist_ok=True)
-    target = cache / f"{metadata['id']}-{metadata['version']}.arrow"
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".arrow.tmp")
     view.write_ipc(tmp)
     tmp.replace(target)
-    return Dataset(metadata["id"], directory, metadata, target, view.schema,
-                   fields, purposes, _domain(view.schema, metadata))
+
+
+def without(frame: pl.LazyFrame, excluded: frozenset[str]) -> pl.LazyFrame:
+    """The view's rows less those of the patients in ``excluded`` (their withdrawals):
+    applied to the rows before a measurement reads them — removing rows never adds to a
+    patient's influence, so the measurement's accounting is unchanged."""
+    if not excluded:
+        return frame
+    gone = pl.LazyFrame({PATIENT: sorted(excluded)}, schema={PATIENT: pl.String})
+    return frame.join(gone, on=PATIENT, how="anti")
 
 
 def _domain(schema: pl.Schema, metadata: dict) -> object:

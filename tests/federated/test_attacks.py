@@ -144,7 +144,7 @@ def _failing_aggregates(site_url: str) -> FastAPI:
 
 def _exact_part(cluster, site: str, spec: FederatedSpec, tmp_path) -> np.ndarray:
     """What a site's part would be without noise (computed here from its partition)."""
-    dataset = view.prepare(cluster.parts / site, tmp_path / f"view-{site}", {})
+    dataset = view.prepare(cluster.parts / site, tmp_path / f"view-{site}")
     plan = make_plan(spec, dataset.metadata)
     return local_vector(plan, dataset, PURPOSE) * np.asarray(plan.sensitivity)
 

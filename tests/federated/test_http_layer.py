@@ -18,7 +18,7 @@ FORGED = "10.99.0.17"
 
 @pytest.mark.parametrize(("service", "path", "limit"), [
     ("north", "/v1/aggregate", 256 * 1024),
-    ("north", "/v1/withdrawals", 256 * 1024),
+    ("north", "/v1/withdrawals", 32 * MIB),  # forwarded bulk intakes
     ("keys", "/v1/decrypt", 16 * MIB),
 ])
 def test_a_chunked_oversize_body_is_refused_while_it_streams(cluster, service, path, limit):

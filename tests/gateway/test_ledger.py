@@ -48,7 +48,7 @@ def ledger(database_url: str, grant_id: str) -> tuple[dict, list[dict]]:
 
 def test_200_parallel_queries_against_a_budget_for_50(gateway):
     grant = gateway.grant(epsilon=5.0)
-    gateway_warm = httpx.post(f"{gateway.url}/v1/preview", json=spec(0),
+    gateway_warm = httpx.post(f"{gateway.url}/v1/preview", json=spec(0), timeout=120,
                               headers={"Authorization": f"Bearer {grant['token']}"})
     assert gateway_warm.status_code == 200
     results = fire(gateway, grant["token"], [spec(i) for i in range(200)])

@@ -120,3 +120,31 @@ def test_malformed_entries_stop_neither_the_round_nor_the_audit_pages(
     assert page.get("/controller/audit").status_code == 200
     listed = page.get("/controller/audit.csv")
     assert listed.status_code == 200 and "alert:x" in listed.get_data(as_text=True)
+
+
+def test_a_round_held_by_another_replica_is_skipped(app, portal_settings, gateway):
+    """Two portal replicas on one PostgreSQL database: while one runs the round (holds its
+    advisory lock) the other's round does nothing — no term ended twice, no alert mailed
+    twice. On SQLite there is one portal process and no lock."""
+    from sqlalchemy import text
+
+    settings = portal_settings.model_copy(update={
+        "gateway_url": gateway.url, "gateway_token_file": gateway.state_dir / "admin.token"})
+    made = active_project(app, settings, ["sex"])
+    with app.extensions["portal.sessions"]() as db:
+        db.get(Agreement, made.application_id).expires_at = \
+            datetime.now(UTC) - timedelta(minutes=1)
+        db.commit()
+        engine = db.get_bind()
+        if engine.dialect.name == "sqlite":
+            assert not periodic.run_once(db, settings).skipped
+            return
+        with engine.connect() as other:  # the replica running the round
+            other.execute(text("SELECT pg_advisory_lock(:k)"), {"k": periodic.ROUND_LOCK})
+            held = periodic.run_once(db, settings)
+            assert held.skipped and held.ended == []
+            assert db.get(Application, made.application_id).state == "active"
+            other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": periodic.ROUND_LOCK})
+            other.commit()
+        done = periodic.run_once(db, settings)
+        assert not done.skipped and made.application_id in done.ended

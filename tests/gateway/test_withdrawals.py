@@ -1,0 +1,77 @@
+"""Consent at query time: a withdrawal is a row the next question reads — on a served
+gateway, with no view rebuilt — and a controller's bulk intake of 10,000 in one call."""
+
+from __future__ import annotations
+
+import secrets
+
+import polars as pl
+import pytest
+
+from sandbox.client import Gateway
+
+PURPOSE = "ai_training"
+
+
+def _view_files(state) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in (state / "cache").rglob("*.arrow")}
+
+
+def test_a_bulk_intake_applies_to_the_next_question_without_a_rebuild(fresh_gateway,
+                                                                     datasets_dir):
+    fresh_gateway.start()
+    restricted = datasets_dir / "emr-visits" / "restricted"
+    consent = pl.read_parquet(restricted / "consent.parquet").filter(
+        pl.col(PURPOSE) & pl.col("withdrawn_at").is_null())
+    records = pl.read_parquet(restricted / "records.parquet")
+    chosen = consent["pseudonym"].head(2000).to_list()
+    rows = records.filter(pl.col("pseudonym").is_in(chosen)).group_by("pseudonym").len()
+    expected_drop = int(rows["len"].clip(upper_bound=20).sum())
+    # the rest of the 10,000 are patients this dataset does not hold (as a regional list has)
+    batch = chosen + [secrets.token_hex(32) for _ in range(10_000 - len(chosen))]
+
+    client = Gateway(fresh_gateway.url, fresh_gateway.grant(purpose=PURPOSE)["token"])
+    other = Gateway(fresh_gateway.url, fresh_gateway.grant()["token"])
+    before = (client.count("emr-visits", epsilon=5.0).value,
+              other.count("emr-visits", epsilon=5.0).value)
+    views = _view_files(fresh_gateway.state_dir)
+    response = fresh_gateway.admin("POST", "/v1/admin/consent-withdrawals/batch", {
+        "withdrawals": [{"pseudonym": p, "purposes": [PURPOSE]} for p in batch]})
+    assert response.status_code == 201, response.text
+    taken = response.json()
+    assert taken["withdrawals"] == taken["recorded"] == 10_000
+    assert taken["holding"] == {"emr-visits": len(chosen)}
+
+    after = client.count("emr-visits", epsilon=4.9)
+    assert abs((before[0] - after.value) - expected_drop) < 60 and expected_drop > 2000
+    assert abs(before[1] - other.count("emr-visits", epsilon=4.9).value) < 60
+    assert after.receipt["payload"]["withdrawals_version"] == taken["version"]
+    assert _view_files(fresh_gateway.state_dir) == views  # nothing rebuilt
+    # the same intake again records nothing new and changes no answer's version
+    again = fresh_gateway.admin("POST", "/v1/admin/consent-withdrawals/batch", {
+        "withdrawals": [{"pseudonym": p, "purposes": [PURPOSE]} for p in batch[:10]]})
+    assert again.status_code == 201 and again.json()["recorded"] == 0
+    assert again.json()["version"] == taken["version"]
+
+
+@pytest.mark.parametrize("bad, reason", [
+    ({"pseudonym": "nope"}, "pseudonym"),
+    ({"pseudonym": "a" * 64, "purposes": ["marketing"]}, "unknown purposes"),
+    ({"pseudonym": "a" * 64, "purposes": []}, "unknown purposes"),
+    ({"pseudonym": "a" * 64, "note": "x"}, "extra"),
+])
+def test_a_bad_bulk_intake_is_refused_whole(gateway, bad, reason):
+    first = secrets.token_hex(32)
+    response = gateway.admin("POST", "/v1/admin/consent-withdrawals/batch", {
+        "withdrawals": [{"pseudonym": first, "purposes": [PURPOSE]}, bad]})
+    assert response.status_code == 422 and reason in response.json()["reason"].lower()
+    # nothing of the batch was recorded: its valid first withdrawal is still new
+    single = gateway.admin("POST", "/v1/admin/consent-withdrawals",
+                           {"pseudonym": first, "purposes": [PURPOSE]})
+    assert single.status_code == 201 and single.json()["recorded"] == [PURPOSE]
+
+
+def test_an_empty_bulk_intake_is_refused(gateway):
+    response = gateway.admin("POST", "/v1/admin/consent-withdrawals/batch",
+                             {"withdrawals": []})
+    assert response.status_code == 422 and "withdrawals" in response.json()["reason"]
