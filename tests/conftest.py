@@ -1,4 +1,6 @@
-"""Fixtures shared by every test package: the real CLI run as a subprocess."""
+"""Fixtures shared by every test package: the real CLI run as a subprocess, the session's
+PostgreSQL; and the test tiers (tests/tiers.py: which tests need a service, a browser or
+Docker)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,11 @@ from pathlib import Path
 import pytest
 
 from tests.services import Postgres
+from tests.tiers import tier
 
 ROOT = Path(__file__).resolve().parent.parent
+
+pytest_plugins = ("tests.tiers",)
 
 
 @dataclass
@@ -31,6 +36,7 @@ def run_cli(*args: str | Path) -> CliResult:
 
 
 @pytest.fixture(scope="session")
+@tier("service")
 def postgres():
     """Debian's PostgreSQL, started once per session (only when a test asks for it) and
     stopped at the end if this session started it; each test takes its own database."""
