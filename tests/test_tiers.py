@@ -1,7 +1,7 @@
 """The test tiers (tests/tiers.py): every test of the suite has exactly one; the rule that
 infers it — directory, fixtures, parameters, explicit markers — gives what it says on small
 suites of its own; a unit test that reaches a server fails; and one PostgreSQL serves the
-whole run."""
+whole run, left running at its end while another run uses it."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import subprocess
 import sys
 
 import pytest
+from sqlalchemy import create_engine, text
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, others_connected
+from tests.services import Postgres
 from tests.tiers import tier
 
 pytest_plugins = ("pytester",)
@@ -235,3 +237,14 @@ def test_one_postgresql_for_the_whole_run():
     conftest = (ROOT / "tests" / "conftest.py").read_text("utf-8")
     assert conftest.count("Postgres.start(") == 1
     assert '@pytest.fixture(scope="session")\n@tier("service")\ndef postgres():' in conftest
+
+
+def test_a_run_leaves_postgresql_running_while_another_run_is_connected(postgres):
+    """The session stops the cluster it started only when no one else uses it: a client
+    connected to a database this session did not make (another run's) keeps it up."""
+    this_run = Postgres(postgres.base_url, started=True)  # made no database of its own
+    other_run = create_engine(postgres.new_database())
+    with other_run.connect() as conn:
+        assert conn.scalar(text("SELECT 1")) == 1
+        assert others_connected(this_run)
+    other_run.dispose()
