@@ -50,15 +50,26 @@ translations: install
 	$(BIN)/pybabel extract -F portal/babel.cfg -k _l -k lazy_gettext -o /tmp/portal.pot .
 	$(BIN)/pybabel update -i /tmp/portal.pot -d portal/translations -D messages
 
+# Every test has one tier (tests/tiers.py): unit, service, browser, docker. `make test`
+# runs them all; `make test TIERS="unit service"` only those named.
+TIERS ?=
+TIER_NAMES := unit service browser docker
+ifneq ($(filter-out $(TIER_NAMES),$(TIERS)),)
+$(error TIERS names tiers among: $(TIER_NAMES))
+endif
+empty :=
+space := $(empty) $(empty)
+SELECT := $(if $(strip $(TIERS)),-m "$(subst $(space), or ,$(strip $(TIERS)))")
+
 test: install
 	infra/scripts/test-deps.sh
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(SELECT)
 
-# For a quick loop: everything but the sealed sandboxes (Docker) and the browser tests.
+# For a quick loop: the tiers that need neither Docker nor a browser (unit and service).
 test-fast: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest --ignore=tests/hub --ignore=tests/browser
+	$(BIN)/python -m pytest -m "not docker and not browser"
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,4 +1,6 @@
-"""Fixtures shared by every test package: the real CLI run as a subprocess."""
+"""Fixtures shared by every test package: the real CLI run as a subprocess, the session's
+PostgreSQL; and the test tiers (tests/tiers.py: which tests need a service, a browser or
+Docker)."""
 
 from __future__ import annotations
 
@@ -8,10 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from tests.services import Postgres
+from tests.tiers import tier
 
 ROOT = Path(__file__).resolve().parent.parent
+
+pytest_plugins = ("tests.tiers",)
 
 
 @dataclass
@@ -31,12 +37,29 @@ def run_cli(*args: str | Path) -> CliResult:
 
 
 @pytest.fixture(scope="session")
+@tier("service")
 def postgres():
-    """Debian's PostgreSQL, started once per session (only when a test asks for it) and
-    stopped at the end if this session started it; each test takes its own database."""
+    """Debian's PostgreSQL, started once per session (only when a test asks for it); each
+    test takes its own database. Stopped at the end if this session started it and no
+    other client is connected: another run on the same machine may have come to use the
+    cluster meanwhile, and stopping it would fail that run half-way."""
     server = Postgres.start()
     yield server
+    server.started = server.started and not others_connected(server)
     server.stop()
+
+
+def others_connected(server: Postgres) -> bool:
+    """Whether a client other than this session's (connected to a database it did not
+    create) is connected to the cluster."""
+    admin = create_engine(server.base_url)
+    with admin.connect() as conn:
+        others = conn.scalar(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+            "AND pid <> pg_backend_pid() AND NOT (datname = ANY(:ours))"),
+            {"ours": server.databases})
+    admin.dispose()
+    return others > 0
 
 
 @pytest.fixture(scope="session")

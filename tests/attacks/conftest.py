@@ -21,6 +21,7 @@ from tests.browser.conftest import portal_stack
 from tests.federated.conftest import cluster, exact, noisy  # noqa: F401
 from tests.gateway.conftest import datasets_dir  # noqa: F401
 from tests.signin import fresh_code
+from tests.tiers import tier
 
 PASSWORD = "Attack-test-42"
 TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -43,11 +44,13 @@ def serve(dataset, root, database_url: str | None = None, before_serving=None):
 
 
 @pytest.fixture(scope="module")
+@tier("service")
 def served(dataset, tmp_path_factory):
     yield from serve(dataset, tmp_path_factory.mktemp("attacks"))
 
 
 @pytest.fixture(scope="module")
+@tier("service")
 def served_postgres(dataset, tmp_path_factory, postgres):
     """The same portal on PostgreSQL (the production database the README names)."""
     yield from serve(dataset, tmp_path_factory.mktemp("attacks-pg"), postgres.new_database())

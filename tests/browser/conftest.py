@@ -19,6 +19,7 @@ from portal.config import PortalSettings
 from tests.conftest import ROOT
 from tests.mail import Inbox, start_smtp
 from tests.services import GatewayProcess, free_port, portal_env
+from tests.tiers import tier
 
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 PASSWORD = "Browser-test-42"
@@ -107,6 +108,7 @@ def confirm_export(page, url: str, application_id: int, code: str, shot=None) ->
 
 
 @pytest.fixture(scope="module")
+@tier("browser")
 def browser():
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:

@@ -28,6 +28,7 @@ from sandbox.audit import audit_head, audit_log
 from tests.conftest import CliResult
 from tests.mail import start_smtp
 from tests.services import ROOT, GatewayProcess, portal_env
+from tests.tiers import tier
 
 CTL = str(Path(sys.executable).parent / "sandboxctl")
 ROLES = ["researcher", "expert1", "expert2", "expert3", "chair", "controller", "controller2",
@@ -42,6 +43,7 @@ def run(env: dict[str, str], *args: str | Path) -> CliResult:
 
 
 @pytest.fixture(scope="module")
+@tier("service")
 def gateway(dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("demo-gateway")
     served = root / "datasets"

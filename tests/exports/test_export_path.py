@@ -23,9 +23,11 @@ from sandbox.exports import bundle
 from tests.exports import disguises
 from tests.portal.conftest import active_project, confirm_export
 from tests.services import GatewayProcess
+from tests.tiers import tier
 
 
 @pytest.fixture(scope="module")
+@tier("service")
 def world(dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("export-path")
     shutil.copytree(dataset, root / "catalog" / "emr-visits")

@@ -9,6 +9,7 @@ from sandbox.gateway.service import GatewayService
 from tests.conftest import run_cli
 from tests.federated.cluster import SITES, ServedApp, authorize, start_cluster, start_exact
 from tests.services import GatewayProcess
+from tests.tiers import tier
 
 DATASET = "emr-visits-federated"
 FIELDS = ["length_of_stay", "total_cost", "sex", "visit_type", "age_band"]
@@ -19,6 +20,7 @@ PORTAL: list = []
 
 
 @pytest.fixture(scope="session")
+@tier("service")
 def cluster(dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("federation")
     split = run_cli("site", "split", dataset, "--sites", ",".join(SITES), "--out",
@@ -31,6 +33,7 @@ def cluster(dataset, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+@tier("service")
 def exact(cluster):
     """A gateway over a federation of the same partitions whose sites add no noise
     (tests only): its answers can be compared with the pooled computation."""
@@ -41,6 +44,7 @@ def exact(cluster):
 
 
 @pytest.fixture(scope="session")
+@tier("service")
 def noisy(cluster):
     """The gateway as deployed: its own process, configuration only."""
     process = GatewayProcess(cluster.root / "central", cluster.gateway_state,

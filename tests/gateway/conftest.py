@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from tests.services import GatewayProcess
+from tests.tiers import tier
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +29,7 @@ def backend(request) -> str:
 
 
 @pytest.fixture(scope="session")
+@tier("service")
 def gateway(backend, datasets_dir, tmp_path_factory, request):
     state = tmp_path_factory.mktemp(f"gateway-{backend}")
     url = _database_url(backend, lambda: request.getfixturevalue("postgres"), state)
@@ -37,6 +39,7 @@ def gateway(backend, datasets_dir, tmp_path_factory, request):
 
 
 @pytest.fixture
+@tier("service")
 def fresh_gateway(backend, datasets_dir, tmp_path, request):
     """A gateway of its own, for tests that kill or reconfigure it."""
     url = _database_url(backend, lambda: request.getfixturevalue("postgres"), tmp_path)

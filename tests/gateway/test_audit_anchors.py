@@ -22,6 +22,7 @@ from tests.audit_attacks import (
     wait_witnessed,
 )
 from tests.services import GatewayProcess
+from tests.tiers import tier
 
 
 def _ask(process: GatewayProcess, token: str, values: range) -> None:
@@ -38,6 +39,7 @@ def _checkpoint(process: GatewayProcess) -> dict:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@tier("service")
 def history(request, datasets_dir, tmp_path_factory):
     """A gateway process's chain: some releases and a checkpoint, an older copy of its
     database taken, a restart, more releases and a checkpoint; the gateway stopped."""

@@ -7,9 +7,11 @@ from __future__ import annotations
 import pytest
 
 from tests.hub.stack import start_docker, start_stack, stop_docker
+from tests.tiers import tier
 
 
 @pytest.fixture(scope="session")
+@tier("docker")
 def docker_engine():
     client, host, started = start_docker()
     yield client, host
@@ -19,6 +21,7 @@ def docker_engine():
 
 
 @pytest.fixture(scope="session")
+@tier("docker")
 def stack(docker_engine, dataset, tmp_path_factory):
     client, host = docker_engine
     running = start_stack(client, host, dataset, tmp_path_factory.mktemp("hub"))

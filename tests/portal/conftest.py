@@ -26,6 +26,7 @@ from portal.security import hash_password
 from tests import committee
 from tests.services import GatewayProcess
 from tests.signin import code_after, fresh_code
+from tests.tiers import tier
 
 PASSWORD = "correct horse 42"
 
@@ -38,6 +39,7 @@ def catalog_dir(dataset, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+@tier("service")
 def gateway(catalog_dir, tmp_path_factory):
     """A gateway process serving the catalog, for flows that create and change grants."""
     state = tmp_path_factory.mktemp("portal-gateway")

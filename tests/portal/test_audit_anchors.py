@@ -38,6 +38,7 @@ from tests.conftest import ROOT
 from tests.mail import start_smtp
 from tests.portal.conftest import PASSWORD, sign_in
 from tests.services import GatewayProcess, free_port, portal_env, stop_process
+from tests.tiers import tier
 
 CTL = str(Path(sys.executable).parent / "sandboxctl")
 
@@ -117,6 +118,7 @@ class Served:
 
 
 @pytest.fixture(scope="module")
+@tier("service")
 def history(catalog_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("anchored-portal")
     served = Served(root, catalog_dir)

@@ -27,11 +27,13 @@ from sandbox import audit
 from sandbox.errors import InputError
 from tests import committee
 from tests.mail import start_smtp
+from tests.tiers import tier
 
 SIGNED = b"%PDF-1.4 signed certificate"
 
 
 @pytest.fixture(scope="module")
+@tier("service")
 def inbox():
     controller, box = start_smtp()
     yield box

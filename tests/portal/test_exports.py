@@ -25,9 +25,11 @@ from sandbox.exports import bundle
 from tests.mail import start_smtp
 from tests.portal.conftest import active_project, confirm_export
 from tests.services import GatewayProcess
+from tests.tiers import tier
 
 
 @pytest.fixture(scope="module")
+@tier("service")
 def gateway(portal_settings, catalog_dir, tmp_path_factory):
     """A gateway of this portal's own (one per database backend): a gateway serves one
     portal, whose application numbers its projects carry."""
@@ -39,6 +41,7 @@ def gateway(portal_settings, catalog_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+@tier("service")
 def inbox():
     controller, box = start_smtp()
     yield box

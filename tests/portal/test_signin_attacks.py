@@ -29,6 +29,7 @@ from sandbox.hub.settings import OAUTH_CLIENT_ID
 from tests import committee
 from tests.browser.conftest import portal_stack
 from tests.signin import fresh_code, wrong_code
+from tests.tiers import tier
 
 PASSWORD = "Attack-test-42"
 HUB = "http://127.0.0.1:9"  # never contacted: the OAuth callback address the hub would have
@@ -37,6 +38,7 @@ _addresses = iter(f"127.0.{a}.{b}" for a in range(1, 250) for b in range(2, 250)
 
 
 @pytest.fixture(scope="module")
+@tier("service")
 def portal(dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("signin-attacks")
     for stack in portal_stack(dataset, root, sign_in_rate=None, env={
