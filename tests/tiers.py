@@ -1,7 +1,7 @@
 """Test tiers (a pytest plugin, loaded by tests/conftest.py): every test is exactly one of
 
-- ``unit``: in this process — no served process, no PostgreSQL, no network (the real CLI
-  may still run as a short-lived subprocess, as a user runs it);
+- ``unit``: in this process — no served process, no PostgreSQL, no server reached over
+  the network (the real CLI may still run as a short-lived subprocess, as a user runs it);
 - ``service``: starts real processes or servers and talks to them over HTTP or SQL —
   gateway, portal, sites, key service, SMTP, PostgreSQL;
 - ``browser``: drives Chromium through Playwright;
