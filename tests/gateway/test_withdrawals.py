@@ -14,7 +14,9 @@ PURPOSE = "ai_training"
 
 
 def _view_files(state) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in (state / "cache").rglob("*.arrow")}
+    views = {p.name: p.stat().st_mtime_ns for p in (state / "views").rglob("*.arrow")}
+    assert views, "the gateway keeps its views in state/views"
+    return views
 
 
 def test_a_bulk_intake_applies_to_the_next_question_without_a_rebuild(fresh_gateway,
