@@ -40,6 +40,9 @@ class Source:
     path: Path
     shape: Callable[[pl.LazyFrame, int], pl.LazyFrame]  # (piece, offset of its first row)
 
+    def schema(self) -> pl.Schema:
+        return self.shape(pl.scan_parquet(self.path), 0).collect_schema()
+
     def chunks(self, rows: int) -> Iterator[pl.DataFrame]:
         """The table in pieces of whole row groups, about ``rows`` rows each."""
         metadata = pq.ParquetFile(self.path).metadata
@@ -144,6 +147,7 @@ def rows(extract: Extract, work: Workspace) -> Iterator[pl.DataFrame]:
     ``_row`` says where it came from)."""
     rights = [(join, _partition(join, work)) for join in extract.joins]
     batches = extract.base.chunks(work.limit)
+    schema = extract.base.schema()
     start = 0
     while start < len(rights):
         # consecutive joins on one key share one partitioning of the rows
@@ -151,11 +155,13 @@ def rows(extract: Extract, work: Workspace) -> Iterator[pl.DataFrame]:
         stop = start
         while stop < len(rights) and rights[stop][0].on == key:
             stop += 1
-        left = work.spill(f"rows-by-{key}")
+        left = work.spill(f"rows-by-{key}", schema=schema)
         for batch in batches:
             left.add(batch, hashed(pl.col(key), work.count))
         left.close()
         batches = _joined(left, rights[start:stop])
+        for _, right in rights[start:stop]:
+            schema = pl.Schema({**schema, **right.schema})
         start = stop
     for batch in batches:
         for expr in extract.derive:  # in order: a derived column may use an earlier one
@@ -176,7 +182,7 @@ def _joined(left: Spill, rights: list[tuple[JoinPlan, Spill]]) -> Iterator[pl.Da
 
 def _partition(join: JoinPlan, work: Workspace) -> Spill:
     """The right side of a join in buckets; refused unless each key occurs once."""
-    right = work.spill(f"{join.table}-by-{join.on}")
+    right = work.spill(f"{join.table}-by-{join.on}", schema=join.right.schema())
     for batch in join.right.chunks(work.limit):
         right.add(batch, hashed(pl.col(join.on), work.count))
     right.close()

@@ -45,7 +45,7 @@ class Published:
 def consent_by_patient(consent: Source, screened: Screened, work: Workspace) -> Spill:
     """The raw consent rows under the ID the pseudonym is keyed on, bucketed like the
     published rows."""
-    by_pid = work.spill("consent-by-pid")
+    by_pid = work.spill("consent-by-pid", schema=consent.schema())
     for batch in consent.chunks(work.limit):
         by_pid.add(batch, hashed(pl.col(PID), work.count))
     by_pid.close()

@@ -46,13 +46,18 @@ class Spill:
     """One table in ``count`` bucket files, appended batch by batch and read back whole,
     one bucket at a time."""
 
-    def __init__(self, root: Path, name: str, count: int) -> None:
+    def __init__(self, root: Path, name: str, count: int, schema: pl.Schema | None = None
+                 ) -> None:
         self.directory = Path(root) / name
         self.directory.mkdir(parents=True)
         self.count = count
         self.rows = 0
-        self._schema: pl.Schema | None = None
+        self._schema = schema
         self._writers: dict[int, tuple[pa.OSFile, ipc.RecordBatchStreamWriter]] = {}
+
+    @property
+    def schema(self) -> pl.Schema:
+        return self._schema or pl.Schema()
 
     def add(self, frame: pl.DataFrame, bucket: pl.Expr) -> None:
         """Append the rows of ``frame`` to their buckets (``bucket`` gives each row's)."""
@@ -110,9 +115,11 @@ class Workspace:
         self.root, self.count, self.limit = Path(root), count, limit
         self._made = 0
 
-    def spill(self, name: str, count: int | None = None) -> Spill:
+    def spill(self, name: str, count: int | None = None, schema: pl.Schema | None = None
+              ) -> Spill:
+        """A new spill; ``schema`` is what its buckets hold if nothing is ever added."""
         self._made += 1
-        return Spill(self.root, f"{self._made:03d}-{name}", count or self.count)
+        return Spill(self.root, f"{self._made:03d}-{name}", count or self.count, schema)
 
     def totals(self, name: str, keys: list[str]) -> GroupTotals:
         self._made += 1

@@ -197,3 +197,4 @@ def test_range_buckets_keep_key_order_and_hash_buckets_meet_across_tables(tmp_pa
     for index in range(4):
         assert sorted(left.read(index)["id"]) == sorted(right.read(index)["id"])
     assert sum(left.read(i).height for i in range(4)) == 40
+
