@@ -51,7 +51,7 @@ class Rows:
 
 def encode(published: Spill, distinct: dict[str, pl.Series], work: Workspace) -> Rows:
     """Codes of the ``distinct``-valued columns for every published row."""
-    codes = work.spill("codes")
+    codes = work.spill("codes", compress=False)
     sizes: list[int] = []
     patients = 0
     tables = {name: pl.DataFrame({name: values,

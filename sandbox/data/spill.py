@@ -21,7 +21,8 @@ import pyarrow.ipc as ipc
 # Rows per bucket: the working set of one step is a small multiple of this.
 BUCKET_ROWS = 250_000
 _SEED = 20251231
-_OPTIONS = ipc.IpcWriteOptions(compression="zstd")
+_PACKED = ipc.IpcWriteOptions(compression="zstd")
+_PLAIN = ipc.IpcWriteOptions(compression=None)
 
 
 def bucket_count(rows: int, bucket_rows: int) -> int:
@@ -43,17 +44,18 @@ def ranged(key: pl.Expr, upper: int, count: int) -> pl.Expr:
 
 
 class Spill:
-    """One table in ``count`` bucket files, appended batch by batch and read back whole,
-    one bucket at a time."""
+    """One table in ``count`` bucket files (Arrow IPC, so a reader may take only some
+    columns), appended batch by batch and read back a bucket at a time."""
 
-    def __init__(self, root: Path, name: str, count: int, schema: pl.Schema | None = None
-                 ) -> None:
+    def __init__(self, root: Path, name: str, count: int, schema: pl.Schema | None = None,
+                 *, compress: bool = True) -> None:
         self.directory = Path(root) / name
         self.directory.mkdir(parents=True)
         self.count = count
         self.rows = 0
         self._schema = schema
-        self._writers: dict[int, tuple[pa.OSFile, ipc.RecordBatchStreamWriter]] = {}
+        self._options = _PACKED if compress else _PLAIN
+        self._writers: dict[int, tuple[pa.OSFile, ipc.RecordBatchFileWriter]] = {}
 
     @property
     def schema(self) -> pl.Schema:
@@ -74,8 +76,8 @@ class Spill:
             table = part.to_arrow()
             if index not in self._writers:
                 sink = pa.OSFile(str(self._path(index)), "wb")
-                self._writers[index] = (sink, ipc.new_stream(sink, table.schema,
-                                                             options=_OPTIONS))
+                self._writers[index] = (sink, ipc.new_file(sink, table.schema,
+                                                           options=self._options))
             self._writers[index][1].write_table(table)
 
     def close(self) -> None:
@@ -91,7 +93,8 @@ class Spill:
         if not path.exists():
             empty = pl.DataFrame(schema=self._schema or {})
             return empty.select(columns) if columns is not None else empty
-        frame = pl.read_ipc_stream(path, columns=list(columns) if columns else None)
+        frame = pl.read_ipc(path, columns=list(columns) if columns else None,
+                            memory_map=False)
         return frame.rechunk()
 
     def __iter__(self) -> Iterator[pl.DataFrame]:
@@ -104,7 +107,7 @@ class Spill:
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def _path(self, index: int) -> Path:
-        return self.directory / f"{index:05d}.arrows"
+        return self.directory / f"{index:05d}.arrow"
 
 
 class Workspace:
@@ -115,11 +118,13 @@ class Workspace:
         self.root, self.count, self.limit = Path(root), count, limit
         self._made = 0
 
-    def spill(self, name: str, count: int | None = None, schema: pl.Schema | None = None
-              ) -> Spill:
-        """A new spill; ``schema`` is what its buckets hold if nothing is ever added."""
+    def spill(self, name: str, count: int | None = None, schema: pl.Schema | None = None,
+              *, compress: bool = True) -> Spill:
+        """A new spill; ``schema`` is what its buckets hold if nothing is ever added.
+        Uncompressed suits small integer tables read many times over."""
         self._made += 1
-        return Spill(self.root, f"{self._made:03d}-{name}", count or self.count, schema)
+        return Spill(self.root, f"{self._made:03d}-{name}", count or self.count, schema,
+                     compress=compress)
 
     def totals(self, name: str, keys: list[str]) -> GroupTotals:
         self._made += 1
