@@ -74,7 +74,6 @@ class Extract:
     joins: list[JoinPlan]
     derive: list[pl.Expr]
     consent: Source  # with "_crow", its row number
-    schema: pl.Schema  # of the joined, derived rows
 
 
 def open_extract(raw: Path, spec: Spec) -> Extract:
@@ -139,7 +138,7 @@ def open_extract(raw: Path, spec: Spec) -> Extract:
     kept = [c for c in base.collect_schema().names() if c in needed]
     base_source = Source(_path(raw, spec.source.table), lambda piece, start: (
         piece.select(kept).with_row_index(ROW, offset=start)))
-    return Extract(base_source, sizes[0], max(sizes), joins, derive, consent_source, schema)
+    return Extract(base_source, sizes[0], max(sizes), joins, derive, consent_source)
 
 
 def rows(extract: Extract, work: Workspace) -> Iterator[pl.DataFrame]:

@@ -30,8 +30,8 @@ from sandbox.data.extract import ROW, open_extract, rows
 from sandbox.data.pseudonym import load_key
 from sandbox.data.publish import consent_by_patient, publish, write_sorted
 from sandbox.data.report import render_markdown
-from sandbox.data.screening import screen
-from sandbox.data.spec import Spec, load_spec
+from sandbox.data.screening import Screened, screen
+from sandbox.data.spec import Hierarchy, Spec, load_spec
 from sandbox.data.spill import BUCKET_ROWS, Workspace, bucket_count
 from sandbox.errors import InputError, PolicyRefusal, SpecError
 
@@ -117,7 +117,7 @@ def onboard(raw: Path, spec_path: Path, key_file: Path, out: Path, *, replace: b
     return OnboardResult(Path(out), metadata, report)
 
 
-def _column(name: str, hierarchy, screened) -> Column:
+def _column(name: str, hierarchy: Hierarchy, screened: Screened) -> Column:
     return Column.build(name, hierarchy, screened.distinct[name], name in screened.nulls)
 
 

@@ -10,14 +10,14 @@ writing the buckets in turn, each sorted, gives one sorted file.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-from sandbox.data.anonymize import Outcome
+from sandbox.data.anonymize import Column, Outcome
 from sandbox.data.catalog import RecordStats, listed_fields
 from sandbox.data.codes import P
 from sandbox.data.extract import ROW, Source
@@ -39,7 +39,6 @@ class Published:
     records: Spill | None = None  # ordered buckets of the records table
     consent: Spill | None = None  # ordered buckets of the consent table
     aggregates: pl.DataFrame | None = None
-    _frequent: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def consent_by_patient(consent: Source, screened: Screened, work: Workspace) -> Spill:
@@ -167,7 +166,7 @@ def _record_columns(spec: Spec) -> list[str]:
     return columns
 
 
-def _names(column) -> dict[str, str]:
+def _names(column: Column) -> dict[str, str]:
     """Chinese name of every label the column can have now."""
     return {label: icd10_label(label) for label in np.unique(column.current().astype(str))}
 
