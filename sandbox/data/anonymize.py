@@ -14,6 +14,10 @@ Three steps, all over integer codes so each pass is one Polars group-by:
    is rare), and steps 3's check is repeated until nothing changes.
 
 k counts distinct patients, not records: a patient with many visits is still one person.
+
+Every step reads the rows a patient bucket at a time (``sandbox.data.codes``); what stays in
+memory is per distinct value (each column's ladder and levels) and one bit per row, so the
+same extract gives the same result whatever the number of buckets.
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from sandbox.data import codes
+from sandbox.data.codes import Rows
 from sandbox.data.hierarchy import TOP, ladder, level_names
 from sandbox.data.spec import Hierarchy
+from sandbox.data.spill import Workspace
 from sandbox.errors import PolicyRefusal
 
 
@@ -34,9 +41,9 @@ class Column:
 
     name: str
     hierarchy: Hierarchy
-    codes: np.ndarray  # per row: index into ``values`` (len(values) for null)
     values: list[object]
     labels: np.ndarray  # (levels, distinct + 1) labels; the extra column is null → "*"
+    has_null: bool
     level: np.ndarray = field(init=False)
     lifted: set[int] = field(default_factory=set)
 
@@ -45,17 +52,12 @@ class Column:
         self.level[-1] = self.labels.shape[0] - 1
 
     @classmethod
-    def build(cls, name: str, hierarchy: Hierarchy, series: pl.Series) -> Column:
-        distinct = series.drop_nulls().unique(maintain_order=False).sort()
-        codes = (
-            pl.DataFrame({"v": series})
-            .join(pl.DataFrame({"v": distinct, "i": pl.arange(0, len(distinct), eager=True)}),
-                  on="v", how="left", maintain_order="left")
-            .get_column("i").fill_null(len(distinct)).to_numpy().astype(np.int64)
-        )
+    def build(cls, name: str, hierarchy: Hierarchy, distinct: pl.Series, has_null: bool
+              ) -> Column:
+        """From the column's sorted distinct non-null values (row ``codes`` index them)."""
         rungs = ladder(hierarchy, distinct)
         labels = np.array([[*rung, TOP] for rung in rungs], dtype=object)
-        return cls(name, hierarchy, codes, distinct.to_list(), labels)
+        return cls(name, hierarchy, distinct.to_list(), labels, has_null)
 
     @property
     def top(self) -> int:
@@ -70,13 +72,10 @@ class Column:
         _, inverse = np.unique(self.current().astype(str), return_inverse=True)
         return inverse
 
-    def label_ids(self) -> np.ndarray:
-        """Per row: the id of its current label."""
-        return self.distinct_label_ids()[self.codes]
-
-    def distinct_labels(self, rows: np.ndarray | None = None) -> int:
-        codes = self.codes if rows is None else self.codes[rows]
-        return len(set(self.current()[np.unique(codes)]))
+    def distinct_labels(self) -> int:
+        """How many labels the rows carry now."""
+        present = self.current() if self.has_null else self.current()[:-1]
+        return len(set(present))
 
     @property
     def ordered(self) -> bool:
@@ -104,9 +103,10 @@ class Column:
         floor = min(int(self.level[:-1].min()) + 1, self.top) if len(self.values) else self.top
         self.level = np.maximum(self.level, floor)
 
-    def output(self, rows: np.ndarray) -> pl.Series:
+    def output(self, codes_: np.ndarray) -> pl.Series:
+        """The labels of rows with these codes."""
         labels = pl.Series(self.current().astype(str).tolist(), dtype=pl.String)
-        return labels.gather(self.codes[rows]).alias(self.name)
+        return labels.gather(codes_).alias(self.name)
 
     def describe(self) -> dict[str, object]:
         names = level_names(self.hierarchy)
@@ -124,106 +124,95 @@ class Column:
 
 @dataclass
 class Outcome:
-    """Which rows survive and how each column was generalised."""
+    """Which rows survive (``rows`` keeps the flags) and how each column was generalised."""
 
-    keep: np.ndarray  # boolean per row
+    rows: Rows
     columns: dict[str, Column]
     rounds: int
     suppressed_records: int
     suppressed_patients: int
 
 
-def _patients_per_label(label_ids: np.ndarray, patients: np.ndarray, rows: np.ndarray
-                        ) -> np.ndarray:
-    counts = (
-        pl.DataFrame({"l": label_ids[rows], "p": patients[rows]})
-        .group_by("l").agg(pl.col("p").n_unique().alias("n"))
-    )
-    per_label = np.zeros(int(label_ids.max()) + 1 if len(label_ids) else 1, dtype=np.int64)
-    per_label[counts["l"].to_numpy()] = counts["n"].to_numpy()
-    return per_label
+def maps(columns: list[Column]) -> dict[str, np.ndarray]:
+    """Code → current label id, per column."""
+    return {c.name: c.distinct_label_ids() for c in columns}
 
 
-def lift_rare(column: Column, patients: np.ndarray, rows: np.ndarray, k: int) -> None:
-    """Step 1 for one column: lift values covering < k patients (among ``rows``)."""
-    while True:
-        distinct_ids = column.distinct_label_ids()
-        per_label = _patients_per_label(distinct_ids[column.codes], patients, rows)
-        present = np.zeros(len(column.level), dtype=bool)
-        present[np.unique(column.codes[rows])] = True
-        rare = present & (per_label[distinct_ids] < k) & (column.level < column.top)
-        if not rare.any():
-            return
-        column.lift(rare)
+def lift_rare(columns: list[Column], rows: Rows, k: int) -> dict[str, np.ndarray]:
+    """Step 1: lift values covering < k patients among the kept rows, every column at once
+    (they do not interact); returns the final patients per label id of each column."""
+    pending = list(columns)
+    final: dict[str, np.ndarray] = {}
+    while pending:
+        current = maps(pending)
+        counts = codes.patients_per_label(rows, current)
+        still = []
+        for column in pending:
+            per_label, present = counts[column.name]
+            rare = present & (per_label[current[column.name]] < k) & (column.level < column.top)
+            if rare.any():
+                column.lift(rare)
+                still.append(column)
+            else:
+                final[column.name] = per_label
+        pending = still
+    return final
 
 
-def small_classes(columns: list[Column], patients: np.ndarray, rows: np.ndarray, k: int
-                  ) -> np.ndarray:
-    """Boolean per row in ``rows``: whether its combination covers < k patients."""
-    frame = pl.DataFrame({c.name: c.label_ids()[rows] for c in columns} | {"_p": patients[rows]})
-    names = [c.name for c in columns]
-    sizes = frame.group_by(names).agg(pl.col("_p").n_unique().alias("_n"))
-    joined = frame.join(sizes, on=names, how="left", maintain_order="left")
-    return (joined["_n"] < k).to_numpy()
+def _small(rows: Rows, qi: list[Column], k: int, work: Workspace
+           ) -> tuple[int, pl.DataFrame | None]:
+    """Records in combinations covering < k patients; those combinations if any."""
+    totals = codes.combination_totals(rows, maps(qi), work)
+    try:
+        aggs = [pl.col("n").sum(), pl.col("r").sum()]
+        in_small = sum(int(g.filter(pl.col("n") < k)["r"].sum()) for g in totals.groups(aggs))
+        if not in_small:
+            return 0, None
+        return in_small, pl.concat([g.filter(pl.col("n") < k) for g in totals.groups(aggs)])
+    finally:
+        totals.remove()
 
 
-def generalise(
-    frame: pl.DataFrame,
-    quasi: dict[str, Hierarchy],
-    sensitive: tuple[str, Hierarchy] | None,
-    patient_column: str,
-    k: int,
-    max_suppression: float,
-) -> Outcome:
-    """Run the three steps on ``frame`` and say which rows to keep, with what labels."""
-    patients = frame[patient_column].rank("dense").to_numpy().astype(np.int64)
-    total_patients = len(np.unique(patients))
-    if total_patients < k:
+def generalise(rows: Rows, quasi: list[Column], sensitive: Column | None, k: int,
+               max_suppression: float, work: Workspace) -> Outcome:
+    """Run the three steps over ``rows`` and say which to keep, with what labels."""
+    if rows.patients < k:
         raise PolicyRefusal(
-            f"the dataset covers {total_patients} patients, fewer than the minimum count {k}"
+            f"the dataset covers {rows.patients} patients, fewer than the minimum count {k}"
         )
-    all_rows = np.arange(frame.height)
-    qi = [Column.build(name, h, frame[name]) for name, h in quasi.items()]
-    for column in qi:
-        lift_rare(column, patients, all_rows, k)
+    lift_rare(quasi, rows, k)
 
     rounds = 0
     while True:
         rounds += 1
-        small = small_classes(qi, patients, all_rows, k)
-        if small.mean() <= max_suppression:
+        totals = codes.combination_totals(rows, maps(quasi), work)
+        aggs = [pl.col("n").sum(), pl.col("r").sum()]
+        in_small = sum(int(g.filter(pl.col("n") < k)["r"].sum()) for g in totals.groups(aggs))
+        candidates = [c for c in quasi if (c.level[:-1] < c.top).any()]
+        if in_small / rows.records <= max_suppression or not candidates:
+            small = [g.filter(pl.col("n") < k) for g in totals.groups(aggs)] if in_small else []
+            totals.remove()
             break
-        candidates = [c for c in qi if (c.level[:-1] < c.top).any()]
-        if not candidates:
-            break
+        totals.remove()
         max(candidates, key=lambda c: c.distinct_labels()).lift_floor()
+    if small:
+        codes.drop_combinations(rows, maps(quasi), pl.concat(small))
 
-    keep = ~small
-    sens = Column.build(sensitive[0], sensitive[1], frame[sensitive[0]]) if sensitive else None
     while True:
-        rows = np.flatnonzero(keep)
         changed = False
-        if sens is not None:
-            lift_rare(sens, patients, rows, k)
-            ids = sens.label_ids()
-            per_label = _patients_per_label(ids, patients, rows)
-            rare_rows = per_label[ids[rows]] < k
-            if rare_rows.any():
-                keep[rows[rare_rows]] = False
-                changed = True
-                rows = np.flatnonzero(keep)
-        small = small_classes(qi, patients, rows, k)
-        if small.any():
-            keep[rows[small]] = False
-            changed = True
+        if sensitive is not None:
+            per_label = lift_rare([sensitive], rows, k)[sensitive.name]
+            changed = codes.drop_labels(rows, sensitive.name, sensitive.distinct_label_ids(),
+                                        per_label < k) > 0
+        in_small, combinations = _small(rows, quasi, k, work)
+        if combinations is not None:
+            changed = codes.drop_combinations(rows, maps(quasi), combinations) > 0 or changed
         if not changed:
             break
-    if not keep.any():
+    kept = rows.kept
+    if not kept:
         raise PolicyRefusal("no record survives the minimum count; the data is too sparse")
-    dropped = ~keep
-    kept_patients = set(np.unique(patients[keep]).tolist())
-    lost_patients = len(set(np.unique(patients[dropped]).tolist()) - kept_patients)
-    columns = {c.name: c for c in qi}
-    if sens is not None:
-        columns[sens.name] = sens
-    return Outcome(keep, columns, rounds, int(dropped.sum()), lost_patients)
+    columns = {c.name: c for c in quasi}
+    if sensitive is not None:
+        columns[sensitive.name] = sensitive
+    return Outcome(rows, columns, rounds, rows.records - kept, codes.lost_patients(rows))

@@ -7,10 +7,9 @@ category lists contain only values covering at least k patients."""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-
-import polars as pl
 
 from sandbox.data.hierarchy import icd10_label
 from sandbox.data.spec import Icd10Hierarchy, Spec
@@ -30,13 +29,24 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _frequent(records: pl.DataFrame, column: str, patient: str, k: int) -> list[str]:
-    counts = (records.group_by(column).agg(pl.col(patient).n_unique().alias("n"))
-              .filter(pl.col("n") >= k).drop_nulls(column).sort(column))
-    return [str(v) for v in counts[column].to_list()]
+@dataclass(frozen=True)
+class RecordStats:
+    """What the catalog says about the published records, counted as they were written."""
+
+    patients: int
+    records: int
+    nullable: dict[str, bool]
+    frequent: dict[str, list[str]]  # per ``listed_fields``: values covering ≥ k patients
 
 
-def build(spec: Spec, records: pl.DataFrame, consent: pl.DataFrame, years: tuple[int, int],
+def listed_fields(spec: Spec) -> list[str]:
+    """Fields whose catalog entry lists the values found in the data."""
+    return [f.name for f in spec.fields
+            if f.hierarchy is not None
+            or (f.type == "string" and f.role == "attribute" and not f.categories)]
+
+
+def build(spec: Spec, stats: RecordStats, consented_by: list[str], years: tuple[int, int],
           spec_sha256: str) -> dict:
     """The metadata document (without file digests, which are added once files exist)."""
     patient = spec.pseudonym.column
@@ -53,11 +63,11 @@ def build(spec: Spec, records: pl.DataFrame, consent: pl.DataFrame, years: tuple
             "name": field.name,
             "role": field.role,
             "description": field.description.model_dump(),
-            "nullable": bool(records[field.name].null_count()),
+            "nullable": stats.nullable[field.name],
         }
         if field.hierarchy is not None:
             entry["type"] = "string"
-            entry["categories"] = _frequent(records, field.name, patient, k)
+            entry["categories"] = stats.frequent[field.name]
             entry["hierarchy"] = field.hierarchy.kind
         elif field.type in ("integer", "float"):
             entry["type"] = field.type
@@ -65,8 +75,7 @@ def build(spec: Spec, records: pl.DataFrame, consent: pl.DataFrame, years: tuple
         else:
             entry["type"] = field.type
             if field.type == "string":
-                entry["categories"] = field.categories or _frequent(records, field.name,
-                                                                    patient, k)
+                entry["categories"] = field.categories or stats.frequent[field.name]
         fields.append(entry)
         if isinstance(field.hierarchy, Icd10Hierarchy) and field.hierarchy.label:
             fields.append({
@@ -91,7 +100,7 @@ def build(spec: Spec, records: pl.DataFrame, consent: pl.DataFrame, years: tuple
         "unit": spec.dataset.unit.model_dump(),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "spec_sha256": spec_sha256,
-        "sample_size": {"patients": records[patient].n_unique(), "records": records.height},
+        "sample_size": {"patients": stats.patients, "records": stats.records},
         "years": list(years),
         "patient_key": patient,
         "contribution_bound": spec.privacy.contribution_bound,
@@ -104,8 +113,7 @@ def build(spec: Spec, records: pl.DataFrame, consent: pl.DataFrame, years: tuple
                     *({"name": p, "type": "boolean", "role": "consent",
                        "description": labels[p]} for p in spec.consent.purposes),
                     {"name": "consented_by", "type": "string", "role": "consent",
-                     "categories": sorted(consent["consented_by"].drop_nulls().unique()
-                                          .to_list()),
+                     "categories": consented_by,
                      "description": {"zh": "同意人（本人或监护人）",
                                      "en": "who consented (the patient or a guardian)"}},
                     {"name": "withdrawn_at", "type": "date", "role": "consent",

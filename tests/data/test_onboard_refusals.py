@@ -198,3 +198,22 @@ def test_too_few_patients_for_the_minimum_count(cli, key_file, spec_path, tmp_pa
     out = tmp_path / "ds"
     assert_refused(onboard_cli(cli, raw, spec_path, key_file, out), out,
                    "covers 4 patients, fewer than the minimum count 5", code=4)
+
+
+def test_join_keys_of_different_types(cli, raw_copy, key_file, spec_path, tmp_path):
+    costs = pl.read_parquet(raw_copy / "costs.parquet")
+    costs.with_columns(pl.col("visit_id").str.slice(1).cast(pl.Int64)).write_parquet(
+        raw_copy / "costs.parquet")
+    out = tmp_path / "ds"
+    assert_refused(onboard_cli(cli, raw_copy, spec_path, key_file, out), out,
+                   "join with costs on 'visit_id': the key is String in the extract but "
+                   "Int64 in costs", code=3)
+
+
+def test_an_empty_extract(cli, raw_copy, key_file, spec_path, tmp_path):
+    for table in ("visits", "costs"):
+        path = raw_copy / f"{table}.parquet"
+        pl.read_parquet(path).clear().write_parquet(path)
+    out = tmp_path / "ds"
+    assert_refused(onboard_cli(cli, raw_copy, spec_path, key_file, out), out,
+                   "covers 0 patients, fewer than the minimum count 5", code=4)
