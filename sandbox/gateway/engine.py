@@ -6,7 +6,9 @@ A query becomes a Polars plan on an empty frame of the view's schema; OpenDP's
 Searching for the noise scale is the slow part (~0.6 s), so the scale found for a query
 *shape* (the spec without filter values) and (ε, δ) is cached and reused; the reused
 measurement's loss is still checked by OpenDP against (ε, δ) before it runs. Noise,
-clamping and accounting all come from OpenDP.
+clamping and accounting all come from OpenDP. The rows themselves are read by an
+exact-aggregate plan on the configured engine (Polars or Spark), to whose exact result
+OpenDP's noise at the measurement's own scales is added (``execution``, ``noise``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from opendp.measurements import make_private_lazyframe
 from opendp.mod import Measurement, OpenDPException, binary_search
 
 from sandbox.errors import InputError, PolicyRefusal
+from sandbox.gateway.execution import Compiled, compile_query, execute
 from sandbox.queries.checks import bin_labels, check_spec, predicate
+from sandbox.queries.exact import Executor, PolarsExecutor
 from sandbox.queries.spec import QUANTILE_CANDIDATES, QuerySpec
 from sandbox.queries.view import Dataset, consent_column
 
@@ -47,7 +51,8 @@ class Release:
 class Engine:
     """Compiles query specs to OpenDP measurements and runs them on dataset views."""
 
-    def __init__(self) -> None:
+    def __init__(self, executor: Executor | None = None) -> None:
+        self.executor = executor or PolarsExecutor()
         self._scales: dict[tuple, tuple[float, int | None]] = {}
         self._calibrating: dict[tuple, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -160,12 +165,18 @@ class Engine:
             raise InputError(f"this query cannot be answered privately: "
                              f"{_first_line(exc)}") from None
 
+    def compile(self, spec: QuerySpec, dataset: Dataset, purpose: str) -> Compiled:
+        """The measurement and the plan that answers it on this engine; refuses (before
+        anything is spent) what the engine cannot answer within (ε, δ)."""
+        return compile_query(spec, dataset, purpose, self.measurement(spec, dataset, purpose),
+                             self.executor)
+
     # -- running ---------------------------------------------------------------------
-    def run(self, spec: QuerySpec, dataset: Dataset, measurement: Measurement) -> Release:
-        """Release the answer of ``measurement`` (from ``measurement()``). Call only after
-        the budget has been charged."""
-        eps, delta = measurement.map(dataset.contribution_bound)
-        frame = measurement(dataset.scan()).collect()
+    def run(self, spec: QuerySpec, dataset: Dataset, compiled: Compiled) -> Release:
+        """Release the answer of ``compiled`` (from ``compile()``). Call only after the
+        budget has been charged."""
+        eps, delta = compiled.measurement.map(dataset.contribution_bound)
+        frame = execute(compiled, dataset, self.executor)
         bounds = self._bounds(spec, dataset) if spec.field else None
         frame = _post_process(spec, frame, bounds)
         return Release(_rows(frame), float(eps), float(delta), frame.columns)

@@ -24,6 +24,7 @@ from sandbox.federated.spec import FederatedSpec
 from sandbox.gateway import consent, exports, statements
 from sandbox.gateway import engine as dpengine
 from sandbox.gateway.consent import Withdrawal
+from sandbox.gateway.execution import executor_for
 from sandbox.gateway.exports import ExportIn
 from sandbox.gateway.federation import Federation
 from sandbox.gateway.grants import Grant, GrantRequest, Grants, hash_token
@@ -61,7 +62,7 @@ class GatewayService:
         self.admin_token_hash = hash_token(read_or_create(
             settings.admin_token_file, lambda: secrets.token_urlsafe(32).encode()
         ).decode().strip())
-        self.engine = dpengine.Engine()
+        self.engine = dpengine.Engine(executor_for(settings.engine, settings.spark_remote))
         self.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
         self.grants = Grants(self.db)
         self.ledger = Ledger(self.db, self.signer)
@@ -81,7 +82,8 @@ class GatewayService:
             meta = json.loads((directory / "metadata.json").read_text(encoding="utf-8"))
             if meta.get("grade") == "public" or meta.get("federated"):
                 continue  # nothing to serve here (federated rows stay at their sites)
-            loaded[meta["id"]] = view.prepare(directory, self.settings.cache_dir, withdrawn)
+            loaded[meta["id"]] = view.prepare(directory, self.settings.cache_dir, withdrawn,
+                                              self.engine.executor)
         self.datasets = loaded
 
     # -- authentication ------------------------------------------------------------------
@@ -177,7 +179,8 @@ class GatewayService:
     # -- consent -----------------------------------------------------------------------------
     def withdraw(self, actor: str, request: Withdrawal) -> dict:
         new = consent.record(self.db, actor, request)
-        # Takes effect before this call returns: the views are rebuilt now.
+        # Takes effect before this call returns: the next query excludes the patient (the
+        # views themselves are not rebuilt, see queries.view).
         with self._refresh:
             self._load_datasets()
         # Sites hold their own rows: they are told now, and say if they could not be.

@@ -1,28 +1,35 @@
 """The bounded, consented view of a dataset: what every query — central or federated —
-reads. At most ``contribution_bound`` rows per patient (a seeded sample, so one patient
-changes at most that many rows — the privacy unit OpenDP accounts for), the patient's live
-consent for each purpose as boolean columns (withdrawals applied), and text columns encoded
-against the public category lists. The view is an Arrow IPC file that OpenDP's Polars
-plugin scans directly, so no rows are copied through Python per query."""
+reads. At most ``contribution_bound`` rows per patient (chosen by a stored rank key, so one
+patient changes at most that many rows — the privacy unit OpenDP accounts for; built once
+per dataset version by either engine, see ``bounded``), the patient's consent for each
+purpose as boolean columns, and text columns against the public category lists.
+Withdrawals recorded after onboarding are applied when the view is read: ``excluded``
+gives a purpose's withdrawn pseudonyms to an exact-aggregate plan, and ``scan`` applies
+them to the consent columns for OpenDP's own plans."""
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 from opendp.domains import with_margin
 from opendp.extras.polars import Margin, _lazyframe_domain_from_schema
 
-from sandbox.data.catalog import CONSENT, RECORDS
+from sandbox.data.catalog import RECORDS
 from sandbox.errors import InputError
 from sandbox.purposes import ALL as ALL_PURPOSES
+from sandbox.queries import bounded
+from sandbox.queries.exact import PolarsExecutor
+from sandbox.queries.plan import PATIENT, consent_column
+from sandbox.secretfile import read_or_create
 
+__all__ = ["Dataset", "consent_column", "contains", "patients", "prepare"]
 
-def consent_column(purpose: str) -> str:
-    return f"_consent_{purpose}"
+RANK_KEY = "rank.key"
 
 
 @dataclass
@@ -32,11 +39,13 @@ class Dataset:
     id: str
     directory: Path
     metadata: dict
-    view: Path
+    view: Path  # the bounded view's directory of Parquet files
     schema: pl.Schema
     fields: dict[str, dict]
     purposes: list[str]
     domain: object = None
+    withdrawals: dict[str, set[str]] = field(default_factory=dict)
+    built: dict = field(default_factory=dict)  # the view's manifest
 
     @property
     def version(self) -> str:
@@ -46,11 +55,27 @@ class Dataset:
     def contribution_bound(self) -> int:
         return int(self.metadata["contribution_bound"])
 
+    @property
+    def max_rows(self) -> int:
+        """The most rows a query may read, as OpenDP's margin states it."""
+        return _max_length(self.metadata)
+
+    def excluded(self, purpose: str) -> frozenset[str]:
+        """Pseudonyms whose rows no query for ``purpose`` may read now."""
+        return frozenset(p for p, purposes in self.withdrawals.items()
+                         if purpose in purposes or ALL_PURPOSES in purposes)
+
     def placeholder(self) -> pl.LazyFrame:
         return pl.LazyFrame(schema=self.schema)
 
     def scan(self) -> pl.LazyFrame:
-        return pl.scan_ipc(self.view, memory_map=True)
+        """The view as OpenDP's plans read it: text as Enum, withdrawals applied."""
+        frame = pl.scan_parquet(f"{self.view}/**/*.parquet", hive_partitioning=False)
+        withdrawn = [
+            (pl.col(consent_column(p)) & ~pl.col(PATIENT).is_in(sorted(self.excluded(p))))
+            .alias(consent_column(p)) for p in self.purposes if self.excluded(p)]
+        return frame.with_columns(withdrawn).select(
+            [pl.col(n).cast(t) for n, t in self.schema.items()])
 
 
 def contains(dataset: Dataset, pseudonym: str) -> bool:
@@ -67,9 +92,11 @@ def patients(dataset: Dataset) -> list[str]:
     return records.select(pl.col(key).unique()).collect()[key].to_list()
 
 
-def prepare(directory: Path, cache: Path, withdrawals: dict[str, set[str]]) -> Dataset:
-    """Build (or rebuild) the view of the dataset in ``directory``. ``withdrawals`` maps a
-    pseudonym to the purposes withdrawn ("*" for all)."""
+def prepare(directory: Path, cache: Path, withdrawals: dict[str, set[str]],
+            engine: bounded.Builder | None = None) -> Dataset:
+    """The dataset in ``directory`` with its bounded view (built by ``engine``, Polars by
+    default, if this version has none in ``cache`` yet). ``withdrawals`` maps a pseudonym
+    to the purposes withdrawn ("*" for all)."""
     directory = Path(directory)
     try:
         metadata = json.loads((directory / "metadata.json").read_text(encoding="utf-8"))
@@ -77,53 +104,42 @@ def prepare(directory: Path, cache: Path, withdrawals: dict[str, set[str]]) -> D
         raise InputError(f"{directory} is not an onboarded dataset: {exc}") from None
     if metadata.get("grade") == "public":
         raise InputError(f"{metadata['id']} is a public aggregate dataset; nothing to serve")
+    cache = Path(cache)
+    # The rank key's secret lives with the views it chose rows for.
+    secret = read_or_create(cache / RANK_KEY, lambda: os.urandom(32))
+    target, built = bounded.ensure(directory, metadata, secret, cache,
+                                   engine or PolarsExecutor())
     fields = {f["name"]: f for f in metadata["tables"][RECORDS]["fields"]}
     purposes = [p["id"] for p in metadata["purposes"]]
-    patient = metadata["patient_key"]
-    records = pl.scan_parquet(directory / "restricted" / f"{RECORDS}.parquet")
-    consent = pl.scan_parquet(directory / "restricted" / f"{CONSENT}.parquet")
+    schema = _schema(bounded.served_fields(metadata), purposes, metadata["patient_key"])
+    return Dataset(metadata["id"], directory, metadata, target, schema, fields, purposes,
+                   _domain(schema, metadata), dict(withdrawals), built)
 
-    withdrawn = pl.DataFrame(
-        [(p, purpose) for p, purposes_ in withdrawals.items() for purpose in purposes_],
-        schema={patient: pl.String, "_purpose": pl.String}, orient="row",
-    )
-    consent_cols = []
-    for purpose in purposes:
-        live = withdrawn.filter(pl.col("_purpose").is_in([purpose, ALL_PURPOSES]))[patient]
-        consent_cols.append(
-            (pl.col(purpose).fill_null(False) & pl.col("withdrawn_at").is_null()
-             & ~pl.col(patient).is_in(live.implode())).alias(consent_column(purpose))
-        )
-    consent = consent.select(patient, *consent_cols)
 
-    encode = []
+_TYPES = {"string": pl.String, "integer": pl.Int64, "float": pl.Float64,
+          "boolean": pl.Boolean}
+
+
+def _schema(fields: dict[str, dict], purposes: list[str], patient: str) -> pl.Schema:
+    """The columns OpenDP's plans see: public fields (text as Enum of its categories),
+    then one consent column per purpose — never the patient key."""
+    columns: dict[str, pl.DataType] = {}
     for name, f in fields.items():
-        if f["type"] == "string" and f.get("categories") is not None and f["role"] != "label":
-            encode.append(pl.col(name).cast(pl.Enum(f["categories"]), strict=False))
-    bound = int(metadata["contribution_bound"])
-    # Keep at most `bound` rows per patient, chosen by a seeded shuffle: which rows is a
-    # matter of utility, how many is the privacy unit.
-    seed = int(metadata.get("spec_sha256", "0" * 8)[:8], 16)
-    view = (
-        records
-        .filter(pl.int_range(pl.len()).shuffle(seed=seed).over(patient) < bound)
-        .join(consent, on=patient, how="left")
-        .with_columns(*(pl.col(consent_column(p)).fill_null(False) for p in purposes))
-        .with_columns(encode)
-        .drop(patient, *(n for n, f in fields.items() if f["role"] == "label"))
-        .collect(engine="streaming")
-    )
-    cache.mkdir(parents=True, exist_ok=True)
-    target = cache / f"{metadata['id']}-{metadata['version']}.arrow"
-    tmp = target.with_suffix(".arrow.tmp")
-    view.write_ipc(tmp)
-    tmp.replace(target)
-    return Dataset(metadata["id"], directory, metadata, target, view.schema,
-                   fields, purposes, _domain(view.schema, metadata))
+        if name == patient:
+            continue
+        if f["type"] == "string" and f.get("categories") is not None:
+            columns[name] = pl.Enum(f["categories"])
+        else:
+            columns[name] = _TYPES.get(f["type"], pl.String)
+    columns.update({consent_column(p): pl.Boolean for p in purposes})
+    return pl.Schema(columns)
+
+
+def _max_length(metadata: dict) -> int:
+    records = metadata["sample_size"]["records"]
+    return 10 ** math.ceil(math.log10(max(records, 1) * 1.5 + 1))
 
 
 def _domain(schema: pl.Schema, metadata: dict) -> object:
-    records = metadata["sample_size"]["records"]
-    max_length = 10 ** math.ceil(math.log10(max(records, 1) * 1.5 + 1))
     return with_margin(_lazyframe_domain_from_schema(schema),
-                       Margin(by=(), max_length=max_length))
+                       Margin(by=(), max_length=_max_length(metadata)))
