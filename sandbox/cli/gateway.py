@@ -47,6 +47,9 @@ def gateway() -> None:
               help="What reads the rows [env SANDBOX_GATEWAY_ENGINE; polars].")
 @click.option("--spark-remote", help="The Spark Connect server for --engine spark "
               "[env SANDBOX_GATEWAY_SPARK_REMOTE; sc://127.0.0.1:15002].")
+@click.option("--views-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Where the bounded views live [env SANDBOX_GATEWAY_VIEWS_DIR; "
+                   "STATE_DIR/views].")
 @trusted_proxy_option("SANDBOX_GATEWAY_TRUSTED_PROXIES")
 def serve(**options: object) -> None:
     """Serve the gateway over HTTP until interrupted."""

@@ -60,6 +60,11 @@ class GatewaySettings(BaseSettings, AnchorSettings):
     def admin_token_file(self) -> Path:
         return self.state_dir / "admin.token"
 
+    views_dir: Path | None = Field(None, description="where the bounded views (and their "
+                                   "rank key) live; by default state_dir/views. With "
+                                   "engine spark the Spark server reads and writes them "
+                                   "there too")
+
     @property
     def cache_dir(self) -> Path:
-        return self.state_dir / "views"
+        return self.views_dir or self.state_dir / "views"
