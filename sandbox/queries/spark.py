@@ -71,8 +71,9 @@ class SparkExecutor:
         with self._lock:
             self._session = None
         kind = type(exc).__name__
-        return Unavailable(f"the query engine (Spark at {self.remote}) failed to {action} "
-                           f"({kind}); nothing was released")
+        return Unavailable(f"the query engine (Spark) failed to {action} ({kind}); "
+                           "nothing was released. A charged query stays charged: sending "
+                           "the identical query again releases it under that same charge")
 
     def stop(self) -> None:
         with self._lock:
