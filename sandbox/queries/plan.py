@@ -13,7 +13,6 @@ adds OpenDP's noise to these exact numbers (``sandbox.gateway.noise``).
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from dataclasses import dataclass, field
 
@@ -103,14 +102,6 @@ class ExactPlan:
         if self.edges is not None:
             return [(label,) for label in self.labels]
         return list(self.key_values or [()])
-
-    def describe(self) -> str:
-        """A canonical text of the plan (filter values included), for logs and tests."""
-        data = {"consent": self.consent, "keys": self.keys, "edges": self.edges,
-                "value": self.value and [self.value.column, self.value.low, self.value.high],
-                "bits": self.bits, "filters": [f.model_dump(mode="json") for f in self.filters],
-                "excluded": len(self.excluded), "private_keys": self.key_values is None}
-        return json.dumps(data, sort_keys=True, ensure_ascii=False)
 
 
 def fixed_point_bits(max_rows: int, low: float, high: float, noise_scale: float = 0.0) -> int:
