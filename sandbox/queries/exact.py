@@ -9,6 +9,7 @@ ones, or the private groups present, sorted.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -103,13 +104,32 @@ def aggregate_lazy(plan: ExactPlan, frame: pl.LazyFrame) -> pl.LazyFrame:
 
 
 class PolarsExecutor:
-    """The reference executor: Polars over the view's Parquet files, or over a frame
-    already in memory."""
+    """The reference executor: Polars in this process, over each view read once into
+    memory (text as Categorical; the rank key left on disk) — a view never changes once
+    built, so the frame is kept for the life of the process. ``in_memory=False`` scans
+    the Parquet files on every query instead."""
 
     name = "polars"
 
+    def __init__(self, in_memory: bool = True) -> None:
+        self.in_memory = in_memory
+        self._frames: dict[str, pl.DataFrame] = {}
+        self._lock = threading.Lock()
+
+    def frame(self, view: str) -> pl.LazyFrame:
+        if not self.in_memory:
+            return scan(view)
+        with self._lock:
+            if view not in self._frames:
+                rows = scan(view)
+                text = [n for n, t in rows.collect_schema().items()
+                        if t == pl.String and n != bounded.RANK]
+                self._frames[view] = rows.drop(bounded.RANK).with_columns(
+                    pl.col(text).cast(pl.Categorical)).collect()
+            return self._frames[view].lazy()
+
     def aggregate(self, plan: ExactPlan, view: str) -> pl.DataFrame:
-        return complete(plan, aggregate_lazy(plan, scan(view)).collect())
+        return complete(plan, aggregate_lazy(plan, self.frame(view)).collect())
 
     def build(self, directory: Path, metadata: dict, secret: bytes, target: Path) -> int:
         return bounded.build_polars(directory, metadata, secret, target)

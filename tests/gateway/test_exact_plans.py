@@ -151,6 +151,8 @@ def _three_ways(engines, spec: QuerySpec) -> tuple[pl.DataFrame, object]:
     exact_spark = spark_engine.executor.aggregate(plan, str(on_spark.view))
     reference = _opendp_exact(spec, on_polars, engine, plan)
     assert exact_polars.equals(exact_spark), (exact_polars, exact_spark)
+    scanned = PolarsExecutor(in_memory=False).aggregate(plan, str(on_polars.view))
+    assert exact_polars.equals(scanned)  # the frame kept in memory reads as the files
     assert exact_polars.select(reference.columns).equals(reference), (exact_polars, reference)
     return exact_polars, plan
 
