@@ -24,7 +24,7 @@ from opendp.measurements import make_private_lazyframe
 from opendp.mod import Measurement, OpenDPException, binary_search
 
 from sandbox.errors import InputError, PolicyRefusal
-from sandbox.gateway.execution import Compiled, compile_query, execute
+from sandbox.gateway.execution import Compiled, check_served, compile_query, execute
 from sandbox.queries.checks import bin_labels, check_spec, predicate
 from sandbox.queries.exact import Executor, PolarsExecutor
 from sandbox.queries.spec import QUANTILE_CANDIDATES, QuerySpec
@@ -184,6 +184,7 @@ class Engine:
     def preview(self, spec: QuerySpec, dataset: Dataset, purpose: str,
                 alpha: float = 0.05) -> list[dict]:
         """Noise scale and (1 − alpha) error bound of each released statistic; no data read."""
+        check_served(spec, self.executor)
         measurement = self.measurement(spec, dataset, purpose)
         summary = summarize_polars_measurement(measurement, alpha)
         return _rows(summary)

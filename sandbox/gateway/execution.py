@@ -39,15 +39,20 @@ def executor_for(engine: str, remote: str) -> Executor:
     return PolarsExecutor()
 
 
+def check_served(spec: QuerySpec, executor: Executor) -> None:
+    """Refuse a kind this engine cannot answer (docs/adr/0012)."""
+    if spec.kind not in EXACT_KINDS and executor.name != "polars":
+        raise InputError(
+            f"{spec.kind} queries are not served by this gateway's {executor.name} "
+            "engine: OpenDP scores their candidates itself, which it cannot do over "
+            "an external engine's rows; ask for a histogram over the same range and "
+            "read the quantile off its cumulative counts")
+
+
 def compile_query(spec: QuerySpec, dataset: Dataset, purpose: str, measurement: Measurement,
                   executor: Executor) -> Compiled:
+    check_served(spec, executor)
     if spec.kind not in EXACT_KINDS:
-        if executor.name != "polars":
-            raise InputError(
-                f"{spec.kind} queries are not served by this gateway's {executor.name} "
-                "engine: OpenDP scores their candidates itself, which it cannot do over "
-                "an external engine's rows; ask for a histogram over the same range and "
-                "read the quantile off its cumulative counts")
         return Compiled(measurement)
     stats = noise.statistics(measurement)
     plan = compile_plan(spec, dataset.fields, purpose, dataset.max_rows,

@@ -270,6 +270,8 @@ def test_quantiles_are_refused_on_spark_before_anything_runs(engines):
     on_spark, spark_engine = engines["spark"]
     with pytest.raises(InputError, match="not served by this gateway's spark engine"):
         spark_engine.compile(spec, on_spark, PURPOSE)
+    with pytest.raises(InputError, match="not served by this gateway's spark engine"):
+        spark_engine.preview(spec, on_spark, PURPOSE)  # nor previewed as if it were
     on_polars, engine = engines["polars"]
     assert engine.compile(spec, on_polars, PURPOSE).plan is None  # OpenDP's own, on Polars
 
