@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	PYTHON=$(PYTHON) infra/scripts/ensure-python.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,spark]'
 	touch $@
 
 install: $(STAMP)

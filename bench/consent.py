@@ -65,8 +65,9 @@ def main() -> None:
             grant = gateway.grant(epsilon=10.0, delta=0.0)
             gw = Gateway(gateway.url, grant["token"])
             queries(gw, 3, 0)  # the shape's scale, and the view read once
-            views = {p: p.stat().st_mtime_ns for p in (state / "views").rglob("*.arrow")}
-            view = pl.read_ipc(next(iter(views)))
+            views = {p: p.stat().st_mtime_ns for p in (state / "views").rglob("*.parquet")}
+            view_dir = next((state / "views").rglob("view.json")).parent
+            view = pl.read_parquet(f"{view_dir}/**/*.parquet", hive_partitioning=False)
             rows = view.height
             floor = []
             for i in range(args.runs):
@@ -94,7 +95,7 @@ def main() -> None:
             bulk = time.perf_counter() - began
             assert answer.status_code == 201, answer.text
             after = queries(gw, args.runs, 2000)
-            rebuilt = {p: p.stat().st_mtime_ns for p in (state / "views").rglob("*.arrow")}
+            rebuilt = {p: p.stat().st_mtime_ns for p in (state / "views").rglob("*.parquet")}
         finally:
             gateway.stop()
     print(f"view rows {rows:,}; runs {args.runs}")

@@ -103,6 +103,7 @@ class GatewayProcess:
     proc: subprocess.Popen | None = None
     federation_file: Path | None = None
     options: list[str] = field(default_factory=list)  # more ``gateway serve`` options
+    start_timeout: float = 120  # seconds to answer (a first start builds the views)
 
     @property
     def url(self) -> str:
@@ -120,7 +121,8 @@ class GatewayProcess:
             args += ["--federation-file", str(self.federation_file)]
         args += self.options
         self.proc = start_service(args, self.url,
-                                  self.state_dir.parent / f"gateway-{self.port}.log")
+                                  self.state_dir.parent / f"gateway-{self.port}.log",
+                                  self.start_timeout)
         return self
 
     def stop(self) -> None:

@@ -43,6 +43,13 @@ def gateway() -> None:
                    "var/portal/grant-public-key.pem].")
 @click.option("--max-epsilon", type=float, help="Largest total ε a grant may have "
               f"[env SANDBOX_GATEWAY_MAX_EPSILON; the portal's maximum, {MAX_EPSILON:g}].")
+@click.option("--engine", type=click.Choice(["polars", "spark"]),
+              help="What reads the rows [env SANDBOX_GATEWAY_ENGINE; polars].")
+@click.option("--spark-remote", help="The Spark Connect server for --engine spark "
+              "[env SANDBOX_GATEWAY_SPARK_REMOTE; sc://127.0.0.1:15002].")
+@click.option("--views-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Where the bounded views live [env SANDBOX_GATEWAY_VIEWS_DIR; "
+                   "STATE_DIR/views].")
 @trusted_proxy_option("SANDBOX_GATEWAY_TRUSTED_PROXIES")
 def serve(**options: object) -> None:
     """Serve the gateway over HTTP until interrupted."""

@@ -53,6 +53,7 @@ from sandbox.federated import ckks, counts
 from sandbox.federated.spec import FederatedSpec
 from sandbox.queries import checks as query_checks
 from sandbox.queries import view
+from sandbox.queries.withdrawals import Withdrawn
 
 dp.enable_features("contrib")
 
@@ -227,9 +228,9 @@ def _design(fields: dict, name: str, bounds: tuple[float, float] | None) -> list
 # -- at a site ----------------------------------------------------------------------------
 
 def local_vector(plan: Plan, dataset: view.Dataset, purpose: str,
-                 excluded: frozenset[str] = frozenset()) -> np.ndarray:
+                 withdrawn: Withdrawn | None = None) -> np.ndarray:
     """This site's exact aggregate vector over its consented rows — less those of the
-    patients ``excluded`` (withdrawn) — normalised (never leaves the site: only ``noisy``
+    patients ``withdrawn`` from ``purpose`` — normalised (never leaves the site: only ``noisy``
     shares of it do, encrypted)."""
     spec = plan.spec
     frame = dataset.placeholder().filter(pl.col(view.consent_column(purpose)))
@@ -245,7 +246,7 @@ def local_vector(plan: Plan, dataset: view.Dataset, purpose: str,
     if rows_per_patient > plan.rows_per_patient:
         raise PolicyRefusal(f"a patient can change {rows_per_patient} rows here, more than "
                             f"the {plan.rows_per_patient} the plan allows for")
-    rows = stable(view.without(dataset.scan(), excluded)).collect()
+    rows = stable(dataset.scan(withdrawn)).collect()
     return _exact(plan, rows) / np.asarray(plan.sensitivity)
 
 

@@ -217,7 +217,7 @@ class SiteService:
         stored = self._stored_share(query_id, fingerprint)
         if stored is not None:
             return stored, False
-        vector = local_vector(plan, self.dataset, purpose, self.withdrawn.excluded(purpose))
+        vector = local_vector(plan, self.dataset, purpose, self.withdrawn)
         share = noisy(plan, vector) if self.noise else vector
         try:
             with self.db.begin() as conn:

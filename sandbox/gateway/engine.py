@@ -7,7 +7,9 @@ The noise scale comes in closed form from one evaluation of OpenDP's loss
 (``calibration``), checked by ``map``; the scale found for a query *shape* (the spec
 without filter values) and (ε, δ) is cached and reused, and the reused measurement's loss
 is still checked by OpenDP against (ε, δ) before it runs. Noise, clamping and accounting
-all come from OpenDP.
+all come from OpenDP. The rows themselves are read by an exact-aggregate plan on the
+configured engine (Polars or Spark), to whose exact result OpenDP's noise at the
+measurement's own scales is added (``execution``, ``noise``).
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from opendp.mod import Measurement, OpenDPException, binary_search
 
 from sandbox.errors import InputError, PolicyRefusal
 from sandbox.gateway.calibration import scale_for
+from sandbox.gateway.execution import Compiled, check_served, compile_query, execute
 from sandbox.queries.checks import bin_labels, check_spec, predicate
+from sandbox.queries.exact import Executor, PolarsExecutor
 from sandbox.queries.spec import QUANTILE_CANDIDATES, QuerySpec
-from sandbox.queries.view import Dataset, consent_column, without
+from sandbox.queries.view import Dataset, consent_column
 from sandbox.queries.withdrawals import Withdrawn
 
 dp.enable_features("contrib")
@@ -51,7 +55,8 @@ class Release:
 class Engine:
     """Compiles query specs to OpenDP measurements and runs them on dataset views."""
 
-    def __init__(self) -> None:
+    def __init__(self, executor: Executor | None = None) -> None:
+        self.executor = executor or PolarsExecutor()
         self._scales: dict[tuple, tuple[float, int | None]] = {}
         self._calibrating: dict[tuple, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -161,15 +166,20 @@ class Engine:
             raise InputError(f"this query cannot be answered privately: "
                              f"{_first_line(exc)}") from None
 
+    def compile(self, spec: QuerySpec, dataset: Dataset, purpose: str) -> Compiled:
+        """The measurement and the plan that answers it on this engine; refuses (before
+        anything is spent) what the engine cannot answer within (ε, δ)."""
+        return compile_query(spec, dataset, purpose, self.measurement(spec, dataset, purpose),
+                             self.executor)
+
     # -- running ---------------------------------------------------------------------
-    def run(self, spec: QuerySpec, dataset: Dataset, measurement: Measurement,
+    def run(self, spec: QuerySpec, dataset: Dataset, compiled: Compiled,
             withdrawn: Withdrawn, purpose: str) -> Release:
-        """Release the answer of ``measurement`` (from ``measurement()``) over the view less
-        the patients ``withdrawn`` from ``purpose``. Call only after the budget has been
-        charged."""
-        eps, delta = measurement.map(dataset.contribution_bound)
-        rows = without(dataset.scan(), withdrawn.excluded(purpose))
-        frame = measurement(rows).collect()
+        """Release the answer of ``compiled`` (from ``compile()``) over the view less the
+        patients ``withdrawn`` from ``purpose`` (the set as it stands now, after the
+        charge). Call only after the budget has been charged."""
+        eps, delta = compiled.measurement.map(dataset.contribution_bound)
+        frame = execute(compiled, dataset, self.executor, withdrawn, purpose)
         bounds = self._bounds(spec, dataset) if spec.field else None
         frame = _post_process(spec, frame, bounds)
         return Release(_rows(frame), float(eps), float(delta), frame.columns,
@@ -178,6 +188,7 @@ class Engine:
     def preview(self, spec: QuerySpec, dataset: Dataset, purpose: str,
                 alpha: float = 0.05) -> list[dict]:
         """Noise scale and (1 − alpha) error bound of each released statistic; no data read."""
+        check_served(spec, self.executor)
         measurement = self.measurement(spec, dataset, purpose)
         summary = summarize_polars_measurement(measurement, alpha)
         return _rows(summary)

@@ -51,7 +51,7 @@ class CentralQuestion:
                                        self._federation, self._engine)
         # Compile (and calibrate) before charging: a query OpenDP cannot answer is refused
         # without spending anything.
-        self._compiled = self._engine.measurement(self.spec, self.dataset, self.grant.purpose)
+        self._compiled = self._engine.compile(self.spec, self.dataset, self.grant.purpose)
         return self.dataset
 
     def run(self, claim: dict) -> Release:

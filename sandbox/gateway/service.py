@@ -24,6 +24,7 @@ from sandbox.federated.spec import FederatedSpec
 from sandbox.gateway import consent, exports, statements, store
 from sandbox.gateway import engine as dpengine
 from sandbox.gateway.consent import Withdrawal
+from sandbox.gateway.execution import executor_for
 from sandbox.gateway.exports import ExportIn
 from sandbox.gateway.federation import Federation
 from sandbox.gateway.grants import Grant, GrantRequest, Grants, hash_token
@@ -62,7 +63,7 @@ class GatewayService:
         self.admin_token_hash = hash_token(read_or_create(
             settings.admin_token_file, lambda: secrets.token_urlsafe(32).encode()
         ).decode().strip())
-        self.engine = dpengine.Engine()
+        self.engine = dpengine.Engine(executor_for(settings.engine, settings.spark_remote))
         self.limiter = limiter_for(self.db, settings.rate_limit, settings.rate_burst)
         self.grants = Grants(self.db)
         self.ledger = Ledger(self.db, self.signer)
@@ -81,7 +82,8 @@ class GatewayService:
             meta = metadata.load(directory)
             if meta.grade == "public" or meta.federated:
                 continue  # nothing to serve here (federated rows stay at their sites)
-            loaded[meta.id] = view.prepare(directory, self.settings.cache_dir)
+            loaded[meta.id] = view.prepare(directory, self.settings.cache_dir,
+                                           self.engine.executor)
         self.datasets = loaded
 
     # -- authentication ------------------------------------------------------------------

@@ -4,6 +4,7 @@ arguments."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +45,13 @@ class GatewaySettings(BaseSettings, AnchorSettings):
                                             "with the key service and the sites (0 = only "
                                             "on demand)")
 
+    engine: Literal["polars", "spark"] = Field(
+        "polars", description="what reads the rows: polars (in this process) or spark "
+        "(a Spark Connect server at spark_remote; needs the [spark] extra)")
+    spark_remote: str = Field("sc://127.0.0.1:15002", pattern=r"^sc://",
+                              description="the Spark Connect server (engine spark); it "
+                              "must read and write the views where state_dir holds them")
+
     @property
     def signing_key_file(self) -> Path:
         return self.state_dir / "signing-key.pem"
@@ -52,6 +60,11 @@ class GatewaySettings(BaseSettings, AnchorSettings):
     def admin_token_file(self) -> Path:
         return self.state_dir / "admin.token"
 
+    views_dir: Path | None = Field(None, description="where the bounded views (and their "
+                                   "rank key) live; by default state_dir/views. With "
+                                   "engine spark the Spark server reads and writes them "
+                                   "there too")
+
     @property
     def cache_dir(self) -> Path:
-        return self.state_dir / "views"
+        return self.views_dir or self.state_dir / "views"

@@ -1,33 +1,35 @@
 """The bounded, consented view of a dataset: what every query — central or federated —
-reads. At most ``contribution_bound`` rows per patient (a seeded sample, so one patient
-changes at most that many rows — the privacy unit OpenDP accounts for), the patient's
-consent for each purpose as given in the extract (boolean columns), the patient's pseudonym
-(so that withdrawals recorded since apply to every query, ``without``, with no rebuild),
-and text columns encoded against the public category lists. The view is an Arrow IPC file
-that OpenDP's Polars plugin scans directly, so no rows are copied through Python per query."""
+reads. At most ``contribution_bound`` rows per patient (chosen by a stored rank key, so one
+patient changes at most that many rows — the privacy unit OpenDP accounts for; built once
+per dataset version by either engine, see ``bounded``), the patient's consent for each
+purpose as boolean columns, and text columns against the public category lists.
+Withdrawals recorded after onboarding (``withdrawals``) are applied per query, never by a
+rebuild: an exact-aggregate plan anti-joins a purpose's withdrawn pseudonyms, and ``scan``
+applies them to the consent columns for OpenDP's own plans."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 from opendp.domains import with_margin
 from opendp.extras.polars import Margin, _lazyframe_domain_from_schema
 
-from sandbox.data.catalog import CONSENT, RECORDS
+from sandbox.data.catalog import RECORDS
 from sandbox.data.metadata import load as load_metadata
 from sandbox.errors import InputError
+from sandbox.queries import bounded
+from sandbox.queries.exact import PolarsExecutor
+from sandbox.queries.plan import PATIENT, consent_column
+from sandbox.queries.withdrawals import Withdrawn
+from sandbox.secretfile import read_or_create
 
-# The view's patient column: kept so that withdrawals apply per query; a query never names
-# it (it is no field of the catalog).
-PATIENT = "_patient"
-VIEW_FORMAT = "v2"  # bumped when a view's columns change, so an old cached view is not reused
+__all__ = ["Dataset", "consent_column", "contains", "holding", "patients", "prepare"]
 
-
-def consent_column(purpose: str) -> str:
-    return f"_consent_{purpose}"
+RANK_KEY = "rank.key"
 
 
 @dataclass
@@ -37,11 +39,12 @@ class Dataset:
     id: str
     directory: Path
     metadata: dict
-    view: Path
+    view: Path  # the bounded view's directory of Parquet files
     schema: pl.Schema
     fields: dict[str, dict]
     purposes: list[str]
     domain: object = None
+    built: dict = field(default_factory=dict)  # the view's manifest
 
     @property
     def version(self) -> str:
@@ -51,11 +54,26 @@ class Dataset:
     def contribution_bound(self) -> int:
         return int(self.metadata["contribution_bound"])
 
+    @property
+    def max_rows(self) -> int:
+        """The most rows a query may read, as OpenDP's margin states it."""
+        return _max_length(self.metadata)
+
     def placeholder(self) -> pl.LazyFrame:
         return pl.LazyFrame(schema=self.schema)
 
-    def scan(self) -> pl.LazyFrame:
-        return pl.scan_ipc(self.view, memory_map=True)
+    def scan(self, withdrawals: Withdrawn | None = None) -> pl.LazyFrame:
+        """The view as OpenDP's plans read it: text as Enum, ``withdrawals`` applied to the
+        consent columns (removing rows from a purpose never adds to a patient's influence,
+        so a measurement's accounting is unchanged)."""
+        frame = pl.scan_parquet(f"{self.view}/**/*.parquet", hive_partitioning=False)
+        withdrawals = withdrawals or Withdrawn()
+        withdrawn = [
+            (pl.col(consent_column(p)) & ~pl.col(PATIENT).is_in(sorted(gone)))
+            .alias(consent_column(p))
+            for p in self.purposes if (gone := withdrawals.excluded(p))]
+        return frame.with_columns(withdrawn).select(
+            [pl.col(n).cast(t) for n, t in self.schema.items()])
 
 
 def contains(dataset: Dataset, pseudonym: str) -> bool:
@@ -80,67 +98,49 @@ def patients(dataset: Dataset) -> list[str]:
     return records.select(pl.col(key).unique()).collect()[key].to_list()
 
 
-def prepare(directory: Path, cache: Path) -> Dataset:
-    """The view of the dataset in ``directory``, built once per dataset version (a view
-    already in ``cache`` is reused: nothing in it changes while the version lives — consent
-    withdrawals are applied per query, ``without``)."""
+def prepare(directory: Path, cache: Path, engine: bounded.Builder | None = None) -> Dataset:
+    """The dataset in ``directory`` with its bounded view (built by ``engine``, Polars by
+    default, if this version has none in ``cache`` yet: a view never changes once built)."""
     directory = Path(directory)
     metadata = load_metadata(directory).document()
     if metadata["grade"] == "public":
         raise InputError(f"{metadata['id']} is a public aggregate dataset; nothing to serve")
+    cache = Path(cache)
+    # The rank key's secret lives with the views it chose rows for.
+    secret = read_or_create(cache / RANK_KEY, lambda: os.urandom(32))
+    target, built = bounded.ensure(directory, metadata, secret, cache,
+                                   engine or PolarsExecutor())
     fields = {f["name"]: f for f in metadata["tables"][RECORDS]["fields"]}
     purposes = [p["id"] for p in metadata["purposes"]]
-    target = cache / f"{metadata['id']}-{metadata['version']}.{VIEW_FORMAT}.arrow"
-    if not target.is_file():
-        _build(directory, metadata, fields, purposes, target)
-    schema = pl.Schema(pl.scan_ipc(target).collect_schema())
-    return Dataset(metadata["id"], directory, metadata, target, schema,
-                   fields, purposes, _domain(schema, metadata))
+    schema = _schema(bounded.served_fields(metadata), purposes, metadata["patient_key"])
+    return Dataset(metadata["id"], directory, metadata, target, schema, fields, purposes,
+                   _domain(schema, metadata), built)
 
 
-def _build(directory: Path, metadata: dict, fields: dict[str, dict], purposes: list[str],
-           target: Path) -> None:
-    patient = metadata["patient_key"]
-    records = pl.scan_parquet(directory / "restricted" / f"{RECORDS}.parquet")
-    consent = pl.scan_parquet(directory / "restricted" / f"{CONSENT}.parquet").select(
-        patient, *((pl.col(p).fill_null(False) & pl.col("withdrawn_at").is_null())
-                   .alias(consent_column(p)) for p in purposes))
-    encode = []
+_TYPES = {"string": pl.String, "integer": pl.Int64, "float": pl.Float64,
+          "boolean": pl.Boolean}
+
+
+def _schema(fields: dict[str, dict], purposes: list[str], patient: str) -> pl.Schema:
+    """The columns OpenDP's plans see: public fields (text as Enum of its categories),
+    then one consent column per purpose — never the patient key."""
+    columns: dict[str, pl.DataType] = {}
     for name, f in fields.items():
-        if f["type"] == "string" and f.get("categories") is not None and f["role"] != "label":
-            encode.append(pl.col(name).cast(pl.Enum(f["categories"]), strict=False))
-    bound = int(metadata["contribution_bound"])
-    # Keep at most `bound` rows per patient, chosen by a seeded shuffle: which rows is a
-    # matter of utility, how many is the privacy unit.
-    seed = int(metadata.get("spec_sha256", "0" * 8)[:8], 16)
-    view = (
-        records
-        .filter(pl.int_range(pl.len()).shuffle(seed=seed).over(patient) < bound)
-        .join(consent, on=patient, how="left")
-        .with_columns(*(pl.col(consent_column(p)).fill_null(False) for p in purposes))
-        .with_columns(encode)
-        .drop(*(n for n, f in fields.items() if f["role"] == "label"))
-        .rename({patient: PATIENT})
-        .collect(engine="streaming")
-    )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".arrow.tmp")
-    view.write_ipc(tmp)
-    tmp.replace(target)
+        if name == patient:
+            continue
+        if f["type"] == "string" and f.get("categories") is not None:
+            columns[name] = pl.Enum(f["categories"])
+        else:
+            columns[name] = _TYPES.get(f["type"], pl.String)
+    columns.update({consent_column(p): pl.Boolean for p in purposes})
+    return pl.Schema(columns)
 
 
-def without(frame: pl.LazyFrame, excluded: frozenset[str]) -> pl.LazyFrame:
-    """The view's rows less those of the patients in ``excluded`` (their withdrawals):
-    applied to the rows before a measurement reads them — removing rows never adds to a
-    patient's influence, so the measurement's accounting is unchanged."""
-    if not excluded:
-        return frame
-    gone = pl.LazyFrame({PATIENT: sorted(excluded)}, schema={PATIENT: pl.String})
-    return frame.join(gone, on=PATIENT, how="anti")
+def _max_length(metadata: dict) -> int:
+    records = metadata["sample_size"]["records"]
+    return 10 ** math.ceil(math.log10(max(records, 1) * 1.5 + 1))
 
 
 def _domain(schema: pl.Schema, metadata: dict) -> object:
-    records = metadata["sample_size"]["records"]
-    max_length = 10 ** math.ceil(math.log10(max(records, 1) * 1.5 + 1))
     return with_margin(_lazyframe_domain_from_schema(schema),
-                       Margin(by=(), max_length=max_length))
+                       Margin(by=(), max_length=_max_length(metadata)))

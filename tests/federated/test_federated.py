@@ -21,6 +21,7 @@ from sandbox.errors import PolicyRefusal
 from sandbox.federated import authorization, ckks, messages
 from sandbox.federated.plan import make_plan
 from sandbox.federated.spec import FederatedSpec
+from sandbox.queries import bounded
 from sandbox.queries.view import consent_column
 from tests.conftest import run_cli
 from tests.federated.cluster import authorize
@@ -31,12 +32,13 @@ PURPOSE = "medical_research"
 
 
 def pooled(cluster) -> pl.DataFrame:
-    """Every site's view (its rows after per-patient bounding), pooled: what a central
-    computation would see, consented rows only."""
-    views = [next((cluster.root / f"site-{name}" / "views").glob("*.arrow"))
-             for name in cluster.sites]
-    return pl.concat([pl.read_ipc(v, memory_map=False) for v in views]).filter(
-        pl.col(consent_column(PURPOSE)))
+    """Every exact site's view (its rows after per-patient bounding, chosen by that
+    site's own rank key), pooled: what a central computation would see, consented rows
+    only."""
+    views = [next(p.parent for p in (cluster.root / "exact" / f"site-{name}" / "views").glob(
+        f"*/{bounded.MANIFEST}")) for name in cluster.sites]
+    return pl.concat([pl.read_parquet(f"{v}/**/*.parquet", hive_partitioning=False)
+                      for v in views]).filter(pl.col(consent_column(PURPOSE)))
 
 
 def test_answers_match_the_pooled_computation(cluster, exact):

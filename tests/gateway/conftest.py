@@ -1,4 +1,6 @@
-"""A gateway process per database backend, serving the session's onboarded dataset."""
+"""A gateway process per database backend and engine, serving the session's onboarded
+dataset: on SQLite and PostgreSQL with the Polars engine, and on SQLite with the Spark
+engine against the run's one local Spark Connect server (``spark_server``)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import shutil
 import pytest
 
 from tests.services import GatewayProcess
+from tests.spark import SparkConnect
 from tests.tiers import tier
 
 
@@ -17,15 +20,45 @@ def datasets_dir(dataset, tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+@tier("service")
+def spark_server(tmp_path_factory):
+    """One local Spark Connect server for the whole run, started when a test needs it."""
+    server = SparkConnect.start(tmp_path_factory.mktemp("spark"))
+    yield server
+    server.stop()
+
+
 def _database_url(backend: str, postgres_factory, tmp_path) -> str:
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'gateway.db'}"
-    return postgres_factory().new_database()
+    if backend == "postgresql":
+        return postgres_factory().new_database()
+    return f"sqlite:///{tmp_path / 'gateway.db'}"
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def _engine_options(backend: str, request) -> list[str]:
+    if backend != "spark":
+        return []
+    server = request.getfixturevalue("spark_server")
+    return ["--engine", "spark", "--spark-remote", server.remote,
+            "--views-dir", str(request.getfixturevalue("views_dir"))]
+
+
+# "spark": the ledger on SQLite, the rows read by Spark.
+@pytest.fixture(scope="session", params=["sqlite", "postgresql", "spark"])
 def backend(request) -> str:
     return request.param
+
+
+@pytest.fixture(scope="session")
+def views_dir(tmp_path_factory):
+    """Views shared by the gateways of a run, as one deployment's gateways share them:
+    each dataset version is built once (per engine; both keep the same rows)."""
+    return tmp_path_factory.mktemp("views")
+
+
+def _process(backend, datasets_dir, state, url, request) -> GatewayProcess:
+    return GatewayProcess(datasets_dir, state, url,
+                          options=_engine_options(backend, request))
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +66,7 @@ def backend(request) -> str:
 def gateway(backend, datasets_dir, tmp_path_factory, request):
     state = tmp_path_factory.mktemp(f"gateway-{backend}")
     url = _database_url(backend, lambda: request.getfixturevalue("postgres"), state)
-    process = GatewayProcess(datasets_dir, state / "state", url).start()
+    process = _process(backend, datasets_dir, state / "state", url, request).start()
     yield process
     process.stop()
 
@@ -43,6 +76,6 @@ def gateway(backend, datasets_dir, tmp_path_factory, request):
 def fresh_gateway(backend, datasets_dir, tmp_path, request):
     """A gateway of its own, for tests that kill or reconfigure it."""
     url = _database_url(backend, lambda: request.getfixturevalue("postgres"), tmp_path)
-    process = GatewayProcess(datasets_dir, tmp_path / "state", url)
+    process = _process(backend, datasets_dir, tmp_path / "state", url, request)
     yield process
     process.stop()

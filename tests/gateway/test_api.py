@@ -52,13 +52,20 @@ def test_an_identical_query_returns_the_stored_release_without_charge(gateway):
     assert spent(gateway, grant) == pytest.approx(0.4)
 
 
-def test_every_query_kind(gateway):
-    gw = client(gateway, gateway.grant(epsilon=10.0))
+def test_every_query_kind(gateway, backend):
+    grant = gateway.grant(epsilon=10.0)
+    gw = client(gateway, grant)
     assert gw.sum("emr-visits", "total_cost", bounds=(0, 50_000), epsilon=0.5).value > 0
-    quartiles = gw.quantiles("emr-visits", "length_of_stay", [0.25, 0.5, 0.75],
-                             bounds=(0, 60), epsilon=0.5).df
-    assert quartiles.columns == ["q0.25", "q0.5", "q0.75"]
-    assert quartiles.row(0)[0] <= quartiles.row(0)[2]
+    if backend == "spark":
+        # OpenDP scores quantile candidates itself: refused on Spark, with the way round
+        with pytest.raises(GatewayError, match="histogram over the same range") as refused:
+            gw.quantiles("emr-visits", "length_of_stay", [0.5], bounds=(0, 60), epsilon=0.5)
+        assert refused.value.status == 422 and spent(gateway, grant) == pytest.approx(0.5)
+    else:
+        quartiles = gw.quantiles("emr-visits", "length_of_stay", [0.25, 0.5, 0.75],
+                                 bounds=(0, 60), epsilon=0.5).df
+        assert quartiles.columns == ["q0.25", "q0.5", "q0.75"]
+        assert quartiles.row(0)[0] <= quartiles.row(0)[2]
     hist = gw.histogram("emr-visits", "length_of_stay", [0, 1, 7, 30, 365], epsilon=0.5).df
     assert hist["bin"].to_list() == ["[0, 1)", "[1, 7)", "[7, 30)", "[30, 365]"]
     grouped = gw.count("emr-visits", group_by=["sex", "visit_type"], epsilon=0.5).df

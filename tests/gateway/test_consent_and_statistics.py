@@ -51,7 +51,7 @@ def test_a_withdrawal_of_unknown_shape_is_refused(gateway):
 @pytest.fixture(scope="module")
 def served(datasets_dir, tmp_path_factory):
     dataset = prepare(datasets_dir / "emr-visits", tmp_path_factory.mktemp("views"))
-    view = pl.read_ipc(dataset.view).filter(pl.col("_consent_medical_research"))
+    view = dataset.scan().collect().filter(pl.col("_consent_medical_research"))
     return dataset, view
 
 

@@ -4,6 +4,7 @@ gateway, with no view rebuilt — and a controller's bulk intake of 10,000 in on
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -13,9 +14,14 @@ from sandbox.client import Gateway
 PURPOSE = "ai_training"
 
 
-def _view_files(state) -> dict[str, int]:
-    views = {p.name: p.stat().st_mtime_ns for p in (state / "views").rglob("*.arrow")}
-    assert views, "the gateway keeps its views in state/views"
+def _view_files(gateway) -> dict[str, int]:
+    """Every file of the gateway's bounded views (in its own state, or the views directory
+    its engine shares), with its modification time."""
+    shared = [gateway.options[i + 1] for i, o in enumerate(gateway.options)
+              if o == "--views-dir"]
+    root = Path(shared[0]) if shared else gateway.state_dir / "views"
+    views = {str(p): p.stat().st_mtime_ns for p in root.rglob("*.parquet")}
+    assert views, f"no view under {root}"
     return views
 
 
@@ -36,7 +42,7 @@ def test_a_bulk_intake_applies_to_the_next_question_without_a_rebuild(fresh_gate
     other = Gateway(fresh_gateway.url, fresh_gateway.grant()["token"])
     before = (client.count("emr-visits", epsilon=5.0).value,
               other.count("emr-visits", epsilon=5.0).value)
-    views = _view_files(fresh_gateway.state_dir)
+    views = _view_files(fresh_gateway)
     response = fresh_gateway.admin("POST", "/v1/admin/consent-withdrawals/batch", {
         "withdrawals": [{"pseudonym": p, "purposes": [PURPOSE]} for p in batch]})
     assert response.status_code == 201, response.text
@@ -48,7 +54,7 @@ def test_a_bulk_intake_applies_to_the_next_question_without_a_rebuild(fresh_gate
     assert abs((before[0] - after.value) - expected_drop) < 60 and expected_drop > 2000
     assert abs(before[1] - other.count("emr-visits", epsilon=4.9).value) < 60
     assert after.receipt["payload"]["withdrawals_version"] == taken["version"]
-    assert _view_files(fresh_gateway.state_dir) == views  # nothing rebuilt
+    assert _view_files(fresh_gateway) == views  # nothing rebuilt
     # the same intake again records nothing new and changes no answer's version
     again = fresh_gateway.admin("POST", "/v1/admin/consent-withdrawals/batch", {
         "withdrawals": [{"pseudonym": p, "purposes": [PURPOSE]} for p in batch[:10]]})

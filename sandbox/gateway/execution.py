@@ -1,0 +1,75 @@
+"""Where a compiled query runs: an exact-aggregate plan on the configured engine (Polars or
+Spark) with OpenDP's noise added here, or — for the kinds whose exact part only OpenDP can
+compute (quantiles) — OpenDP's measurement itself on the Polars view.
+
+``compile_query`` does everything that can refuse before the ledger charges (the plan, the
+noise measurements and their loss); ``execute`` only reads rows and draws noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import polars as pl
+from opendp.mod import Measurement
+
+from sandbox.errors import InputError
+from sandbox.gateway import noise
+from sandbox.queries.exact import Executor, PolarsExecutor
+from sandbox.queries.plan import EXACT_KINDS, ExactPlan, compile_plan
+from sandbox.queries.spec import QuerySpec
+from sandbox.queries.view import Dataset
+from sandbox.queries.withdrawals import Withdrawn
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A query ready to run: OpenDP's measurement (the accounting) and, on the exact path,
+    the plan and the noise drawn on its result."""
+
+    measurement: Measurement
+    plan: ExactPlan | None = None
+    noise: noise.Noise | None = None
+
+
+def executor_for(engine: str, remote: str) -> Executor:
+    """The configured engine: Polars here, or Spark over Spark Connect at ``remote``."""
+    if engine == "spark":
+        from sandbox.queries.spark import SparkExecutor
+        return SparkExecutor(remote)
+    return PolarsExecutor()
+
+
+def check_served(spec: QuerySpec, executor: Executor) -> None:
+    """Refuse a kind this engine cannot answer (docs/adr/0013)."""
+    if spec.kind not in EXACT_KINDS and executor.name != "polars":
+        raise InputError(
+            f"{spec.kind} queries are not served by this gateway's {executor.name} "
+            "engine: OpenDP scores their candidates itself, which it cannot do over "
+            "an external engine's rows; ask for a histogram over the same range and "
+            "read the quantile off its cumulative counts")
+
+
+def compile_query(spec: QuerySpec, dataset: Dataset, purpose: str, measurement: Measurement,
+                  executor: Executor) -> Compiled:
+    check_served(spec, executor)
+    if spec.kind not in EXACT_KINDS:
+        return Compiled(measurement)
+    stats = noise.statistics(measurement)
+    plan = compile_plan(spec, dataset.fields, purpose, dataset.max_rows, frozenset(),
+                        noise.sum_scale(stats))
+    epsilon, delta = measurement.map(dataset.contribution_bound)
+    return Compiled(measurement, plan, noise.build(plan, stats, dataset.contribution_bound,
+                                                   epsilon, delta))
+
+
+def execute(compiled: Compiled, dataset: Dataset, executor: Executor, withdrawn: Withdrawn,
+            purpose: str) -> pl.DataFrame:
+    """The released frame (before post-processing), less the patients ``withdrawn`` from
+    ``purpose`` — the withdrawal set as it stands when this runs. Call only after the
+    charge."""
+    if compiled.plan is None:
+        return compiled.measurement(dataset.scan(withdrawn)).collect()
+    plan = replace(compiled.plan, excluded=withdrawn.excluded(purpose))
+    exact = executor.aggregate(plan, str(dataset.view))
+    return noise.release(plan, compiled.noise, exact)

@@ -1,0 +1,140 @@
+"""Executing an exact-aggregate plan (``plan.ExactPlan``): Polars here — the reference —
+and the pieces every executor shares (the result's layout, its public groups).
+
+An executor returns the raw groups it found: the group columns (text), ``count`` and, for
+sums and means, ``sum_fixed`` (both 64-bit integers). ``complete`` then gives every
+executor's answer one layout: the public groups in catalogue order with zeros for empty
+ones, or the private groups present, sorted.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Protocol
+
+import polars as pl
+
+from sandbox.queries import bounded
+from sandbox.queries.checks import predicate
+from sandbox.queries.plan import BIN, COUNT, PATIENT, SUM, ExactPlan
+
+
+class Executor(Protocol):
+    """Runs exact-aggregate plans over a dataset's bounded view."""
+
+    name: str
+
+    def aggregate(self, plan: ExactPlan, view: str) -> pl.DataFrame: ...
+    def build(self, directory: Path, metadata: dict, secret: bytes, target: Path) -> int: ...
+
+
+def layout(plan: ExactPlan) -> dict[str, pl.DataType]:
+    schema: dict[str, pl.DataType] = {c: pl.String for c in plan.group_columns}
+    schema[COUNT] = pl.Int64
+    if plan.sums:
+        schema[SUM] = pl.Int64
+    return schema
+
+
+def complete(plan: ExactPlan, raw: pl.DataFrame) -> pl.DataFrame:
+    """The executor's raw groups in the plan's one layout (see the module's text)."""
+    schema = layout(plan)
+    raw = raw.select([pl.col(c).cast(t) for c, t in schema.items()])
+    values = [c for c in schema if c not in plan.group_columns]
+    if not plan.grouped:
+        if raw.height == 0:
+            return pl.DataFrame({c: [0] for c in values}, schema={c: schema[c] for c in values})
+        return raw.with_columns(pl.col(values).fill_null(0))
+    if plan.key_values is None:  # private keys: only the groups present
+        return raw.sort(list(plan.group_columns), nulls_last=True)
+    keys = pl.DataFrame(plan.public_rows(), schema=list(plan.group_columns), orient="row")
+    if keys.width == 0:
+        keys = pl.DataFrame({c: [] for c in plan.group_columns})
+    keys = keys.with_columns(pl.all().cast(pl.String))
+    joined = keys.join(raw, on=list(plan.group_columns), how="left", nulls_equal=True)
+    return joined.with_columns(pl.col(values).fill_null(0))
+
+
+# -- Polars --------------------------------------------------------------------------------
+def value_expr(plan: ExactPlan) -> pl.Expr:
+    """The clamped value: NaN and null become the low bound, as OpenDP's plan fills."""
+    v = plan.value
+    assert v is not None
+    col = pl.col(v.column).cast(pl.Float64)
+    return col.fill_nan(v.low).fill_null(v.low).clip(v.low, v.high)
+
+
+def fixed_expr(plan: ExactPlan) -> pl.Expr:
+    """The clamped value in fixed point: times 2^bits (exact in binary), floored."""
+    return (value_expr(plan) * (2.0 ** plan.bits)).floor().cast(pl.Int64)
+
+
+def bin_expr(plan: ExactPlan) -> pl.Expr:
+    """The bin's label: the number of inner edges at or below the clamped value."""
+    assert plan.edges is not None
+    value = value_expr(plan)
+    inner = plan.edges[1:-1]
+    index = pl.sum_horizontal([(value >= e).cast(pl.Int32) for e in inner]) if inner \
+        else pl.lit(0, dtype=pl.Int32)
+    return index.replace_strict(list(range(len(plan.labels))), plan.labels,
+                                return_dtype=pl.String)
+
+
+def rows_read(plan: ExactPlan, frame: pl.LazyFrame) -> pl.LazyFrame:
+    """The rows a query reads: consented for the purpose, not excluded, filtered."""
+    rows = frame.filter(pl.col(plan.consent))
+    if plan.excluded:
+        rows = rows.filter(~pl.col(PATIENT).is_in(sorted(plan.excluded)))
+    for flt in plan.filters:
+        rows = rows.filter(predicate(flt))
+    return rows
+
+
+def aggregate_lazy(plan: ExactPlan, frame: pl.LazyFrame) -> pl.LazyFrame:
+    rows = rows_read(plan, frame)
+    aggs = [pl.len().cast(pl.Int64).alias(COUNT)]
+    if plan.sums:
+        aggs.append(fixed_expr(plan).sum().alias(SUM))
+    if plan.edges is not None:
+        rows = rows.with_columns(bin_expr(plan).alias(BIN))
+    if plan.grouped:
+        return rows.group_by(list(plan.group_columns)).agg(aggs)
+    return rows.select(aggs)
+
+
+class PolarsExecutor:
+    """The reference executor: Polars in this process, over each view read once into
+    memory (text as Categorical; the rank key left on disk) — a view never changes once
+    built, so the frame is kept for the life of the process. ``in_memory=False`` scans
+    the Parquet files on every query instead."""
+
+    name = "polars"
+
+    def __init__(self, in_memory: bool = True) -> None:
+        self.in_memory = in_memory
+        self._frames: dict[str, pl.DataFrame] = {}
+        self._lock = threading.Lock()
+
+    def frame(self, view: str) -> pl.LazyFrame:
+        if not self.in_memory:
+            return scan(view)
+        with self._lock:
+            if view not in self._frames:
+                rows = scan(view)
+                text = [n for n, t in rows.collect_schema().items()
+                        if t == pl.String and n != bounded.RANK]
+                self._frames[view] = rows.drop(bounded.RANK).with_columns(
+                    pl.col(text).cast(pl.Categorical)).collect()
+            return self._frames[view].lazy()
+
+    def aggregate(self, plan: ExactPlan, view: str) -> pl.DataFrame:
+        return complete(plan, aggregate_lazy(plan, self.frame(view)).collect())
+
+    def build(self, directory: Path, metadata: dict, secret: bytes, target: Path) -> int:
+        return bounded.build_polars(directory, metadata, secret, target)
+
+
+def scan(view: str) -> pl.LazyFrame:
+    """A bounded view's rows (its partitioned Parquet files)."""
+    return pl.scan_parquet(f"{view}/**/*.parquet", hive_partitioning=False)
