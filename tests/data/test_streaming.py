@@ -198,3 +198,26 @@ def test_range_buckets_keep_key_order_and_hash_buckets_meet_across_tables(tmp_pa
         assert sorted(left.read(index)["id"]) == sorted(right.read(index)["id"])
     assert sum(left.read(i).height for i in range(4)) == 40
 
+
+
+def test_spill_files_with_identifiable_values_are_private_to_the_controller(
+        raw, key_file, spec_path, tmp_path, monkeypatch):
+    # While onboarding runs, bucket files hold ID numbers and names; another account on the
+    # controller's machine must not be able to list or read them.
+    from sandbox.data import onboard as onboard_module
+
+    seen = {}
+    screen = onboard_module.screen
+
+    def watched(frames, spec, work):
+        screened = screen(frames, spec, work)
+        seen["modes"] = {p: p.stat().st_mode & 0o777 for p in (work.root.parent, work.root)}
+        seen["files"] = [p for p in work.root.rglob("*") if p.is_file()]
+        return screened
+
+    monkeypatch.setattr(onboard_module, "screen", watched)
+    onboard(raw, spec_path, key_file, tmp_path / "ds", bucket_rows=MANY)
+    hidden = next(iter(seen["modes"]))
+    assert seen["modes"][hidden] == 0o700  # the hidden output directory shuts others out
+    assert seen["files"] and all(not p.exists() for p in seen["files"])
+    assert not (tmp_path / "ds" / ".work").exists()
