@@ -1,0 +1,69 @@
+"""Attacks on consent at query time over gateway replicas on one PostgreSQL database.
+
+Adversary: no one malicious — the load itself. Replicas record withdrawals at once: a slow
+intake on one takes a lower id and commits after a single withdrawal on another. The
+guarantee: every receipt's ``withdrawals_version`` names exactly one withdrawal set (two
+receipts naming the same version were computed under the same set, on any replica)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import polars as pl
+from sqlalchemy import create_engine, text
+
+from sandbox.client import Gateway
+from tests.services import GatewayProcess
+
+
+def _served(postgres, datasets_dir, tmp_path) -> GatewayProcess:
+    url = postgres.new_database()
+    gateway = GatewayProcess(datasets_dir, tmp_path / "state", url)
+    gateway.state_dir.mkdir(parents=True)
+    return gateway.start()
+
+
+def _patients(datasets_dir, n: int) -> list[str]:
+    records = pl.read_parquet(datasets_dir / "emr-visits" / "restricted" / "records.parquet")
+    return records["pseudonym"].unique(maintain_order=True).head(n).to_list()
+
+
+def test_a_receipts_withdrawal_version_names_one_set_when_rows_commit_out_of_order(
+        postgres, datasets_dir, tmp_path):
+    gateway = _served(postgres, datasets_dir, tmp_path)
+    slow = create_engine(gateway.database_url)
+    try:
+        token = gateway.grant()["token"]
+        client = Gateway(gateway.url, token)
+        late, early = _patients(datasets_dir, 2)
+        # another replica's intake: its row takes the lower id, and commits last
+        with slow.connect() as conn:
+            tx = conn.begin()
+            conn.execute(text(
+                "INSERT INTO withdrawals (pseudonym, purpose, recorded_at, recorded_by) "
+                "VALUES (:p, '*', :at, 'replica-b')"),
+                {"p": late, "at": datetime.now(UTC).isoformat()})
+            taken = gateway.admin("POST", "/v1/admin/consent-withdrawals",
+                                  {"pseudonym": early})
+            assert taken.status_code == 201, taken.text
+            first = client.count("emr-visits", epsilon=1.0)
+            tx.commit()
+        second = client.count("emr-visits", epsilon=1.1)  # not a repeat
+        one, two = (r.receipt["payload"]["withdrawals_version"] for r in (first, second))
+        # the second answer excludes `late` as well: another set, so another version
+        assert one != two, (one, two)
+        again = gateway.admin("POST", "/v1/admin/consent-withdrawals", {"pseudonym": early})
+        assert again.json()["version"] == two
+        # and the replica that never saw the late row out of order reads the same set
+        other = GatewayProcess(datasets_dir, tmp_path / "b" / "state", gateway.database_url)
+        other.state_dir.mkdir(parents=True)
+        (other.state_dir / "admin.token").write_text(gateway.admin_token)
+        other.start()
+        try:
+            third = Gateway(other.url, token).count("emr-visits", epsilon=1.2)
+            assert third.receipt["payload"]["withdrawals_version"] == two
+        finally:
+            other.stop()
+    finally:
+        slow.dispose()
+        gateway.stop()
