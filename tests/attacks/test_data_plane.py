@@ -7,7 +7,13 @@ receipts naming the same version were computed under the same set, on any replic
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import polars as pl
 from sqlalchemy import create_engine, text
@@ -67,3 +73,24 @@ def test_a_receipts_withdrawal_version_names_one_set_when_rows_commit_out_of_ord
     finally:
         slow.dispose()
         gateway.stop()
+
+
+def test_a_gateway_over_malformed_metadata_names_the_file_and_the_problem(datasets_dir,
+                                                                          tmp_path):
+    # adversary: a hand-edited metadata.json (a renamed table, a purpose without its id)
+    root = tmp_path / "datasets"
+    shutil.copytree(datasets_dir / "emr-visits", root / "emr-visits")
+    path = root / "emr-visits" / "metadata.json"
+    document = json.loads(path.read_text(encoding="utf-8"))
+    for change, problem in [({"tables": {"visits": document["tables"]["records"]}},
+                             "records table"),
+                            ({"purposes": [{"en": "research"}]}, "purposes.0.id")]:
+        path.write_text(json.dumps(document | change), encoding="utf-8")
+        started = subprocess.run(
+            [str(Path(sys.executable).parent / "sandboxctl"), "gateway", "serve", "--port", "1",
+             "--database-url", f"sqlite:///{tmp_path / 'g.db'}", "--datasets-dir", str(root),
+             "--state-dir", str(tmp_path / "state")],
+            capture_output=True, text=True, timeout=120, env=os.environ)
+        assert started.returncode == 2, started.stderr
+        assert str(path) in started.stderr and problem in started.stderr, started.stderr
+        assert "Traceback" not in started.stderr and "unexpected" not in started.stderr
