@@ -12,9 +12,11 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import polars as pl
 from sqlalchemy import create_engine, text
 
@@ -94,3 +96,33 @@ def test_a_gateway_over_malformed_metadata_names_the_file_and_the_problem(datase
         assert started.returncode == 2, started.stderr
         assert str(path) in started.stderr and problem in started.stderr, started.stderr
         assert "Traceback" not in started.stderr and "unexpected" not in started.stderr
+
+
+def test_a_replica_whose_clock_runs_ahead_does_not_refill_the_shared_bucket(
+        postgres, datasets_dir, tmp_path, monkeypatch):
+    # adversary: a researcher spreading requests over two replicas, one of whose machine
+    # clock runs ten minutes ahead (no one set it so; clocks drift)
+    url = postgres.new_database()
+    first = GatewayProcess(datasets_dir, tmp_path / "a" / "state", url, rate_limit=1)
+    first.state_dir.mkdir(parents=True)
+    first.start()
+    skew = tmp_path / "skew"
+    skew.mkdir()
+    (skew / "sitecustomize.py").write_text(
+        "import time\n_wall = time.time\ntime.time = lambda: _wall() + 600\n")
+    monkeypatch.setenv("PYTHONPATH", f"{skew}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    second = GatewayProcess(datasets_dir, tmp_path / "b" / "state", url, rate_limit=1)
+    second.state_dir.mkdir(parents=True)
+    (second.state_dir / "admin.token").write_text(first.admin_token)
+    second.start()
+    try:
+        headers = {"Authorization": f"Bearer {first.grant()['token']}"}
+        began = time.monotonic()
+        codes = [httpx.get(f"{gateway.url}/v1/budget", headers=headers, timeout=30).status_code
+                 for _ in range(20) for gateway in (first, second)]
+        elapsed = time.monotonic() - began
+        # one bucket: its burst of 10 and 1 a second since — however the two clocks differ
+        assert codes.count(200) <= 10 + int(elapsed) + 1, (codes, elapsed)
+    finally:
+        first.stop()
+        second.stop()
