@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -123,6 +125,31 @@ def test_a_replica_whose_clock_runs_ahead_does_not_refill_the_shared_bucket(
         elapsed = time.monotonic() - began
         # one bucket: its burst of 10 and 1 a second since — however the two clocks differ
         assert codes.count(200) <= 10 + int(elapsed) + 1, (codes, elapsed)
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_the_same_intake_sent_to_two_replicas_at_once_is_recorded_by_both(
+        postgres, datasets_dir, tmp_path):
+    # adversary: none — a controller's client that retries its intake on the other replica
+    # while the first is still recording it
+    url = postgres.new_database()
+    first = GatewayProcess(datasets_dir, tmp_path / "a" / "state", url)
+    first.state_dir.mkdir(parents=True)
+    first.start()
+    second = GatewayProcess(datasets_dir, tmp_path / "b" / "state", url)
+    second.state_dir.mkdir(parents=True)
+    (second.state_dir / "admin.token").write_text(first.admin_token)
+    second.start()
+    try:
+        body = {"withdrawals": [{"pseudonym": secrets.token_hex(32)} for _ in range(5000)]}
+        with ThreadPoolExecutor(2) as threads:
+            answers = list(threads.map(lambda g: g.admin(
+                "POST", "/v1/admin/consent-withdrawals/batch", body), (first, second)))
+        assert [a.status_code for a in answers] == [201, 201], [a.text for a in answers]
+        assert answers[0].json()["version"] == answers[1].json()["version"] == 5000
+        assert sum(a.json()["recorded"] for a in answers) == 5000  # each pair once
     finally:
         first.stop()
         second.stop()
