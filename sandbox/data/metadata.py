@@ -61,11 +61,12 @@ class DatasetMetadata(BaseModel):
     version: str = Field(min_length=1)
     grade: Literal["public", "restricted", "identifiable"]
     title: dict[str, str]
+    description: dict[str, str] = Field(default_factory=dict)
     sample_size: SampleSize
     years: list[int] = Field(default_factory=list)
     patient_key: str | None = None
     contribution_bound: int | None = Field(None, ge=1)
-    tables: dict[str, TableMeta]
+    tables: dict[str, TableMeta] = Field(min_length=1)
     purposes: list[PurposeMeta] = Field(default_factory=list)
     spec_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     federated: bool = False

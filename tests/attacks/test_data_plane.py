@@ -153,3 +153,24 @@ def test_the_same_intake_sent_to_two_replicas_at_once_is_recorded_by_both(
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_catalog_document_without_a_description_does_not_take_the_search_down(
+        served, dataset):
+    # adversary: a hand-written public aggregate's metadata.json dropped into the catalog
+    stack, _sessions = served
+    document = json.loads((dataset / "metadata.json").read_text(encoding="utf-8"))
+    document = {k: v for k, v in document.items() if k != "description"} | {
+        "id": "hand-written", "grade": "public"}
+    (stack.root / "datasets" / "hand-written").mkdir()
+    (stack.root / "datasets" / "hand-written" / "metadata.json").write_text(
+        json.dumps(document), encoding="utf-8")
+    for path in ("/?q=lingnan", "/", "/catalog/hand-written"):
+        page = httpx.get(f"{stack.url}{path}", timeout=30)
+        assert page.status_code == 200, (path, page.status_code)
+    bad = document | {"id": "described-wrongly", "description": "a string, not a map"}
+    (stack.root / "datasets" / "described-wrongly").mkdir()
+    (stack.root / "datasets" / "described-wrongly" / "metadata.json").write_text(
+        json.dumps(bad), encoding="utf-8")
+    page = httpx.get(f"{stack.url}/?q=lingnan", timeout=30)
+    assert page.status_code == 200 and "described-wrongly" not in page.text
