@@ -36,7 +36,8 @@ def search(entries: list[dict], query: str) -> list[dict]:
     if not query:
         return entries
     def text(e: dict) -> str:
-        parts = [e["id"], *e["title"].values(), *e["description"].values()]
+        # a description is optional in a catalog document (the loader checks its type)
+        parts = [e["id"], *e["title"].values(), *e.get("description", {}).values()]
         parts += [f["name"] for f in fields(e)]
         parts += [v for f in fields(e) for v in f.get("description", {}).values()]
         return " ".join(parts).lower()

@@ -42,6 +42,14 @@ class SampleSize(BaseModel):
     records: int = Field(ge=0)
 
 
+class PurposeMeta(BaseModel):
+    """A purpose the dataset's consent records: its id (a consent column) and titles."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    id: str = Field(min_length=1)
+
+
 class DatasetMetadata(BaseModel):
     """The public description of one dataset version (restricted, public aggregate, or a
     federation's shared metadata)."""
@@ -53,12 +61,14 @@ class DatasetMetadata(BaseModel):
     version: str = Field(min_length=1)
     grade: Literal["public", "restricted", "identifiable"]
     title: dict[str, str]
+    description: dict[str, str] = Field(default_factory=dict)
     sample_size: SampleSize
     years: list[int] = Field(default_factory=list)
     patient_key: str | None = None
     contribution_bound: int | None = Field(None, ge=1)
-    tables: dict[str, TableMeta]
-    purposes: list[dict] = Field(default_factory=list)
+    tables: dict[str, TableMeta] = Field(min_length=1)
+    purposes: list[PurposeMeta] = Field(default_factory=list)
+    spec_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     federated: bool = False
 
     @model_validator(mode="after")
@@ -67,6 +77,12 @@ class DatasetMetadata(BaseModel):
                                        or self.contribution_bound is None):
             raise ValueError("patient-level metadata names its patient key and "
                              "contribution bound")
+        if self.grade != "public":  # what every view and plan reads the rows by
+            if "records" not in self.tables:
+                raise ValueError("patient-level metadata describes its records table")
+            if self.patient_key not in {f.name for f in self.tables["records"].fields}:
+                raise ValueError(f"the patient key {self.patient_key!r} is no field of "
+                                 "the records table")
         return self
 
     def document(self) -> dict:

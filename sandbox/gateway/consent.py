@@ -4,7 +4,8 @@ recorded once and read back as the set every view applies."""
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from sandbox import audit
 from sandbox.audit import AuditAction
@@ -60,9 +61,16 @@ def record(db: Engine, actor: str, requests: list[Withdrawal]) -> list[tuple[str
         new = [pair for pair in wanted if pair not in known]
         if new:
             at = now()
-            conn.execute(insert(withdrawals), [
-                {"pseudonym": p, "purpose": purpose, "recorded_at": at, "recorded_by": actor}
-                for p, purpose in new])
+            # Another replica (or thread) may be recording the same pairs right now: a pair
+            # it committed first is skipped, not an error, and not counted as recorded here.
+            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+            written = conn.execute(
+                dialect.insert(withdrawals).on_conflict_do_nothing(
+                    index_elements=["pseudonym", "purpose"])
+                .returning(withdrawals.c.pseudonym, withdrawals.c.purpose),
+                [{"pseudonym": p, "purpose": purpose, "recorded_at": at, "recorded_by": actor}
+                 for p, purpose in new])
+            new = [(r.pseudonym, r.purpose) for r in written]
         for request in requests:
             audit.append(conn, AuditAction.CONSENT_WITHDRAWN, actor,
                          f"patient:{request.pseudonym}", {"purposes": request.withdrawn()})

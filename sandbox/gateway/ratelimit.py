@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from sandbox.errors import RateLimited
@@ -46,11 +46,15 @@ class SharedRateLimiter:
         if self.rate <= 0:
             return
         with self.db.begin() as conn:
-            now = time.time()  # wall clock: the replicas share it, not a monotonic one
             conn.execute(insert(rate_buckets).values(key=key, tokens=float(self.burst),
-                                                     at=now).on_conflict_do_nothing())
+                                                     at=0.0).on_conflict_do_nothing())
             row = conn.execute(select(rate_buckets).where(rate_buckets.c.key == key)
                                .with_for_update()).one()
+            # The database's clock, read under the row's lock: one clock for every replica
+            # (a replica whose own clock runs ahead would refill the bucket each time it
+            # follows another), and never older than the time the last taker wrote.
+            now = float(conn.execute(select(func.extract(
+                "epoch", func.clock_timestamp()))).scalar_one())
             tokens = min(self.burst, row.tokens + max(0.0, now - row.at) * self.rate)
             allowed = tokens >= 1
             conn.execute(update(rate_buckets).where(rate_buckets.c.key == key)

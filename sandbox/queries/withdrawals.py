@@ -40,29 +40,35 @@ class Withdrawn:
 
 class WithdrawalLog:
     """Follows a withdrawals table with an increasing integer ``id`` column (and
-    ``pseudonym``, ``purpose``): ``current()`` reads only rows it has not seen — unless the
-    table holds more rows than it has seen plus the new ones (a row committed late under a
-    lower id, by another replica), when it reads the table again."""
+    ``pseudonym``, ``purpose``; rows are never deleted). The set's version is its number of
+    rows: ids are taken when a row is written, not when it commits, so another replica's
+    row may become visible under a lower id than one already seen — the largest id would
+    then name two sets, while every set a reader sees is the rows committed so far, and two
+    of them with as many rows are the same. ``current()`` reads only the rows newer than the
+    last it saw, with the table's count in the same statement (one snapshot); when they do
+    not add up (a row committed late under a lower id) it reads the table again."""
 
     def __init__(self, db: Engine, table: Table) -> None:
         self.db, self.table = db, table
-        self._seen, self._rows = Withdrawn(), 0
+        self._seen, self._last = Withdrawn(), 0
         self._lock = threading.Lock()
 
     def current(self) -> Withdrawn:
         t = self.table
-        columns = select(t.c.id, t.c.pseudonym, t.c.purpose).order_by(t.c.id)
         with self._lock, self.db.connect() as conn:
             total = conn.execute(select(func.count()).select_from(t)).scalar_one()
-            if total == self._rows:
+            if total == self._seen.version:
                 return self._seen
-            base = self._seen
-            rows = conn.execute(columns.where(t.c.id > base.version)).all()
-            if self._rows + len(rows) != total:  # read it all again
+            counted = select(func.count()).select_from(t).scalar_subquery().label("total")
+            rows = conn.execute(select(t.c.id, t.c.pseudonym, t.c.purpose, counted)
+                                .where(t.c.id > self._last).order_by(t.c.id)).all()
+            if rows and rows[0].total == self._seen.version + len(rows):
+                base = self._seen
+            else:  # read it all again, in one statement
                 base = Withdrawn()
-                rows = conn.execute(columns).all()
-                self._rows = 0
-            self._seen = base.adding(rows[-1].id if rows else base.version,
+                rows = conn.execute(select(t.c.id, t.c.pseudonym, t.c.purpose)
+                                    .order_by(t.c.id)).all()
+            self._seen = base.adding(base.version + len(rows),
                                      ((r.pseudonym, r.purpose) for r in rows))
-            self._rows += len(rows)
+            self._last = rows[-1].id if rows else self._last
             return self._seen

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from sandbox.data import metadata
 from sandbox.errors import InputError
 
-CTL = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "sandboxctl")
+CTL = str(Path(sys.executable).parent / "sandboxctl")  # the running venv's
 
 
 def test_an_onboarded_document_reads_back_as_itself(dataset):
@@ -33,6 +34,11 @@ def test_an_onboarded_document_reads_back_as_itself(dataset):
     (lambda d: d["tables"]["records"]["fields"][0].update(type="blob"), "type"),
     (lambda d: d.update(patient_key=None), "patient key"),
     (lambda d: d.update(id="../etc"), "id"),
+    # what the views and plans read: met later as a bare KeyError/ValueError otherwise
+    (lambda d: d.update(tables={"visits": d["tables"]["records"]}), "records table"),
+    (lambda d: d.update(purposes=[{"en": "research"}]), "purposes.0.id"),
+    (lambda d: d.update(spec_sha256="not-a-digest"), "spec_sha256"),
+    (lambda d: d.update(patient_key="nobody"), "patient key 'nobody'"),
 ])
 def test_a_malformed_document_is_refused_with_its_reason(dataset, tmp_path, change, problem):
     copy = tmp_path / "copy"
