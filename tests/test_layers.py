@@ -27,7 +27,8 @@ def _imports(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
-            found.add(node.module)
+            found.add(node.module)  # and what it names, which may be modules of a package
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
     return found
 
 
@@ -38,6 +39,20 @@ def test_no_package_imports_a_layer_it_must_not(package):
                  for name in _imports(path)
                  if name.startswith(FORBIDDEN[package])]
     assert not offending
+
+
+# the federated modules the central gateway may use: the protocol, not a service's internals
+PROTOCOL = {"sandbox.federated.authorization", "sandbox.federated.messages",
+            "sandbox.federated.noise", "sandbox.federated.plan", "sandbox.federated.spec"}
+
+
+def test_the_gateway_uses_only_the_federated_protocol():
+    # "sandbox.federated.plan.MIN_SITES" and "from sandbox.federated import keys" alike:
+    # the module is the package's first level
+    used = {".".join(name.split(".")[:3])
+            for path in sorted((ROOT / "sandbox/gateway").rglob("*.py"))
+            for name in _imports(path) if name.startswith("sandbox.federated.")}
+    assert used <= PROTOCOL, used - PROTOCOL
 
 
 def test_a_site_and_the_key_service_load_without_the_central_gateway():

@@ -67,13 +67,13 @@ from sandbox.federated import (
     policy,
     standing,
 )
+from sandbox.federated.plan import MIN_SITES
 from sandbox.federated.spec import FederatedSpec
 from sandbox.secretfile import read_or_create
 from sandbox.serving import TRUSTED_PROXIES_HELP, TrustedProxies
 
 log = logging.getLogger("sandbox.keys")
 AUDIENCE = "keys"
-MIN_SITES = 3
 
 metadata = MetaData()
 sites = Table(

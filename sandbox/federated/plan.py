@@ -58,6 +58,7 @@ from sandbox.queries.withdrawals import Withdrawn
 dp.enable_features("contrib")
 
 MIN_PATIENTS = 5
+MIN_SITES = 3  # a federated answer adds the parts of at least this many sites
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from opendp.mod import Measurement, OpenDPException, binary_search
 from sandbox.errors import InputError, PolicyRefusal
 from sandbox.gateway.calibration import scale_for
 from sandbox.gateway.execution import Compiled, check_served, compile_query, execute
-from sandbox.queries.checks import bin_labels, check_spec, predicate
+from sandbox.queries.checks import bin_labels, predicate
 from sandbox.queries.exact import Executor, PolarsExecutor
 from sandbox.queries.spec import QUANTILE_CANDIDATES, QuerySpec
 from sandbox.queries.view import Dataset, consent_column
@@ -60,12 +60,6 @@ class Engine:
         self._scales: dict[tuple, tuple[float, int | None]] = {}
         self._calibrating: dict[tuple, threading.Lock] = {}
         self._lock = threading.Lock()
-
-    # -- validation ------------------------------------------------------------------
-    @staticmethod
-    def check(spec: QuerySpec, dataset: Dataset, allowed: set[str]) -> None:
-        """Refuse a spec the dataset or the grant does not allow; nothing is spent."""
-        check_spec(spec, dataset.fields, allowed)
 
     # -- compilation -----------------------------------------------------------------
     def _plan(self, spec: QuerySpec, dataset: Dataset, purpose: str) -> pl.LazyFrame:

@@ -47,8 +47,8 @@ from sandbox.errors import (
     Unavailable,
 )
 from sandbox.federated import messages
-from sandbox.federated.keys import MIN_SITES
 from sandbox.federated.plan import (
+    MIN_SITES,
     Plan,
     finish,
     make_plan,

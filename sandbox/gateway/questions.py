@@ -17,6 +17,7 @@ from sandbox.gateway.engine import Engine as DPEngine
 from sandbox.gateway.engine import Release
 from sandbox.gateway.federation import FederatedDataset, Federation
 from sandbox.gateway.grants import Grant, Grants
+from sandbox.queries.checks import check_spec
 from sandbox.queries.spec import QuerySpec
 from sandbox.queries.view import Dataset
 from sandbox.queries.withdrawals import WithdrawalLog
@@ -32,7 +33,7 @@ def central_dataset(grant: Grant, spec: QuerySpec, datasets: dict[str, Dataset],
                          "ask with gw.federated.histogram / mean / linear_regression")
     if dataset is None:
         raise NotFound(f"dataset {spec.dataset!r} is not served")
-    engine.check(spec, dataset, set(grant.fields))
+    check_spec(spec, dataset.fields, set(grant.fields))
     return dataset
 
 
