@@ -28,7 +28,7 @@ SUM_LIMIT = 2**60
 MAX_BITS = 32
 
 # Kinds whose exact part is counts and sums; quantiles score candidates inside OpenDP,
-# which an external engine cannot do exactly (docs/adr/0013-exact-aggregate-plans-on-two-engines.md).
+# which an external engine cannot do exactly (docs/adr/0013).
 EXACT_KINDS = ("count", "sum", "mean", "histogram")
 
 
