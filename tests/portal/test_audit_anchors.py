@@ -236,5 +236,8 @@ def test_the_controllers_page_names_the_first_changed_entry_of_both_chains(histo
     assert 'data-ok="false"' in result
     assert f"第 {k} 条记录与见证文件不符" in result, result
     assert 'id="gateway-verify" data-ok="false"' in result
-    assert f"第 {first} 条记录缺失" in result, result
+    # the running gateway may append again after the cut, which re-fills entry `first`
+    # with other content: either way the first changed entry is named
+    assert (f"第 {first} 条记录缺失" in result
+            or f"第 {first} 条记录与见证文件不符" in result), result
     assert last_seq(gateway_db) >= first - 1
