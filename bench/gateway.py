@@ -9,12 +9,15 @@ infra/scripts/spark-connect.sh), starts ``sandboxctl gateway serve`` as its own 
 (timing the bounded view's build), then times count, mean and grouped-count queries
 through the researcher client — HTTP, token check, ledger charge, exact plan on the
 engine, OpenDP noise, receipt signing — with a distinct filter value each time (so no
-stored answer is reused). The first query of each shape (OpenDP's scale search included)
-is reported apart. The floor is plain Polars computing the same aggregate over the same
-bounded view already in memory; ratios are gateway p50 / floor p50.
+stored answer is reused). The first query of each shape (the noise scale derived) is
+reported apart, and then the p50 over ``--shapes`` new shapes (each a new ε, so each is
+calibrated afresh). The floor is plain Polars computing the same aggregate over the same
+bounded view already in memory; ratios are gateway p50 / floor p50. Last, for each size, a
+withdrawal's latency: the POST (once it returns, every question that starts excludes the
+patient) and the POST with the next answer.
 
     .venv/bin/python bench/gateway.py [--patients 100000,1000000] [--repeat 1]
-        [--engines polars,spark] [--runs 40] [--workdir DIR]
+        [--engines polars,spark] [--runs 40] [--shapes 20] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -59,14 +62,40 @@ def dataset(work: Path, patients: int) -> Path:
     return out.parent
 
 
-def ask(gw: Gateway, kind: str, i: int) -> None:
+def ask(gw: Gateway, kind: str, i: int, epsilon: float = 0.01) -> None:
     where = [{"field": "length_of_stay", "op": "ge", "value": i % 30}]
     if kind == "count":
-        gw.count("emr-visits", where=where, epsilon=0.01)
+        gw.count("emr-visits", where=where, epsilon=epsilon)
     elif kind == "mean":
-        gw.mean("emr-visits", "total_cost", bounds=(0, 100_000), where=where, epsilon=0.01)
+        gw.mean("emr-visits", "total_cost", bounds=(0, 100_000), where=where,
+                epsilon=epsilon)
     else:
-        gw.count("emr-visits", group_by=["visit_type"], where=where, epsilon=0.01)
+        gw.count("emr-visits", group_by=["visit_type"], where=where, epsilon=epsilon)
+
+
+def new_shapes(gw: Gateway, kind: str, shapes: int) -> list[float]:
+    """Latency of the first query of ``shapes`` shapes never asked before (ms)."""
+    out = []
+    for s in range(shapes):
+        start = time.perf_counter()
+        ask(gw, kind, s, epsilon=0.02 + s / 1000)
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def withdrawals(process: GatewayProcess, gw: Gateway, patients: list[str], runs: int
+                ) -> tuple[list[float], list[float]]:
+    """(POST, POST + next answer) latencies of single withdrawals (ms)."""
+    posts, effective = [], []
+    for i, patient in enumerate(patients[:runs]):
+        start = time.perf_counter()
+        answer = process.admin("POST", "/v1/admin/consent-withdrawals",
+                               {"pseudonym": patient, "purposes": ["medical_research"]})
+        posts.append((time.perf_counter() - start) * 1000)
+        assert answer.status_code == 201, answer.text
+        ask(gw, "count", 5_000 + i)
+        effective.append((time.perf_counter() - start) * 1000)
+    return posts, effective
 
 
 def repeat(served: Path, copies: int) -> Path:
@@ -109,8 +138,8 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 1 else values[0]
 
 
-def run(served: Path, state: Path, engine: str, spark: SparkConnect | None, runs: int
-        ) -> None:
+def run(served: Path, state: Path, engine: str, spark: SparkConnect | None, runs: int,
+        shapes: int) -> None:
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True)
     options = ["--max-epsilon", "100", "--engine", engine]
@@ -144,6 +173,17 @@ def run(served: Path, state: Path, engine: str, spark: SparkConnect | None, runs
                 p50, p95, b50 = pct(http, 50), pct(http, 95), pct(base, 50)
                 print(f"{frame.height:>12,} {engine:<6} {kind:<14} {first:>9.0f} {p50:>8.1f} "
                       f"{p95:>8.1f} {b50:>9.1f} {p50 / b50:>6.1f}x", flush=True)
+            for kind in KINDS:
+                fresh = new_shapes(gw, kind, shapes)
+                print(f"{frame.height:>12,} {engine:<6} {kind:<14} first query of a new "
+                      f"shape: p50 {pct(fresh, 50):.1f} ms, p95 {pct(fresh, 95):.1f} ms "
+                      f"({shapes} shapes)", flush=True)
+            patients = frame.filter(pl.col("_consent_medical_research"))["pseudonym"].unique(
+                maintain_order=True).cast(pl.String).to_list()
+            posts, effective = withdrawals(process, gw, patients, runs)
+            print(f"{frame.height:>12,} {engine:<6} withdrawal: POST p50 {pct(posts, 50):.1f} "
+                  f"ms (effective for every question that starts after it), POST + next "
+                  f"answer p50 {pct(effective, 50):.1f} ms", flush=True)
         del frame
     finally:
         process.stop()
@@ -156,6 +196,8 @@ def main() -> None:
                         help="serve this many copies of the generator's output")
     parser.add_argument("--engines", default="polars")
     parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--shapes", type=int, default=20,
+                        help="new shapes timed for the first-query latency")
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-gateway-"))
@@ -169,7 +211,7 @@ def main() -> None:
             served = repeat(dataset(work, patients), args.repeat)
             for engine in engines:
                 run(served, work / f"state-{patients}-{engine}", engine,
-                    spark if engine == "spark" else None, args.runs)
+                    spark if engine == "spark" else None, args.runs, args.shapes)
     finally:
         if spark is not None:
             spark.stop()

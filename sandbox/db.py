@@ -8,10 +8,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Engine,
+    MetaData,
+    Table,
+    and_,
+    create_engine,
+    event,
+    inspect,
+    select,
+    update,
+)
 from sqlalchemy.engine import make_url
 
 from sandbox.errors import InputError
+from sandbox.units import Move
 
 
 def make_engine(url: str) -> Engine:
@@ -45,3 +60,32 @@ def make_engine(url: str) -> Engine:
         return create_engine(parsed, pool_size=20, max_overflow=20, pool_pre_ping=True)
     raise InputError(f"unsupported database {parsed.get_backend_name()!r}; "
                      "use sqlite:/// or postgresql://")
+
+
+def upgrade_to_units(engine: Engine, metadata: MetaData,
+                     moves: dict[str, dict[str, Move]]) -> None:
+    """Carry the float ε/δ columns of a database made before exact units into their integer
+    columns (``sandbox.units``), in one transaction per table; a table already in units, or
+    not yet created, is left alone. Each value is converted in Python, exactly."""
+    present = inspect(engine)
+    for name, columns in moves.items():
+        if not present.has_table(name):
+            continue
+        have = {c["name"] for c in present.get_columns(name)}
+        old = [c for c in columns if c in have]
+        if not old:
+            continue
+        key = [c.name for c in metadata.tables[name].primary_key]
+        with engine.begin() as conn:
+            ops = Operations(MigrationContext.configure(conn))
+            for c in old:
+                ops.add_column(name, Column(columns[c].column, BigInteger, nullable=True))
+            table = Table(name, MetaData(), autoload_with=conn)
+            for row in conn.execute(select(*(table.c[k] for k in key + old))).mappings():
+                conn.execute(update(table).where(and_(*(table.c[k] == row[k] for k in key)))
+                             .values({columns[c].column: columns[c].units(row[c]) for c in old}))
+            with ops.batch_alter_table(name) as batch:
+                for c in old:
+                    batch.drop_column(c)
+                    batch.alter_column(columns[c].column, existing_type=BigInteger,
+                                       nullable=False)

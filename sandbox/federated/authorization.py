@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sandbox import receipts
+from sandbox import receipts, units
 from sandbox.errors import Forbidden, InputError, Unauthenticated
 from sandbox.federated.spec import FederatedSpec
 
@@ -74,7 +74,7 @@ class Authorization:
         outside = sorted(set(spec.fields_used()) - self.fields)
         if outside:
             raise Forbidden(f"fields {outside} are outside authorization {self.id}")
-        if spec.epsilon > self.epsilon + 1e-9:
+        if units.micro_epsilon(spec.epsilon) > units.micro_epsilon(self.epsilon):
             raise Forbidden(f"ε = {spec.epsilon:g} is more than authorization {self.id} "
                             f"grants ({self.epsilon:g})")
 
@@ -90,8 +90,10 @@ class Authorization:
                     and frozenset(terms["datasets"]) == self.datasets
                     and frozenset(terms["fields"]) == self.fields
                     and terms["purpose"] == self.purpose
-                    and abs(float(terms["epsilon"]) - self.epsilon) <= 1e-9
-                    and abs(float(terms.get("delta") or 0.0) - self.delta) <= 1e-15
+                    and units.micro_epsilon(float(terms["epsilon"]))
+                    == units.micro_epsilon(self.epsilon)
+                    and units.atto_delta(float(terms.get("delta") or 0.0))
+                    == units.atto_delta(self.delta)
                     and abs((expires - self.expires_at).total_seconds()) < 1)
         except (KeyError, TypeError, ValueError):
             return False

@@ -34,27 +34,14 @@ import hmac
 import json
 import logging
 import secrets
-from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import (
-    Boolean,
-    Column,
-    Engine,
-    Float,
-    MetaData,
-    String,
-    Table,
-    Text,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from sandbox import anchors, audit, receipts
+from sandbox import anchors, audit, receipts, units
 from sandbox.audit import AuditAction
 from sandbox.db import make_engine
 from sandbox.errors import Conflict, Forbidden, InputError, SandboxError, Unauthenticated
@@ -62,6 +49,7 @@ from sandbox.federated import (
     authorization,
     ckks,
     counts,
+    keystore,
     messages,
     noise,
     policy,
@@ -74,42 +62,6 @@ from sandbox.serving import TRUSTED_PROXIES_HELP, TrustedProxies
 
 log = logging.getLogger("sandbox.keys")
 AUDIENCE = "keys"
-
-metadata = MetaData()
-sites = Table(
-    "sites", metadata,
-    Column("name", String(64), primary_key=True),
-    Column("public_pem", Text, nullable=False),
-    Column("registered_at", String(40), nullable=False),
-)
-# What the key service has spent of each authorization (the portal's signed grant), and
-# which query ids paid: the budget it holds the gateway to, whatever the gateway says.
-budgets = Table(
-    "budgets", metadata,
-    Column("authorization_id", String(64), primary_key=True),
-    Column("total", Float, nullable=False),
-    Column("spent", Float, nullable=False),
-)
-spends = Table(
-    "spends", metadata,
-    Column("query_id", String(64), primary_key=True),
-    Column("authorization_id", String(64), nullable=False),
-    Column("epsilon", Float, nullable=False),
-    Column("at", String(40), nullable=False),
-)
-
-# Every query id the key service decided, and how: its outcome is final.
-queries = Table(
-    "queries", metadata,
-    Column("query_id", String(64), primary_key=True),
-    Column("fingerprint", String(64), nullable=False),
-    Column("grant_id", String(64), nullable=False),
-    Column("epsilon", Float, nullable=False),
-    Column("decrypted", Boolean, nullable=False),
-    Column("outcome", Text, nullable=False),
-    Column("at", String(40), nullable=False),
-)
-
 
 class KeySettings(BaseSettings, anchors.AnchorSettings):
     model_config = SettingsConfigDict(env_prefix="SANDBOX_KEYS_", extra="ignore")
@@ -156,8 +108,7 @@ class KeyService:
         self.require_noise = require_noise
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.db: Engine = make_engine(settings.database_url)
-        metadata.create_all(self.db)
-        standing.metadata.create_all(self.db)
+        keystore.create_tables(self.db)
         audit.create_tables(self.db)
         self._secret = ckks.load(read_or_create(
             settings.secret_file, lambda: ckks.new_secret_context().serialize(
@@ -190,16 +141,16 @@ class KeyService:
         receipts.public_key(public_pem)
         pem = public_pem.decode()
         with self.db.begin() as conn:
-            conn.execute(sites.delete().where(sites.c.name == name))
-            conn.execute(insert(sites).values(name=name, public_pem=pem,
-                                              registered_at=_now()))
+            conn.execute(keystore.sites.delete().where(keystore.sites.c.name == name))
+            conn.execute(insert(keystore.sites).values(name=name, public_pem=pem,
+                                                       registered_at=keystore.now()))
             audit.append(conn, AuditAction.KEYS_SITE_REGISTERED, actor, f"site:{name}",
                          {"key_id": receipts.key_id(public_pem)})
         return {"site": name, "key_id": receipts.key_id(public_pem)}
 
     def site_keys(self) -> dict[str, bytes]:
         with self.db.connect() as conn:
-            return {r.name: r.public_pem.encode() for r in conn.execute(select(sites))}
+            return {r.name: r.public_pem.encode() for r in conn.execute(select(keystore.sites))}
 
     # -- decryption --------------------------------------------------------------------
     def decrypt(self, body: DecryptIn) -> dict:
@@ -263,7 +214,7 @@ class KeyService:
         sites = policy.attested(request.get("attestations") or [], parts, query_id, spec,
                                 layout, self.site_keys(), self.settings.min_sites,
                                 self.require_noise)
-        self._spend(granted, spec, query_id)
+        keystore.spend(self.db, granted, spec.epsilon, query_id)
         total = ckks.add(self._public, parts)  # the key service adds the parts itself
         values: list[float | None] = list(ckks.decrypt(self._secret, total, layout.size))
         # a histogram's cell is withheld below the minimum; a mean or regression is
@@ -308,37 +259,6 @@ class KeyService:
         return {"project": statement.project, "status": statement.status,
                 "recorded": changed}
 
-    def _spend(self, granted: authorization.Authorization, spec: FederatedSpec,
-               query_id: str) -> None:
-        """Spend the query's ε from the authorization's total, before decrypting: one
-        conditional update (it cannot take the total past what the portal signed, however
-        many requests arrive at once) and the query's spend row, together; a query id
-        already paid for is not paid again."""
-        try:
-            with self.db.begin() as conn:
-                conn.execute(insert(budgets).values(authorization_id=granted.id,
-                                                    total=granted.epsilon, spent=0.0))
-        except IntegrityError:
-            pass  # its budget exists already
-        try:
-            with self.db.begin() as conn:
-                if conn.execute(select(spends.c.query_id).where(
-                        spends.c.query_id == query_id)).first() is not None:
-                    return
-                paid = conn.execute(update(budgets).where(
-                    budgets.c.authorization_id == granted.id,
-                    budgets.c.spent + spec.epsilon <= budgets.c.total + 1e-9,
-                ).values(spent=budgets.c.spent + spec.epsilon)).rowcount
-                if paid != 1:
-                    raise Forbidden(f"authorization {granted.id}: the key service has spent "
-                                    f"what the portal granted (ε = {granted.epsilon:g}); "
-                                    f"ε = {spec.epsilon:g} more would exceed it")
-                conn.execute(insert(spends).values(query_id=query_id,
-                                                   authorization_id=granted.id,
-                                                   epsilon=spec.epsilon, at=_now()))
-        except IntegrityError:
-            return  # a concurrent request paid for this query id; this one's update undone
-
     def _remember(self, query_id: str, spec: FederatedSpec, grant: dict, outcome: dict,
                   decrypted: bool) -> dict:
         """Store the outcome and its audit entry together, then answer with it; a
@@ -353,10 +273,11 @@ class KeyService:
                       {"sites": outcome["sites"], "withheld": len(outcome["withheld"])})}
         try:
             with self.db.begin() as conn:
-                conn.execute(insert(queries).values(
+                conn.execute(insert(keystore.queries).values(
                     query_id=query_id, fingerprint=spec.fingerprint(),
-                    grant_id=str(grant.get("id")), epsilon=spec.epsilon,
-                    decrypted=decrypted, outcome=json.dumps(outcome), at=_now()))
+                    grant_id=str(grant.get("id")),
+                    epsilon_micro=units.micro_epsilon(spec.epsilon),
+                    decrypted=decrypted, outcome=json.dumps(outcome), at=keystore.now()))
                 audit.append(conn, action, "gateway", f"query:{query_id}", details)
         except IntegrityError:
             stored = self._outcome(query_id, spec)
@@ -367,7 +288,8 @@ class KeyService:
 
     def _outcome(self, query_id: str, spec: FederatedSpec) -> dict | None:
         with self.db.connect() as conn:
-            row = conn.execute(select(queries).where(queries.c.query_id == query_id)).first()
+            row = conn.execute(select(keystore.queries).where(
+                keystore.queries.c.query_id == query_id)).first()
         if row is None:
             return None
         if row.fingerprint != spec.fingerprint():
@@ -399,10 +321,6 @@ def _query_of(message: object) -> str:
     payload = message.get("payload") if isinstance(message, dict) else None
     query = payload.get("query_id") if isinstance(payload, dict) else None
     return str(query)[:64] if query else "?"
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def _hash(token: str) -> str:

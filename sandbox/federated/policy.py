@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sandbox import receipts
+from sandbox import receipts, units
 from sandbox.errors import Forbidden, InputError, PolicyRefusal, Unauthenticated
 from sandbox.federated import counts, messages
 from sandbox.federated.plan import MIN_PATIENTS
@@ -76,7 +76,8 @@ def check_layout(spec: FederatedSpec, layout: Layout) -> None:
 def within_grant(grant: dict, spec: FederatedSpec) -> None:
     try:
         expired = datetime.fromisoformat(grant["expires_at"]) <= datetime.now(UTC)
-        over = float(grant["epsilon_spent"]) > float(grant["epsilon_total"]) + 1e-9
+        over = units.micro_epsilon(float(grant["epsilon_spent"]), up=True) > \
+            units.micro_epsilon(float(grant["epsilon_total"]))
         if grant["status"] != "active" or expired:
             raise Forbidden(f"grant {grant['id']} is {grant['status']}"
                             f"{' and expired' if expired else ''}")

@@ -18,6 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sandbox import units
 from sandbox.queries.spec import MAX_BINS, MAX_FILTERS, Filter
 
 MAX_FEATURES = 20
@@ -40,6 +41,8 @@ class FederatedSpec(BaseModel):
     filters: list[Filter] = Field(default_factory=list, max_length=MAX_FILTERS)
     epsilon: float = Field(gt=0, le=10)
     delta: float = Field(default=0.0, ge=0, le=0)  # pure ε-DP (Laplace)
+
+    _on_grid_epsilon = field_validator("epsilon")(units.on_grid_epsilon)
 
     @field_validator("filters")
     @classmethod

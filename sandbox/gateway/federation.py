@@ -236,20 +236,17 @@ class Federation:
                     break
         return found
 
-    def forward_withdrawals(self, withdrawals: list[dict]) -> list[str]:
-        """Tell every site of every federated dataset, in one message each; the sites that
-        could not be told."""
-        missed = []
-        for dataset in self.datasets.values():
-            for name, url in dataset.sites.items():
-                try:  # a site that is down must not hold up the intake for long
-                    self._post(f"{url.rstrip('/')}/v1/withdrawals", messages.sign(
-                        self.signer, f"site:{name}", "withdraw",
-                        {"withdrawals": withdrawals}),
-                               f"site {name}", timeout=WITHDRAWAL_TIMEOUT)
-                except SandboxError:
-                    missed.append(name)
-        return missed
+    def sites(self) -> dict[str, str]:
+        """Every site of every federated dataset: name → URL."""
+        return {name: url for dataset in self.datasets.values()
+                for name, url in dataset.sites.items()}
+
+    def tell_withdrawals(self, name: str, url: str, withdrawals: list[dict]) -> None:
+        """Forward withdrawals to one site, in one message; raises if it was not told (a
+        site that is down must not hold up the intake for long)."""
+        self._post(f"{url.rstrip('/')}/v1/withdrawals", messages.sign(
+            self.signer, f"site:{name}", "withdraw", {"withdrawals": withdrawals}),
+                   f"site {name}", timeout=WITHDRAWAL_TIMEOUT)
 
     def tell_keys(self, statement: dict) -> bool:
         """Relay the portal's signed grant state statement to the key service; whether it

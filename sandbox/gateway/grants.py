@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 
-from sandbox import audit
+from sandbox import audit, units
 from sandbox.audit import AuditAction
 from sandbox.errors import Forbidden, InputError, NotFound, PolicyRefusal, Unauthenticated
 from sandbox.gateway.store import grant_authorizations, grant_networks, grants
@@ -70,9 +70,10 @@ class Grant:
 
     @classmethod
     def from_row(cls, row: Any) -> Grant:
-        values = {k: row[k] for k in cls.__dataclass_fields__}
-        return cls(**values | {"datasets": tuple(json.loads(row["datasets"])),
-                               "fields": tuple(json.loads(row["fields"]))})
+        values = {k: row[k] for k in cls.__dataclass_fields__ if k not in _IN_UNITS}
+        return cls(**values | {k: of(row[column]) for k, (column, of) in _IN_UNITS.items()}
+                   | {"datasets": tuple(json.loads(row["datasets"])),
+                      "fields": tuple(json.loads(row["fields"]))})
 
     def as_dict(self) -> dict:
         """The grant as the API shows it (and as the key service is told it)."""
@@ -96,8 +97,15 @@ class Grant:
     def budget(self) -> dict:
         return {"grant": self.id, "project": self.project, "status": self.status,
                 "purpose": self.purpose, "expires_at": self.expires_at,
-                "epsilon": _budget(self.epsilon_total, self.epsilon_spent),
-                "delta": _budget(self.delta_total, self.delta_spent)}
+                "epsilon": _budget(self.epsilon_total, self.epsilon_spent, units.MICRO),
+                "delta": _budget(self.delta_total, self.delta_spent, units.ATTO)}
+
+
+# The grant's budget as the API shows it (floats) ← the table's exact units.
+_IN_UNITS = {"epsilon_total": ("epsilon_total_micro", units.epsilon_of),
+             "delta_total": ("delta_total_atto", units.delta_of),
+             "epsilon_spent": ("epsilon_spent_micro", units.epsilon_of),
+             "delta_spent": ("delta_spent_atto", units.delta_of)}
 
 
 class GrantRequest(BaseModel):
@@ -115,6 +123,9 @@ class GrantRequest(BaseModel):
     authorization: dict | None = Field(None, description="the portal's signed "
                                        "authorization of these terms (required for "
                                        "federated datasets)")
+
+    _on_grid_epsilon = field_validator("epsilon")(units.on_grid_epsilon)
+    _on_grid_delta = field_validator("delta")(units.on_grid_delta)
 
     @field_validator("purpose")
     @classmethod
@@ -175,8 +186,10 @@ class Grants:
         row = {
             "id": uuid.uuid4().hex, "project": request.project,
             "datasets": json.dumps(request.datasets), "fields": json.dumps(request.fields),
-            "purpose": request.purpose, "epsilon_total": request.epsilon,
-            "delta_total": request.delta, "epsilon_spent": 0.0, "delta_spent": 0.0,
+            "purpose": request.purpose,
+            "epsilon_total_micro": units.micro_epsilon(request.epsilon),
+            "delta_total_atto": units.atto_delta(request.delta),
+            "epsilon_spent_micro": 0, "delta_spent_atto": 0,
             "expires_at": request.expires_at.astimezone(UTC).isoformat(),
             "status": GrantState.ACTIVE, "status_reason": "", "token_hash": hash_token(token),
             "created_at": now(),
@@ -187,10 +200,11 @@ class Grants:
                 conn.execute(insert(grant_authorizations).values(
                     grant_id=row["id"], authorization_id=authorized[0],
                     document=json.dumps(authorized[1], ensure_ascii=False)))
+            grant = Grant.from_row(row)
             audit.append(conn, AuditAction.GRANT_CREATED, actor, f"grant:{row['id']}",
-                         {**{k: v for k, v in row.items() if k != "token_hash"},
+                         {**grant.as_dict(),
                           "authorization": authorized[0] if authorized else None})
-        return self.get(row["id"]), token
+        return grant, token
 
     def authorization_of(self, grant_id: str) -> dict | None:
         """The portal's signed authorization of a grant, if it came with one."""
@@ -251,10 +265,10 @@ def _check_id(grant_id: str) -> None:
         raise NotFound(f"no grant {grant_id!r}")
 
 
-def _budget(total: float, spent: float) -> dict:
-    # Sums of floats drift in the last digits (0.1 + 0.2 …); show what a person expects.
-    return {"total": round(total, 12), "spent": round(spent, 12),
-            "remaining": round(max(0.0, total - spent), 12)}
+def _budget(total: float, spent: float, per: int) -> dict:
+    """Total, spent and remaining, the remainder taken in exact units."""
+    left = max(0, round(total * per) - round(spent * per))
+    return {"total": total, "spent": spent, "remaining": left / per}
 
 
 def _within(client: str | None, networks: list[str]) -> bool:

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, Engine, and_, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from sandbox import audit
+from sandbox import audit, units
 from sandbox.audit import AuditAction
 from sandbox.errors import (
     BudgetExhausted,
@@ -38,8 +38,6 @@ from sandbox.gateway.engine import Release
 from sandbox.gateway.grants import Grant, GrantState, now
 from sandbox.gateway.store import grants, releases
 from sandbox.receipts import Domain, Signer
-
-EPS_SLACK = 1e-9
 
 
 class ReleaseStatus(StrEnum):
@@ -132,7 +130,7 @@ class Ledger:
             rows = conn.execute(select(releases).where(releases.c.grant_id == grant.id)
                                 .order_by(releases.c.created_at)).mappings().all()
         return [{"release": r["id"], "status": r["status"], "dataset": r["dataset"],
-                 "query": json.loads(r["spec"]), "epsilon": r["epsilon"], "delta": r["delta"],
+                 "query": json.loads(r["spec"]), **_loss(r),
                  "created_at": r["created_at"], "released_at": r["released_at"],
                  "receipt": json.loads(r["receipt"]) if r["receipt"] else None}
                 for r in rows]
@@ -147,26 +145,26 @@ class Ledger:
                 ).mappings().first()
                 if existing is not None:
                     return self._reclaim(conn, grant, dict(existing))
+                eps, delta = units.micro_epsilon(spec.epsilon), units.atto_delta(spec.delta)
                 charged = conn.execute(
                     update(grants)
                     .where(and_(
                         grants.c.id == grant.id,
                         grants.c.status == GrantState.ACTIVE,
                         grants.c.expires_at > datetime.now(UTC).isoformat(),
-                        grants.c.epsilon_spent + spec.epsilon
-                        <= grants.c.epsilon_total + EPS_SLACK,
-                        grants.c.delta_spent + spec.delta <= grants.c.delta_total + 1e-15,
+                        grants.c.epsilon_spent_micro + eps <= grants.c.epsilon_total_micro,
+                        grants.c.delta_spent_atto + delta <= grants.c.delta_total_atto,
                     ))
-                    .values(epsilon_spent=grants.c.epsilon_spent + spec.epsilon,
-                            delta_spent=grants.c.delta_spent + spec.delta)
+                    .values(epsilon_spent_micro=grants.c.epsilon_spent_micro + eps,
+                            delta_spent_atto=grants.c.delta_spent_atto + delta)
                 ).rowcount
                 if charged != 1:
                     _explain_refusal(conn, grant.id, spec)
                 claim = {
                     "id": uuid.uuid4().hex, "grant_id": grant.id, "query_hash": fingerprint,
                     "spec": spec.canonical(), "dataset": dataset.id,
-                    "dataset_version": dataset.version, "epsilon": spec.epsilon,
-                    "delta": spec.delta, "status": ReleaseStatus.CHARGED, "created_at": now(),
+                    "dataset_version": dataset.version, "epsilon_micro": eps,
+                    "delta_atto": delta, "status": ReleaseStatus.CHARGED, "created_at": now(),
                 }
                 conn.execute(insert(releases).values(**claim))
                 audit.append(conn, AuditAction.RELEASE_CHARGED, f"grant:{grant.id}",
@@ -246,8 +244,8 @@ def _explain_refusal(conn: Connection, grant_id: str, spec: Spec) -> None:
     grant.check_usable()
     if grant.status != GrantState.ACTIVE:
         raise Forbidden(f"grant {grant_id} is {grant.status}")
-    eps_left = max(0.0, grant.epsilon_total - grant.epsilon_spent)
-    delta_left = max(0.0, grant.delta_total - grant.delta_spent)
+    budget = grant.budget()
+    eps_left, delta_left = budget["epsilon"]["remaining"], budget["delta"]["remaining"]
     raise BudgetExhausted(
         f"this query needs ε = {spec.epsilon:g}, δ = {spec.delta:g} but only "
         f"ε = {eps_left:.6g}, δ = {delta_left:.3g} remain",
@@ -257,12 +255,17 @@ def _explain_refusal(conn: Connection, grant_id: str, spec: Spec) -> None:
 def _stored(row: dict[str, Any]) -> dict:
     receipt = json.loads(row["receipt"])
     rows = json.loads(row["value"])
-    _raise_if_refused({"release": row["id"], "epsilon": row["epsilon"],
-                       "delta": row["delta"], "repeated": True, "receipt": receipt})
+    _raise_if_refused({"release": row["id"], **_loss(row), "repeated": True,
+                       "receipt": receipt})
     return {"release": row["id"], "result": rows,
-            "columns": list(rows[0].keys()) if rows else [],
-            "epsilon": row["epsilon"], "delta": row["delta"], "repeated": True,
+            "columns": list(rows[0].keys()) if rows else [], **_loss(row), "repeated": True,
             "receipt": receipt}
+
+
+def _loss(row: Any) -> dict:
+    """A release row's (ε, δ), from its exact units."""
+    return {"epsilon": units.epsilon_of(row["epsilon_micro"]),
+            "delta": units.delta_of(row["delta_atto"])}
 
 
 def _raise_if_refused(answer: dict) -> None:

@@ -5,6 +5,8 @@ once the ledger has charged it."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from sqlalchemy import Engine
 
 from sandbox import audit
@@ -13,6 +15,7 @@ from sandbox.errors import Forbidden, InputError, NotFound, PartitionChanged, Po
 from sandbox.federated import authorization
 from sandbox.federated.plan import Plan
 from sandbox.federated.spec import FederatedSpec
+from sandbox.gateway.deliveries import Deliveries
 from sandbox.gateway.engine import Engine as DPEngine
 from sandbox.gateway.engine import Release
 from sandbox.gateway.federation import FederatedDataset, Federation
@@ -94,9 +97,10 @@ class FederatedQuestion:
     query id, whose outcome the key service keeps."""
 
     def __init__(self, grant: Grant, spec: FederatedSpec, federation: Federation,
-                 grants: Grants, db: Engine) -> None:
+                 grants: Grants, db: Engine, deliveries: Deliveries) -> None:
         self.grant, self.spec = grant, spec
         self._federation, self._grants, self._db = federation, grants, db
+        self._deliveries = deliveries
 
     def resolve(self) -> FederatedDataset:
         self._plan = federated_plan(self.grant, self.spec, self._federation)
@@ -111,14 +115,19 @@ class FederatedQuestion:
 
     def run(self, claim: dict) -> Release:
         # The key service checks the grant as it stands after this query's charge; the
-        # sites and the key service recompute the query's id themselves.
+        # sites and the key service recompute the query's id themselves. Every site is told
+        # the withdrawals recorded before this line (a site that missed some at intake
+        # too), or the question is not asked.
+        sites = self._federation.datasets[self.spec.dataset].sites
+        version = self._deliveries.require(sites, self._federation.tell_withdrawals)
         try:
-            return self._ask()
+            release = self._ask()
         except PartitionChanged:
             # a site's data changed since the check (nothing was computed): check the
             # federation again — refused if its bound no longer holds — and ask again
             check_federation(self._db, self._federation, self.spec.dataset, again=True)
-            return self._ask()
+            release = self._ask()
+        return replace(release, withdrawals=version)
 
     def _ask(self) -> Release:
         return self._federation.run(self._plan, self._grants.get(self.grant.id).as_dict(),

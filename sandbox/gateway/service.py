@@ -24,6 +24,7 @@ from sandbox.federated.spec import FederatedSpec
 from sandbox.gateway import consent, exports, statements, store
 from sandbox.gateway import engine as dpengine
 from sandbox.gateway.consent import Withdrawal
+from sandbox.gateway.deliveries import Deliveries
 from sandbox.gateway.execution import executor_for
 from sandbox.gateway.exports import ExportIn
 from sandbox.gateway.federation import Federation
@@ -71,6 +72,7 @@ class GatewayService:
         self.datasets: dict[str, view.Dataset] = {}
         self._load_datasets()
         self.federation = Federation(settings.federation_file, self.signer)
+        self.deliveries = Deliveries(self.db)
         self.anchors = Anchors("gateway", self.db, self.signer, settings.state_dir, settings)
 
     def _load_datasets(self) -> None:
@@ -182,8 +184,8 @@ class GatewayService:
         new = consent.record(self.db, actor, [request])
         # Sites hold their own rows: they are told now, and say if they could not be.
         purposes = request.withdrawn()
-        missed = self.federation.forward_withdrawals(
-            [{"pseudonym": request.pseudonym, "purposes": purposes}])
+        missed = self.deliveries.bring_up_to_date(self.federation.sites(),
+                                                  self.federation.tell_withdrawals)
         return {"pseudonym": request.pseudonym, "purposes": purposes,
                 "recorded": [purpose for _, purpose in new], "datasets": sorted(self.datasets),
                 "containing": self.containing(request.pseudonym, strict=False),
@@ -194,8 +196,8 @@ class GatewayService:
         forwarded to every site in one message each; how many patients each served
         dataset holds among them."""
         new = consent.record(self.db, actor, requests)
-        missed = self.federation.forward_withdrawals(
-            [{"pseudonym": r.pseudonym, "purposes": r.withdrawn()} for r in requests])
+        missed = self.deliveries.bring_up_to_date(self.federation.sites(),
+                                                  self.federation.tell_withdrawals)
         pseudonyms = sorted({r.pseudonym for r in requests})
         return {"withdrawals": len(requests), "recorded": len(new),
                 "holding": {d.id: view.holding(d, pseudonyms) for d in self.datasets.values()},
@@ -265,7 +267,8 @@ class GatewayService:
 
     def federated_query(self, grant: Grant, spec: FederatedSpec) -> dict:
         return self.ledger.answer(grant, FederatedQuestion(
-            grant, self._federated_spelling(spec), self.federation, self.grants, self.db))
+            grant, self._federated_spelling(spec), self.federation, self.grants, self.db,
+            self.deliveries))
 
     def federated_preview(self, grant: Grant, spec: FederatedSpec) -> dict:
         spec = self._federated_spelling(spec)

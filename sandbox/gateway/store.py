@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Engine,
     Float,
@@ -15,7 +16,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-from sandbox import audit
+from sandbox import audit, units
+from sandbox.db import upgrade_to_units
 
 metadata = MetaData()
 
@@ -26,10 +28,11 @@ grants = Table(
     Column("datasets", Text, nullable=False),  # JSON list
     Column("fields", Text, nullable=False),  # JSON list
     Column("purpose", String(40), nullable=False),
-    Column("epsilon_total", Float, nullable=False),
-    Column("delta_total", Float, nullable=False),
-    Column("epsilon_spent", Float, nullable=False, default=0.0),
-    Column("delta_spent", Float, nullable=False, default=0.0),
+    # ε in millionths and δ in units of 1e-18, as integers (sandbox.units): sums stay exact
+    Column("epsilon_total_micro", BigInteger, nullable=False),
+    Column("delta_total_atto", BigInteger, nullable=False),
+    Column("epsilon_spent_micro", BigInteger, nullable=False, default=0),
+    Column("delta_spent_atto", BigInteger, nullable=False, default=0),
     Column("expires_at", String(40), nullable=False),
     Column("status", String(20), nullable=False),
     Column("status_reason", Text, nullable=False, default=""),
@@ -67,8 +70,8 @@ releases = Table(
     Column("spec", Text, nullable=False),
     Column("dataset", String(64), nullable=False),
     Column("dataset_version", String(40), nullable=False),
-    Column("epsilon", Float, nullable=False),
-    Column("delta", Float, nullable=False),
+    Column("epsilon_micro", BigInteger, nullable=False),
+    Column("delta_atto", BigInteger, nullable=False),
     Column("status", String(20), nullable=False),  # charged | released | failed
     Column("value", Text),
     Column("receipt", Text),
@@ -97,6 +100,16 @@ withdrawals = Table(
     UniqueConstraint("pseudonym", "purpose", name="uq_withdrawal"),
 )
 
+# How far each federated site has been told the withdrawals (``deliveries``): every row
+# with an id up to ``through``, ``version`` rows in all.
+site_deliveries = Table(
+    "site_deliveries", metadata,
+    Column("site", String(64), primary_key=True),
+    Column("through", BigInteger, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("at", String(40), nullable=False),
+)
+
 
 # The portal's signed authorization of a grant (what the sites and the key service check
 # federated queries against), kept as the portal sent it.
@@ -121,6 +134,18 @@ grant_statements = Table(
 )
 
 
+# Databases made before ε and δ were kept in exact units: float columns → integer units.
+EXACT_UNITS = {
+    "grants": {"epsilon_total": units.Move("epsilon_total_micro", units.MICRO),
+               "delta_total": units.Move("delta_total_atto", units.ATTO),
+               "epsilon_spent": units.Move("epsilon_spent_micro", units.MICRO, up=True),
+               "delta_spent": units.Move("delta_spent_atto", units.ATTO, up=True)},
+    "releases": {"epsilon": units.Move("epsilon_micro", units.MICRO, up=True),
+                 "delta": units.Move("delta_atto", units.ATTO, up=True)},
+}
+
+
 def create_tables(engine: Engine) -> None:
+    upgrade_to_units(engine, metadata, EXACT_UNITS)
     metadata.create_all(engine)
     audit.create_tables(engine)

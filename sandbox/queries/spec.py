@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sandbox import units
+
 MAX_BINS = 100
 MAX_CELLS = 10_000
 MAX_QUANTILES = 9
@@ -78,6 +80,9 @@ class QuerySpec(BaseModel):
     filters: list[Filter] = Field(default_factory=list, max_length=MAX_FILTERS)
     epsilon: float = Field(gt=0, le=10)
     delta: float = Field(default=0.0, ge=0, lt=1e-3)
+
+    _on_grid_epsilon = field_validator("epsilon")(units.on_grid_epsilon)
+    _on_grid_delta = field_validator("delta")(units.on_grid_delta)
 
     @field_validator("bounds")
     @classmethod

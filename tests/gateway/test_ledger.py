@@ -57,9 +57,10 @@ def test_200_parallel_queries_against_a_budget_for_50(gateway):
     assert len(ok) == 50 and len(refused) == 150
     assert all(body["error"] == "budget_exhausted" for body in refused)
     g, rows = ledger(gateway.database_url, grant["grant"]["id"])
-    assert g["epsilon_spent"] <= g["epsilon_total"] + 1e-9
+    # ε in exact millionths: 50 × 0.1 is the whole 5.0, to the unit
+    assert g["epsilon_spent_micro"] == g["epsilon_total_micro"] == 5_000_000
     assert len(rows) == 50 and all(r["status"] == "released" for r in rows)
-    assert abs(sum(r["epsilon"] for r in rows) - g["epsilon_spent"]) < 1e-9
+    assert sum(r["epsilon_micro"] for r in rows) == g["epsilon_spent_micro"]
     assert {body["release"] for body in ok} == {r["id"] for r in rows}
 
 
@@ -98,16 +99,16 @@ def test_kill_9_during_a_burst_leaves_the_ledger_consistent(fresh_gateway):
         assert by_id[release_id]["status"] == "released"
         assert json.loads(by_id[release_id]["value"]) == body["result"]
     # every row is charged; the grant's total is exactly the sum of its rows
-    assert abs(sum(r["epsilon"] for r in rows) - g["epsilon_spent"]) < 1e-9
+    assert sum(r["epsilon_micro"] for r in rows) == g["epsilon_spent_micro"]
     assert all(r["status"] in ("charged", "released", "failed") for r in rows)
     assert all(r["value"] is None for r in rows if r["status"] != "released")
 
     gateway.start()
-    before = g["epsilon_spent"]
+    before = g["epsilon_spent_micro"]
     unfinished = [json.loads(r["spec"]) for r in rows if r["status"] != "released"]
     for again in unfinished[:3]:  # re-sending a charged, unanswered query costs nothing
         response = httpx.post(f"{gateway.url}/v1/query", json=again,
                               headers={"Authorization": f"Bearer {token}"}, timeout=120)
         assert response.status_code == 200, response.text
     g_after, _ = ledger(gateway.database_url, grant["grant"]["id"])
-    assert g_after["epsilon_spent"] == before
+    assert g_after["epsilon_spent_micro"] == before
