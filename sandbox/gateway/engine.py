@@ -58,6 +58,7 @@ class Engine:
     def __init__(self, executor: Executor | None = None) -> None:
         self.executor = executor or PolarsExecutor()
         self._scales: dict[tuple, tuple[float, int | None]] = {}
+        self._compiled: dict[tuple, Compiled] = {}  # exact plans' accounting, by shape
         self._calibrating: dict[tuple, threading.Lock] = {}
         self._lock = threading.Lock()
 
@@ -162,9 +163,21 @@ class Engine:
 
     def compile(self, spec: QuerySpec, dataset: Dataset, purpose: str) -> Compiled:
         """The measurement and the plan that answers it on this engine; refuses (before
-        anything is spent) what the engine cannot answer within (ε, δ)."""
-        return compile_query(spec, dataset, purpose, self.measurement(spec, dataset, purpose),
-                             self.executor)
+        anything is spent) what the engine cannot answer within (ε, δ). An exact plan's
+        accounting — OpenDP's measurement, its loss, the noise measurements and their
+        check — is made once per shape; a later query of the shape takes it with its own
+        filter values (``Compiled.with_filters``)."""
+        key = (dataset.id, dataset.version, purpose, spec.shape())
+        with self._lock:
+            known = self._compiled.get(key)
+        if known is not None:
+            return known.with_filters(spec)
+        compiled = compile_query(spec, dataset, purpose,
+                                 self.measurement(spec, dataset, purpose), self.executor)
+        if compiled.plan is not None:
+            with self._lock:
+                self._compiled[key] = compiled
+        return compiled
 
     # -- running ---------------------------------------------------------------------
     def run(self, spec: QuerySpec, dataset: Dataset, compiled: Compiled,
@@ -172,11 +185,10 @@ class Engine:
         """Release the answer of ``compiled`` (from ``compile()``) over the view less the
         patients ``withdrawn`` from ``purpose`` (the set as it stands now, after the
         charge). Call only after the budget has been charged."""
-        eps, delta = compiled.measurement.map(dataset.contribution_bound)
         frame = execute(compiled, dataset, self.executor, withdrawn, purpose)
         bounds = self._bounds(spec, dataset) if spec.field else None
         frame = _post_process(spec, frame, bounds)
-        return Release(_rows(frame), float(eps), float(delta), frame.columns,
+        return Release(_rows(frame), compiled.epsilon, compiled.delta, frame.columns,
                        withdrawals=withdrawn.version)
 
     def preview(self, spec: QuerySpec, dataset: Dataset, purpose: str,

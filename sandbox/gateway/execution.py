@@ -28,8 +28,18 @@ class Compiled:
     the plan and the noise drawn on its result."""
 
     measurement: Measurement
+    epsilon: float  # OpenDP's loss of the measurement: what the release records
+    delta: float
     plan: ExactPlan | None = None
     noise: noise.Noise | None = None
+
+    def with_filters(self, spec: QuerySpec) -> Compiled:
+        """This compiled query of one shape, for ``spec`` of the same shape: the plan with
+        ``spec``'s filter values, the accounting unchanged. A filter's values never change
+        a plan's stability, its noise scales or its fixed point (they are checked against
+        the catalogue before this), so a shape's accounting holds for every value."""
+        assert self.plan is not None
+        return replace(self, plan=replace(self.plan, filters=tuple(spec.filters)))
 
 
 def executor_for(engine: str, remote: str) -> Executor:
@@ -53,14 +63,14 @@ def check_served(spec: QuerySpec, executor: Executor) -> None:
 def compile_query(spec: QuerySpec, dataset: Dataset, purpose: str, measurement: Measurement,
                   executor: Executor) -> Compiled:
     check_served(spec, executor)
+    epsilon, delta = measurement.map(dataset.contribution_bound)
     if spec.kind not in EXACT_KINDS:
-        return Compiled(measurement)
+        return Compiled(measurement, float(epsilon), float(delta))
     stats = noise.statistics(measurement)
     plan = compile_plan(spec, dataset.fields, purpose, dataset.max_rows, frozenset(),
                         noise.sum_scale(stats))
-    epsilon, delta = measurement.map(dataset.contribution_bound)
-    return Compiled(measurement, plan, noise.build(plan, stats, dataset.contribution_bound,
-                                                   epsilon, delta))
+    return Compiled(measurement, float(epsilon), float(delta), plan,
+                    noise.build(plan, stats, dataset.contribution_bound, epsilon, delta))
 
 
 def execute(compiled: Compiled, dataset: Dataset, executor: Executor, withdrawn: Withdrawn,

@@ -97,6 +97,13 @@ class ExactPlan:
         low, high = self.fixed_bounds()
         return d_in * max(abs(low), abs(high))
 
+    def columns(self) -> list[str]:
+        """The view's columns this plan reads, each once."""
+        used = [self.consent, *(f.field for f in self.filters), *self.keys,
+                *([self.value.column] if self.value else []),
+                *([PATIENT] if self.excluded else [])]
+        return list(dict.fromkeys(used))
+
     def public_rows(self) -> list[tuple[str, ...]]:
         """Every group a public-keys result has, in order."""
         if self.edges is not None:

@@ -29,6 +29,7 @@ from sandbox.queries.plan import BIN, COUNT, SUM, compile_plan
 from sandbox.queries.spark import SparkExecutor
 from sandbox.queries.spec import QuerySpec
 from sandbox.queries.view import RANK_KEY, prepare
+from sandbox.queries.withdrawals import Withdrawn
 
 PURPOSE = "medical_research"
 EXCLUDED_PATIENTS = 40  # withdrawn at query time: both engines must leave them out
@@ -41,15 +42,16 @@ def engines(dataset, spark_server, tmp_path_factory):
     root = tmp_path_factory.mktemp("exact")
     records = pl.read_parquet(dataset / "restricted" / "records.parquet")
     withdrawn = records["pseudonym"].unique().sort().head(EXCLUDED_PATIENTS).to_list()
-    withdrawals = {p: {"*"} if i % 2 else {PURPOSE} for i, p in enumerate(withdrawn)}
+    rows = [(p, "*" if i % 2 else PURPOSE) for i, p in enumerate(withdrawn)]
     (root / "polars").mkdir()
     (root / "polars" / RANK_KEY).write_bytes(b"k" * 32)
     shutil.copytree(root / "polars", root / "spark")
     spark = SparkExecutor(spark_server.remote)
-    on_polars = prepare(dataset, root / "polars", withdrawals)
-    on_spark = prepare(dataset, root / "spark", withdrawals, spark)
+    on_polars = prepare(dataset, root / "polars")
+    on_spark = prepare(dataset, root / "spark", spark)
     yield {"polars": (on_polars, Engine(PolarsExecutor())),
-           "spark": (on_spark, Engine(spark))}
+           "spark": (on_spark, Engine(spark)),
+           "withdrawn": Withdrawn().adding(len(rows), rows)}
     spark.stop()
 
 
@@ -97,11 +99,12 @@ def _spec(body: dict) -> QuerySpec:
     return QuerySpec.model_validate({"dataset": "emr-visits", "epsilon": 1.0, **body})
 
 
-def _opendp_exact(spec: QuerySpec, ds, engine: Engine, plan) -> pl.DataFrame:
+def _opendp_exact(spec: QuerySpec, ds, engine: Engine, plan, withdrawn: Withdrawn
+                  ) -> pl.DataFrame:
     """OpenDP's own transformation of the query — its measurement at scale 0 (threshold
     0 for private keys) — in the plan's layout. Sums are taken over the same fixed-point
     integers (OpenDP's integer sum; its float sum is checked separately)."""
-    frame = ds.scan()
+    frame = ds.scan(withdrawn)
     if plan.sums:
         frame = frame.with_columns(fixed_expr(plan).alias("_q"))
     schema = frame.collect_schema()
@@ -144,12 +147,13 @@ def _opendp_exact(spec: QuerySpec, ds, engine: Engine, plan) -> pl.DataFrame:
 def _three_ways(engines, spec: QuerySpec) -> tuple[pl.DataFrame, object]:
     on_polars, engine = engines["polars"]
     on_spark, spark_engine = engines["spark"]
+    withdrawn = engines["withdrawn"]
     plan = compile_plan(spec, on_polars.fields, PURPOSE, on_polars.max_rows,
-                        on_polars.excluded(PURPOSE))
-    assert len(plan.excluded) > 0
+                        withdrawn.excluded(PURPOSE))
+    assert len(plan.excluded) == EXCLUDED_PATIENTS
     exact_polars = engine.executor.aggregate(plan, str(on_polars.view))
     exact_spark = spark_engine.executor.aggregate(plan, str(on_spark.view))
-    reference = _opendp_exact(spec, on_polars, engine, plan)
+    reference = _opendp_exact(spec, on_polars, engine, plan, withdrawn)
     assert exact_polars.equals(exact_spark), (exact_polars, exact_spark)
     scanned = PolarsExecutor(in_memory=False).aggregate(plan, str(on_polars.view))
     assert exact_polars.equals(scanned)  # the frame kept in memory reads as the files
@@ -169,7 +173,7 @@ def test_polars_spark_and_opendp_agree_exactly(engines, body):
         # one fixed-point step per row (the floor) and float rounding.
         on_polars, engine = engines["polars"]
         floats = engine._make(on_polars, engine._plan(spec, on_polars, PURPOSE), 0.0, None)
-        total = floats(on_polars.scan()).collect().item()
+        total = floats(on_polars.scan(engines["withdrawn"])).collect().item()
         fixed = exact[SUM].item() * plan.unit
         assert abs(total - fixed) <= exact[COUNT].item() * plan.unit + 1e-9 * abs(total)
 
