@@ -46,6 +46,7 @@ from tests.spark import SparkConnect  # noqa: E402
 
 SPEC = ROOT / "sandbox" / "data" / "specs" / "emr-visits.toml"
 KINDS = ("count", "mean", "grouped count")
+FLOOR_COLUMNS = ("_consent_medical_research", "length_of_stay", "total_cost", "visit_type")
 
 
 def dataset(work: Path, patients: int) -> Path:
@@ -109,12 +110,14 @@ def repeat(served: Path, copies: int) -> Path:
     source = served / "emr-visits"
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.parquet"))
     meta = json.loads((source / "metadata.json").read_text(encoding="utf-8"))
+    patients = pl.read_parquet(source / "restricted" / "consent.parquet",
+                               columns=["pseudonym"])["pseudonym"].unique().to_list()
     for table in ("records", "consent"):
-        frame = pl.read_parquet(source / "restricted" / f"{table}.parquet")
-        copies_of = [frame.with_columns(pl.col("pseudonym").map_elements(
-            lambda p, c=c: hashlib.sha256(f"{c}:{p}".encode()).hexdigest(),
-            return_dtype=pl.String)) for c in range(copies)]
-        pl.concat(copies_of).write_parquet(target / "restricted" / f"{table}.parquet")
+        rows = pl.scan_parquet(source / "restricted" / f"{table}.parquet")
+        copies_of = [rows.with_columns(pl.col("pseudonym").replace_strict(
+            patients, [hashlib.sha256(f"{c}:{p}".encode()).hexdigest() for p in patients]))
+            for c in range(copies)]  # streamed: memory does not grow with the copies
+        pl.concat(copies_of).sink_parquet(target / "restricted" / f"{table}.parquet")
         meta["files"][f"restricted/{table}.parquet"] = f"x{copies}"
     meta["sample_size"] = {k: v * copies for k, v in meta["sample_size"].items()}
     (target / "metadata.json").write_text(json.dumps(meta, ensure_ascii=False),
@@ -153,7 +156,9 @@ def run(served: Path, state: Path, engine: str, spark: SparkConnect | None, runs
     try:
         grant = process.grant(epsilon=100.0)
         view = next(p for p in (state / "gw" / "views").iterdir() if p.is_dir())
-        frame = pl.read_parquet(f"{view}/**/*.parquet", hive_partitioning=False)
+        # the floor's frame: the columns its aggregates read (all rows, in memory)
+        frame = pl.read_parquet(f"{view}/**/*.parquet", hive_partitioning=False,
+                                columns=list(FLOOR_COLUMNS))
         print(f"{frame.height:>12,} {engine:<6} view built and served in {build:.1f} s",
               flush=True)
         with Gateway(process.url, grant["token"]) as gw:
@@ -178,8 +183,9 @@ def run(served: Path, state: Path, engine: str, spark: SparkConnect | None, runs
                 print(f"{frame.height:>12,} {engine:<6} {kind:<14} first query of a new "
                       f"shape: p50 {pct(fresh, 50):.1f} ms, p95 {pct(fresh, 95):.1f} ms "
                       f"({shapes} shapes)", flush=True)
-            patients = frame.filter(pl.col("_consent_medical_research"))["pseudonym"].unique(
-                maintain_order=True).cast(pl.String).to_list()
+            one = next(view.rglob("*.parquet"))  # patients of one partition suffice
+            patients = pl.read_parquet(one, columns=["pseudonym", FLOOR_COLUMNS[0]]).filter(
+                pl.col(FLOOR_COLUMNS[0]))["pseudonym"].unique(maintain_order=True).to_list()
             posts, effective = withdrawals(process, gw, patients, runs)
             print(f"{frame.height:>12,} {engine:<6} withdrawal: POST p50 {pct(posts, 50):.1f} "
                   f"ms (effective for every question that starts after it), POST + next "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import opendp.prelude as dp
@@ -38,6 +39,7 @@ dp.enable_features("contrib")
 SMALL_CELL = 5
 COUNT = "count"
 SUPPRESSED = "suppressed"
+COMPILED_SHAPES = 4096  # shapes whose accounting is kept
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,9 @@ class Engine:
     def __init__(self, executor: Executor | None = None) -> None:
         self.executor = executor or PolarsExecutor()
         self._scales: dict[tuple, tuple[float, int | None]] = {}
-        self._compiled: dict[tuple, Compiled] = {}  # exact plans' accounting, by shape
+        # exact plans' accounting by shape, the most recently used kept (a shape is made
+        # before its charge, so a grant past its budget could otherwise grow this at will)
+        self._compiled: OrderedDict[tuple, Compiled] = OrderedDict()
         self._calibrating: dict[tuple, threading.Lock] = {}
         self._lock = threading.Lock()
 
@@ -170,6 +174,8 @@ class Engine:
         key = (dataset.id, dataset.version, purpose, spec.shape())
         with self._lock:
             known = self._compiled.get(key)
+            if known is not None:
+                self._compiled.move_to_end(key)
         if known is not None:
             return known.with_filters(spec)
         compiled = compile_query(spec, dataset, purpose,
@@ -177,6 +183,8 @@ class Engine:
         if compiled.plan is not None:
             with self._lock:
                 self._compiled[key] = compiled
+                while len(self._compiled) > COMPILED_SHAPES:
+                    self._compiled.popitem(last=False)
         return compiled
 
     # -- running ---------------------------------------------------------------------

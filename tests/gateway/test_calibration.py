@@ -50,3 +50,29 @@ def test_a_loss_not_of_the_form_c_over_s_is_searched():
     found = scale_for(loss, 1.0)
     assert loss(found) <= 1.0
     assert found == pytest.approx(2.0 / 0.75, rel=1e-9)
+
+
+def test_a_shape_is_accounted_once_and_each_query_keeps_its_own_filter_values(served):
+    """The second query of a shape takes the first one's accounting (measurement, loss,
+    noise) — and its own filter values, so it counts its own rows."""
+    from sandbox.queries.withdrawals import Withdrawn
+
+    engine = Engine()
+
+    def spec(stay: int) -> QuerySpec:
+        return QuerySpec(dataset=served.id, kind="count", epsilon=0.5, filters=[
+            {"field": "length_of_stay", "op": "ge", "value": stay}])
+
+    first, again = engine.compile(spec(0), served, PURPOSE), engine.compile(
+        spec(30), served, PURPOSE)
+    assert again.noise is first.noise and again.measurement is first.measurement
+    assert (again.epsilon, again.delta) == (first.epsilon, first.delta)
+    assert [f.value for f in again.plan.filters] == [30]
+    exact = [engine.executor.aggregate(c.plan, str(served.view))["count"].item()
+             for c in (first, again)]
+    assert exact[0] > exact[1] > 0
+    other = engine.compile(QuerySpec(dataset=served.id, kind="count", epsilon=0.6),
+                           served, PURPOSE)  # another ε: another shape, its own accounting
+    assert other.noise is not first.noise
+    released = engine.run(spec(30), served, again, Withdrawn(), PURPOSE)
+    assert released.epsilon == first.epsilon
