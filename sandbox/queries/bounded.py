@@ -36,6 +36,8 @@ PART = "_part"
 ROW = "_row"
 MANIFEST = "view.json"
 SEPARATOR = "\x1f"  # between pseudonym and row number in the rank key's message
+BUCKET_ROWS = 4_000_000  # rows of patients built at once (about 1 GB of working memory)
+BUCKET_SEED = 20_251_231  # the patients' split into buckets (any fixed seed)
 
 
 
@@ -118,14 +120,35 @@ def rank_keys(secret: bytes) -> Callable[[pl.Series], pl.Series]:
 
 
 def build_polars(directory: Path, metadata: dict, secret: bytes, target: Path) -> int:
-    """Build the bounded view with Polars; the number of rows kept."""
+    """Build the bounded view with Polars, in buckets of patients (each bucket's rows are
+    all of its patients' rows, so the bound is applied within it) of about
+    ``BUCKET_ROWS`` rows each: memory does not grow with the dataset. The number of rows
+    kept."""
+    patient = metadata["patient_key"]
+    records = pl.scan_parquet(directory / "restricted" / f"{RECORDS}.parquet")
+    consent = pl.scan_parquet(directory / "restricted" / f"{CONSENT}.parquet")
+    total = records.select(pl.len()).collect().item()
+    buckets = max(1, -(-total // BUCKET_ROWS))
+    target.mkdir(parents=True)
+    kept = 0
+    for b in range(buckets):
+        def mine(frame: pl.LazyFrame, b: int = b) -> pl.LazyFrame:
+            return frame if buckets == 1 else frame.filter(
+                pl.col(patient).hash(seed=BUCKET_SEED) % buckets == b)
+        view = _bounded(records.with_row_index(ROW), consent, metadata, secret, mine)
+        write(view, target, f"part-{b}.parquet")
+        kept += view.height
+    return kept
+
+
+def _bounded(records: pl.LazyFrame, consent: pl.LazyFrame, metadata: dict, secret: bytes,
+             mine: Callable[[pl.LazyFrame], pl.LazyFrame]) -> pl.DataFrame:
+    """The view's rows of the patients ``mine`` keeps (records numbered in the file)."""
     patient = metadata["patient_key"]
     bound = int(metadata["contribution_bound"])
     fields = served_fields(metadata)
     purposes = [p["id"] for p in metadata["purposes"]]
-    records = pl.scan_parquet(directory / "restricted" / f"{RECORDS}.parquet")
-    consent = pl.scan_parquet(directory / "restricted" / f"{CONSENT}.parquet")
-    consent = consent.select(
+    consent = mine(consent).select(
         pl.col(patient),
         *((pl.col(p).fill_null(False) & pl.col("withdrawn_at").is_null())
           .alias(consent_column(p)) for p in purposes))
@@ -137,8 +160,8 @@ def build_polars(directory: Path, metadata: dict, secret: bytes, target: Path) -
                           .alias(name))
         else:
             public.append(pl.col(name))
-    view = (
-        records.select(list(fields)).with_row_index(ROW)
+    return (
+        mine(records.select(ROW, *fields))
         .with_columns(pl.struct(patient, ROW).map_batches(rank_keys(secret),
                                                           return_dtype=pl.String).alias(RANK))
         .filter(pl.col(RANK).rank("ordinal").over(patient) <= bound)
@@ -148,16 +171,14 @@ def build_polars(directory: Path, metadata: dict, secret: bytes, target: Path) -
         .rename({patient: PATIENT} if patient != PATIENT else {})
         .collect(engine="streaming")
     )
-    write(view, target)
-    return view.height
 
 
-def write(view: pl.DataFrame, target: Path) -> None:
+def write(view: pl.DataFrame, target: Path, name: str = "part-0.parquet") -> None:
     """Hive-style partitions by the rank key's first hex digit, LZ4 (raw) compressed —
-    a codec both Polars and Spark read."""
+    a codec both Polars and Spark read; ``name``: this file's name in each partition."""
     parts = view.with_columns(pl.concat_str(pl.lit("p"), pl.col(RANK).str.head(1)).alias(PART))
-    target.mkdir(parents=True)
-    for (name,), part in parts.partition_by(PART, as_dict=True).items():
-        folder = target / f"{PART}={name}"
-        folder.mkdir()
-        part.drop(PART).write_parquet(folder / "part-0.parquet", compression="lz4")
+    target.mkdir(parents=True, exist_ok=True)
+    for (part_name,), part in parts.partition_by(PART, as_dict=True).items():
+        folder = target / f"{PART}={part_name}"
+        folder.mkdir(exist_ok=True)
+        part.drop(PART).write_parquet(folder / name, compression="lz4")
