@@ -62,7 +62,7 @@ def site_serve(site_name: str | None, **options: object) -> None:
 def site_split(dataset_dir: Path, sites: str, out: Path, dataset_id: str,
                catalog_dir: Path | None) -> None:
     """Split an onboarded dataset into site partitions, each patient at one site."""
-    from sandbox.federated.site import split
+    from sandbox.federated.partition import split
 
     click.echo(json.dumps(split(dataset_dir, [s.strip() for s in sites.split(",")
                                               if s.strip()], out, dataset_id, catalog_dir),
