@@ -45,6 +45,16 @@ class Dataset:
     purposes: list[str]
     domain: object = None
     built: dict = field(default_factory=dict)  # the view's manifest
+    _patients: pl.Series | None = field(default=None, repr=False)
+
+    def patient_index(self) -> pl.Series:
+        """Every patient with a restricted record, sorted (read once: a dataset version
+        never changes), so that asking for one patient is a binary search, not a scan."""
+        if self._patients is None:
+            key = self.metadata["patient_key"]
+            records = pl.scan_parquet(self.directory / "restricted" / f"{RECORDS}.parquet")
+            self._patients = records.select(pl.col(key).unique().sort()).collect()[key]
+        return self._patients
 
     @property
     def version(self) -> str:
@@ -78,24 +88,20 @@ class Dataset:
 
 def contains(dataset: Dataset, pseudonym: str) -> bool:
     """Whether any restricted record of ``dataset`` belongs to ``pseudonym``."""
-    records = pl.scan_parquet(dataset.directory / "restricted" / f"{RECORDS}.parquet")
-    return records.filter(pl.col("pseudonym") == pseudonym).select(pl.len()).collect(
-    ).item() > 0
+    index = dataset.patient_index()
+    at = index.search_sorted(pseudonym)
+    return at < index.len() and index[at] == pseudonym
 
 
 def holding(dataset: Dataset, pseudonyms: list[str]) -> int:
     """How many of ``pseudonyms`` have a restricted record in ``dataset``."""
-    records = pl.scan_parquet(dataset.directory / "restricted" / f"{RECORDS}.parquet")
-    wanted = pl.LazyFrame({"pseudonym": pseudonyms}, schema={"pseudonym": pl.String})
-    return records.select("pseudonym").unique().join(wanted, on="pseudonym", how="semi"
-                                                     ).select(pl.len()).collect().item()
+    wanted = pl.Series(pseudonyms, dtype=pl.String).unique()
+    return int(wanted.is_in(dataset.patient_index()).sum())
 
 
 def patients(dataset: Dataset) -> list[str]:
     """The pseudonyms of every patient with a restricted record in ``dataset``."""
-    key = dataset.metadata["patient_key"]
-    records = pl.scan_parquet(dataset.directory / "restricted" / f"{RECORDS}.parquet")
-    return records.select(pl.col(key).unique()).collect()[key].to_list()
+    return dataset.patient_index().to_list()
 
 
 def prepare(directory: Path, cache: Path, engine: bounded.Builder | None = None) -> Dataset:
@@ -113,8 +119,10 @@ def prepare(directory: Path, cache: Path, engine: bounded.Builder | None = None)
     fields = {f["name"]: f for f in metadata["tables"][RECORDS]["fields"]}
     purposes = [p["id"] for p in metadata["purposes"]]
     schema = _schema(bounded.served_fields(metadata), purposes, metadata["patient_key"])
-    return Dataset(metadata["id"], directory, metadata, target, schema, fields, purposes,
-                   _domain(schema, metadata), built)
+    dataset = Dataset(metadata["id"], directory, metadata, target, schema, fields, purposes,
+                      _domain(schema, metadata), built)
+    dataset.patient_index()  # now, not in the first withdrawal's answer
+    return dataset
 
 
 _TYPES = {"string": pl.String, "integer": pl.Int64, "float": pl.Float64,
