@@ -1,0 +1,59 @@
+"""Attacks on exact ε, per-site withdrawal deliveries and accounting once per shape.
+
+A federated question whose first attempt reached the sites but not the key service is
+answered, when sent again, under the same charge and query id. A site keeps the noisy share
+it drew for a query id (one query id, one draw): a share drawn before a consent withdrawal
+must not be what answers the question after it. Adversary: no one — a key-service outage
+racing a patient's withdrawal; the patient's rows must not be in what is released after
+the withdrawal was recorded and told to every site."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import polars as pl
+import pytest
+import uvicorn
+
+from sandbox.client import Gateway, GatewayError
+from tests.federated.conftest import DATASET, grant
+
+
+def _serve_again(served) -> None:
+    """A served app back on its port (the same process state: an outage, not a restart)."""
+    config = served.server.config
+    served.server = uvicorn.Server(uvicorn.Config(config.app, host="127.0.0.1",
+                                                  port=served.port, log_level="warning"))
+    served.thread = threading.Thread(target=served.server.run, daemon=True)
+    served.thread.start()
+    deadline = time.monotonic() + 30
+    while not served.server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _site_patients(cluster, name: str) -> list[str]:
+    records = pl.read_parquet(cluster.parts / name / "restricted" / "records.parquet")
+    return records.group_by("pseudonym").len().sort(
+        ["len", "pseudonym"], descending=[True, False])["pseudonym"].to_list()
+
+
+def test_a_share_drawn_before_a_withdrawal_does_not_answer_after_it(cluster, exact):
+    name = sorted(cluster.sites)[1]
+    patient = _site_patients(cluster, name)[5]
+    gw = Gateway(exact.url, grant(exact, fields=["length_of_stay"])["token"])
+    keys = cluster.processes["exact-keys"]
+    keys.close()  # the sites draw and keep their shares; the key service is out of reach
+    try:
+        with pytest.raises(GatewayError) as failed:
+            gw.federated.histogram(DATASET, "length_of_stay", [0, 365], epsilon=0.3)
+        assert failed.value.status == 503
+        told = exact.admin("POST", "/v1/admin/consent-withdrawals", {"pseudonym": patient})
+        assert told.status_code == 201 and told.json()["sites_missed"] == []
+    finally:
+        _serve_again(keys)
+    retried = gw.federated.histogram(DATASET, "length_of_stay", [0, 365], epsilon=0.3)
+    fresh = gw.federated.histogram(DATASET, "length_of_stay", [0, 365], epsilon=0.2)
+    assert gw.budget()["epsilon"]["spent"] == pytest.approx(0.5)  # the first charge reused
+    # noise-free sites: the question asked again counts what a new question counts
+    assert retried.df["count"][0] == fresh.df["count"][0]
