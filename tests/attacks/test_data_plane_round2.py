@@ -57,3 +57,33 @@ def test_a_share_drawn_before_a_withdrawal_does_not_answer_after_it(cluster, exa
     assert gw.budget()["epsilon"]["spent"] == pytest.approx(0.5)  # the first charge reused
     # noise-free sites: the question asked again counts what a new question counts
     assert retried.df["count"][0] == fresh.df["count"][0]
+
+
+def test_many_shapes_do_not_grow_the_engines_memory(datasets_dir, tmp_path, monkeypatch):
+    """Adversary: a researcher with a token — even one whose grant is spent, since a shape
+    is compiled before its charge — sending query after query of a new shape (ε in
+    millionths alone gives ten million). The engine keeps the accounting of a bounded number
+    of recent shapes; the noise scales and calibration locks it keeps beside them must be
+    bounded by the same number (else ~3 KB a shape: gigabytes in a day at the rate limit),
+    including shapes that OpenDP refuses to calibrate."""
+    from sandbox.errors import InputError
+    from sandbox.gateway import engine as dpengine
+    from sandbox.queries.spec import QuerySpec
+    from sandbox.queries.view import prepare
+
+    monkeypatch.setattr(dpengine, "COMPILED_SHAPES", 8)
+    dataset = prepare(datasets_dir / "emr-visits", tmp_path / "views")
+    engine = dpengine.Engine()
+    for i in range(1, 41):
+        for kind in ("histogram", "quantiles"):  # exact plans, and OpenDP's own
+            engine.compile(QuerySpec(
+                dataset=dataset.id, kind=kind, field="length_of_stay", bins=[0, 5, 30]
+                if kind == "histogram" else None, quantiles=[0.5] if kind == "quantiles"
+                else None, epsilon=i / 1000), dataset, "medical_research")
+        with pytest.raises(InputError):  # a shape OpenDP cannot calibrate
+            engine.compile(QuerySpec(dataset=dataset.id, kind="count", group_by=["sex"],
+                                     keys="private", epsilon=i / 1000, delta=1e-18),
+                           dataset, "medical_research")
+    assert len(engine._compiled) <= 8
+    assert len(engine._scales) <= 8
+    assert len(engine._calibrating) <= 8
