@@ -87,3 +87,43 @@ def test_many_shapes_do_not_grow_the_engines_memory(datasets_dir, tmp_path, monk
     assert len(engine._compiled) <= 8
     assert len(engine._scales) <= 8
     assert len(engine._calibrating) <= 8
+
+
+@pytest.mark.parametrize("bucket_rows", [None, 7])
+def test_a_patient_with_two_consent_rows_keeps_no_more_than_the_bound(dataset, tmp_path,
+                                                                       monkeypatch,
+                                                                       bucket_rows):
+    """Adversary: no one — a dataset directory whose consent table lists a patient twice
+    (one consenting row and one withdrawn, say: an extract joined twice). The view keeps a
+    patient's rows up to the contribution bound, then joins consent: each consent row would
+    copy the patient's kept rows, and the noise, calibrated to the bound, would no longer
+    cover them. Built at once or in buckets, a patient keeps at most the bound, and counts
+    as consenting only if every row of theirs consents."""
+    import shutil
+
+    from sandbox.queries import bounded
+    from sandbox.queries.view import RANK_KEY, prepare
+
+    copy = tmp_path / "emr-visits"
+    shutil.copytree(dataset, copy)
+    consent_file = copy / "restricted" / "consent.parquet"
+    consent = pl.read_parquet(consent_file)
+    records = pl.read_parquet(copy / "restricted" / "records.parquet")
+    patient = records.group_by("pseudonym").len().sort(
+        ["len", "pseudonym"], descending=[True, False])["pseudonym"][0]
+    twice = consent.filter(pl.col("pseudonym") == patient)
+    withdrawn = twice.with_columns(pl.col("withdrawn_at").fill_null(
+        pl.lit("2025-01-01").str.to_date()))
+    pl.concat([consent, twice, withdrawn]).write_parquet(consent_file)
+    (tmp_path / "views").mkdir()
+    (tmp_path / "views" / RANK_KEY).write_bytes(b"r" * 32)
+    if bucket_rows:
+        monkeypatch.setattr(bounded, "BUCKET_ROWS", records.height // bucket_rows)
+    built = prepare(copy, tmp_path / "views")
+    view = pl.read_parquet(f"{built.view}/**/*.parquet", hive_partitioning=False)
+    counts = view.group_by("pseudonym").len()
+    assert counts["len"].max() <= built.contribution_bound
+    mine = view.filter(pl.col("pseudonym") == patient)
+    consent_columns = [c for c in view.columns if c.startswith("_consent_")]
+    assert mine.height == built.contribution_bound
+    assert not mine.select(pl.any_horizontal(consent_columns)).to_series().any()
