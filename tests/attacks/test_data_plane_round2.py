@@ -127,3 +127,29 @@ def test_a_patient_with_two_consent_rows_keeps_no_more_than_the_bound(dataset, t
     consent_columns = [c for c in view.columns if c.startswith("_consent_")]
     assert mine.height == built.contribution_bound
     assert not mine.select(pl.any_horizontal(consent_columns)).to_series().any()
+
+
+def test_one_site_name_cannot_stand_for_two_urls(cluster, tmp_path):
+    """Adversary: no one — a federation file in which two datasets name a site alike at
+    different URLs (two processes of one hospital). What a site has been told of the
+    withdrawals is kept by its name: the second URL would count as told when only the first
+    was, and answer federated questions with rows of a withdrawn patient. The gateway
+    refuses such a file."""
+    import json
+
+    from sandbox.errors import InputError
+    from sandbox.gateway.federation import Federation
+    from sandbox.receipts import Signer
+
+    document = json.loads((cluster.parts / "metadata.json").read_text(encoding="utf-8"))
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(document | {"id": "emr-visits-other"}), encoding="utf-8")
+    sites = {name: f"http://127.0.0.1:{9000 + i}" for i, name in enumerate(cluster.sites)}
+    moved = {name: url.replace("127.0.0.1", "127.0.0.2") for name, url in sites.items()}
+    config = tmp_path / "federation.json"
+    config.write_text(json.dumps({"keys_url": "http://127.0.0.1:9999", "datasets": {
+        DATASET: {"metadata": str(cluster.parts / "metadata.json"), "sites": sites},
+        "emr-visits-other": {"metadata": str(other), "sites": moved}}}))
+    with pytest.raises(InputError) as refused:
+        Federation(config, Signer(tmp_path / "signing-key.pem"))
+    assert "has two URLs" in refused.value.reason
