@@ -8,11 +8,14 @@ site, fresh). For each query it computes its local aggregate vector over its con
 which it cannot decrypt — and signs an attestation binding the ciphertext's digest to the
 query and the noise it carries, so the key service can tell that this site took part.
 
-One query id, one noise draw: the noisy share is stored under the query id before it
-leaves, and a repeated request for that query (a retry after another site failed) gets the
-same share again, never a fresh draw that could be averaged. Rows, and the site's own
-aggregate in the clear, never leave. Consent withdrawals the gateway forwards take effect
-at once. Every request is an entry in the site's own audit chain.
+One query id, one noise draw per withdrawal set: the noisy share is stored under the query
+id before it leaves, and a repeated request for that query (a retry after another site
+failed) gets the same share again, never a fresh draw that could be averaged — until a
+consent withdrawal is recorded, which drops the stored shares (a share drawn before counts
+the patient); the key service opens one set of shares per query id whatever the draws.
+Rows, and the site's own aggregate in the clear, never leave. Consent withdrawals the
+gateway forwards take effect at once. Every request is an entry in the site's own audit
+chain.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import Column, MetaData, String, Table, Text, insert, select
+from sqlalchemy import Column, MetaData, String, Table, Text, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from sandbox import anchors, audit, httpapi, receipts
@@ -212,22 +215,27 @@ class SiteService:
         before (never a second draw), else a new draw, stored before it leaves; and whether
         it was drawn now."""
         fingerprint = plan.spec.fingerprint()
-        stored = self._stored_share(query_id, fingerprint)
-        if stored is not None:
-            return stored, False
-        vector = local_vector(plan, self.dataset, purpose, self.withdrawn)
-        share = noisy(plan, vector) if self.noise else vector
-        try:
-            with self.db.begin() as conn:
-                conn.execute(insert(shares).values(
-                    query_id=query_id, fingerprint=fingerprint, at=_now(),
-                    vector=json.dumps([float(v) for v in share])))
-        except IntegrityError:  # a concurrent request for this query stored its draw first
+        while True:
             stored = self._stored_share(query_id, fingerprint)
-            if stored is None:
-                raise
-            return stored, False
-        return [float(v) for v in share], True
+            if stored is not None:
+                return stored, False
+            withdrawn = self.withdrawn
+            vector = local_vector(plan, self.dataset, purpose, withdrawn)
+            share = noisy(plan, vector) if self.noise else vector
+            with self._lock:
+                if self.withdrawn is not withdrawn:
+                    continue  # a withdrawal came in meanwhile: this draw would count the patient
+                try:
+                    with self.db.begin() as conn:
+                        conn.execute(insert(shares).values(
+                            query_id=query_id, fingerprint=fingerprint, at=_now(),
+                            vector=json.dumps([float(v) for v in share])))
+                except IntegrityError:  # a concurrent request for this query stored first
+                    stored = self._stored_share(query_id, fingerprint)
+                    if stored is None:
+                        raise
+                    return stored, False
+            return [float(v) for v in share], True
 
     def _stored_share(self, query_id: str, fingerprint: str) -> list[float] | None:
         with self.db.connect() as conn:
@@ -257,6 +265,10 @@ class SiteService:
                 at = datetime.now(UTC).isoformat()
                 conn.execute(insert(withdrawals), [
                     {"pseudonym": p, "purpose": purpose, "at": at} for p, purpose in new])
+                # A share drawn before counts the patient: a query asked again (its first
+                # attempt never reached the key service) is drawn afresh without them. The
+                # key service decides a query id once, so two draws are never both opened.
+                conn.execute(delete(shares))
             for pseudonym in sorted({p for p, _ in wanted}):
                 audit.append(conn, AuditAction.CONSENT_WITHDRAWN, "gateway",
                              f"patient:{pseudonym}", {"purposes": sorted(

@@ -59,9 +59,10 @@ class Engine:
 
     def __init__(self, executor: Executor | None = None) -> None:
         self.executor = executor or PolarsExecutor()
-        self._scales: dict[tuple, tuple[float, int | None]] = {}
-        # exact plans' accounting by shape, the most recently used kept (a shape is made
-        # before its charge, so a grant past its budget could otherwise grow this at will)
+        # noise scales and exact plans' accounting by shape, the most recently used kept
+        # (a shape is made before its charge, so a grant past its budget could otherwise
+        # grow these at will); a calibration lock lives only while its shape calibrates
+        self._scales: OrderedDict[tuple, tuple[float, int | None]] = OrderedDict()
         self._compiled: OrderedDict[tuple, Compiled] = OrderedDict()
         self._calibrating: dict[tuple, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -130,16 +131,24 @@ class Engine:
         key = (dataset.id, dataset.version, purpose, spec.shape())
         with self._lock:
             cached = self._scales.get(key)
-            busy = self._calibrating.setdefault(key, threading.Lock())
+            if cached is not None:
+                self._scales.move_to_end(key)
+            else:
+                busy = self._calibrating.setdefault(key, threading.Lock())
         if cached is None:
             with busy:  # concurrent queries of a new shape calibrate once
                 with self._lock:
                     cached = self._scales.get(key)
                 if cached is None:
-                    cached = self._calibrate(dataset, plan, d_in, spec.epsilon, spec.delta,
-                                             spec.keys == "private" and bool(spec.group_by))
-                    with self._lock:
-                        self._scales[key] = cached
+                    try:
+                        cached = self._calibrate(
+                            dataset, plan, d_in, spec.epsilon, spec.delta,
+                            spec.keys == "private" and bool(spec.group_by))
+                        with self._lock:
+                            _keep(self._scales, key, cached)
+                    finally:
+                        with self._lock:
+                            self._calibrating.pop(key, None)
         try:  # a cached scale skips calibration, not OpenDP's checks of this query's plan
             measurement = self._make(dataset, plan, *cached)
             eps, delta = measurement.map(d_in)
@@ -182,9 +191,7 @@ class Engine:
                                  self.measurement(spec, dataset, purpose), self.executor)
         if compiled.plan is not None:
             with self._lock:
-                self._compiled[key] = compiled
-                while len(self._compiled) > COMPILED_SHAPES:
-                    self._compiled.popitem(last=False)
+                _keep(self._compiled, key, compiled)
         return compiled
 
     # -- running ---------------------------------------------------------------------
@@ -206,6 +213,14 @@ class Engine:
         measurement = self.measurement(spec, dataset, purpose)
         summary = summarize_polars_measurement(measurement, alpha)
         return _rows(summary)
+
+
+def _keep(kept: OrderedDict, key: tuple, value: object) -> None:
+    """Keep ``value`` as the most recent of ``kept``, which holds ``COMPILED_SHAPES`` at most."""
+    kept[key] = value
+    kept.move_to_end(key)
+    while len(kept) > COMPILED_SHAPES:
+        kept.popitem(last=False)
 
 
 def _first_line(exc: Exception) -> str:

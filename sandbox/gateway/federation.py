@@ -126,6 +126,14 @@ class Federation:
                 self.datasets[name] = FederatedDataset(name, meta, dict(entry["sites"]))
         except (OSError, KeyError, TypeError, ValueError) as exc:
             raise InputError(f"federation file {config_file}: {exc}") from None
+        # What a site has been told of the withdrawals is kept by its name (deliveries):
+        # one name, one URL, whichever datasets it serves.
+        urls: dict[str, str] = {}
+        for dataset in self.datasets.values():
+            for site, url in dataset.sites.items():
+                if urls.setdefault(site, url) != url:
+                    raise InputError(f"federation file {config_file}: site {site!r} has two "
+                                     f"URLs ({urls[site]}, {url}); give each its own name")
 
     def _dataset(self, name: str) -> FederatedDataset:
         dataset = self.datasets.get(name)

@@ -148,9 +148,10 @@ def _bounded(records: pl.LazyFrame, consent: pl.LazyFrame, metadata: dict, secre
     bound = int(metadata["contribution_bound"])
     fields = served_fields(metadata)
     purposes = [p["id"] for p in metadata["purposes"]]
-    consent = mine(consent).select(
-        pl.col(patient),
-        *((pl.col(p).fill_null(False) & pl.col("withdrawn_at").is_null())
+    # One row per patient: joined after the bound, a second consent row would copy the
+    # patient's kept rows past it. A patient consents only if every row of theirs does.
+    consent = mine(consent).group_by(patient).agg(
+        *((pl.col(p).fill_null(False) & pl.col("withdrawn_at").is_null()).all()
           .alias(consent_column(p)) for p in purposes))
     public = []
     for name, f in fields.items():
