@@ -140,10 +140,12 @@ class SparkExecutor:
         kept = (records.withColumn(bounded.RANK, rank)
                 .withColumn("_n", F.row_number().over(by_patient))
                 .filter(F.col("_n") <= bound).drop("_n", bounded.ROW))
-        consent = session.read.parquet(str(restricted / f"{CONSENT}.parquet")).select(
-            F.col(patient), *((F.coalesce(F.col(p), F.lit(False))
-                               & F.col("withdrawn_at").isNull()).alias(consent_column(p))
-                              for p in purposes))
+        # One row per patient, as Polars builds it (bounded._bounded): consenting only if
+        # every consent row of theirs does, so a patient listed twice is not joined twice.
+        consent = session.read.parquet(str(restricted / f"{CONSENT}.parquet")).groupBy(
+            patient).agg(*(F.bool_and(F.coalesce(F.col(p), F.lit(False))
+                                      & F.col("withdrawn_at").isNull())
+                           .alias(consent_column(p)) for p in purposes))
         view = kept.join(consent, on=patient, how="left")
         columns = []
         for name, f in fields.items():

@@ -19,7 +19,7 @@ from portal.security import hash_password
 from tests import committee
 from tests.browser.conftest import portal_stack
 from tests.federated.conftest import cluster, exact, noisy  # noqa: F401
-from tests.gateway.conftest import datasets_dir  # noqa: F401
+from tests.gateway.conftest import datasets_dir, spark_server  # noqa: F401
 from tests.signin import fresh_code
 from tests.tiers import tier
 

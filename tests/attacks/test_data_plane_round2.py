@@ -89,16 +89,16 @@ def test_many_shapes_do_not_grow_the_engines_memory(datasets_dir, tmp_path, monk
     assert len(engine._calibrating) <= 8
 
 
-@pytest.mark.parametrize("bucket_rows", [None, 7])
+@pytest.mark.parametrize("build", ["at-once", "buckets", "spark"])
 def test_a_patient_with_two_consent_rows_keeps_no_more_than_the_bound(dataset, tmp_path,
-                                                                       monkeypatch,
-                                                                       bucket_rows):
+                                                                       monkeypatch, build,
+                                                                       request):
     """Adversary: no one — a dataset directory whose consent table lists a patient twice
     (one consenting row and one withdrawn, say: an extract joined twice). The view keeps a
     patient's rows up to the contribution bound, then joins consent: each consent row would
     copy the patient's kept rows, and the noise, calibrated to the bound, would no longer
     cover them. Built at once or in buckets, a patient keeps at most the bound, and counts
-    as consenting only if every row of theirs consents."""
+    as consenting only if every row of theirs consents — by either engine."""
     import shutil
 
     from sandbox.queries import bounded
@@ -117,9 +117,17 @@ def test_a_patient_with_two_consent_rows_keeps_no_more_than_the_bound(dataset, t
     pl.concat([consent, twice, withdrawn]).write_parquet(consent_file)
     (tmp_path / "views").mkdir()
     (tmp_path / "views" / RANK_KEY).write_bytes(b"r" * 32)
-    if bucket_rows:
-        monkeypatch.setattr(bounded, "BUCKET_ROWS", records.height // bucket_rows)
-    built = prepare(copy, tmp_path / "views")
+    builder = None
+    if build == "buckets":
+        monkeypatch.setattr(bounded, "BUCKET_ROWS", records.height // 7)
+    elif build == "spark":
+        from sandbox.queries.spark import SparkExecutor
+        builder = SparkExecutor(request.getfixturevalue("spark_server").remote)
+    try:
+        built = prepare(copy, tmp_path / "views", builder)
+    finally:
+        if builder is not None:
+            builder.stop()
     view = pl.read_parquet(f"{built.view}/**/*.parquet", hive_partitioning=False)
     counts = view.group_by("pseudonym").len()
     assert counts["len"].max() <= built.contribution_bound
