@@ -114,11 +114,20 @@ def repeat(served: Path, copies: int) -> Path:
                                columns=["pseudonym"])["pseudonym"].unique().to_list()
     for table in ("records", "consent"):
         rows = pl.scan_parquet(source / "restricted" / f"{table}.parquet")
-        copies_of = [rows.with_columns(pl.col("pseudonym").replace_strict(
-            patients, [hashlib.sha256(f"{c}:{p}".encode()).hexdigest() for p in patients]))
-            for c in range(copies)]  # streamed: memory does not grow with the copies
-        pl.concat(copies_of).sink_parquet(target / "restricted" / f"{table}.parquet")
+        parts = []
+        for c in range(copies):  # each copy a file of its own, streamed: memory stays flat
+            parts.append(target / "restricted" / f".{table}-{c}.parquet")
+            rows.with_columns(pl.col("pseudonym").replace_strict(
+                patients, [hashlib.sha256(f"{c}:{p}".encode()).hexdigest() for p in patients]
+            )).sink_parquet(parts[-1])
+        pl.concat([pl.scan_parquet(p) for p in parts]).sink_parquet(
+            target / "restricted" / f"{table}.parquet")
+        for part in parts:
+            part.unlink()
         meta["files"][f"restricted/{table}.parquet"] = f"x{copies}"
+    distinct = pl.scan_parquet(target / "restricted" / "consent.parquet").select(
+        pl.col("pseudonym").n_unique()).collect().item()
+    assert distinct == copies * len(patients), "every copy under pseudonyms of its own"
     meta["sample_size"] = {k: v * copies for k, v in meta["sample_size"].items()}
     (target / "metadata.json").write_text(json.dumps(meta, ensure_ascii=False),
                                           encoding="utf-8")
