@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     delete,
     insert,
     select,
@@ -263,13 +264,21 @@ def _hash(entry: dict) -> str:
     return hashlib.sha256(_canonical(entry)).hexdigest()
 
 
+# append's statements, made once (every answer appends; building them each time was a
+# good part of an answer's own cost)
+_HEAD = select(audit_head).where(audit_head.c.id == 1).with_for_update()
+_ADD = insert(audit_log)
+_MOVE = update(audit_head).where(audit_head.c.id == 1).values(
+    seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+
+
 def append(conn: Connection, action: AuditAction, actor: str, subject: str,
            details: dict | None = None) -> int:
     """Add an entry within the caller's transaction; returns its sequence number."""
     details = dict(details or {})
     if ORIGIN.get() and "ip" not in details:
         details["ip"] = ORIGIN.get()
-    head = conn.execute(select(audit_head).where(audit_head.c.id == 1).with_for_update()).one()
+    head = conn.execute(_HEAD).one()
     entry = {
         "seq": head.seq + 1,
         "at": stamp(datetime.now(UTC)),
@@ -280,9 +289,8 @@ def append(conn: Connection, action: AuditAction, actor: str, subject: str,
         "prev_hash": head.hash,
     }
     digest = _hash(entry)
-    conn.execute(insert(audit_log).values(**entry, hash=digest))
-    conn.execute(update(audit_head).where(audit_head.c.id == 1)
-                 .values(seq=entry["seq"], hash=digest))
+    conn.execute(_ADD, {**entry, "hash": digest})
+    conn.execute(_MOVE, {"new_seq": entry["seq"], "new_hash": digest})
     conn.info[APPENDED] = True
     return entry["seq"]
 

@@ -66,7 +66,7 @@ def create_app(settings: GatewaySettings | None = None,
     export_limit = service.settings.max_export_bytes
     app = FastAPI(title="Sandbox privacy gateway", version="1",
                   description="Differentially private answers over restricted datasets; "
-                              "every answer is charged before it is computed and receipted.")
+                              "every answer is charged before its noise is drawn, and receipted.")
     app.state.service = service
 
     # Export requests carry files (the sandbox's own, or the portal's for a project).

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import opendp.prelude as dp
@@ -26,8 +27,9 @@ from opendp.measurements import make_private_lazyframe
 from opendp.mod import Measurement, OpenDPException, binary_search
 
 from sandbox.errors import InputError, PolicyRefusal
+from sandbox.gateway import execution
 from sandbox.gateway.calibration import scale_for
-from sandbox.gateway.execution import Compiled, check_served, compile_query, execute
+from sandbox.gateway.execution import Compiled, check_served, compile_query
 from sandbox.queries.checks import bin_labels, predicate
 from sandbox.queries.exact import Executor, PolarsExecutor
 from sandbox.queries.spec import QUANTILE_CANDIDATES, QuerySpec
@@ -40,6 +42,7 @@ SMALL_CELL = 5
 COUNT = "count"
 SUPPRESSED = "suppressed"
 COMPILED_SHAPES = 4096  # shapes whose accounting is kept
+READERS = 4  # exact aggregates read at once (each engine parallelises its own work)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class Engine:
         self._compiled: OrderedDict[tuple, Compiled] = OrderedDict()
         self._calibrating: dict[tuple, threading.Lock] = {}
         self._lock = threading.Lock()
+        self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="exact-aggregate")
 
     # -- compilation -----------------------------------------------------------------
     def _plan(self, spec: QuerySpec, dataset: Dataset, purpose: str) -> pl.LazyFrame:
@@ -195,12 +199,25 @@ class Engine:
         return compiled
 
     # -- running ---------------------------------------------------------------------
+    def begin(self, compiled: Compiled, dataset: Dataset, withdrawn: Withdrawn,
+              purpose: str) -> Future | None:
+        """Start reading the exact aggregate of ``compiled`` (from ``compile()``) over the
+        view less the patients ``withdrawn`` from ``purpose``, in the background — the
+        ledger charges meanwhile. Nothing is noised here and nothing of it leaves but
+        through ``run``; None for the kinds OpenDP reads itself."""
+        if compiled.plan is None:
+            return None
+        return self._readers.submit(execution.exact, compiled, dataset, self.executor,
+                                    withdrawn, purpose)
+
     def run(self, spec: QuerySpec, dataset: Dataset, compiled: Compiled,
-            withdrawn: Withdrawn, purpose: str) -> Release:
-        """Release the answer of ``compiled`` (from ``compile()``) over the view less the
-        patients ``withdrawn`` from ``purpose`` (the set as it stands now, after the
-        charge). Call only after the budget has been charged."""
-        frame = execute(compiled, dataset, self.executor, withdrawn, purpose)
+            withdrawn: Withdrawn, purpose: str, begun: Future | None = None) -> Release:
+        """Release the answer of ``compiled`` over the view less the patients ``withdrawn``
+        from ``purpose`` — read by ``begun`` (``begin()`` with the same arguments) or here.
+        Call only after the budget has been charged: the noise is drawn here."""
+        exact = begun.result() if begun is not None else execution.exact(
+            compiled, dataset, self.executor, withdrawn, purpose)
+        frame = execution.release(compiled, dataset, exact, withdrawn)
         bounds = self._bounds(spec, dataset) if spec.field else None
         frame = _post_process(spec, frame, bounds)
         return Release(_rows(frame), compiled.epsilon, compiled.delta, frame.columns,

@@ -3,7 +3,9 @@ Spark) with OpenDP's noise added here, or — for the kinds whose exact part onl
 compute (quantiles) — OpenDP's measurement itself on the Polars view.
 
 ``compile_query`` does everything that can refuse before the ledger charges (the plan, the
-noise measurements and their loss); ``execute`` only reads rows and draws noise.
+noise measurements and their loss); ``exact`` only reads rows — it may run while the charge
+is being made, since nothing of its result leaves unnoised —, and ``release`` draws the
+noise, once the charge is made.
 """
 
 from __future__ import annotations
@@ -73,13 +75,22 @@ def compile_query(spec: QuerySpec, dataset: Dataset, purpose: str, measurement: 
                     noise.build(plan, stats, dataset.contribution_bound, epsilon, delta))
 
 
-def execute(compiled: Compiled, dataset: Dataset, executor: Executor, withdrawn: Withdrawn,
-            purpose: str) -> pl.DataFrame:
-    """The released frame (before post-processing), less the patients ``withdrawn`` from
-    ``purpose`` — the withdrawal set as it stands when this runs. Call only after the
-    charge."""
+def exact(compiled: Compiled, dataset: Dataset, executor: Executor, withdrawn: Withdrawn,
+          purpose: str) -> pl.DataFrame | None:
+    """The exact aggregate of ``compiled``'s plan over the view less the patients
+    ``withdrawn`` from ``purpose``: nothing noised, and nothing of it ever leaves except
+    through ``release``; None for the kinds OpenDP computes itself (quantiles)."""
+    if compiled.plan is None:
+        return None
+    plan = replace(compiled.plan, excluded=withdrawn.excluded(purpose))
+    return executor.aggregate(plan, str(dataset.view))
+
+
+def release(compiled: Compiled, dataset: Dataset, exact_frame: pl.DataFrame | None,
+            withdrawn: Withdrawn) -> pl.DataFrame:
+    """The released frame (before post-processing): OpenDP's noise on ``exact_frame``, or
+    OpenDP's own measurement on the view less ``withdrawn``. Call only after the charge."""
     if compiled.plan is None:
         return compiled.measurement(dataset.scan(withdrawn)).collect()
-    plan = replace(compiled.plan, excluded=withdrawn.excluded(purpose))
-    exact = executor.aggregate(plan, str(dataset.view))
-    return noise.release(plan, compiled.noise, exact)
+    assert exact_frame is not None and compiled.noise is not None
+    return noise.release(compiled.plan, compiled.noise, exact_frame)

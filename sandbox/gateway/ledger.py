@@ -2,12 +2,13 @@
 2 and 3).
 
 A query's (ε, δ) is charged in one transaction — a conditional UPDATE that cannot take the
-grant past its total, plus the release row and its audit entry — *before* anything is
-computed. Only then does the question run; its value and signed receipt are recorded, and
-only a value recorded as released is returned. A crash or failure after the charge leaves
-it charged; re-sending the identical query then releases under that same charge, and once
-released, the identical query returns the stored value at no cost, so repeating a question
-cannot average the noise away.
+grant past its total, plus the release row and its audit entry — *before* any noise is
+drawn. Its rows may be read meanwhile (an exact aggregate, which never leaves the gateway
+unnoised); only once the charge is recorded is the noise drawn; the value and its signed
+receipt are recorded, and only a value recorded as released is returned. A crash or failure
+after the charge leaves it charged; re-sending the identical query then releases under that
+same charge, and once released, the identical query returns the stored value at no cost, so
+repeating a question cannot average the noise away.
 
 Composition is basic sequential composition: a grant's spent ε is the sum of its queries'
 ε, its spent δ the sum of their δ (docs/privacy-accounting.md).
@@ -22,7 +23,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, and_, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from sandbox import audit, units
@@ -67,6 +68,29 @@ def next_status(move: str, current: str) -> tuple[ReleaseStatus, AuditAction]:
         raise Conflict(f"a release that is {current} cannot {move}") from None
 
 
+# The statements every answer makes, built once (building them for each answer was a good
+# part of its own cost). _SPEND charges only within the grant's totals, while it is active
+# and unexpired.
+_SAME = select(releases).where(and_(releases.c.grant_id == bindparam("g"),
+                                    releases.c.query_hash == bindparam("q")))
+_SPEND = (update(grants)
+          .where(and_(grants.c.id == bindparam("g"),
+                      grants.c.status == bindparam("active"),
+                      grants.c.expires_at > bindparam("now"),
+                      grants.c.epsilon_spent_micro + bindparam("eps")
+                      <= grants.c.epsilon_total_micro,
+                      grants.c.delta_spent_atto + bindparam("delta")
+                      <= grants.c.delta_total_atto))
+          .values(epsilon_spent_micro=grants.c.epsilon_spent_micro + bindparam("eps"),
+                  delta_spent_atto=grants.c.delta_spent_atto + bindparam("delta")))
+_CLAIM = insert(releases)
+_RECORD = (update(releases)
+           .where(and_(releases.c.id == bindparam("r"),
+                       releases.c.status == bindparam("charged")))
+           .values(status=bindparam("to"), value=bindparam("v"),
+                   receipt=bindparam("signed"), released_at=bindparam("at")))
+
+
 class Spec(Protocol):
     """What the ledger needs of a question's spec (central or federated)."""
 
@@ -85,12 +109,15 @@ class Served(Protocol):
 
 class Question(Protocol):
     """One question of one grant: ``resolve`` checks and compiles it — refusing with a
-    reason before anything is spent — and names the dataset version it reads; ``run``
-    computes the release, called only once the charge (``claim``) is recorded."""
+    reason before anything is spent — and names the dataset version it reads; ``begin``
+    starts what may run while the charge is made (reading rows: nothing noised, nothing
+    that leaves); ``run`` computes the release, called only once the charge (``claim``)
+    is recorded."""
 
     spec: Spec
 
     def resolve(self) -> Served: ...
+    def begin(self) -> None: ...
     def run(self, claim: dict) -> Release: ...
 
 
@@ -102,10 +129,13 @@ class Ledger:
         self.signer = signer
 
     def answer(self, grant: Grant, question: Question) -> dict:
-        """Charge, compute, record, sign, return — in that order."""
+        """Charge, compute, record, sign, return — in that order (rows may be read while
+        the charge is made; noise is drawn only after it)."""
         spec = question.spec
         try:
             dataset = question.resolve()
+            if _worth_reading(grant, spec) and not self._released(grant, spec):
+                question.begin()
             claim = self._charge(grant, spec, dataset)
         except SandboxError as exc:
             self.refused(grant, spec, exc)
@@ -135,29 +165,27 @@ class Ledger:
                  "receipt": json.loads(r["receipt"]) if r["receipt"] else None}
                 for r in rows]
 
+    def _released(self, grant: Grant, spec: Spec) -> bool:
+        """Whether ``spec`` has been released to ``grant`` (its stored value is the answer:
+        nothing is read again)."""
+        with self.db.connect() as conn:
+            row = conn.execute(_SAME, {"g": grant.id, "q": spec.fingerprint()}).first()
+        return row is not None and row.status == ReleaseStatus.RELEASED
+
     # -- the moves ---------------------------------------------------------------------
     def _charge(self, grant: Grant, spec: Spec, dataset: Served) -> dict:
         fingerprint = spec.fingerprint()
         try:
             with self.db.begin() as conn:
-                existing = conn.execute(select(releases).where(and_(
-                    releases.c.grant_id == grant.id, releases.c.query_hash == fingerprint))
-                ).mappings().first()
+                existing = conn.execute(_SAME, {"g": grant.id, "q": fingerprint}
+                                        ).mappings().first()
                 if existing is not None:
                     return self._reclaim(conn, grant, dict(existing))
                 eps, delta = units.micro_epsilon(spec.epsilon), units.atto_delta(spec.delta)
-                charged = conn.execute(
-                    update(grants)
-                    .where(and_(
-                        grants.c.id == grant.id,
-                        grants.c.status == GrantState.ACTIVE,
-                        grants.c.expires_at > datetime.now(UTC).isoformat(),
-                        grants.c.epsilon_spent_micro + eps <= grants.c.epsilon_total_micro,
-                        grants.c.delta_spent_atto + delta <= grants.c.delta_total_atto,
-                    ))
-                    .values(epsilon_spent_micro=grants.c.epsilon_spent_micro + eps,
-                            delta_spent_atto=grants.c.delta_spent_atto + delta)
-                ).rowcount
+                charged = conn.execute(_SPEND, {
+                    "g": grant.id, "active": GrantState.ACTIVE.value,
+                    "now": datetime.now(UTC).isoformat(), "eps": eps, "delta": delta,
+                }).rowcount
                 if charged != 1:
                     _explain_refusal(conn, grant.id, spec)
                 claim = {
@@ -166,7 +194,7 @@ class Ledger:
                     "dataset_version": dataset.version, "epsilon_micro": eps,
                     "delta_atto": delta, "status": ReleaseStatus.CHARGED, "created_at": now(),
                 }
-                conn.execute(insert(releases).values(**claim))
+                conn.execute(_CLAIM, claim)
                 audit.append(conn, AuditAction.RELEASE_CHARGED, f"grant:{grant.id}",
                              f"release:{claim['id']}", {"epsilon": spec.epsilon,
                                                          "delta": spec.delta,
@@ -220,11 +248,11 @@ class Ledger:
         }
         receipt = self.signer.sign(payload, Domain.RECEIPT)
         with self.db.begin() as conn:
-            done = conn.execute(update(releases).where(and_(
-                releases.c.id == claim["id"], releases.c.status == ReleaseStatus.CHARGED))
-                .values(status=status, value=json.dumps(result.rows, ensure_ascii=False),
-                        receipt=json.dumps(receipt, ensure_ascii=False),
-                        released_at=payload["released_at"])).rowcount
+            done = conn.execute(_RECORD, {
+                "r": claim["id"], "charged": ReleaseStatus.CHARGED.value,
+                "to": status.value, "v": json.dumps(result.rows, ensure_ascii=False),
+                "signed": json.dumps(receipt, ensure_ascii=False),
+                "at": payload["released_at"]}).rowcount
             if done != 1:
                 # Another request reclaimed this charge meanwhile: this value never leaves.
                 raise Conflict("an identical query is being answered; send it again")
@@ -236,6 +264,15 @@ class Ledger:
                   "receipt": receipt}
         _raise_if_refused(answer)
         return answer
+
+
+def _worth_reading(grant: Grant, spec: Spec) -> bool:
+    """Whether to read ``spec``'s rows while it is charged: not for a grant that, as its
+    token was checked, could not pay for it (the charge decides; this only spares the
+    engine work that a refusal would throw away — ``run`` reads them if it must)."""
+    return (grant.status == GrantState.ACTIVE
+            and grant.epsilon_spent + spec.epsilon <= grant.epsilon_total * (1 + 1e-9)
+            and grant.delta_spent + spec.delta <= grant.delta_total * (1 + 1e-9))
 
 
 def _explain_refusal(conn: Connection, grant_id: str, spec: Spec) -> None:

@@ -1,10 +1,12 @@
 """The two kinds of question the ledger answers (``ledger.Question``): a central one, over
 a dataset the gateway serves itself, and a federated one, whose rows stay at their sites.
-Each resolves — checks and compiles, refusing before anything is spent — and then runs
-once the ledger has charged it."""
+Each resolves — checks and compiles, refusing before anything is spent —, begins what may
+run while the ledger charges (reading exact aggregates, never noise), and then runs once
+the charge is made."""
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import replace
 
 from sqlalchemy import Engine
@@ -23,7 +25,7 @@ from sandbox.gateway.grants import Grant, Grants
 from sandbox.queries.checks import check_spec
 from sandbox.queries.spec import QuerySpec
 from sandbox.queries.view import Dataset
-from sandbox.queries.withdrawals import WithdrawalLog
+from sandbox.queries.withdrawals import WithdrawalLog, Withdrawn
 
 
 def central_dataset(grant: Grant, spec: QuerySpec, datasets: dict[str, Dataset],
@@ -49,6 +51,8 @@ class CentralQuestion:
         self._datasets, self._federation, self._engine = datasets, federation, engine
         self._withdrawals = withdrawals
         self._compiled = None
+        self._withdrawn: Withdrawn | None = None
+        self._begun: Future | None = None
 
     def resolve(self) -> Dataset:
         self.dataset = central_dataset(self.grant, self.spec, self._datasets,
@@ -58,11 +62,18 @@ class CentralQuestion:
         self._compiled = self._engine.compile(self.spec, self.dataset, self.grant.purpose)
         return self.dataset
 
+    def begin(self) -> None:
+        # the withdrawal set as it stands now, as the question begins: a withdrawal
+        # recorded before this line is in the answer
+        self._withdrawn = self._withdrawals.current()
+        self._begun = self._engine.begin(self._compiled, self.dataset, self._withdrawn,
+                                         self.grant.purpose)
+
     def run(self, claim: dict) -> Release:
-        # the withdrawal set as it stands now, after the charge: a withdrawal recorded
-        # before this line is in the answer
-        return self._engine.run(self.spec, self.dataset, self._compiled,
-                                self._withdrawals.current(), self.grant.purpose)
+        if self._withdrawn is None:
+            self.begin()
+        return self._engine.run(self.spec, self.dataset, self._compiled, self._withdrawn,
+                                self.grant.purpose, self._begun)
 
 
 def federated_plan(grant: Grant, spec: FederatedSpec, federation: Federation) -> Plan:
@@ -112,6 +123,9 @@ class FederatedQuestion:
                                              self.spec.fingerprint())
         check_federation(self._db, self._federation, self.spec.dataset)
         return self._federation.datasets[self.spec.dataset]
+
+    def begin(self) -> None:
+        """Nothing to read ahead: the sites compute once the charge is made."""
 
     def run(self, claim: dict) -> Release:
         # The key service checks the grant as it stands after this query's charge; the

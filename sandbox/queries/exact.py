@@ -106,32 +106,44 @@ def aggregate_lazy(plan: ExactPlan, frame: pl.LazyFrame) -> pl.LazyFrame:
 
 
 class PolarsExecutor:
-    """The reference executor: Polars in this process, over each view read once into
-    memory (text as Categorical; the rank key left on disk) — a view never changes once
-    built, so the frame is kept for the life of the process. ``in_memory=False`` scans
-    the Parquet files on every query instead."""
+    """The reference executor: Polars in this process, over each view's columns read into
+    memory as queries first ask for them (text as Categorical; the rank key never) — a
+    view never changes once built, so a column read is kept for the life of the process,
+    and a view is held only as wide as the questions asked of it. ``in_memory=False``
+    scans the Parquet files on every query instead."""
 
     name = "polars"
 
     def __init__(self, in_memory: bool = True) -> None:
         self.in_memory = in_memory
-        self._frames: dict[str, pl.DataFrame] = {}
+        self._columns: dict[str, dict[str, pl.Series]] = {}
         self._lock = threading.Lock()
 
-    def frame(self, view: str) -> pl.LazyFrame:
+    def frame(self, view: str, columns: list[str]) -> pl.LazyFrame:
+        """``columns`` of ``view``'s rows."""
         if not self.in_memory:
-            return scan(view)
+            return scan(view).select(columns)
         with self._lock:
-            if view not in self._frames:
-                rows = scan(view)
-                text = [n for n, t in rows.collect_schema().items()
-                        if t == pl.String and n != bounded.RANK]
-                self._frames[view] = rows.drop(bounded.RANK).with_columns(
-                    pl.col(text).cast(pl.Categorical)).collect()
-            return self._frames[view].lazy()
+            held = self._columns.setdefault(view, {})
+            missing = [c for c in columns if c not in held]
+            if missing:
+                # the files are read in one (sorted) order every time, so columns read
+                # apart line up row for row; the count is checked all the same
+                rows = scan(view).select(missing)
+                text = [n for n, t in rows.collect_schema().items() if t == pl.String]
+                read = rows.with_columns(pl.col(text).cast(pl.Categorical)).collect()
+                if held and read.height != len(next(iter(held.values()))):
+                    raise RuntimeError(f"the view {view} changed while it was served")
+                held.update({c: read[c] for c in missing})
+            return pl.DataFrame([held[c] for c in columns]).lazy()
+
+    def held(self, view: str) -> list[str]:
+        """The columns of ``view`` held in memory."""
+        with self._lock:
+            return sorted(self._columns.get(view, {}))
 
     def aggregate(self, plan: ExactPlan, view: str) -> pl.DataFrame:
-        return complete(plan, aggregate_lazy(plan, self.frame(view)).collect())
+        return complete(plan, aggregate_lazy(plan, self.frame(view, plan.columns())).collect())
 
     def build(self, directory: Path, metadata: dict, secret: bytes, target: Path) -> int:
         return bounded.build_polars(directory, metadata, secret, target)

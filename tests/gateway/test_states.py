@@ -69,10 +69,13 @@ class Flaky:
     """A question whose computation fails until told otherwise (as an engine might)."""
 
     def __init__(self, spec: QuerySpec) -> None:
-        self.spec, self.fail, self.runs = spec, True, 0
+        self.spec, self.fail, self.runs, self.begun = spec, True, 0, 0
 
     def resolve(self):
         return type("Served", (), {"id": "d", "version": "v1"})()
+
+    def begin(self) -> None:
+        self.begun += 1
 
     def run(self, claim: dict) -> Release:
         self.runs += 1
@@ -103,4 +106,5 @@ def test_a_failed_release_keeps_its_charge_and_is_released_under_it(tmp_path):
     assert statuses() == ["released"] and grants.get(grant.id).epsilon_spent == 0.5
     again = ledger.answer(grant, question)
     assert again["repeated"] and again["result"] == first["result"] and question.runs == 2
+    assert question.begun == 2  # a released question is not read again
     assert json.loads(json.dumps(first["receipt"]))["payload"]["epsilon"] == 0.5
