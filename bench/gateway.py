@@ -158,11 +158,15 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 1 else values[0]
 
 
-def run(served: Path, state: Path, engine: str, spark: SparkConnect | None, runs: int,
-        shapes: int) -> None:
+def run(served: Path, state: Path, views: Path, engine: str, spark: SparkConnect | None,
+        runs: int, shapes: int) -> None:
+    """One engine over ``served``; its bounded view is built in ``views`` (kept between runs
+    in a --workdir: a view is named by its dataset version and never changes)."""
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True)
-    options = ["--max-epsilon", "100", "--engine", engine]
+    built = not any(p.is_dir() and (p / "view.json").is_file()
+                    for p in (views.iterdir() if views.is_dir() else []))
+    options = ["--max-epsilon", "100", "--engine", engine, "--views-dir", str(views)]
     if spark is not None:
         options += ["--spark-remote", spark.remote]
     started = time.perf_counter()
@@ -172,11 +176,12 @@ def run(served: Path, state: Path, engine: str, spark: SparkConnect | None, runs
     build = time.perf_counter() - started
     try:
         grant = process.grant(epsilon=100.0)
-        view = next(p for p in (state / "gw" / "views").iterdir() if p.is_dir())
+        view = next(p for p in views.iterdir() if p.is_dir() and (p / "view.json").is_file())
         # the floor's frame: the columns its aggregates read (all rows, in memory)
         frame = pl.read_parquet(f"{view}/**/*.parquet", hive_partitioning=False,
                                 columns=list(FLOOR_COLUMNS))
-        print(f"{frame.height:>12,} {engine:<6} view built and served in {build:.1f} s",
+        how = "built" if built else "kept from an earlier run"
+        print(f"{frame.height:>12,} {engine:<6} view {how} and served in {build:.1f} s",
               flush=True)
         with Gateway(process.url, grant["token"]) as gw:
             for kind in KINDS:
@@ -233,7 +238,8 @@ def main() -> None:
         for patients in (int(p) for p in args.patients.split(",")):
             served = repeat(dataset(work, patients), args.repeat)
             for engine in engines:
-                run(served, work / f"state-{patients}-{engine}", engine,
+                run(served, work / f"state-{served.name}-{engine}",
+                    work / f"views-{served.name}-{engine}", engine,
                     spark if engine == "spark" else None, args.runs, args.shapes)
     finally:
         if spark is not None:

@@ -10,6 +10,8 @@ ones, or the private groups present, sorted.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -18,6 +20,9 @@ import polars as pl
 from sandbox.queries import bounded
 from sandbox.queries.checks import predicate
 from sandbox.queries.plan import BIN, COUNT, PATIENT, SUM, ExactPlan
+
+KEPT = "_kept"  # the Polars engine's mask of rows not withdrawn, for one withdrawal set
+KEPT_SETS = 4  # masks kept per view (one per purpose's current set is what is used)
 
 
 class Executor(Protocol):
@@ -117,6 +122,7 @@ class PolarsExecutor:
     def __init__(self, in_memory: bool = True) -> None:
         self.in_memory = in_memory
         self._columns: dict[str, dict[str, pl.Series]] = {}
+        self._kept: dict[str, OrderedDict[frozenset[str], pl.Series]] = {}
         self._lock = threading.Lock()
 
     def frame(self, view: str, columns: list[str]) -> pl.LazyFrame:
@@ -142,8 +148,32 @@ class PolarsExecutor:
         with self._lock:
             return sorted(self._columns.get(view, {}))
 
+    def kept(self, view: str, excluded: frozenset[str]) -> pl.Series:
+        """Which of ``view``'s rows are not of the ``excluded`` patients: worked out once
+        per withdrawal set (the first question after a withdrawal pays for it), then a
+        mask every question of that set filters by, as cheap as the consent column."""
+        with self._lock:
+            known = self._kept.setdefault(view, OrderedDict())
+            if excluded in known:
+                known.move_to_end(excluded)
+                return known[excluded]
+        patients = self.frame(view, [PATIENT]).collect()[PATIENT]
+        mask = (~patients.is_in(sorted(excluded))).alias(KEPT)
+        with self._lock:
+            known[excluded] = mask
+            known.move_to_end(excluded)
+            while len(known) > KEPT_SETS:
+                known.popitem(last=False)
+        return mask
+
     def aggregate(self, plan: ExactPlan, view: str) -> pl.DataFrame:
-        return complete(plan, aggregate_lazy(plan, self.frame(view, plan.columns())).collect())
+        if not (plan.excluded and self.in_memory):
+            frame = self.frame(view, plan.columns())
+            return complete(plan, aggregate_lazy(plan, frame).collect())
+        mask = self.kept(view, plan.excluded)
+        kept = replace(plan, excluded=frozenset())  # the mask excludes them
+        frame = self.frame(view, kept.columns()).with_columns(mask).filter(pl.col(KEPT))
+        return complete(plan, aggregate_lazy(kept, frame).collect())
 
     def build(self, directory: Path, metadata: dict, secret: bytes, target: Path) -> int:
         return bounded.build_polars(directory, metadata, secret, target)

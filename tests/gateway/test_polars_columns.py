@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from sandbox.queries.exact import PolarsExecutor, scan
+from sandbox.queries.exact import KEPT_SETS, PolarsExecutor, scan
 
 
 def _view(tmp_path) -> str:
@@ -35,3 +35,18 @@ def test_columns_are_read_when_first_asked_for_and_line_up(tmp_path):
     assert later.with_columns(pl.col("ward", "pseudonym").cast(pl.String)).equals(files)
     assert first["age"].equals(later["age"])
     assert later.schema["ward"] == pl.Categorical  # text held as categories
+
+
+def test_a_withdrawal_sets_mask_is_worked_out_once_and_kept_for_a_few_sets(tmp_path):
+    view = _view(tmp_path)
+    executor = PolarsExecutor()
+    gone = frozenset({"p0-3", "p1-10", "p2-2999", "nobody"})
+    mask = executor.kept(view, gone)
+    files = scan(view).select("pseudonym").collect()["pseudonym"]
+    assert mask.to_list() == [p not in gone for p in files.to_list()]
+    assert mask.sum() == files.len() - 3
+    assert executor.kept(view, frozenset(gone)) is mask  # the same set: the same mask
+    for n in range(KEPT_SETS):  # later sets push the oldest out
+        executor.kept(view, gone | {f"p0-{100 + n}"})
+    assert executor.kept(view, gone) is not mask
+    assert executor.kept(view, gone).equals(mask)

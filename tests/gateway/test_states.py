@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from sandbox.db import make_engine
-from sandbox.errors import Conflict, PolicyRefusal
+from sandbox.errors import BudgetExhausted, Conflict, PolicyRefusal
 from sandbox.gateway import grants as grant_states
 from sandbox.gateway import ledger as release_states
 from sandbox.gateway.engine import Release
@@ -108,3 +108,23 @@ def test_a_failed_release_keeps_its_charge_and_is_released_under_it(tmp_path):
     assert again["repeated"] and again["result"] == first["result"] and question.runs == 2
     assert question.begun == 2  # a released question is not read again
     assert json.loads(json.dumps(first["receipt"]))["payload"]["epsilon"] == 0.5
+
+
+def test_a_question_the_grant_cannot_pay_for_reads_no_rows(tmp_path):
+    """Rows are read while the charge is made, but not for a grant that cannot pay: a
+    spent budget cannot be used to keep the engine busy; and no noise is drawn."""
+    db = make_engine(f"sqlite:///{tmp_path / 'gw.db'}")
+    create_tables(db)
+    grants = Grants(db)
+    grant, _ = grants.create("test", GrantRequest(
+        project="p", datasets=["d"], fields=["age"], purpose="medical_research", epsilon=1.0,
+        expires_at=datetime.now(UTC) + timedelta(days=1)), None)
+    ledger = Ledger(db, Signer(tmp_path / "key.pem"))
+    question = Flaky(QuerySpec(dataset="d", kind="count", epsilon=0.8))
+    question.fail = False
+    ledger.answer(grant, question)
+    assert (question.begun, question.runs) == (1, 1)
+    dearer = Flaky(QuerySpec(dataset="d", kind="count", epsilon=0.5))
+    with pytest.raises(BudgetExhausted):
+        ledger.answer(grants.get(grant.id), dearer)
+    assert (dearer.begun, dearer.runs) == (0, 0)
