@@ -154,6 +154,15 @@ def plain(frame: pl.DataFrame, kind: str, i: int) -> None:
         rows.group_by("visit_type").agg(pl.len()).collect()
 
 
+def resident(process: GatewayProcess) -> str:
+    """The gateway process's resident memory now and at its peak (Linux)."""
+    assert process.proc is not None
+    status = Path(f"/proc/{process.proc.pid}/status").read_text().splitlines()
+    kib = {line.split(":")[0]: int(line.split()[1]) for line in status
+           if line.startswith(("VmRSS", "VmHWM"))}
+    return f"{kib['VmRSS'] / 1024:,.0f} MiB (peak {kib['VmHWM'] / 1024:,.0f} MiB)"
+
+
 def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 1 else values[0]
 
@@ -212,6 +221,14 @@ def run(served: Path, state: Path, views: Path, engine: str, spark: SparkConnect
             print(f"{frame.height:>12,} {engine:<6} withdrawal: POST p50 {pct(posts, 50):.1f} "
                   f"ms (effective for every question that starts after it), POST + next "
                   f"answer p50 {pct(effective, 50):.1f} ms", flush=True)
+            later = []
+            for i in range(runs):  # questions under the same withdrawal set
+                start = time.perf_counter()
+                ask(gw, "count", 8_000 + i)
+                later.append((time.perf_counter() - start) * 1000)
+            print(f"{frame.height:>12,} {engine:<6} count after those {len(posts)} "
+                  f"withdrawals, no new one: p50 {pct(later, 50):.1f} ms; the gateway "
+                  f"process holds {resident(process)}", flush=True)
         del frame
     finally:
         process.stop()
