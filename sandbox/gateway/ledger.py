@@ -112,13 +112,15 @@ class Question(Protocol):
     reason before anything is spent — and names the dataset version it reads; ``begin``
     starts what may run while the charge is made (reading rows: nothing noised, nothing
     that leaves); ``run`` computes the release, called only once the charge (``claim``)
-    is recorded."""
+    is recorded; ``abandon`` drops what ``begin`` started when it will not run (the charge
+    refused, or the stored release is the answer): a read not yet started never starts."""
 
     spec: Spec
 
     def resolve(self) -> Served: ...
     def begin(self) -> None: ...
     def run(self, claim: dict) -> Release: ...
+    def abandon(self) -> None: ...
 
 
 class Ledger:
@@ -138,9 +140,14 @@ class Ledger:
                 question.begin()
             claim = self._charge(grant, spec, dataset)
         except SandboxError as exc:
+            question.abandon()  # a grant that cannot pay keeps no reader busy
             self.refused(grant, spec, exc)
             raise
+        except BaseException:
+            question.abandon()
+            raise
         if claim["status"] == ReleaseStatus.RELEASED:
+            question.abandon()
             return _stored(claim)
         try:
             result = question.run(claim)

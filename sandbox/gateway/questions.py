@@ -69,6 +69,10 @@ class CentralQuestion:
         self._begun = self._engine.begin(self._compiled, self.dataset, self._withdrawn,
                                          self.grant.purpose)
 
+    def abandon(self) -> None:
+        if self._begun is not None:
+            self._begun.cancel()  # still queued: it never reads; already reading: it ends
+
     def run(self, claim: dict) -> Release:
         if self._withdrawn is None:
             self.begin()
@@ -126,6 +130,9 @@ class FederatedQuestion:
 
     def begin(self) -> None:
         """Nothing to read ahead: the sites compute once the charge is made."""
+
+    def abandon(self) -> None:
+        """Nothing was begun."""
 
     def run(self, claim: dict) -> Release:
         # The key service checks the grant as it stands after this query's charge; the

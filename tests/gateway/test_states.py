@@ -77,6 +77,9 @@ class Flaky:
     def begin(self) -> None:
         self.begun += 1
 
+    def abandon(self) -> None:
+        pass
+
     def run(self, claim: dict) -> Release:
         self.runs += 1
         if self.fail:
