@@ -198,11 +198,14 @@ def run(served: Path, state: Path, views: Path, engine: str, spark: SparkConnect
                 ask(gw, kind, 10_000)  # the first query of this shape
                 first = (time.perf_counter() - start) * 1000
                 plain(frame, kind, 0)
+                # each series on its own: interleaved, each side would be timed while the
+                # other's worker threads were still winding down on the same two cores
                 http, base = [], []
                 for i in range(runs):
                     start = time.perf_counter()
                     ask(gw, kind, i)
                     http.append((time.perf_counter() - start) * 1000)
+                for i in range(runs):
                     start = time.perf_counter()
                     plain(frame, kind, i)
                     base.append((time.perf_counter() - start) * 1000)

@@ -133,11 +133,7 @@ class PolarsExecutor:
             held = self._columns.setdefault(view, {})
             missing = [c for c in columns if c not in held]
             if missing:
-                # the files are read in one (sorted) order every time, so columns read
-                # apart line up row for row; the count is checked all the same
-                rows = scan(view).select(missing)
-                text = [n for n, t in rows.collect_schema().items() if t == pl.String]
-                read = rows.with_columns(pl.col(text).cast(pl.Categorical)).collect()
+                read = _read(view, missing)
                 if held and read.height != len(next(iter(held.values()))):
                     raise RuntimeError(f"the view {view} changed while it was served")
                 held.update({c: read[c] for c in missing})
@@ -177,6 +173,18 @@ class PolarsExecutor:
 
     def build(self, directory: Path, metadata: dict, secret: bytes, target: Path) -> int:
         return bounded.build_polars(directory, metadata, secret, target)
+
+
+def _read(view: str, columns: list[str]) -> pl.DataFrame:
+    """``columns`` of ``view``, a file at a time in one (sorted) order — so that columns read
+    apart line up row for row — with text cast to categories as each file is read: a
+    column of text (64-character pseudonyms, say) is never held whole as text."""
+    parts = []
+    for path in sorted(Path(view).rglob("*.parquet")):
+        part = pl.read_parquet(path, columns=columns, hive_partitioning=False)
+        text = [n for n, t in part.schema.items() if t == pl.String]
+        parts.append(part.with_columns(pl.col(text).cast(pl.Categorical)))
+    return pl.concat(parts, how="vertical") if parts else scan(view).select(columns).collect()
 
 
 def scan(view: str) -> pl.LazyFrame:
