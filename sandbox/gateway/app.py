@@ -163,7 +163,9 @@ def create_app(settings: GatewaySettings | None = None,
     def budget(grant: Project) -> dict:
         return service.budget(grant)
 
-    @app.post("/v1/query")
+    @app.post("/v1/query", responses={200: {"content": {"application/json": {"schema": {
+        "type": "object", "additionalProperties": True,
+        "title": "Response Query V1 Query Post"}}}}})
     def query(spec: QuerySpec, grant: Project) -> JSONResponse:
         # (the answer is plain JSON already: sent as it is, without another worker thread)
         return JSONResponse(service.query(grant, spec))
