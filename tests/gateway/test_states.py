@@ -87,7 +87,8 @@ class Flaky:
         return Release([{"count": 42.0}], 0.5, 0.0, ["count"])
 
 
-def test_a_failed_release_keeps_its_charge_and_is_released_under_it(tmp_path):
+def _ledger_with_grant(tmp_path):
+    """A ledger over a fresh database, and a grant of ε = 1 on it."""
     db = make_engine(f"sqlite:///{tmp_path / 'gw.db'}")
     create_tables(db)
     grants = Grants(db)
@@ -95,6 +96,11 @@ def test_a_failed_release_keeps_its_charge_and_is_released_under_it(tmp_path):
         project="p", datasets=["d"], fields=["age"], purpose="medical_research", epsilon=1.0,
         expires_at=datetime.now(UTC) + timedelta(days=1)), None)
     ledger = Ledger(db, Signer(tmp_path / "key.pem"))
+    return db, grants, grant, ledger
+
+
+def test_a_failed_release_keeps_its_charge_and_is_released_under_it(tmp_path):
+    db, grants, grant, ledger = _ledger_with_grant(tmp_path)
     question = Flaky(QuerySpec(dataset="d", kind="count", epsilon=0.5))
 
     def statuses() -> list[str]:
@@ -116,13 +122,7 @@ def test_a_failed_release_keeps_its_charge_and_is_released_under_it(tmp_path):
 def test_a_question_the_grant_cannot_pay_for_reads_no_rows(tmp_path):
     """Rows are read while the charge is made, but not for a grant that cannot pay: a
     spent budget cannot be used to keep the engine busy; and no noise is drawn."""
-    db = make_engine(f"sqlite:///{tmp_path / 'gw.db'}")
-    create_tables(db)
-    grants = Grants(db)
-    grant, _ = grants.create("test", GrantRequest(
-        project="p", datasets=["d"], fields=["age"], purpose="medical_research", epsilon=1.0,
-        expires_at=datetime.now(UTC) + timedelta(days=1)), None)
-    ledger = Ledger(db, Signer(tmp_path / "key.pem"))
+    _db, grants, grant, ledger = _ledger_with_grant(tmp_path)
     question = Flaky(QuerySpec(dataset="d", kind="count", epsilon=0.8))
     question.fail = False
     ledger.answer(grant, question)
