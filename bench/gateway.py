@@ -17,7 +17,7 @@ withdrawal's latency: the POST (once it returns, every question that starts excl
 patient) and the POST with the next answer.
 
     .venv/bin/python bench/gateway.py [--patients 100000,1000000] [--repeat 1]
-        [--engines polars,spark] [--runs 40] [--shapes 20] [--workdir DIR]
+        [--engines polars,spark] [--runs 40] [--rounds 3] [--shapes 20] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -63,15 +63,16 @@ def dataset(work: Path, patients: int) -> Path:
     return out.parent
 
 
-def filters(i: int) -> list[dict]:
-    """Filter values of the ``i``-th question: distinct for every ``i`` (a repeated
-    question would be answered from its stored release)."""
+def filters(i: int, r: int = 0) -> list[dict]:
+    """Filter values of the ``i``-th question of round ``r``: distinct for every (i, r) (a
+    repeated question would be answered from its stored release); a later round's differ
+    by a 1/1024 of a yuan, so each round reads as many rows."""
     return [{"field": "length_of_stay", "op": "ge", "value": i % 30},
-            {"field": "total_cost", "op": "ge", "value": i // 30}]
+            {"field": "total_cost", "op": "ge", "value": i // 30 + r / 1024}]
 
 
-def ask(gw: Gateway, kind: str, i: int, epsilon: float = 0.01) -> None:
-    where = filters(i)
+def ask(gw: Gateway, kind: str, i: int, epsilon: float = 0.01, r: int = 0) -> None:
+    where = filters(i, r)
     if kind == "count":
         gw.count("emr-visits", where=where, epsilon=epsilon)
     elif kind == "mean":
@@ -141,11 +142,12 @@ def repeat(served: Path, copies: int) -> Path:
     return out
 
 
-def plain(frame: pl.DataFrame, kind: str, i: int) -> None:
+def plain(frame: pl.DataFrame, kind: str, i: int, r: int = 0) -> None:
     """The floor: the same aggregate over the bounded view already in memory."""
+    stay, cost = (f["value"] for f in filters(i, r))
     rows = frame.lazy().filter(pl.col("_consent_medical_research")
-                               & (pl.col("length_of_stay") >= i % 30)
-                               & (pl.col("total_cost") >= i // 30))
+                               & (pl.col("length_of_stay") >= stay)
+                               & (pl.col("total_cost") >= cost))
     if kind == "count":
         rows.select(pl.len()).collect()
     elif kind == "mean":
@@ -168,7 +170,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def run(served: Path, state: Path, views: Path, engine: str, spark: SparkConnect | None,
-        runs: int, shapes: int) -> None:
+        runs: int, shapes: int, rounds: int) -> None:
     """One engine over ``served``; its bounded view is built in ``views`` (kept between runs
     in a --workdir: a view is named by its dataset version and never changes)."""
     shutil.rmtree(state, ignore_errors=True)
@@ -198,17 +200,20 @@ def run(served: Path, state: Path, views: Path, engine: str, spark: SparkConnect
                 ask(gw, kind, 10_000)  # the first query of this shape
                 first = (time.perf_counter() - start) * 1000
                 plain(frame, kind, 0)
-                # each series on its own: interleaved, each side would be timed while the
-                # other's worker threads were still winding down on the same two cores
+                # each series on its own (interleaved query by query, each side would be
+                # timed while the other's worker threads were still winding down on the same
+                # two cores), the two series taken in turn ``rounds`` times, so that a slow
+                # spell of the machine falls on both
                 http, base = [], []
-                for i in range(runs):
-                    start = time.perf_counter()
-                    ask(gw, kind, i)
-                    http.append((time.perf_counter() - start) * 1000)
-                for i in range(runs):
-                    start = time.perf_counter()
-                    plain(frame, kind, i)
-                    base.append((time.perf_counter() - start) * 1000)
+                for r in range(rounds):
+                    for i in range(runs):
+                        start = time.perf_counter()
+                        ask(gw, kind, i, r=r)
+                        http.append((time.perf_counter() - start) * 1000)
+                    for i in range(runs):
+                        start = time.perf_counter()
+                        plain(frame, kind, i, r)
+                        base.append((time.perf_counter() - start) * 1000)
                 p50, p95, b50 = pct(http, 50), pct(http, 95), pct(base, 50)
                 print(f"{frame.height:>12,} {engine:<6} {kind:<14} {first:>9.0f} {p50:>8.1f} "
                       f"{p95:>8.1f} {b50:>9.1f} {p50 / b50:>6.1f}x", flush=True)
@@ -244,6 +249,8 @@ def main() -> None:
                         help="serve this many copies of the generator's output")
     parser.add_argument("--engines", default="polars")
     parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="series of --runs queries timed, gateway and floor in turn")
     parser.add_argument("--shapes", type=int, default=20,
                         help="new shapes timed for the first-query latency")
     parser.add_argument("--workdir", type=Path)
@@ -260,7 +267,8 @@ def main() -> None:
             for engine in engines:
                 run(served, work / f"state-{served.name}-{engine}",
                     work / f"views-{served.name}-{engine}", engine,
-                    spark if engine == "spark" else None, args.runs, args.shapes)
+                    spark if engine == "spark" else None, args.runs, args.shapes,
+                    args.rounds)
     finally:
         if spark is not None:
             spark.stop()

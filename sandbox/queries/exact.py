@@ -62,23 +62,29 @@ def complete(plan: ExactPlan, raw: pl.DataFrame) -> pl.DataFrame:
 
 
 # -- Polars --------------------------------------------------------------------------------
-def value_expr(plan: ExactPlan) -> pl.Expr:
-    """The clamped value: NaN and null become the low bound, as OpenDP's plan fills."""
+def value_expr(plan: ExactPlan, clean: frozenset[str] = frozenset()) -> pl.Expr:
+    """The clamped value: NaN and null become the low bound, as OpenDP's plan fills. (A
+    column in ``clean`` is known to hold neither: filling it would be a pass for nothing.)"""
     v = plan.value
     assert v is not None
     col = pl.col(v.column).cast(pl.Float64)
-    return col.fill_nan(v.low).fill_null(v.low).clip(v.low, v.high)
+    if v.column not in clean:
+        col = col.fill_nan(v.low).fill_null(v.low)
+    return col.clip(v.low, v.high)
 
 
-def fixed_expr(plan: ExactPlan) -> pl.Expr:
-    """The clamped value in fixed point: times 2^bits (exact in binary), floored."""
-    return (value_expr(plan) * (2.0 ** plan.bits)).floor().cast(pl.Int64)
+def fixed_expr(plan: ExactPlan, clean: frozenset[str] = frozenset()) -> pl.Expr:
+    """The clamped value in fixed point: times 2^bits (exact in binary), floored. (Over
+    bounds that are not negative, the cast's truncation is that floor: one pass fewer.)"""
+    assert plan.value is not None
+    scaled = value_expr(plan, clean) * (2.0 ** plan.bits)
+    return (scaled if plan.value.low >= 0 else scaled.floor()).cast(pl.Int64)
 
 
-def bin_expr(plan: ExactPlan) -> pl.Expr:
+def bin_expr(plan: ExactPlan, clean: frozenset[str] = frozenset()) -> pl.Expr:
     """The bin's label: the number of inner edges at or below the clamped value."""
     assert plan.edges is not None
-    value = value_expr(plan)
+    value = value_expr(plan, clean)
     inner = plan.edges[1:-1]
     index = pl.sum_horizontal([(value >= e).cast(pl.Int32) for e in inner]) if inner \
         else pl.lit(0, dtype=pl.Int32)
@@ -98,13 +104,15 @@ def rows_read(plan: ExactPlan, frame: pl.LazyFrame) -> pl.LazyFrame:
     return rows
 
 
-def aggregate_lazy(plan: ExactPlan, frame: pl.LazyFrame) -> pl.LazyFrame:
+def aggregate_lazy(plan: ExactPlan, frame: pl.LazyFrame,
+                   clean: frozenset[str] = frozenset()) -> pl.LazyFrame:
+    """``plan``'s aggregates over ``frame``; ``clean``: columns with no null and no NaN."""
     rows = rows_read(plan, frame)
     aggs = [pl.len().cast(pl.Int64).alias(COUNT)]
     if plan.sums:
-        aggs.append(fixed_expr(plan).sum().alias(SUM))
+        aggs.append(fixed_expr(plan, clean).sum().alias(SUM))
     if plan.edges is not None:
-        rows = rows.with_columns(bin_expr(plan).alias(BIN))
+        rows = rows.with_columns(bin_expr(plan, clean).alias(BIN))
     if plan.grouped:
         return rows.group_by(list(plan.group_columns)).agg(aggs)
     return rows.select(aggs)
@@ -122,6 +130,7 @@ class PolarsExecutor:
     def __init__(self, in_memory: bool = True) -> None:
         self.in_memory = in_memory
         self._columns: dict[str, dict[str, pl.Series]] = {}
+        self._clean: dict[str, set[str]] = {}  # held columns with no null and no NaN
         self._kept: dict[str, OrderedDict[frozenset[str], pl.Series]] = {}
         self._lock = threading.Lock()
 
@@ -137,6 +146,8 @@ class PolarsExecutor:
                 if held and read.height != len(next(iter(held.values()))):
                     raise RuntimeError(f"the view {view} changed while it was served")
                 held.update({c: read[c] for c in missing})
+                self._clean.setdefault(view, set()).update(
+                    c for c in missing if _clean(read[c]))
             return pl.DataFrame([held[c] for c in columns]).lazy()
 
     def held(self, view: str) -> list[str]:
@@ -165,11 +176,15 @@ class PolarsExecutor:
     def aggregate(self, plan: ExactPlan, view: str) -> pl.DataFrame:
         if not (plan.excluded and self.in_memory):
             frame = self.frame(view, plan.columns())
-            return complete(plan, aggregate_lazy(plan, frame).collect())
+            return complete(plan, aggregate_lazy(plan, frame, self._known_clean(view)).collect())
         mask = self.kept(view, plan.excluded)
         kept = replace(plan, excluded=frozenset())  # the mask excludes them
         frame = self.frame(view, kept.columns()).with_columns(mask).filter(pl.col(KEPT))
-        return complete(plan, aggregate_lazy(kept, frame).collect())
+        return complete(plan, aggregate_lazy(kept, frame, self._known_clean(view)).collect())
+
+    def _known_clean(self, view: str) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._clean.get(view, ()))
 
     def build(self, directory: Path, metadata: dict, secret: bytes, target: Path) -> int:
         return bounded.build_polars(directory, metadata, secret, target)
@@ -178,13 +193,27 @@ class PolarsExecutor:
 def _read(view: str, columns: list[str]) -> pl.DataFrame:
     """``columns`` of ``view``, a file at a time in one (sorted) order — so that columns read
     apart line up row for row — with text cast to categories as each file is read: a
-    column of text (64-character pseudonyms, say) is never held whole as text."""
+    column of text (64-character pseudonyms, say) is never held whole as text. Integers
+    are held in the narrowest type their values fit (a length of stay in 16 bits, not 64):
+    lossless, and every query reads the column in a quarter of the memory traffic.
+    (Floats keep their type: a narrower float would round.)"""
     parts = []
     for path in sorted(Path(view).rglob("*.parquet")):
         part = pl.read_parquet(path, columns=columns, hive_partitioning=False)
         text = [n for n, t in part.schema.items() if t == pl.String]
         parts.append(part.with_columns(pl.col(text).cast(pl.Categorical)))
-    return pl.concat(parts, how="vertical") if parts else scan(view).select(columns).collect()
+    if not parts:
+        return scan(view).select(columns).collect()
+    read = pl.concat(parts, how="vertical")
+    return read.with_columns(read[n].shrink_dtype() for n, t in read.schema.items()
+                             if t.is_integer())
+
+
+def _clean(column: pl.Series) -> bool:
+    """Whether ``column`` holds no null and no NaN."""
+    if column.null_count():
+        return False
+    return not (column.dtype.is_float() and column.is_nan().any())
 
 
 def scan(view: str) -> pl.LazyFrame:
