@@ -9,8 +9,10 @@ import re
 from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from sandbox import anchors, audit, httpapi
 from sandbox.errors import InputError
@@ -57,6 +59,31 @@ def _project(request: Request, token: Annotated[str | None, Depends(_bearer)]) -
 
 Admin = Annotated[str, Depends(_admin)]
 Project = Annotated[Grant, Depends(_project)]
+
+
+def _query(request: Request, token: str | None, body: bytes) -> dict:
+    grant = _project(request, token)
+    try:
+        spec = QuerySpec.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+    return request.app.state.service.query(grant, spec)
+
+
+# /v1/query's contract as FastAPI would document it from parameters (see the route)
+_QUERY_REQUEST = {
+    "parameters": [{"name": "authorization", "in": "header", "required": False, "schema": {
+        "anyOf": [{"type": "string"}, {"type": "null"}], "title": "Authorization"}}],
+    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "$ref": "#/components/schemas/QuerySpec"}}}},
+}
+_QUERY_RESPONSES: dict = {
+    200: {"content": {"application/json": {"schema": {
+        "type": "object", "additionalProperties": True,
+        "title": "Response Query V1 Query Post"}}}},
+    422: {"description": "Validation Error", "content": {"application/json": {"schema": {
+        "$ref": "#/components/schemas/HTTPValidationError"}}}},
+}
 
 
 def create_app(settings: GatewaySettings | None = None,
@@ -163,12 +190,15 @@ def create_app(settings: GatewaySettings | None = None,
     def budget(grant: Project) -> dict:
         return service.budget(grant)
 
-    @app.post("/v1/query", responses={200: {"content": {"application/json": {"schema": {
-        "type": "object", "additionalProperties": True,
-        "title": "Response Query V1 Query Post"}}}}})
-    def query(spec: QuerySpec, grant: Project) -> JSONResponse:
-        # (the answer is plain JSON already: sent as it is, without another worker thread)
-        return JSONResponse(service.query(grant, spec))
+    @app.post("/v1/query", openapi_extra=_QUERY_REQUEST, responses=_QUERY_RESPONSES)
+    async def query(request: Request) -> JSONResponse:
+        # The path every question takes, in one worker thread: the token checked first (as
+        # on every route), then the body parsed by pydantic from its bytes, then answered.
+        # (FastAPI's parameters would take a second worker thread and about a millisecond
+        # more of this process's time per question; the documented contract is the same.)
+        body = await request.body()
+        token = await _bearer(request.headers.get("authorization"))
+        return JSONResponse(await run_in_threadpool(_query, request, token, body))
 
     @app.post("/v1/preview")
     def preview(spec: QuerySpec, grant: Project) -> dict:
