@@ -125,3 +125,29 @@ def test_a_grant_above_the_maximum_epsilon_is_refused(gateway):
     assert not [e for e in audit_of(gateway) if e["action"] == "grant.created"
                 and e["details"]["project"] == project]
     assert gateway.grant(epsilon=MAX_EPSILON)["grant"]["epsilon_total"] == MAX_EPSILON
+
+
+def test_the_query_route_checks_the_token_before_it_reads_the_question(fresh_gateway):
+    """Adversary: a caller without a valid token (or past its rate) probing /v1/query with
+    malformed questions — /v1/query parses its body itself, after the token's check."""
+    fresh_gateway.rate_limit = 3
+    fresh_gateway.start()
+    url, bad = f"{fresh_gateway.url}/v1/query", b'{"dataset": "emr-visits", "kind": '
+    for headers in ({}, {"Authorization": "Bearer not-a-token"}):
+        refused = httpx.post(url, content=bad, headers=headers, timeout=60)
+        assert refused.status_code == 401, refused.text  # not 422: the body is never read
+        assert refused.json()["error"] == "unauthenticated"
+    grant = fresh_gateway.grant(epsilon=1.0)
+    auth = {"Authorization": f"Bearer {grant['token']}"}
+    invalid = httpx.post(url, content=bad, headers=auth, timeout=60)
+    assert invalid.status_code == 422 and invalid.json()["error"] == "invalid_input"
+    unknown = httpx.post(url, headers=auth, timeout=60,
+                         json={"dataset": "emr-visits", "kind": "count", "epsilon": 0.1,
+                               "extra": 1})
+    assert unknown.status_code == 422 and "extra" in unknown.json()["reason"]
+    # malformed questions spend the token's rate like any other request
+    codes = [httpx.post(url, content=bad, headers=auth, timeout=60).status_code
+             for _ in range(15)]  # (a burst of 10 at once)
+    assert 429 in codes, codes
+    spent = fresh_gateway.admin("GET", f"/v1/admin/grants/{grant['grant']['id']}").json()
+    assert spent["epsilon_spent"] == 0
