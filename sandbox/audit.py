@@ -110,6 +110,7 @@ class AuditAction(StrEnum):
     RELEASE_REPEATED = "release.repeated"
     RELEASE_FAILED = "release.failed"
     CONSENT_WITHDRAWN = "consent.withdrawn"
+    CONSENT_RESTORED = "consent.restored"
     SITE_AGGREGATED = "site.aggregated"
     SITE_REFUSED = "site.refused"
     SITE_PATIENT_LOOKED_UP = "site.patient_looked_up"

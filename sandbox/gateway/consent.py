@@ -1,10 +1,16 @@
 """Consent at the gateway: a patient's withdrawal, by pseudonym, for some purposes or all,
-recorded once and read back as the set every view applies."""
+recorded once and read back as the set every view applies. Each is a row and an entry of
+the audit chain; the chain — hash-linked and witnessed outside the database — is what
+``restore`` writes missing rows back from."""
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from sandbox import audit
@@ -14,6 +20,9 @@ from sandbox.gateway.store import withdrawals
 from sandbox.purposes import ALL, IDS
 
 MAX_BATCH = 100_000
+PSEUDONYM = re.compile(r"^[0-9a-f]{64}$")
+
+log = logging.getLogger("sandbox.gateway")
 
 
 class Withdrawal(BaseModel):
@@ -60,18 +69,55 @@ def record(db: Engine, actor: str, requests: list[Withdrawal]) -> list[tuple[str
                 .where(withdrawals.c.pseudonym.in_(chunk)))}
         new = [pair for pair in wanted if pair not in known]
         if new:
-            at = now()
-            # Another replica (or thread) may be recording the same pairs right now: a pair
-            # it committed first is skipped, not an error, and not counted as recorded here.
-            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-            written = conn.execute(
-                dialect.insert(withdrawals).on_conflict_do_nothing(
-                    index_elements=["pseudonym", "purpose"])
-                .returning(withdrawals.c.pseudonym, withdrawals.c.purpose),
-                [{"pseudonym": p, "purpose": purpose, "recorded_at": at, "recorded_by": actor}
-                 for p, purpose in new])
-            new = [(r.pseudonym, r.purpose) for r in written]
+            new = _insert(conn, new, actor, now())
         for request in requests:
             audit.append(conn, AuditAction.CONSENT_WITHDRAWN, actor,
                          f"patient:{request.pseudonym}", {"purposes": request.withdrawn()})
     return new
+
+
+def restore(db: Engine) -> int:
+    """Write back every withdrawal the audit chain records that the withdrawals table lacks
+    (rows someone deleted to put a patient back into the answers), audited; how many. The
+    gateway does this as it starts, before it answers anything."""
+    with db.begin() as conn:
+        missing = sorted(_recorded(conn) - {(r.pseudonym, r.purpose) for r in conn.execute(
+            select(withdrawals.c.pseudonym, withdrawals.c.purpose))})
+        if not missing:
+            return 0
+        _insert(conn, missing, "gateway", now())
+        audit.append(conn, AuditAction.CONSENT_RESTORED, "gateway", "withdrawals",
+                     {"restored": len(missing), "patients": sorted({p for p, _ in missing})})
+    log.warning("%d withdrawals recorded in the audit chain were missing from the "
+                "withdrawals table and were written back", len(missing))
+    return len(missing)
+
+
+def _recorded(conn: Connection) -> set[tuple[str, str]]:
+    """The (pseudonym, purpose) pairs the chain's withdrawal entries record (an entry not as
+    ``record`` writes it — planted by hand — adds nothing)."""
+    pairs = set()
+    for row in conn.execute(select(audit.audit_log.c.subject, audit.audit_log.c.details)
+                            .where(audit.audit_log.c.action == str(AuditAction.CONSENT_WITHDRAWN))):
+        pseudonym = row.subject.removeprefix("patient:")
+        try:
+            purposes = json.loads(row.details).get("purposes")
+        except (ValueError, AttributeError):
+            continue
+        if PSEUDONYM.match(pseudonym) and isinstance(purposes, list):
+            pairs |= {(pseudonym, p) for p in purposes if p == ALL or p in IDS}
+    return pairs
+
+
+def _insert(conn: Connection, pairs: list[tuple[str, str]], actor: str, at: str
+            ) -> list[tuple[str, str]]:
+    """Write ``pairs``; the ones written. Another replica (or thread) may be recording the
+    same pairs right now: a pair it committed first is skipped, not an error."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    written = conn.execute(
+        dialect.insert(withdrawals).on_conflict_do_nothing(
+            index_elements=["pseudonym", "purpose"])
+        .returning(withdrawals.c.pseudonym, withdrawals.c.purpose),
+        [{"pseudonym": p, "purpose": purpose, "recorded_at": at, "recorded_by": actor}
+         for p, purpose in pairs])
+    return [(r.pseudonym, r.purpose) for r in written]

@@ -68,6 +68,8 @@ class GatewayService:
         self.limiter = limiter_for(self.db, settings.rate_limit, settings.rate_burst)
         self.grants = Grants(self.db)
         self.ledger = Ledger(self.db, self.signer)
+        # withdrawals someone deleted are written back before anything is answered
+        consent.restore(self.db)
         self.withdrawals = WithdrawalLog(self.db, store.withdrawals)
         self.datasets: dict[str, view.Dataset] = {}
         self._load_datasets()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, Table, func, select
 
+from sandbox.errors import Unavailable
 from sandbox.purposes import ALL
 
 
@@ -24,6 +25,11 @@ class Withdrawn:
     def excluded(self, purpose: str) -> frozenset[str]:
         """The patients a question under ``purpose`` must not read."""
         return self.by_purpose.get(purpose, frozenset()) | self.by_purpose.get(ALL, frozenset())
+
+    def within(self, other: Withdrawn) -> bool:
+        """Whether every withdrawal of this set is in ``other``."""
+        return all(patients <= other.by_purpose.get(purpose, frozenset())
+                   for purpose, patients in self.by_purpose.items())
 
     def adding(self, version: int, rows: Iterable[tuple[str, str]]) -> Withdrawn:
         """This set with (pseudonym, purpose) rows added, at ``version``."""
@@ -46,19 +52,28 @@ class WithdrawalLog:
     then name two sets, while every set a reader sees is the rows committed so far, and two
     of them with as many rows are the same. ``current()`` reads only the rows newer than the
     last it saw, with the table's count in the same statement (one snapshot); when they do
-    not add up (a row committed late under a lower id) it reads the table again."""
+    not add up (a row committed late under a lower id) it reads the table again.
+
+    Rows are never deleted, so a set that shrinks was tampered with (someone with the
+    database's write access putting a withdrawn patient back into the answers): from then
+    on ``current()`` refuses, and no question is answered until the rows are restored
+    (``sandbox.gateway.consent.restore`` writes them back from the audit chain, as the
+    gateway does when it starts)."""
 
     def __init__(self, db: Engine, table: Table) -> None:
         self.db, self.table = db, table
         self._seen, self._last = Withdrawn(), 0
         self._lock = threading.Lock()
+        self._count = select(func.count()).select_from(table)
 
     def current(self) -> Withdrawn:
         t = self.table
         with self._lock, self.db.connect() as conn:
-            total = conn.execute(select(func.count()).select_from(t)).scalar_one()
+            total = conn.execute(self._count).scalar_one()
             if total == self._seen.version:
                 return self._seen
+            if total < self._seen.version:
+                raise self._tampered(total)
             counted = select(func.count()).select_from(t).scalar_subquery().label("total")
             rows = conn.execute(select(t.c.id, t.c.pseudonym, t.c.purpose, counted)
                                 .where(t.c.id > self._last).order_by(t.c.id)).all()
@@ -68,7 +83,17 @@ class WithdrawalLog:
                 base = Withdrawn()
                 rows = conn.execute(select(t.c.id, t.c.pseudonym, t.c.purpose)
                                     .order_by(t.c.id)).all()
-            self._seen = base.adding(base.version + len(rows),
-                                     ((r.pseudonym, r.purpose) for r in rows))
+            seen = base.adding(base.version + len(rows),
+                               ((r.pseudonym, r.purpose) for r in rows))
+            if base is not self._seen and not self._seen.within(seen):
+                raise self._tampered(seen.version)
+            self._seen = seen
             self._last = rows[-1].id if rows else self._last
             return self._seen
+
+    def _tampered(self, rows: int) -> Unavailable:
+        return Unavailable(
+            f"the withdrawals table holds {rows} rows, fewer than the {self._seen.version} "
+            "already applied: withdrawn patients would be read again, so no question is "
+            "answered until the controllers restore them (restart the gateway: it writes "
+            "back every withdrawal its audit chain records)")

@@ -3,13 +3,18 @@ gateway, with no view rebuilt — and a controller's bulk intake of 10,000 in on
 
 from __future__ import annotations
 
+import json
 import secrets
 from pathlib import Path
 
 import polars as pl
 import pytest
+from sqlalchemy import delete, func, select
 
-from sandbox.client import Gateway
+from sandbox import audit
+from sandbox.client import Gateway, GatewayError
+from sandbox.db import make_engine
+from sandbox.gateway.store import withdrawals
 
 PURPOSE = "ai_training"
 
@@ -83,3 +88,40 @@ def test_an_empty_bulk_intake_is_refused(gateway):
     response = gateway.admin("POST", "/v1/admin/consent-withdrawals/batch",
                              {"withdrawals": []})
     assert response.status_code == 422 and "withdrawals" in response.json()["reason"]
+
+
+def test_deleted_withdrawals_stop_the_answers_and_come_back_from_the_audit_chain(
+        fresh_gateway, datasets_dir):
+    """Adversary: the gateway database's administrator (not its state directory), deleting
+    withdrawal rows to put patients back into the answers."""
+    fresh_gateway.start()
+    consent = pl.read_parquet(datasets_dir / "emr-visits" / "restricted" / "consent.parquet")
+    chosen = consent.filter(pl.col(PURPOSE) & pl.col("withdrawn_at").is_null())[
+        "pseudonym"].head(300).to_list()
+    client = Gateway(fresh_gateway.url, fresh_gateway.grant(purpose=PURPOSE)["token"])
+    before = client.count("emr-visits", epsilon=2.0).value
+    assert fresh_gateway.admin("POST", "/v1/admin/consent-withdrawals/batch", {
+        "withdrawals": [{"pseudonym": p, "purposes": [PURPOSE]} for p in chosen]}
+    ).status_code == 201
+    withdrawn = client.count("emr-visits", epsilon=1.99).value
+    assert before - withdrawn > 1000
+
+    db = make_engine(fresh_gateway.database_url)
+    with db.begin() as conn:  # the administrator's deletion, straight in the database
+        gone = conn.execute(delete(withdrawals).where(
+            withdrawals.c.pseudonym.in_(chosen[:150]))).rowcount
+    assert gone == 150
+    with pytest.raises(GatewayError) as refused:
+        client.count("emr-visits", epsilon=1.98)
+    assert refused.value.status == 503 and "fewer than" in refused.value.reason
+
+    fresh_gateway.stop()  # a restart writes back what the audit chain records
+    fresh_gateway.start()
+    with db.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(withdrawals)).scalar() == 300
+        restored = conn.execute(select(audit.audit_log.c.details).where(
+            audit.audit_log.c.action == "consent.restored")).scalars().all()
+    db.dispose()
+    assert [json.loads(d)["restored"] for d in restored] == [150]
+    again = client.count("emr-visits", epsilon=1.97).value
+    assert abs(again - withdrawn) < 80  # the 150 patients stay out of the answers
