@@ -17,13 +17,18 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, insert, select, update
 
 from sandbox import audit, units
 from sandbox.audit import AuditAction
 from sandbox.errors import Forbidden, InputError, NotFound, PolicyRefusal, Unauthenticated
 from sandbox.gateway.store import grant_authorizations, grant_networks, grants
 from sandbox.purposes import IDS as PURPOSE_IDS
+
+# Every request of a project asks this: built once.
+_FOR_TOKEN = (select(grants, grant_networks.c.networks)
+              .outerjoin(grant_networks, grant_networks.c.grant_id == grants.c.id)
+              .where(grants.c.token_hash == bindparam("h")))
 
 
 class GrantState(StrEnum):
@@ -165,10 +170,7 @@ class Grants:
         if not token:
             raise Unauthenticated("a project token is required (Authorization: Bearer …)")
         with self.db.connect() as conn:  # one round trip: the grant and its networks
-            row = conn.execute(
-                select(grants, grant_networks.c.networks)
-                .outerjoin(grant_networks, grant_networks.c.grant_id == grants.c.id)
-                .where(grants.c.token_hash == hash_token(token))).mappings().first()
+            row = conn.execute(_FOR_TOKEN, {"h": hash_token(token)}).mappings().first()
         if row is None:
             raise Unauthenticated("unknown project token")
         if row["networks"] is not None and not _within(client, json.loads(row["networks"])):
