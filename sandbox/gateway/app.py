@@ -4,6 +4,7 @@ and nothing else a caller sees carries a stack trace."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from typing import Annotated, Literal
@@ -61,13 +62,27 @@ Admin = Annotated[str, Depends(_admin)]
 Project = Annotated[Grant, Depends(_project)]
 
 
-def _query(request: Request, token: str | None, body: bytes) -> dict:
+def _query(request: Request, token: str | None, body: bytes, json_body: bool) -> dict:
     grant = _project(request, token)
+    if not json_body:  # as FastAPI's own parameters: a question is a JSON body
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "input": None,
+                                       "msg": "a JSON body (application/json) is required"}])
     try:
+        if body[:3] == b"\xef\xbb\xbf" or b"\x00" in body[:4]:  # UTF-8 with a BOM, UTF-16/32
+            body = _as_utf8(body)
         spec = QuerySpec.model_validate_json(body)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
     return request.app.state.service.query(grant, spec)
+
+
+def _as_utf8(body: bytes) -> bytes:
+    """JSON in another of the encodings ``json.loads`` detects, as UTF-8 (as FastAPI reads)."""
+    try:
+        return json.dumps(json.loads(body), ensure_ascii=False).encode()
+    except (ValueError, RecursionError):
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "input": None,
+                                       "msg": "the body is not JSON"}]) from None
 
 
 # /v1/query's contract as FastAPI would document it from parameters (see the route)
@@ -198,7 +213,9 @@ def create_app(settings: GatewaySettings | None = None,
         # more of this process's time per question; the documented contract is the same.)
         body = await request.body()
         token = await _bearer(request.headers.get("authorization"))
-        return JSONResponse(await run_in_threadpool(_query, request, token, body))
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        json_body = kind in ("", "application/json") or kind.endswith("+json")
+        return JSONResponse(await run_in_threadpool(_query, request, token, body, json_body))
 
     @app.post("/v1/preview")
     def preview(spec: QuerySpec, grant: Project) -> dict:

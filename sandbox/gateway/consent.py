@@ -102,9 +102,9 @@ def _recorded(conn: Connection) -> set[tuple[str, str]]:
         pseudonym = row.subject.removeprefix("patient:")
         try:
             purposes = json.loads(row.details).get("purposes")
-        except (ValueError, AttributeError):
+        except Exception:  # anything planted (too deep, not an object) is skipped
             continue
-        if PSEUDONYM.match(pseudonym) and isinstance(purposes, list):
+        if PSEUDONYM.fullmatch(pseudonym) and isinstance(purposes, list):
             pairs |= {(pseudonym, p) for p in purposes if p == ALL or p in IDS}
     return pairs
 

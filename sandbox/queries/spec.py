@@ -69,7 +69,7 @@ class QuerySpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dataset: str = Field(min_length=1, max_length=64)
+    dataset: str = Field(min_length=1, max_length=64, pattern=r"^[^\x00]*$")
     kind: Literal["count", "sum", "mean", "quantiles", "histogram"]
     field: str | None = None
     bounds: tuple[float, float] | None = None
