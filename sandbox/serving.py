@@ -10,7 +10,6 @@ address is the TCP peer's and the headers are ignored.
 
 from __future__ import annotations
 
-import gc
 import ipaddress
 from typing import Annotated, Any
 
@@ -40,10 +39,6 @@ def serve(app: Any, host: str, port: int, trusted_proxies: list[str]) -> None:
     """Serve ``app`` until interrupted; proxy headers only from ``trusted_proxies``."""
     import uvicorn
 
-    # Everything built so far (modules, the app, datasets' metadata) lives as long as the
-    # process: kept out of the collector's sweeps, which each request would otherwise pay.
-    gc.collect()
-    gc.freeze()
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
                 proxy_headers=bool(trusted_proxies),
                 forwarded_allow_ips=list(trusted_proxies))

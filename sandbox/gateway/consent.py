@@ -20,7 +20,7 @@ from sandbox.gateway.store import withdrawals
 from sandbox.purposes import ALL, IDS
 
 MAX_BATCH = 100_000
-PSEUDONYM = re.compile(r"^[0-9a-f]{64}$")
+PSEUDONYM = re.compile(r"[0-9a-f]{64}")  # whole strings only: use fullmatch
 
 log = logging.getLogger("sandbox.gateway")
 
@@ -30,7 +30,7 @@ class Withdrawal(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    pseudonym: str = Field(pattern=r"^[0-9a-f]{64}$")
+    pseudonym: str = Field(pattern=rf"^{PSEUDONYM.pattern}$")
     purposes: list[str] | None = None
 
     @field_validator("purposes")

@@ -73,7 +73,7 @@ class WithdrawalLog:
             if total == self._seen.version:
                 return self._seen
             if total < self._seen.version:
-                raise self._tampered(total)
+                raise self._tampered()
             counted = select(func.count()).select_from(t).scalar_subquery().label("total")
             rows = conn.execute(select(t.c.id, t.c.pseudonym, t.c.purpose, counted)
                                 .where(t.c.id > self._last).order_by(t.c.id)).all()
@@ -86,14 +86,14 @@ class WithdrawalLog:
             seen = base.adding(base.version + len(rows),
                                ((r.pseudonym, r.purpose) for r in rows))
             if base is not self._seen and not self._seen.within(seen):
-                raise self._tampered(seen.version)
+                raise self._tampered()
             self._seen = seen
             self._last = rows[-1].id if rows else self._last
             return self._seen
 
-    def _tampered(self, rows: int) -> Unavailable:
+    def _tampered(self) -> Unavailable:
         return Unavailable(
-            f"the withdrawals table holds {rows} rows, fewer than the {self._seen.version} "
-            "already applied: withdrawn patients would be read again, so no question is "
+            f"withdrawals already applied (set version {self._seen.version}) are missing from "
+            "the withdrawals table: withdrawn patients would be read again, so no question is "
             "answered until the controllers restore them (restart the gateway: it writes "
             "back every withdrawal its audit chain records)")

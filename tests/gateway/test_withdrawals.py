@@ -113,7 +113,7 @@ def test_deleted_withdrawals_stop_the_answers_and_come_back_from_the_audit_chain
     assert gone == 150
     with pytest.raises(GatewayError) as refused:
         client.count("emr-visits", epsilon=1.98)
-    assert refused.value.status == 503 and "fewer than" in refused.value.reason
+    assert refused.value.status == 503 and "are missing from" in refused.value.reason
 
     fresh_gateway.stop()  # a restart writes back what the audit chain records
     fresh_gateway.start()
