@@ -112,12 +112,16 @@ class FederatedQuestion:
     query id, whose outcome the key service keeps."""
 
     def __init__(self, grant: Grant, spec: FederatedSpec, federation: Federation,
-                 grants: Grants, db: Engine, deliveries: Deliveries) -> None:
+                 grants: Grants, db: Engine, deliveries: Deliveries,
+                 withdrawals: WithdrawalLog) -> None:
         self.grant, self.spec = grant, spec
         self._federation, self._grants, self._db = federation, grants, db
-        self._deliveries = deliveries
+        self._deliveries, self._withdrawals = deliveries, withdrawals
 
     def resolve(self) -> FederatedDataset:
+        # a withdrawal set that shrank (rows deleted, the sites perhaps never told them)
+        # refuses here, before anything is charged, as it does for central questions
+        self._withdrawals.current()
         self._plan = federated_plan(self.grant, self.spec, self._federation)
         self._document = self._grants.authorization_of(self.grant.id)
         if self._document is None:

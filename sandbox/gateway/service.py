@@ -270,7 +270,7 @@ class GatewayService:
     def federated_query(self, grant: Grant, spec: FederatedSpec) -> dict:
         return self.ledger.answer(grant, FederatedQuestion(
             grant, self._federated_spelling(spec), self.federation, self.grants, self.db,
-            self.deliveries))
+            self.deliveries, self.withdrawals))
 
     def federated_preview(self, grant: Grant, spec: FederatedSpec) -> dict:
         spec = self._federated_spelling(spec)

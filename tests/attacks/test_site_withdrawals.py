@@ -13,10 +13,11 @@ import time
 import polars as pl
 import pytest
 import uvicorn
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from sandbox.client import Gateway, GatewayError
-from sandbox.gateway.store import site_deliveries
+from sandbox.gateway import consent
+from sandbox.gateway.store import site_deliveries, withdrawals
 from tests.federated.conftest import DATASET, grant
 
 
@@ -88,4 +89,31 @@ def test_a_question_waits_for_a_site_that_cannot_be_told_and_keeps_its_charge(cl
         _serve_again(served)
     after = gw.federated.histogram(DATASET, "length_of_stay", [0, 365], epsilon=0.2)
     assert gw.budget()["epsilon"]["spent"] == pytest.approx(0.3)  # under the same charge
+    assert before.df["count"][0] - after.df["count"][0] >= 1
+
+
+def test_a_withdrawal_deleted_before_a_site_was_told_stops_federated_questions(cluster,
+                                                                             exact):
+    """Adversary: the gateway's database administrator, who deletes a withdrawal a site
+    has not been told yet. The withdrawal set shrank: federated questions are refused
+    before anything is charged, as central ones are, until the row is written back from
+    the audit chain (as the gateway does when it starts); then the site is told it."""
+    name, served, patients = _site(cluster, exact)
+    gw = Gateway(exact.url, grant(exact, fields=["length_of_stay"])["token"])
+    before = gw.federated.histogram(DATASET, "length_of_stay", [0, 365], epsilon=0.1)
+    try:
+        _withdraw_while_down(exact, served, name, patients[4])
+    finally:
+        _serve_again(served)
+    with exact.service.db.begin() as conn:
+        deleted = conn.execute(delete(withdrawals).where(
+            withdrawals.c.pseudonym == patients[4])).rowcount
+    assert deleted == 1
+    with pytest.raises(GatewayError) as refused:
+        gw.federated.histogram(DATASET, "length_of_stay", [0, 365], epsilon=0.2)
+    assert refused.value.status == 503
+    assert "missing from the withdrawals table" in refused.value.reason
+    assert gw.budget()["epsilon"]["spent"] == pytest.approx(0.1)  # nothing charged
+    assert consent.restore(exact.service.db) == 1
+    after = gw.federated.histogram(DATASET, "length_of_stay", [0, 365], epsilon=0.2)
     assert before.df["count"][0] - after.df["count"][0] >= 1
