@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -111,6 +112,7 @@ class AuditAction(StrEnum):
     RELEASE_FAILED = "release.failed"
     CONSENT_WITHDRAWN = "consent.withdrawn"
     CONSENT_RESTORED = "consent.restored"
+    CONSENT_CARRIED = "consent.carried"
     SITE_AGGREGATED = "site.aggregated"
     SITE_REFUSED = "site.refused"
     SITE_PATIENT_LOOKED_UP = "site.patient_looked_up"
@@ -363,12 +365,14 @@ class Pruned:
 
 
 def prune(conn: Connection, older_than: datetime, actor: str,
-          retention_days: int = MIN_RETENTION_DAYS, now: datetime | None = None) -> Pruned:
+          retention_days: int = MIN_RETENTION_DAYS, now: datetime | None = None,
+          carry: Callable[[Connection, int, str], object] | None = None) -> Pruned:
     """Remove the oldest entries recorded before ``older_than``, which must lie at least
     ``retention_days`` (never under ``MIN_RETENTION_DAYS``) in the past. The chain is
     verified first; the last removed entry becomes the checkpoint, and an
     ``audit.pruned`` entry records it — so verification still passes, and a forged
-    checkpoint does not."""
+    checkpoint does not. ``carry(conn, through, actor)``, if given, is called before
+    entries up to ``through`` go, to write again what must outlive them."""
     now = now or datetime.now(UTC)
     if retention_days < MIN_RETENTION_DAYS:
         raise InputError(f"audit entries are kept at least {MIN_RETENTION_DAYS} days "
@@ -397,6 +401,8 @@ def prune(conn: Connection, older_than: datetime, actor: str,
                          ).scalar() or 0
     if through <= start:
         return Pruned(0, None)
+    if carry is not None:
+        carry(conn, through, actor)
     last = conn.execute(select(audit_log.c.hash).where(audit_log.c.seq == through)).scalar()
     removed = conn.execute(delete(audit_log).where(audit_log.c.seq <= through)).rowcount
     values = {"seq": through, "hash": last, "at": stamp(now)}

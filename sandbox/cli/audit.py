@@ -98,16 +98,20 @@ def audit_verify(database_url: str, service: str | None, witness: Path | None,
               f"{audit.MIN_RETENTION_DAYS}).")
 def audit_prune(database_url: str, older_than_days: int) -> None:
     """Remove audit entries past the retention policy, keeping the chain verifiable (a
-    checkpoint, and an entry saying what was removed)."""
+    checkpoint, and an entry saying what was removed). A gateway's consent withdrawals are
+    written again at the chain's end first, so that they outlive their entries."""
     import getpass
     from datetime import UTC, datetime, timedelta
+
+    from sandbox.gateway import consent
 
     engine = make_engine(database_url)
     audit.create_tables(engine)
     now = datetime.now(UTC)
     with engine.begin() as conn:
         result = audit.prune(conn, now - timedelta(days=older_than_days),
-                             f"cli:{getpass.getuser()}", older_than_days, now)
+                             f"cli:{getpass.getuser()}", older_than_days, now,
+                             carry=consent.carry)
     through = f" (through entry {result.through_seq})" if result.through_seq else ""
     click.echo(f"removed {result.entries} entries older than {older_than_days} days{through}")
 

@@ -20,6 +20,7 @@ from sandbox.gateway.store import withdrawals
 from sandbox.purposes import ALL, IDS
 
 MAX_BATCH = 100_000
+CARRIED_BATCH = 10_000  # withdrawals per consent.carried entry
 PSEUDONYM = re.compile(r"[0-9a-f]{64}")  # whole strings only: use fullmatch
 
 log = logging.getLogger("sandbox.gateway")
@@ -93,19 +94,40 @@ def restore(db: Engine) -> int:
     return len(missing)
 
 
-def _recorded(conn: Connection) -> set[tuple[str, str]]:
-    """The (pseudonym, purpose) pairs the chain's withdrawal entries record (an entry not as
-    ``record`` writes it — planted by hand — adds nothing)."""
-    pairs = set()
-    for row in conn.execute(select(audit.audit_log.c.subject, audit.audit_log.c.details)
-                            .where(audit.audit_log.c.action == str(AuditAction.CONSENT_WITHDRAWN))):
-        pseudonym = row.subject.removeprefix("patient:")
+def carry(conn: Connection, through: int, actor: str) -> int:
+    """Before the audit chain's entries up to ``through`` are pruned: write the withdrawals
+    they record again, in ``consent.carried`` entries at the chain's end, so that
+    ``restore`` still knows every withdrawal however old; how many."""
+    pairs = sorted(_recorded(conn, through))
+    for start in range(0, len(pairs), CARRIED_BATCH):
+        audit.append(conn, AuditAction.CONSENT_CARRIED, actor, "withdrawals",
+                     {"withdrawals": [list(p) for p in pairs[start:start + CARRIED_BATCH]]})
+    return len(pairs)
+
+
+def _recorded(conn: Connection, through: int | None = None) -> set[tuple[str, str]]:
+    """The (pseudonym, purpose) pairs the chain's withdrawal entries record (up to entry
+    ``through``, if given); an entry not as ``record`` or ``carry`` writes it — planted by
+    hand — adds nothing."""
+    log_ = audit.audit_log
+    query = select(log_.c.action, log_.c.subject, log_.c.details).where(log_.c.action.in_(
+        [str(AuditAction.CONSENT_WITHDRAWN), str(AuditAction.CONSENT_CARRIED)]))
+    if through is not None:
+        query = query.where(log_.c.seq <= through)
+    pairs: set[tuple[str, str]] = set()
+    for row in conn.execute(query):
         try:
-            purposes = json.loads(row.details).get("purposes")
-        except Exception:  # anything planted (too deep, not an object) is skipped
+            details = json.loads(row.details)
+            if row.action == AuditAction.CONSENT_WITHDRAWN:
+                found = [(row.subject.removeprefix("patient:"), p)
+                         for p in details["purposes"]]
+            else:
+                found = [(p, purpose) for p, purpose in details["withdrawals"]]
+        except Exception:  # anything planted (too deep, not an object, …) is skipped
             continue
-        if PSEUDONYM.fullmatch(pseudonym) and isinstance(purposes, list):
-            pairs |= {(pseudonym, p) for p in purposes if p == ALL or p in IDS}
+        pairs |= {(p, purpose) for p, purpose in found
+                  if isinstance(p, str) and PSEUDONYM.fullmatch(p)
+                  and isinstance(purpose, str) and (purpose == ALL or purpose in IDS)}
     return pairs
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -14,6 +15,7 @@ from sqlalchemy import delete, func, select
 from sandbox import audit
 from sandbox.client import Gateway, GatewayError
 from sandbox.db import make_engine
+from sandbox.gateway import consent as gateway_consent
 from sandbox.gateway.store import withdrawals
 
 PURPOSE = "ai_training"
@@ -125,3 +127,38 @@ def test_deleted_withdrawals_stop_the_answers_and_come_back_from_the_audit_chain
     assert [json.loads(d)["restored"] for d in restored] == [150]
     again = client.count("emr-visits", epsilon=1.97).value
     assert abs(again - withdrawn) < 80  # the 150 patients stay out of the answers
+
+
+def test_withdrawals_outlive_the_pruning_of_their_audit_entries(fresh_gateway, datasets_dir):
+    """Adversary: the gateway database's administrator, once retention pruning has removed
+    the withdrawals' own audit entries. Pruning writes them again at the chain's end
+    (``consent.carried``) before they go, so a restart still writes deleted rows back."""
+    fresh_gateway.start()
+    consent = pl.read_parquet(datasets_dir / "emr-visits" / "restricted" / "consent.parquet")
+    chosen = consent.filter(pl.col(PURPOSE) & pl.col("withdrawn_at").is_null())[
+        "pseudonym"].slice(300, 200).to_list()
+    client = Gateway(fresh_gateway.url, fresh_gateway.grant(purpose=PURPOSE)["token"])
+    assert fresh_gateway.admin("POST", "/v1/admin/consent-withdrawals/batch", {
+        "withdrawals": [{"pseudonym": p, "purposes": [PURPOSE]} for p in chosen]}
+    ).status_code == 201
+    withdrawn = client.count("emr-visits", epsilon=2.0).value
+    fresh_gateway.stop()
+
+    db = make_engine(fresh_gateway.database_url)
+    later = datetime.now(UTC) + timedelta(days=400)  # every entry past the retention policy
+    with db.begin() as conn:
+        pruned = audit.prune(conn, later - timedelta(days=audit.MIN_RETENTION_DAYS),
+                             "controller", now=later, carry=gateway_consent.carry)
+    with db.begin() as conn:
+        assert pruned.entries > 0 and conn.execute(select(func.count()).select_from(
+            audit.audit_log).where(audit.audit_log.c.action == "consent.withdrawn")
+        ).scalar() == 0
+        assert conn.execute(delete(withdrawals).where(
+            withdrawals.c.pseudonym.in_(chosen))).rowcount == 200
+
+    fresh_gateway.start()  # the restart writes back what the carried entries record
+    with db.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(withdrawals)).scalar() == 200
+    db.dispose()
+    again = client.count("emr-visits", epsilon=1.99).value
+    assert abs(again - withdrawn) < 80  # the 200 patients stay out of the answers
