@@ -98,7 +98,9 @@ def catalog(directories: tuple[Path, ...], lang: str) -> None:
         click.echo(f"  {meta['description'][lang]}")
         click.echo(f"  {labels[4]}: {meta['grade']}; {labels[0]}: {size['patients']:,} "
                    f"{labels[1]}, {size['records']:,} {labels[2]} "
-                   f"({meta['unit'][lang]}); {labels[3]}: {meta['years'][0]}–{meta['years'][1]}")
+                   f"({meta['unit'][lang]})"
+                   + (f"; {labels[3]}: {meta['years'][0]}–{meta['years'][1]}"
+                      if meta["years"] else ""))
         click.echo(f"  {labels[5]}: {meta['application_conditions'][lang]}")
         click.echo(f"  {labels[6]}:")
         for field in next(iter(meta["tables"].values()))["fields"]:

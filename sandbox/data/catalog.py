@@ -46,7 +46,7 @@ def listed_fields(spec: Spec) -> list[str]:
             or (f.type == "string" and f.role == "attribute" and not f.categories)]
 
 
-def build(spec: Spec, stats: RecordStats, consented_by: list[str], years: tuple[int, int],
+def build(spec: Spec, stats: RecordStats, consented_by: list[str], years: tuple[int, int] | None,
           spec_sha256: str) -> dict:
     """The metadata document (without file digests, which are added once files exist)."""
     patient = spec.pseudonym.column
@@ -101,7 +101,7 @@ def build(spec: Spec, stats: RecordStats, consented_by: list[str], years: tuple[
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "spec_sha256": spec_sha256,
         "sample_size": {"patients": stats.patients, "records": stats.records},
-        "years": list(years),
+        "years": list(years) if years else [],
         "patient_key": patient,
         "contribution_bound": spec.privacy.contribution_bound,
         "minimum_count": k,

@@ -102,6 +102,15 @@ def patients_per_label(rows: Rows, maps: dict[str, np.ndarray]
     return result
 
 
+def records_per_code(rows: Rows, sizes: dict[str, int]) -> dict[str, np.ndarray]:
+    """Per column (name → number of codes): kept records per code."""
+    result = {name: np.zeros(size, dtype=np.int64) for name, size in sizes.items()}
+    for _, frame, keep in rows.each():
+        for name, counts in result.items():
+            counts += np.bincount(frame[name].to_numpy()[keep], minlength=len(counts))
+    return result
+
+
 def combination_totals(rows: Rows, maps: dict[str, np.ndarray], work: Workspace
                        ) -> GroupTotals:
     """Distinct patients ``n`` and records ``r`` per combination of labels, kept rows only

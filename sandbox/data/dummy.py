@@ -41,7 +41,7 @@ def make(metadata: dict, rows: int, seed: int) -> dict[str, pl.DataFrame]:
             of = records[field["label_of"]]
             records[field["name"]] = of.replace_strict(field["labels"], default="",
                                                        return_dtype=pl.String)
-    first, last = metadata["years"]
+    years = metadata["years"]  # none stated: no dates to draw withdrawals from
     consent: dict[str, pl.Series] = {}
     for field in metadata["tables"][CONSENT]["fields"]:
         name = field["name"]
@@ -49,9 +49,11 @@ def make(metadata: dict, rows: int, seed: int) -> dict[str, pl.DataFrame]:
             consent[name] = patients
         elif field["type"] == "boolean":
             consent[name] = pl.Series(rng.random(len(pool)) < 0.8)
+        elif field["type"] == "date" and not years:
+            consent[name] = pl.Series([None] * len(pool), dtype=pl.Date)
         elif field["type"] == "date":
-            start = (date(first, 1, 1) - date(1970, 1, 1)).days
-            end = (date(last, 12, 31) - date(1970, 1, 1)).days
+            start = (date(years[0], 1, 1) - date(1970, 1, 1)).days
+            end = (date(years[1], 12, 31) - date(1970, 1, 1)).days
             days = rng.integers(start, end + 1, len(pool)).astype(np.int32)
             withdrawn = pl.Series(days).cast(pl.Date)
             consent[name] = withdrawn.zip_with(pl.Series(rng.random(len(pool)) < 0.02),

@@ -10,14 +10,14 @@ extract. Only the columns onboarding uses are read.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import polars as pl
-import pyarrow.parquet as pq
 
 from sandbox.data.spec import FieldSpec, Spec
 from sandbox.data.spill import Spill, Workspace, hashed
+from sandbox.data.tables import Source, csv_types, open_table
 from sandbox.errors import InputError, SpecError
 
 ROW = "_row"  # position of a row in the base table: the published order
@@ -30,29 +30,6 @@ _TYPES: dict[str, tuple[type[pl.DataType], ...]] = {
     "date": (pl.Date, pl.Datetime),
     "boolean": (pl.Boolean,),
 }
-
-
-@dataclass(frozen=True)
-class Source:
-    """A raw table read a few row groups at a time (a row group is the least Parquet can
-    decode), each piece shaped by ``shape`` (filters, renames, projection)."""
-
-    path: Path
-    shape: Callable[[pl.LazyFrame, int], pl.LazyFrame]  # (piece, offset of its first row)
-
-    def schema(self) -> pl.Schema:
-        return self.shape(pl.scan_parquet(self.path), 0).collect_schema()
-
-    def chunks(self, rows: int) -> Iterator[pl.DataFrame]:
-        """The table in pieces of whole row groups, about ``rows`` rows each."""
-        metadata = pq.ParquetFile(self.path).metadata
-        scan = pl.scan_parquet(self.path)
-        start = size = 0
-        for index in range(metadata.num_row_groups):
-            size += metadata.row_group(index).num_rows
-            if size >= rows or index == metadata.num_row_groups - 1:
-                yield self.shape(scan.slice(start, size), start).collect()
-                start, size = start + size, 0
 
 
 @dataclass(frozen=True)
@@ -81,15 +58,17 @@ def open_extract(raw: Path, spec: Spec) -> Extract:
     raw = Path(raw)
     if not raw.is_dir():
         raise InputError(f"raw extract directory {raw} not found")
-    needed = _needed(spec)
-    base = _scan_table(raw, spec.source.table)
+    needed, types = _needed(spec), csv_types(spec)
+    base_table = open_table(raw, spec.source.table, types)
+    base = base_table.scan()
     schema = base.collect_schema()
     _require(spec.source.table, schema, [spec.source.patient_column], "source.patient_column")
     joined = dict(schema)
     joins = []
     sizes = [base.select(pl.len()).collect().item()]
     for join in spec.source.joins:
-        right = _scan_table(raw, join.table)
+        right_table = open_table(raw, join.table, types)
+        right = right_table.scan()
         right_schema = right.collect_schema()
         sizes.append(right.select(pl.len()).collect().item())
         _require(join.table, right_schema, [join.on, *join.where], f"join with {join.table}")
@@ -101,7 +80,7 @@ def open_extract(raw: Path, spec: Spec) -> Extract:
         adds = [c for c in right_schema.names() if c not in joined]
         joined.update((c, right_schema[c]) for c in adds)
         joins.append(JoinPlan(join.table, join.on, Source(
-            _path(raw, join.table), _where(join.where, [join.on, *(c for c in adds
+            right_table, _where(join.where, [join.on, *(c for c in adds
                                                                    if c in needed)]))))
     schema = pl.Schema(joined)
     derive = []
@@ -113,32 +92,45 @@ def open_extract(raw: Path, spec: Spec) -> Extract:
 
     final = {spec.source.patient_column, spec.pseudonym.source, spec.dataset.year_column}
     final |= {f.source_column for f in spec.fields}
-    _require("the joined extract", schema, sorted(final), "spec")
+    _require("the joined extract", schema, sorted(final - {None}), "spec")
     _require("the joined extract", schema, spec.identifiers.name_columns,
              "identifiers.name_columns")
     for field in spec.fields:
         _check_type(field, schema[field.source_column])
-    if not isinstance(schema[spec.dataset.year_column], pl.Date | pl.Datetime):
+    if spec.dataset.year_column is not None and not isinstance(
+            schema[spec.dataset.year_column], pl.Date | pl.Datetime):
         raise SpecError(f"dataset.year_column {spec.dataset.year_column!r} must be a date")
 
     c = spec.consent
-    consent = _scan_table(raw, c.table)
+    consent_table = open_table(raw, c.table, types)
+    consent = consent_table.scan()
     consent_schema = consent.collect_schema()
     sizes.append(consent.select(pl.len()).collect().item())
-    _require(c.table, consent_schema, [c.on, *c.purposes, c.consented_by, c.withdrawn_at],
-             "consent")
+    optional = [name for name in (c.consented_by, c.withdrawn_at) if name is not None]
+    _require(c.table, consent_schema, [c.on, *c.purposes, *optional], "consent")
     if consent_schema[c.on] != schema[spec.source.patient_column]:
         raise SpecError(f"consent.on {c.on!r} is {consent_schema[c.on]} but "
                         f"source.patient_column is {schema[spec.source.patient_column]}")
     columns = [pl.col(c.on).alias("_pid"), *c.purposes,
-               pl.col(c.consented_by).alias("consented_by"),
-               pl.col(c.withdrawn_at).cast(pl.Date).alias("withdrawn_at"), "_crow"]
-    consent_source = Source(_path(raw, c.table), lambda piece, start: (
+               (pl.col(c.consented_by) if c.consented_by else pl.lit(None, pl.String))
+               .alias("consented_by"),
+               (pl.col(c.withdrawn_at) if c.withdrawn_at else pl.lit(None)).cast(pl.Date)
+               .alias("withdrawn_at"), "_crow"]
+    consent_source = Source(consent_table, lambda piece, start: (
         piece.with_row_index("_crow", offset=start).select(columns)))
     kept = [c for c in base.collect_schema().names() if c in needed]
-    base_source = Source(_path(raw, spec.source.table), lambda piece, start: (
+    base_source = Source(base_table, lambda piece, start: (
         piece.select(kept).with_row_index(ROW, offset=start)))
     return Extract(base_source, sizes[0], max(sizes), joins, derive, consent_source)
+
+
+def in_parquet(extract: Extract, work: Workspace) -> Extract:
+    """The extract with its CSV tables converted to Parquet in the run's workspace."""
+    def convert(source: Source) -> Source:
+        return source.in_parquet(work.root / "raw", work.limit)
+
+    return replace(extract, base=convert(extract.base), consent=convert(extract.consent),
+                   joins=[replace(j, right=convert(j.right)) for j in extract.joins])
 
 
 def rows(extract: Extract, work: Workspace) -> Iterator[pl.DataFrame]:
@@ -200,7 +192,7 @@ def _needed(spec: Spec) -> set[str]:
     needed |= set(spec.identifiers.name_columns)
     needed |= {join.on for join in spec.source.joins}
     needed |= {arg for step in spec.derive for arg in step.args}
-    return needed
+    return needed - {None}
 
 
 def _where(where: dict, columns: list[str]) -> Callable[[pl.LazyFrame, int], pl.LazyFrame]:
@@ -209,23 +201,6 @@ def _where(where: dict, columns: list[str]) -> Callable[[pl.LazyFrame, int], pl.
             piece = piece.filter(pl.col(column) == value)
         return piece.select(columns)
     return shape
-
-
-def _path(raw: Path, table: str) -> Path:
-    return raw / f"{table}.parquet"
-
-
-def _scan_table(raw: Path, table: str) -> pl.LazyFrame:
-    path = _path(raw, table)
-    if not path.is_file():
-        raise InputError(f"raw table {table!r} not found: {path} is missing")
-    try:
-        lazy = pl.scan_parquet(path)
-        lazy.collect_schema()
-    except (OSError, pl.exceptions.PolarsError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"cannot read raw table {path}: {first_line}") from None
-    return lazy
 
 
 def _require(table: str, schema: pl.Schema, columns: list[str], why: str) -> None:

@@ -25,8 +25,8 @@ from sandbox.data import catalog, dummy, risk
 from sandbox.data.anonymize import Column, Outcome, generalise, maps
 from sandbox.data.atomic import atomic_directory
 from sandbox.data.catalog import AGGREGATES, CONSENT, RECORDS
-from sandbox.data.codes import Rows, class_partials, encode
-from sandbox.data.extract import ROW, open_extract, rows
+from sandbox.data.codes import Rows, class_partials, encode, records_per_code
+from sandbox.data.extract import ROW, in_parquet, open_extract, rows
 from sandbox.data.pseudonym import load_key
 from sandbox.data.publish import consent_by_patient, publish, write_sorted
 from sandbox.data.report import render_markdown
@@ -64,6 +64,7 @@ def onboard(raw: Path, spec_path: Path, key_file: Path, out: Path, *, replace: b
     with atomic_directory(Path(out), replace=replace) as tmp:
         work = Workspace(tmp / ".work", bucket_count(extract.largest, bucket_rows), bucket_rows)
         try:
+            extract = in_parquet(extract, work)
             screened = screen(rows(extract, work), spec, work)
             quasi = [_column(f.name, f.hierarchy, screened) for f in spec.quasi_identifiers]
             sens = (_column(spec.sensitive.name, spec.sensitive.hierarchy, screened)
@@ -80,7 +81,7 @@ def onboard(raw: Path, spec_path: Path, key_file: Path, out: Path, *, replace: b
                              patients=table.patients - outcome.suppressed_patients)
             if after["k_patients"] < k:  # defensive: generalise() guarantees this
                 raise PolicyRefusal(f"minimum count not met (k = {after['k_patients']})")
-            if screened.years is None:
+            if screened.years is None and spec.dataset.year_column is not None:
                 raise SpecError(f"dataset.year_column {spec.dataset.year_column!r} "
                                 "holds no date")
             consent = consent_by_patient(extract.consent, screened, work)
@@ -89,7 +90,9 @@ def onboard(raw: Path, spec_path: Path, key_file: Path, out: Path, *, replace: b
                                 aggregates=_generalised_columns(spec) if public else None)
             metadata = catalog.build(spec, published.stats, published.consented_by,
                                      screened.years, hashlib.sha256(spec_bytes).hexdigest())
-            report = _report(spec, before, after, outcome, [f.name for f in spec.fields])
+            report = _report(spec, before, after, outcome, [f.name for f in spec.fields],
+                             records_per_code(table, {name: len(c.values) + 1 for name, c
+                                                      in outcome.columns.items()}))
             if public:
                 metadata = catalog.public_aggregates(metadata)
                 (tmp / "public").mkdir()
@@ -156,8 +159,9 @@ def _write_json(path: Path, document: dict) -> None:
     path.write_text(json.dumps(document, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 
-def _report(spec: Spec, before: dict, after: dict, outcome: Outcome, scanned: list[str]
-            ) -> dict:
+def _report(spec: Spec, before: dict, after: dict, outcome: Outcome, scanned: list[str],
+            records: dict[str, np.ndarray]) -> dict:
+    """The risk report; ``records``: kept records per code of each generalised column."""
     return {
         "dataset": {"id": spec.dataset.id, "version": spec.dataset.version,
                     "grade": spec.dataset.grade},
@@ -172,7 +176,8 @@ def _report(spec: Spec, before: dict, after: dict, outcome: Outcome, scanned: li
         },
         "before": before,
         "after": after,
-        "generalisation": {name: col.describe() for name, col in outcome.columns.items()},
+        "generalisation": {name: col.describe(records[name])
+                           for name, col in outcome.columns.items()},
         "suppression": {"records": outcome.suppressed_records,
                         "patients": outcome.suppressed_patients,
                         "share_of_records": round(outcome.suppressed_records

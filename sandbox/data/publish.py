@@ -20,12 +20,13 @@ import pyarrow.parquet as pq
 from sandbox.data.anonymize import Column, Outcome
 from sandbox.data.catalog import RecordStats, listed_fields
 from sandbox.data.codes import P
-from sandbox.data.extract import ROW, Source
+from sandbox.data.extract import ROW
 from sandbox.data.hierarchy import icd10_label
 from sandbox.data.pseudonym import pseudonymise
 from sandbox.data.screening import ID, PID, Screened
 from sandbox.data.spec import Icd10Hierarchy, Spec
 from sandbox.data.spill import GroupTotals, Spill, Workspace, hashed, ranged
+from sandbox.data.tables import Source
 
 _PREFIX = 8  # hex digits of a pseudonym that pick its consent bucket
 

@@ -39,18 +39,24 @@ def render_markdown(report: dict) -> str:
         "",
         "## Generalisation",
         "",
+        "Information lost per column: the share of the published records shown coarser "
+        "than the spec's finest level, and the precision lost (each record's level over the "
+        "hierarchy's height, averaged: 0 % every value at the finest level, 100 % every "
+        "value `*`).",
+        "",
         "| column | hierarchy | levels used | distinct before | distinct after | "
-        "values lifted |",
-        "|---|---|---|---:|---:|---:|",
+        "values lifted | records generalised | precision lost |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for name, g in report["generalisation"].items():
         lines.append(f"| {name} | {g['hierarchy']} | {', '.join(g['levels_used'])} | "
                      f"{g['distinct_before']:,} | {g['distinct_after']:,} | "
-                     f"{g['values_lifted']:,} |")
+                     f"{g['values_lifted']:,} | {_pct(g['records_generalised'])} | "
+                     f"{_pct(g['precision_lost'])} |")
     examples = [(name, v, to) for name, g in report["generalisation"].items()
                 for v, to in list(g["examples"].items())[:8]]
     if examples:
-        lines += ["", "Examples of rare values generalised:", ""]
+        lines += ["", "Examples of values generalised:", ""]
         lines += [f"- {name}: `{v}` → `{to}`" for name, v, to in examples]
     ids = report["direct_identifiers"]
     lines += [

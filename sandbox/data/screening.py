@@ -44,7 +44,8 @@ def screen(frames: Iterable[pl.DataFrame], spec: Spec, work: Workspace) -> Scree
     """Read every joined row once; refuse (SpecError, PolicyRefusal) or return what was
     kept. Every spill but ``published`` and ``mapping`` is gone when this returns."""
     s = Screened(work.spill("published"), work.spill("patient-ids"))
-    names, values, bad = work.spill("names"), work.spill("text-values"), work.spill("icd10")
+    names, values = work.spill("names"), work.spill("text-values")
+    bad = work.spill("icd10", schema=pl.Schema({"field": pl.String, "value": pl.String}))
     generalised = [f.name for f in spec.fields if f.hierarchy is not None]
     icd10 = [f for f in spec.fields if isinstance(f.hierarchy, Icd10Hierarchy)]
     source = spec.pseudonym.source
@@ -56,7 +57,8 @@ def screen(frames: Iterable[pl.DataFrame], spec: Spec, work: Workspace) -> Scree
             columns = identifiers.scannable(published.drop(ROW, ID).schema)
             s.rows += frame.height
             s.missing_ids += frame[source].null_count()
-            year = frame[spec.dataset.year_column].dt.year()
+            year = (frame[spec.dataset.year_column].dt.year() if spec.dataset.year_column
+                    else pl.Series([], dtype=pl.Int32))
             if year.drop_nulls().len():
                 low, high = int(year.min()), int(year.max())
                 s.years = (min(low, s.years[0]), max(high, s.years[1])) if s.years else (low,

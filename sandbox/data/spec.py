@@ -136,7 +136,7 @@ class DatasetInfo(_Strict):
     description: Text
     conditions: Text
     unit: Text
-    year_column: str
+    year_column: str | None = None  # a date column: the catalog states the years it spans
 
 
 class Join(_Strict):
@@ -237,8 +237,8 @@ class ConsentSpec(_Strict):
     table: str
     on: str
     purposes: list[str] = Field(min_length=1)
-    consented_by: str
-    withdrawn_at: str
+    consented_by: str | None = None  # who gave consent (the patient, a guardian, …)
+    withdrawn_at: str | None = None  # a date: the patient is left out of every purpose
 
     @field_validator("purposes")
     @classmethod

@@ -9,6 +9,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from sandbox.data import catalog
@@ -60,7 +61,9 @@ def onboard_in_memory(raw: Path, spec_path: Path, key_file: Path) -> Reference:
     metadata = catalog.build(spec, stats,
                              sorted(consent["consented_by"].drop_nulls().unique().to_list()),
                              years, hashlib.sha256(Path(spec_path).read_bytes()).hexdigest())
-    report = _report(spec, before, after, outcome, published.columns)
+    report = _report(spec, before, after, outcome, published.columns,
+                     {name: np.bincount(c.codes[outcome.keep], minlength=len(c.values) + 1)
+                      for name, c in outcome.columns.items()})
     records = records.select(f["name"] for f in metadata["tables"]["records"]["fields"])
     if spec.dataset.grade == "public":
         metadata = catalog.public_aggregates(metadata)

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from sandbox.data.hierarchy import TOP, ladder, level_names
+from sandbox.data.anonymize import describe
+from sandbox.data.hierarchy import TOP, ladder
 from sandbox.data.spec import Hierarchy
 from sandbox.errors import PolicyRefusal
 
@@ -24,7 +25,6 @@ class Column:
     values: list[object]
     labels: np.ndarray  # (levels, distinct + 1) labels; the extra column is null → "*"
     level: np.ndarray = field(init=False)
-    lifted: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.level = np.zeros(self.labels.shape[1], dtype=np.int64)
@@ -75,7 +75,6 @@ class Column:
         """Raise the distinct values ``which`` one level (see ``ordered``)."""
         which = which & (self.level < self.top)
         which[-1] = False
-        before = self.level.copy()
         if self.ordered:
             for up in np.unique(self.level[which] + 1):
                 parents = self.labels[up, which & (self.level + 1 == up)]
@@ -83,7 +82,6 @@ class Column:
                 self.level[siblings] = np.maximum(self.level[siblings], up)
         else:
             self.level[which] += 1
-        self.lifted.update(np.flatnonzero(self.level[:-1] != before[:-1]).tolist())
 
     def lift_floor(self) -> None:
         """Generalise every value at least one level beyond the least generalised one."""
@@ -94,18 +92,17 @@ class Column:
         labels = pl.Series(self.current().astype(str).tolist(), dtype=pl.String)
         return labels.gather(self.codes[rows]).alias(self.name)
 
-    def describe(self) -> dict[str, object]:
-        names = level_names(self.hierarchy)
-        used = sorted({int(x) for x in self.level[:-1]}) if self.values else [self.top]
-        return {
-            "hierarchy": self.hierarchy.kind,
-            "levels_used": [names[i] for i in used],
-            "distinct_before": len(self.values),
-            "distinct_after": len(set(self.current()[:-1])) if self.values else 0,
-            "values_lifted": len(self.lifted),
-            "examples": {str(self.values[i]): str(self.current()[i])
-                         for i in sorted(self.lifted)[:20]},
-        }
+    def lowered(self) -> np.ndarray | None:
+        """The levels with the most generalised values one level lower; None if all raw."""
+        if not len(self.values) or self.level[:-1].max() == 0:
+            return None
+        level = self.level.copy()
+        high = self.level[:-1].max()
+        level[:-1][self.level[:-1] == high] -= 1
+        return level
+
+    def describe(self, records: np.ndarray) -> dict[str, object]:
+        return describe(self.hierarchy, self.values, self.level, self.labels, records)
 
 
 @dataclass
@@ -130,14 +127,17 @@ def _patients_per_label(label_ids: np.ndarray, patients: np.ndarray, rows: np.nd
     return per_label
 
 
-def lift_rare(column: Column, patients: np.ndarray, rows: np.ndarray, k: int) -> None:
-    """Step 1 for one column: lift values covering < k patients (among ``rows``)."""
+def lift_rare(column: Column, patients: np.ndarray, rows: np.ndarray, k: int,
+              whole: bool = False) -> None:
+    """Step 1 for one column: lift values covering < k patients (among ``rows``); a band or
+    date range to "*" only if ``whole``."""
+    ceiling = column.top - (1 if column.ordered and not whole else 0)
     while True:
         distinct_ids = column.distinct_label_ids()
         per_label = _patients_per_label(distinct_ids[column.codes], patients, rows)
         present = np.zeros(len(column.level), dtype=bool)
         present[np.unique(column.codes[rows])] = True
-        rare = present & (per_label[distinct_ids] < k) & (column.level < column.top)
+        rare = present & (per_label[distinct_ids] < k) & (column.level < ceiling)
         if not rare.any():
             return
         column.lift(rare)
@@ -183,14 +183,26 @@ def generalise(
         if not candidates:
             break
         max(candidates, key=lambda c: c.distinct_labels()).lift_floor()
+    lowered = True
+    while lowered:  # each column back one level while the budget holds
+        lowered = False
+        for column in qi:
+            finer = column.lowered()
+            if finer is None:
+                continue
+            coarser, column.level = column.level, finer
+            if small_classes(qi, patients, all_rows, k).mean() <= max_suppression:
+                lowered = True
+            else:
+                column.level = coarser
 
-    keep = ~small
+    keep = ~small_classes(qi, patients, all_rows, k)
     sens = Column.build(sensitive[0], sensitive[1], frame[sensitive[0]]) if sensitive else None
     while True:
         rows = np.flatnonzero(keep)
         changed = False
         if sens is not None:
-            lift_rare(sens, patients, rows, k)
+            lift_rare(sens, patients, rows, k, whole=True)
             ids = sens.label_ids()
             per_label = _patients_per_label(ids, patients, rows)
             rare_rows = per_label[ids[rows]] < k
