@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sandbox.data.hierarchy import icd10_label
-from sandbox.data.spec import Icd10Hierarchy, Spec
+from sandbox.data.spec import EventTable, Icd10Hierarchy, Spec
 from sandbox.purposes import PURPOSES
 
 METADATA_VERSION = 1
@@ -46,11 +46,10 @@ def listed_fields(spec: Spec) -> list[str]:
             or (f.type == "string" and f.role == "attribute" and not f.categories)]
 
 
-def build(spec: Spec, stats: RecordStats, consented_by: list[str], years: tuple[int, int] | None,
-          spec_sha256: str) -> dict:
-    """The metadata document (without file digests, which are added once files exist)."""
+def table_fields(spec: Spec, stats: RecordStats) -> list[dict]:
+    """The catalog's description of a patient-level table's columns: the patient key, then
+    each field with its public categories or bounds."""
     patient = spec.pseudonym.column
-    k = spec.privacy.k
     fields: list[dict] = [{
         "name": patient,
         "type": "string",
@@ -88,6 +87,23 @@ def build(spec: Spec, stats: RecordStats, consented_by: list[str], years: tuple[
                 "nullable": False,
                 "labels": {c: icd10_label(c) for c in entry["categories"]},
             })
+    return fields
+
+
+def event_table(event: EventTable, spec: Spec, stats: RecordStats) -> dict:
+    """The catalog entry of an event table (``spec``: the one it was onboarded by)."""
+    return {"description": event.description.model_dump(),
+            "sample_size": {"patients": stats.patients, "records": stats.records},
+            "contribution_bound": spec.privacy.contribution_bound,
+            "fields": table_fields(spec, stats)}
+
+
+def build(spec: Spec, stats: RecordStats, consented_by: list[str], years: tuple[int, int] | None,
+          spec_sha256: str) -> dict:
+    """The metadata document (without file digests, which are added once files exist)."""
+    patient = spec.pseudonym.column
+    k = spec.privacy.k
+    fields = table_fields(spec, stats)
     labels = {p.id: {"zh": p.zh, "en": p.en} for p in PURPOSES}
     return {
         "metadata_version": METADATA_VERSION,

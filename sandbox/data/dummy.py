@@ -10,7 +10,7 @@ from datetime import date
 import numpy as np
 import polars as pl
 
-from sandbox.data.catalog import CONSENT, RECORDS
+from sandbox.data.catalog import CONSENT
 
 _DTYPES = {"string": pl.String, "integer": pl.Int64, "float": pl.Float64,
            "boolean": pl.Boolean, "date": pl.Date}
@@ -22,25 +22,13 @@ def schema(metadata: dict, table: str) -> dict[str, pl.DataType]:
 
 
 def make(metadata: dict, rows: int, seed: int) -> dict[str, pl.DataFrame]:
-    """Dummy ``records`` and ``consent`` tables of ``rows`` records."""
+    """Dummy ``records`` and ``consent`` tables of ``rows`` records, and as many rows of
+    each event table, over one pool of dummy patients."""
     rng = np.random.default_rng(seed)
     pool = [rng.bytes(32).hex() for _ in range(max(1, rows // 8))]
     patients = pl.Series(pool, dtype=pl.String)
-    records: dict[str, pl.Series] = {}
-    fields = metadata["tables"][RECORDS]["fields"]
-    for field in fields:
-        name = field["name"]
-        if field["role"] == "patient_key":
-            records[name] = patients.gather(rng.integers(0, len(pool), rows))
-        elif field["role"] == "label":
-            continue
-        else:
-            records[name] = _column(rng, field, rows)
-    for field in fields:
-        if field["role"] == "label":
-            of = records[field["label_of"]]
-            records[field["name"]] = of.replace_strict(field["labels"], default="",
-                                                       return_dtype=pl.String)
+    tables = {name: _table(rng, table["fields"], patients, rows)
+              for name, table in metadata["tables"].items() if name != CONSENT}
     years = metadata["years"]  # none stated: no dates to draw withdrawals from
     consent: dict[str, pl.Series] = {}
     for field in metadata["tables"][CONSENT]["fields"]:
@@ -60,9 +48,26 @@ def make(metadata: dict, rows: int, seed: int) -> dict[str, pl.DataFrame]:
                                                pl.Series([None], dtype=pl.Date))
         else:
             consent[name] = _column(rng, field, len(pool))
-    tables = {RECORDS: pl.DataFrame(records), CONSENT: pl.DataFrame(consent)}
+    tables[CONSENT] = pl.DataFrame(consent)
     return {t: frame.select(schema(metadata, t).keys()).cast(schema(metadata, t))
             for t, frame in tables.items()}
+
+
+def _table(rng: np.random.Generator, fields: list[dict], patients: pl.Series, rows: int
+           ) -> pl.DataFrame:
+    columns: dict[str, pl.Series] = {}
+    for field in fields:
+        name = field["name"]
+        if field["role"] == "patient_key":
+            columns[name] = patients.gather(rng.integers(0, len(patients), rows))
+        elif field["role"] != "label":
+            columns[name] = _column(rng, field, rows)
+    for field in fields:
+        if field["role"] == "label":
+            of = columns[field["label_of"]]
+            columns[field["name"]] = of.replace_strict(field["labels"], default="",
+                                                       return_dtype=pl.String)
+    return pl.DataFrame(columns)
 
 
 def _column(rng: np.random.Generator, field: dict, rows: int) -> pl.Series:

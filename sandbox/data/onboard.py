@@ -26,13 +26,13 @@ from sandbox.data.anonymize import Column, Outcome, generalise, maps
 from sandbox.data.atomic import atomic_directory
 from sandbox.data.catalog import AGGREGATES, CONSENT, RECORDS
 from sandbox.data.codes import Rows, class_partials, encode, records_per_code
-from sandbox.data.extract import ROW, in_parquet, open_extract, rows
+from sandbox.data.extract import ROW, Extract, in_parquet, open_extract, rows
 from sandbox.data.pseudonym import load_key
-from sandbox.data.publish import consent_by_patient, publish, write_sorted
+from sandbox.data.publish import Published, consent_by_patient, publish, write_sorted
 from sandbox.data.report import render_markdown
 from sandbox.data.screening import Screened, screen
 from sandbox.data.spec import Hierarchy, Spec, load_spec
-from sandbox.data.spill import BUCKET_ROWS, Workspace, bucket_count
+from sandbox.data.spill import BUCKET_ROWS, Spill, Workspace, bucket_count
 from sandbox.errors import InputError, PolicyRefusal, SpecError
 
 
@@ -57,42 +57,25 @@ def onboard(raw: Path, spec_path: Path, key_file: Path, out: Path, *, replace: b
     if bucket_rows < 1:
         raise InputError("bucket_rows must be at least 1")
     extract = open_extract(Path(raw), spec)
+    events = [(event, spec.event_spec(event)) for event in spec.events]
+    opened = [_open_event(Path(raw), event.name, sub) for event, sub in events]
     spec_bytes = Path(spec_path).read_bytes()
     patient = spec.pseudonym.column
-    k = spec.privacy.k
 
     with atomic_directory(Path(out), replace=replace) as tmp:
         work = Workspace(tmp / ".work", bucket_count(extract.largest, bucket_rows), bucket_rows)
         try:
             extract = in_parquet(extract, work)
-            screened = screen(rows(extract, work), spec, work)
-            quasi = [_column(f.name, f.hierarchy, screened) for f in spec.quasi_identifiers]
-            sens = (_column(spec.sensitive.name, spec.sensitive.hierarchy, screened)
-                    if spec.sensitive else None)
-            generalised = [*quasi, *([sens] if sens else [])]
-            table = encode(screened.published, {c.name: screened.distinct[c.name]
-                                                for c in generalised}, work)
-            if table.patients < k:
-                raise PolicyRefusal(f"the dataset covers {table.patients} patients, fewer "
-                                    f"than the minimum count {k}")
-            before = _measure(table, quasi, sens, work, after=False, k=k)
-            outcome = generalise(table, quasi, sens, k, spec.privacy.max_suppression, work)
-            after = _measure(table, quasi, sens, work, after=True, k=k,
-                             patients=table.patients - outcome.suppressed_patients)
-            if after["k_patients"] < k:  # defensive: generalise() guarantees this
-                raise PolicyRefusal(f"minimum count not met (k = {after['k_patients']})")
-            if screened.years is None and spec.dataset.year_column is not None:
+            main = _table(spec, extract, key, work, records=True)
+            if main.screened.years is None and spec.dataset.year_column is not None:
                 raise SpecError(f"dataset.year_column {spec.dataset.year_column!r} "
                                 "holds no date")
-            consent = consent_by_patient(extract.consent, screened, work)
             public = spec.dataset.grade == "public"
-            published = publish(spec, key, screened, outcome, consent, work,
-                                aggregates=_generalised_columns(spec) if public else None)
+            published = main.published
             metadata = catalog.build(spec, published.stats, published.consented_by,
-                                     screened.years, hashlib.sha256(spec_bytes).hexdigest())
-            report = _report(spec, before, after, outcome, [f.name for f in spec.fields],
-                             records_per_code(table, {name: len(c.values) + 1 for name, c
-                                                      in outcome.columns.items()}))
+                                     main.screened.years,
+                                     hashlib.sha256(spec_bytes).hexdigest())
+            report = _report(spec, _summary(main))
             if public:
                 metadata = catalog.public_aggregates(metadata)
                 (tmp / "public").mkdir()
@@ -104,9 +87,20 @@ def onboard(raw: Path, spec_path: Path, key_file: Path, out: Path, *, replace: b
                 files = {RECORDS: (published.records, ROW, [ROW]),
                          CONSENT: (published.consent, patient, [])}
                 for name, (spill, by, drop) in files.items():
-                    path = tmp / "restricted" / f"{name}.parquet"
-                    write_sorted(spill, by, path, drop=drop)
-                    metadata["files"][f"restricted/{name}.parquet"] = catalog.sha256_file(path)
+                    _write(spill, by, tmp / "restricted" / f"{name}.parquet", metadata, drop)
+                for (event, sub), raw_event in zip(events, opened, strict=True):
+                    shutil.rmtree(work.root, ignore_errors=True)
+                    work = Workspace(tmp / ".work", bucket_count(raw_event.largest,
+                                                                 bucket_rows), bucket_rows)
+                    part = _table(sub, in_parquet(raw_event, work), key, work, records=False)
+                    _write(part.published.records, ROW,
+                           tmp / "restricted" / f"{event.name}.parquet", metadata, [ROW])
+                    metadata["tables"][event.name] = catalog.event_table(
+                        event, sub, part.published.stats)
+                    report.setdefault("events", {})[event.name] = {
+                        "rule": {"quasi_identifiers": [f.name for f in sub.quasi_identifiers],
+                                 "sensitive": sub.sensitive.name if sub.sensitive else None},
+                        **_summary(part)}
         finally:
             shutil.rmtree(work.root, ignore_errors=True)
         if not public:
@@ -120,8 +114,62 @@ def onboard(raw: Path, spec_path: Path, key_file: Path, out: Path, *, replace: b
     return OnboardResult(Path(out), metadata, report)
 
 
+def _open_event(raw: Path, name: str, spec: Spec) -> Extract:
+    """An event table's extract, checked like the records table's, before anything is read;
+    its problems name the table."""
+    try:
+        return open_extract(raw, spec)
+    except SpecError as exc:
+        raise SpecError(f"event table {name}: {exc}") from None
+
+
 def _column(name: str, hierarchy: Hierarchy, screened: Screened) -> Column:
     return Column.build(name, hierarchy, screened.distinct[name], name in screened.nulls)
+
+
+@dataclass
+class _Part:
+    """One table of the dataset, screened, generalised and published (in spills)."""
+
+    screened: Screened
+    rows: Rows
+    before: dict
+    after: dict
+    outcome: Outcome
+    published: Published
+
+
+def _table(spec: Spec, extract: Extract, key: bytes, work: Workspace, *, records: bool
+           ) -> _Part:
+    """Screen, generalise and publish one table; ``records``: the dataset's records table,
+    which brings the patients' consent (an event table does not)."""
+    k = spec.privacy.k
+    screened = screen(rows(extract, work), spec, work)
+    quasi = [_column(f.name, f.hierarchy, screened) for f in spec.quasi_identifiers]
+    sens = (_column(spec.sensitive.name, spec.sensitive.hierarchy, screened)
+            if spec.sensitive else None)
+    generalised = [*quasi, *([sens] if sens else [])]
+    table = encode(screened.published, {c.name: screened.distinct[c.name]
+                                        for c in generalised}, work)
+    if table.patients < k:
+        raise PolicyRefusal(f"the dataset covers {table.patients} patients, fewer "
+                            f"than the minimum count {k}")
+    before = _measure(table, quasi, sens, work, after=False, k=k)
+    outcome = generalise(table, quasi, sens, k, spec.privacy.max_suppression, work)
+    after = _measure(table, quasi, sens, work, after=True, k=k,
+                     patients=table.patients - outcome.suppressed_patients)
+    if after["k_patients"] < k:  # defensive: generalise() guarantees this
+        raise PolicyRefusal(f"minimum count not met (k = {after['k_patients']})")
+    consent = consent_by_patient(extract.consent, screened, work) if records else None
+    public = spec.dataset.grade == "public"
+    published = publish(spec, key, screened, outcome, consent, work,
+                        aggregates=_generalised_columns(spec) if public else None)
+    return _Part(screened, table, before, after, outcome, published)
+
+
+def _write(spill: Spill, by: str, path: Path, metadata: dict, drop: list[str]) -> None:
+    write_sorted(spill, by, path, drop=drop)
+    metadata["files"][f"restricted/{path.name}"] = catalog.sha256_file(path)
 
 
 def _measure(table: Rows, quasi: list[Column], sens: Column | None, work: Workspace, *,
@@ -159,9 +207,9 @@ def _write_json(path: Path, document: dict) -> None:
     path.write_text(json.dumps(document, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 
-def _report(spec: Spec, before: dict, after: dict, outcome: Outcome, scanned: list[str],
-            records: dict[str, np.ndarray]) -> dict:
-    """The risk report; ``records``: kept records per code of each generalised column."""
+def _report(spec: Spec, summary: dict) -> dict:
+    """The risk report of the records table, from its ``_part_report`` (event tables are
+    added under ``events``)."""
     return {
         "dataset": {"id": spec.dataset.id, "version": spec.dataset.version,
                     "grade": spec.dataset.grade},
@@ -171,9 +219,25 @@ def _report(spec: Spec, before: dict, after: dict, outcome: Outcome, scanned: li
                  "sensitive": spec.sensitive.name if spec.sensitive else None},
         "direct_identifiers": {
             "dropped": spec.identifiers.columns,
-            "scanned_columns": [c for c in scanned if c != spec.pseudonym.column],
+            "scanned_columns": [f.name for f in spec.fields if f.name != spec.pseudonym.column],
             "found": [],
         },
+        **summary,
+        "verdict": "published",
+    }
+
+
+def _summary(part: _Part) -> dict:
+    records = records_per_code(part.rows, {name: len(c.values) + 1
+                                           for name, c in part.outcome.columns.items()})
+    return _part_report(part.before, part.after, part.outcome, records)
+
+
+def _part_report(before: dict, after: dict, outcome: Outcome, records: dict[str, np.ndarray]
+                 ) -> dict:
+    """One table's risk before and after, its generalisation and suppression
+    (``records``: kept records per code of each generalised column)."""
+    return {
         "before": before,
         "after": after,
         "generalisation": {name: col.describe(records[name])
@@ -183,7 +247,6 @@ def _report(spec: Spec, before: dict, after: dict, outcome: Outcome, scanned: li
                         "share_of_records": round(outcome.suppressed_records
                                                   / max(before["records"], 1), 6),
                         "datafly_rounds": outcome.rounds},
-        "verdict": "published",
     }
 
 

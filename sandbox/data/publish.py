@@ -60,11 +60,12 @@ def consent_by_patient(consent: Source, screened: Screened, work: Workspace) -> 
     return by_id
 
 
-def publish(spec: Spec, key: bytes, screened: Screened, outcome: Outcome, consent: Spill,
-            work: Workspace, *, aggregates: list[str] | None = None) -> Published:
-    """Label, pseudonymise and bucket every kept record and its patient's consent; with
-    ``aggregates`` (a public dataset), count patients and records per combination of those
-    columns instead of keeping rows."""
+def publish(spec: Spec, key: bytes, screened: Screened, outcome: Outcome,
+            consent: Spill | None, work: Workspace, *, aggregates: list[str] | None = None
+            ) -> Published:
+    """Label, pseudonymise and bucket every kept record and its patient's consent (none for
+    an event table: ``consent`` None); with ``aggregates`` (a public dataset), count
+    patients and records per combination of those columns instead of keeping rows."""
     patient = spec.pseudonym.column
     c = spec.consent
     listed = listed_fields(spec)
@@ -75,9 +76,13 @@ def publish(spec: Spec, key: bytes, screened: Screened, outcome: Outcome, consen
     nulls = dict.fromkeys([f.name for f in spec.fields], 0)
     consented_by: set[str] = set()
     records_out = work.spill("records-out") if aggregates is None else None
-    consent_out = work.spill("consent-out") if aggregates is None else None
+    consent_out = (work.spill("consent-out") if aggregates is None and consent is not None
+                   else None)
     counts = work.totals("aggregates", aggregates) if aggregates is not None else None
     kept_records = kept_patients = 0
+    # numbers as the catalog types them (what dummy data has): 64-bit, whatever the extract
+    widths = {f.name: pl.Int64 if f.type == "integer" else pl.Float64 for f in spec.fields
+              if f.hierarchy is None and f.type in ("integer", "float")}
     rows = outcome.rows
     for index in range(work.count):
         keep = rows.keep(index)
@@ -103,6 +108,10 @@ def publish(spec: Spec, key: bytes, screened: Screened, outcome: Outcome, consen
                              .iter_rows()):
                 frequent[name][str(value)] += n
 
+        if consent is None:
+            records_out.add(kept.select(ROW, patient, *_record_columns(spec)).cast(widths),
+                            ranged(pl.col(ROW), screened.rows, work.count))
+            continue
         mine = consent.read(index).filter(pl.col(ID).is_in(ids.implode()))
         mine = (mine.sort("_crow").unique(ID, keep="first", maintain_order=True)
                 .select(ID, *c.purposes, "consented_by", "withdrawn_at"))
@@ -120,7 +129,7 @@ def publish(spec: Spec, key: bytes, screened: Screened, outcome: Outcome, consen
             counts.add(kept.filter(~pl.col(ID).is_in(withdrawn.implode())).group_by(aggregates)
                        .agg(pl.col(P).n_unique().alias("patients"), pl.len().alias("records")))
         else:
-            records_out.add(kept.select(ROW, patient, *_record_columns(spec)),
+            records_out.add(kept.select(ROW, patient, *_record_columns(spec)).cast(widths),
                             ranged(pl.col(ROW), screened.rows, work.count))
             consent_out.add(table.select(patient, *c.purposes, "consented_by", "withdrawn_at"),
                             ranged(pl.col(patient).str.slice(0, _PREFIX).str.to_integer(base=16),
@@ -137,7 +146,8 @@ def publish(spec: Spec, key: bytes, screened: Screened, outcome: Outcome, consen
         published.aggregates = _aggregates(counts, aggregates, k)
     else:
         records_out.close()
-        consent_out.close()
+        if consent_out is not None:
+            consent_out.close()
     return published
 
 

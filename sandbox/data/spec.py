@@ -126,6 +126,9 @@ HIERARCHY_TYPES: dict[str, tuple[str, ...]] = {
 }
 
 
+RESERVED_TABLES = ("records", "consent", "aggregates")
+
+
 class DatasetInfo(_Strict):
     """Catalog facts about the dataset."""
 
@@ -249,6 +252,20 @@ class ConsentSpec(_Strict):
         return purposes
 
 
+class EventTable(_Strict):
+    """Another restricted table of the dataset: events of the same patients (every
+    diagnosis, lab result, prescription), one row per event, under the same pseudonym. It
+    has its own base table, joins, derived columns and fields, and goes through the same
+    identifier checks and minimum count as the records table."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    description: Text
+    source: Source
+    derive: list[Derive] = Field(default_factory=list)
+    fields: list[FieldSpec] = Field(min_length=1)
+    contribution_bound: int | None = Field(default=None, ge=1)  # rows per patient
+
+
 class Spec(_Strict):
     """A whole onboarding spec."""
 
@@ -260,6 +277,7 @@ class Spec(_Strict):
     fields: list[FieldSpec] = Field(min_length=1)
     privacy: Privacy
     consent: ConsentSpec
+    events: list[EventTable] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _coherent(self) -> Spec:
@@ -283,7 +301,33 @@ class Spec(_Strict):
             raise ValueError("declare at least one quasi_identifier")
         if len([f for f in self.fields if f.role == "sensitive"]) > 1:
             raise ValueError("declare at most one sensitive attribute")
+        tables = [e.name for e in self.events]
+        taken = sorted({t for t in tables if tables.count(t) > 1 or t in RESERVED_TABLES})
+        if taken:
+            raise ValueError(f"event tables named twice or by a reserved name: {taken}")
+        if self.events and self.dataset.grade == "public":
+            raise ValueError("a public dataset publishes aggregates of one table: no events")
+        for event in self.events:
+            self.event_spec(event)
         return self
+
+    def event_spec(self, event: EventTable) -> Spec:
+        """The spec one event table is onboarded by: this one's dataset, identifiers,
+        pseudonym, privacy and consent, with the table's own source, derivations and
+        fields (every rule of a spec checked again)."""
+        document = self.model_dump(exclude={"events"})
+        document["dataset"]["year_column"] = None  # the records table states the years
+        document.update(source=event.source.model_dump(),
+                        derive=[d.model_dump() for d in event.derive],
+                        fields=[f.model_dump() for f in event.fields])
+        if event.contribution_bound is not None:
+            document["privacy"]["contribution_bound"] = event.contribution_bound
+        try:
+            return Spec.model_validate(document)
+        except ValidationError as exc:
+            problems = "; ".join(e["msg"].removeprefix("Value error, ")
+                                 for e in exc.errors(include_url=False))
+            raise ValueError(f"event table {event.name}: {problems}") from None
 
     @property
     def quasi_identifiers(self) -> list[FieldSpec]:

@@ -19,6 +19,7 @@ from portal.models import Agreement
 from portal.workflow import grant_token
 from sandbox import audit
 from sandbox.client import Gateway, GatewayError
+from tests.browser import screenshots
 from tests.browser.conftest import ARTIFACTS, PASSWORD, PortalStack, portal_stack
 from tests.signin import Authenticators
 
@@ -60,8 +61,7 @@ class Shots:
 
     def __call__(self, page: Page, name: str) -> None:
         self.n += 1
-        page.wait_for_load_state()  # figures and previews drawn before the shot
-        page.screenshot(path=str(ARTIFACTS / f"{self.n:02d}-{name}.png"), full_page=True)
+        screenshots.save(page, ARTIFACTS / f"{self.n:02d}-{name}.png")
 
 
 def sign_in(browser, url: str, email: str, keys: Authenticators,

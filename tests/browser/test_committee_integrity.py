@@ -28,6 +28,7 @@ from sqlalchemy import select
 from portal.db import connect
 from portal.models import User
 from sandbox import audit
+from tests.browser import screenshots
 from tests.browser.conftest import ARTIFACTS, PortalStack, portal_stack
 from tests.browser.test_approval_flow import LINGNAN, REGISTRY, draft, register, sign_in
 from tests.signin import Authenticators
@@ -40,8 +41,7 @@ DIMENSIONS = ("legality", "consistency", "value", "leakage_risk", "cost")
 
 def shot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.wait_for_load_state()  # figures and previews drawn before the shot
-    page.screenshot(path=str(ARTIFACTS / f"integrity-{name}.png"), full_page=True)
+    screenshots.save(page, ARTIFACTS / f"integrity-{name}.png")
 
 
 @pytest.fixture(scope="module")

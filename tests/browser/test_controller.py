@@ -31,6 +31,7 @@ from sandbox import audit
 from sandbox.client import Gateway
 from sandbox.exports import bundle
 from tests import committee
+from tests.browser import screenshots
 from tests.browser.conftest import (
     ARTIFACTS,
     PASSWORD,
@@ -47,8 +48,7 @@ TOTP = Authenticators()  # each account's TOTP secret, once enrolled at its firs
 
 def shot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.wait_for_load_state()  # figures and previews drawn before the shot
-    page.screenshot(path=str(ARTIFACTS / f"controller-{name}.png"), full_page=True)
+    screenshots.save(page, ARTIFACTS / f"controller-{name}.png")
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ from portal.models import User
 from portal.security import hash_password
 from sandbox.client import Gateway
 from sandbox.exports import bundle
+from tests.browser import screenshots
 from tests.browser.conftest import ARTIFACTS, PASSWORD, confirm_export, portal_stack
 from tests.browser.test_approval_flow import sign_in
 from tests.exports import disguises
@@ -46,8 +47,7 @@ KINDS = {"counts.csv": "table", "counts.tsv": "table", "counts.json": "table",
 
 def shot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.wait_for_load_state()  # figures and previews drawn before the shot
-    page.screenshot(path=str(ARTIFACTS / f"exports-{name}.png"), full_page=True)
+    screenshots.save(page, ARTIFACTS / f"exports-{name}.png")
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,7 @@ from sandbox.exports import bundle
 from sandbox.hub.names import server_name
 from sandbox.hub.settings import shared_secret
 from tests import committee
+from tests.browser import screenshots
 from tests.browser.conftest import ARTIFACTS, PASSWORD, PortalStack, portal_stack
 from tests.browser.test_approval_flow import sign_in
 from tests.services import free_port
@@ -51,8 +52,7 @@ DUA = b"%PDF-1.4\n% the signed agreement of the step-up test\n%%EOF\n"
 
 
 def shot(page: Page, name: str) -> None:
-    page.wait_for_load_state()  # figures and previews drawn before the shot
-    page.screenshot(path=str(ARTIFACTS / f"stepup-{name}.png"), full_page=True)
+    screenshots.save(page, ARTIFACTS / f"stepup-{name}.png")
 
 
 def _workspace(root: Path, hub_port: int, user: str, server: str, token: str

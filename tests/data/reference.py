@@ -16,7 +16,7 @@ from sandbox.data import catalog
 from sandbox.data.catalog import AGGREGATES, RecordStats, listed_fields
 from sandbox.data.extract import _derive
 from sandbox.data.hierarchy import icd10_label
-from sandbox.data.onboard import _report
+from sandbox.data.onboard import _part_report, _report
 from sandbox.data.pseudonym import load_key, pseudonymise
 from sandbox.data.spec import Icd10Hierarchy, Spec, load_spec
 from tests.data.reference_anonymize import Outcome, generalise
@@ -61,9 +61,10 @@ def onboard_in_memory(raw: Path, spec_path: Path, key_file: Path) -> Reference:
     metadata = catalog.build(spec, stats,
                              sorted(consent["consented_by"].drop_nulls().unique().to_list()),
                              years, hashlib.sha256(Path(spec_path).read_bytes()).hexdigest())
-    report = _report(spec, before, after, outcome, published.columns,
-                     {name: np.bincount(c.codes[outcome.keep], minlength=len(c.values) + 1)
-                      for name, c in outcome.columns.items()})
+    report = _report(spec, _part_report(
+        before, after, outcome,
+        {name: np.bincount(c.codes[outcome.keep], minlength=len(c.values) + 1)
+         for name, c in outcome.columns.items()}))
     records = records.select(f["name"] for f in metadata["tables"]["records"]["fields"])
     if spec.dataset.grade == "public":
         metadata = catalog.public_aggregates(metadata)

@@ -32,8 +32,15 @@ def assert_refused(result, out, *needles, code=None):
     assert leftovers(out.parent, out.name) == []
 
 
+EVENTS = "# Event tables:"  # where the demo spec's [[events]] begin
+
+
 def spec_with(spec_path, tmp_path, extra: str = "", replace: tuple[str, str] | None = None):
+    """The spec with ``replace`` done and ``extra`` added; a public one without the event
+    tables (a public dataset publishes aggregates of one table)."""
     text = spec_path.read_text(encoding="utf-8")
+    if replace and replace[1] == 'grade = "public"':
+        text = text.split(EVENTS)[0]
     if replace:
         assert replace[0] in text
         text = text.replace(*replace)
@@ -108,6 +115,15 @@ def test_wrong_type(cli, raw_copy, key_file, spec_path, tmp_path):
                    "field total_cost: the spec says float", "is String", code=3)
 
 
+def test_an_event_table_with_a_missing_column_is_refused_naming_it(cli, raw, key_file,
+                                                                    spec_path, tmp_path):
+    spec = spec_with(spec_path, tmp_path, replace=('name = "test_code"\n',
+                                                   'name = "test_code"\nsource = "loinc"\n'))
+    out = tmp_path / "ds"
+    assert_refused(onboard_cli(cli, raw, spec, key_file, out), out,
+                   "event table labs: spec: column(s) loinc missing", code=3)
+
+
 def test_unknown_hierarchy_level(cli, raw, key_file, spec_path, tmp_path):
     spec = spec_with(spec_path, tmp_path, replace=('levels = ["month", "quarter", "year"]',
                                                    'levels = ["month", "decade"]'))
@@ -124,7 +140,11 @@ def test_unknown_hierarchy_level(cli, raw, key_file, spec_path, tmp_path):
      "fields publish direct identifiers ['phone']"),
     (("[dataset]\n", "[dataset]\nowner = 1\n"), "dataset.owner: Extra inputs are not permitted"),
     (('grade = "restricted"', 'grade = "secret"'), "'secret' is not allowed"),
-    (('contribution_bound = 20', ''), "privacy.contribution_bound: Field required"),
+    (('contribution_bound = 20\n', ''), "privacy.contribution_bound: Field required"),
+    (('name = "unit"\n', 'name = "unit"\nsource = "phone"\n'),
+     "event table labs: fields publish direct identifiers ['phone']"),
+    (('name = "labs"', 'name = "consent"'), "reserved name: ['consent']"),
+    (('name = "labs"', 'name = "diagnoses"'), "named twice or by a reserved name: ['diagnoses']"),
 ])
 def test_bad_spec_values(cli, raw, key_file, spec_path, tmp_path, edit, needle):
     out = tmp_path / "ds"
