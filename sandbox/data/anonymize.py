@@ -12,8 +12,8 @@ Three steps, all over integer codes so each pass is one Polars group-by:
    of quasi-identifier values covering < k patients, the quasi-identifier with the most
    distinct values is generalised one level for all values (Datafly). Then each
    quasi-identifier in turn is *lowered* back one level (its most generalised values), as
-   long as the records in small combinations stay within ``max_suppression``: no column is
-   left coarser than the budget needs.
+   long as the records step 3 would then suppress stay within ``max_suppression``: no
+   column is left coarser than the budget needs.
 3. The remaining records in small combinations are suppressed. The sensitive attribute's
    rare values are lifted the same way (to "*" if need be: rows are never removed for it
    unless even "*" is rare), and steps 3's check is repeated until nothing changes.
@@ -193,10 +193,11 @@ def lift_rare(columns: list[Column], rows: Rows, k: int, *, whole: bool = False
     return final
 
 
-def lower(quasi: list[Column], rows: Rows, k: int, max_suppression: float,
-          work: Workspace) -> None:
-    """Step 2's end: lower each column back one level while the records in small
-    combinations stay within ``max_suppression``, until none can be."""
+def lower(quasi: list[Column], sensitive: Column | None, rows: Rows, k: int,
+          max_suppression: float, work: Workspace) -> None:
+    """Step 2's end: lower each column back one level while the records step 3 would
+    suppress stay within ``max_suppression``, until none can be."""
+    budget = max_suppression * rows.records
     lowered = True
     while lowered:
         lowered = False
@@ -205,10 +206,46 @@ def lower(quasi: list[Column], rows: Rows, k: int, max_suppression: float,
             if finer is None:
                 continue
             coarser, column.level = column.level, finer
-            if _small(rows, quasi, k, work, count_only=True)[0] / rows.records <= max_suppression:
+            # step 3 suppresses at least the records in small combinations (and, with no
+            # sensitive attribute, exactly those): the whole step is tried only if need be
+            within = _small(rows, quasi, k, work, count_only=True)[0] <= budget
+            if within and sensitive is not None:
+                within = _trial(rows, quasi, sensitive, k, work) <= budget
+            if within:
                 lowered = True
             else:
                 column.level = coarser
+
+
+def suppress(rows: Rows, quasi: list[Column], sensitive: Column | None, k: int,
+             work: Workspace) -> int:
+    """Step 3: suppress the records in small combinations, and the sensitive attribute's
+    rare values (lifted first), until nothing changes; how many records are suppressed."""
+    _, combinations = _small(rows, quasi, k, work)
+    if combinations is not None:
+        codes.drop_combinations(rows, maps(quasi), combinations)
+    while True:
+        changed = False
+        if sensitive is not None:
+            per_label = lift_rare([sensitive], rows, k, whole=True)[sensitive.name]
+            changed = codes.drop_labels(rows, sensitive.name, sensitive.distinct_label_ids(),
+                                        per_label < k) > 0
+        _, combinations = _small(rows, quasi, k, work)
+        if combinations is not None:
+            changed = codes.drop_combinations(rows, maps(quasi), combinations) > 0 or changed
+        if not changed:
+            return rows.records - rows.kept
+
+
+def _trial(rows: Rows, quasi: list[Column], sensitive: Column, k: int, work: Workspace
+           ) -> int:
+    """How many records step 3 would suppress at the current levels; nothing changed."""
+    kept, levels = rows.snapshot(), sensitive.level.copy()
+    try:
+        return suppress(rows, quasi, sensitive, k, work)
+    finally:
+        rows.restore(kept)
+        sensitive.level = levels
 
 
 def _small(rows: Rows, qi: list[Column], k: int, work: Workspace, count_only: bool = False
@@ -241,22 +278,8 @@ def generalise(rows: Rows, quasi: list[Column], sensitive: Column | None, k: int
             break
         max(candidates, key=lambda c: c.distinct_labels()).lift_floor()
         rounds += 1
-    lower(quasi, rows, k, max_suppression, work)
-    _, combinations = _small(rows, quasi, k, work)
-    if combinations is not None:
-        codes.drop_combinations(rows, maps(quasi), combinations)
-
-    while True:
-        changed = False
-        if sensitive is not None:
-            per_label = lift_rare([sensitive], rows, k, whole=True)[sensitive.name]
-            changed = codes.drop_labels(rows, sensitive.name, sensitive.distinct_label_ids(),
-                                        per_label < k) > 0
-        _, combinations = _small(rows, quasi, k, work)
-        if combinations is not None:
-            changed = codes.drop_combinations(rows, maps(quasi), combinations) > 0 or changed
-        if not changed:
-            break
+    lower(quasi, sensitive, rows, k, max_suppression, work)
+    suppress(rows, quasi, sensitive, k, work)
     kept = rows.kept
     if not kept:
         raise PolicyRefusal("no record survives the minimum count; the data is too sparse")

@@ -44,6 +44,13 @@ class Rows:
     def set_keep(self, index: int, keep: np.ndarray) -> None:
         self._keep[index] = np.packbits(keep)
 
+    def snapshot(self) -> list[np.ndarray]:
+        """Which rows are kept now (to ``restore`` after a trial)."""
+        return list(self._keep)
+
+    def restore(self, snapshot: list[np.ndarray]) -> None:
+        self._keep = list(snapshot)
+
     @property
     def kept(self) -> int:
         return sum(int(self.keep(b).sum()) for b in range(self.codes.count))

@@ -65,12 +65,12 @@ def open_extract(raw: Path, spec: Spec) -> Extract:
     _require(spec.source.table, schema, [spec.source.patient_column], "source.patient_column")
     joined = dict(schema)
     joins = []
-    sizes = [base.select(pl.len()).collect().item()]
+    sizes = [base_table.count()]
     for join in spec.source.joins:
         right_table = open_table(raw, join.table, types)
         right = right_table.scan()
         right_schema = right.collect_schema()
-        sizes.append(right.select(pl.len()).collect().item())
+        sizes.append(right_table.count())
         _require(join.table, right_schema, [join.on, *join.where], f"join with {join.table}")
         _require(spec.source.table, pl.Schema(joined), [join.on], f"join on {join.on}")
         if right_schema[join.on] != joined[join.on]:
@@ -105,7 +105,7 @@ def open_extract(raw: Path, spec: Spec) -> Extract:
     consent_table = open_table(raw, c.table, types)
     consent = consent_table.scan()
     consent_schema = consent.collect_schema()
-    sizes.append(consent.select(pl.len()).collect().item())
+    sizes.append(consent_table.count())
     optional = [name for name in (c.consented_by, c.withdrawn_at) if name is not None]
     _require(c.table, consent_schema, [c.on, *c.purposes, *optional], "consent")
     if consent_schema[c.on] != schema[spec.source.patient_column]:

@@ -50,6 +50,13 @@ def load_key(path: Path) -> bytes:
     return key
 
 
+def canonical(value: pl.Expr) -> pl.Expr:
+    """The value a pseudonym is keyed on, as the portal spells it when a patient withdraws
+    (surrounding spaces dropped, a check character ``x`` as ``X``); empty is missing."""
+    text = value.cast(pl.String).str.strip_chars().str.to_uppercase()
+    return pl.when(text != "").then(text)
+
+
 def pseudonymise(values: pl.Series, key: bytes) -> pl.Series:
     """Pseudonyms for ``values``; each distinct value is hashed once."""
     distinct = values.drop_nulls().unique()

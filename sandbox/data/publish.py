@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
+from sandbox.data import identifiers
 from sandbox.data.anonymize import Column, Outcome
 from sandbox.data.catalog import RecordStats, listed_fields
 from sandbox.data.codes import P
@@ -27,6 +28,7 @@ from sandbox.data.screening import ID, PID, Screened
 from sandbox.data.spec import Icd10Hierarchy, Spec
 from sandbox.data.spill import GroupTotals, Spill, Workspace, hashed, ranged
 from sandbox.data.tables import Source
+from sandbox.errors import PolicyRefusal
 
 _PREFIX = 8  # hex digits of a pseudonym that pick its consent bucket
 
@@ -74,7 +76,8 @@ def publish(spec: Spec, key: bytes, screened: Screened, outcome: Outcome,
     names = {label: _names(outcome.columns[code]) for code, label in labels.items()}
     frequent: dict[str, dict[str, int]] = {name: defaultdict(int) for name in listed}
     nulls = dict.fromkeys([f.name for f in spec.fields], 0)
-    consented_by: set[str] = set()
+    consented_by: dict[str, int] = defaultdict(int)  # patients per signer
+    signer_hits: list[identifiers.Hit] = []
     records_out = work.spill("records-out") if aggregates is None else None
     consent_out = (work.spill("consent-out") if aggregates is None and consent is not None
                    else None)
@@ -122,7 +125,10 @@ def publish(spec: Spec, key: bytes, screened: Screened, outcome: Outcome,
             pl.lit(None, dtype=pl.String).alias("consented_by"),
             pl.lit(None, dtype=pl.Date).alias("withdrawn_at"),
         )], how="vertical_relaxed").join(pseudonyms, on=ID)
-        consented_by.update(table["consented_by"].drop_nulls().unique().to_list())
+        for value, n in table["consented_by"].drop_nulls().value_counts().iter_rows():
+            consented_by[value] += n
+        signer_hits += identifiers.number_hits(
+            table.select(pl.int_range(pl.len()).alias(ROW), "consented_by"), ["consented_by"])
 
         if counts is not None:
             withdrawn = table.filter(pl.col("withdrawn_at").is_not_null())[ID]
@@ -135,13 +141,19 @@ def publish(spec: Spec, key: bytes, screened: Screened, outcome: Outcome,
                             ranged(pl.col(patient).str.slice(0, _PREFIX).str.to_integer(base=16),
                                    16 ** _PREFIX, work.count))
     k = spec.privacy.k
+    findings = identifiers.combine(signer_hits, ["consented_by"])
+    if findings:
+        raise PolicyRefusal("direct identifiers found; nothing was published:\n"
+                            + "\n".join(f"  - consent {f.describe()}" for f in findings))
     stats = RecordStats(
         patients=kept_patients, records=kept_records,
         nullable={name: n > 0 for name, n in nulls.items()},
         frequent={name: sorted(v for v, n in values.items() if n >= k)
                   for name, values in frequent.items()},
     )
-    published = Published(stats, sorted(consented_by), records_out, consent_out)
+    # the catalog names only signers ("本人", "监护人") that cover k patients
+    published = Published(stats, sorted(v for v, n in consented_by.items() if n >= k),
+                          records_out, consent_out)
     if counts is not None:
         published.aggregates = _aggregates(counts, aggregates, k)
     else:

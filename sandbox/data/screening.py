@@ -17,6 +17,7 @@ import polars as pl
 
 from sandbox.data import identifiers
 from sandbox.data.extract import ROW
+from sandbox.data.pseudonym import canonical
 from sandbox.data.spec import Icd10Hierarchy, Spec
 from sandbox.data.spill import Spill, Workspace, hashed
 from sandbox.errors import PolicyRefusal, SpecError
@@ -52,11 +53,11 @@ def screen(frames: Iterable[pl.DataFrame], spec: Spec, work: Workspace) -> Scree
     try:
         columns: list[str] = []
         for frame in frames:
-            published = frame.select(ROW, pl.col(source).alias(ID),
+            published = frame.select(ROW, canonical(pl.col(source)).alias(ID),
                                      *(pl.col(f.source_column).alias(f.name) for f in spec.fields))
             columns = identifiers.scannable(published.drop(ROW, ID).schema)
             s.rows += frame.height
-            s.missing_ids += frame[source].null_count()
+            s.missing_ids += published[ID].null_count()
             year = (frame[spec.dataset.year_column].dt.year() if spec.dataset.year_column
                     else pl.Series([], dtype=pl.Int32))
             if year.drop_nulls().len():
@@ -83,7 +84,7 @@ def screen(frames: Iterable[pl.DataFrame], spec: Spec, work: Workspace) -> Scree
                 values.add(identifiers.text_values(published, columns),
                            hashed(pl.col("value"), work.count))
             s.mapping.add(frame.select(pl.col(spec.source.patient_column).alias(PID),
-                                       pl.col(source).alias(ID)).unique(),
+                                       canonical(pl.col(source)).alias(ID)).unique(),
                           hashed(pl.col(PID), work.count))
             s.published.add(published, hashed(pl.col(ID), work.count))
         for spill in (s.published, s.mapping, names, values, bad):

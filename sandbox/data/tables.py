@@ -74,19 +74,40 @@ class Table:
     def scan(self) -> pl.LazyFrame:
         if not self.csv:
             return pl.scan_parquet(self.path)
-        lazy = pl.scan_csv(self.path, infer_schema=False, encoding="utf8-lossy")
+        lazy = pl.scan_csv(self.path, infer_schema=False, encoding="utf8")
         present = lazy.collect_schema().names()
         return lazy.with_columns(_as(kind, name) for name, kind in self.types.items()
                                  if name in present and kind != "string")
 
+    def count(self) -> int:
+        """How many rows the table has (a CSV file is read through once)."""
+        try:
+            return self.scan().select(pl.len()).collect().item()
+        except pl.exceptions.PolarsError as exc:
+            raise InputError(f"cannot read raw table {self.path}: {self.problem(exc)}") from None
+
+    def problem(self, exc: Exception) -> str:
+        """What is wrong with the table, in words that repeat none of its values."""
+        if not self.csv:
+            return _first_line(exc)
+        return self.diagnose() or ("it is not UTF-8 CSV text with a header row and the same "
+                                   "number of columns on every line")
 
     def diagnose(self) -> str | None:
         """Which column of a CSV file holds a value that is not of its type (the value
         itself is not repeated: it may be anything, an identifier too)."""
-        lazy = pl.scan_csv(self.path, infer_schema=False, encoding="utf8-lossy")
-        present = lazy.collect_schema().names()
+        lazy = pl.scan_csv(self.path, infer_schema=False, encoding="utf8")
+        try:
+            present = lazy.collect_schema().names()
+            lazy.select(pl.len()).collect()
+        except pl.exceptions.PolarsError:
+            return None  # the file itself, not one column's values
         for name, kind in self.types.items():
             if name in present and kind != "string":
+                try:
+                    lazy.select(pl.col(name)).collect()
+                except pl.exceptions.PolarsError:
+                    return None  # the file itself
                 try:
                     lazy.select(_as(kind, name)).collect()
                 except pl.exceptions.PolarsError:
@@ -107,7 +128,7 @@ def open_table(raw: Path, name: str, types: dict[str, str]) -> Table:
     try:
         table.scan().collect_schema()
     except (OSError, pl.exceptions.PolarsError) as exc:
-        raise InputError(f"cannot read raw table {table.path}: {_first_line(exc)}") from None
+        raise InputError(f"cannot read raw table {table.path}: {table.problem(exc)}") from None
     return table
 
 
@@ -140,7 +161,7 @@ class Source:
             except pl.exceptions.PolarsError as exc:
                 target.unlink(missing_ok=True)
                 raise InputError(f"cannot read raw table {self.path}: "
-                                 f"{self.table.diagnose() or _first_line(exc)}") from None
+                                 f"{self.table.problem(exc)}") from None
         return Source(Table(target), self.shape)
 
     def chunks(self, rows: int) -> Iterator[pl.DataFrame]:

@@ -59,7 +59,9 @@ def onboard_in_memory(raw: Path, spec_path: Path, key_file: Path) -> Reference:
         frequent={name: _frequent(records, name, patient, spec.privacy.k)
                   for name in listed_fields(spec)})
     metadata = catalog.build(spec, stats,
-                             sorted(consent["consented_by"].drop_nulls().unique().to_list()),
+                             sorted(consent["consented_by"].drop_nulls().value_counts()
+                                    .filter(pl.col("count") >= spec.privacy.k)
+                                    ["consented_by"].to_list()),
                              years, hashlib.sha256(Path(spec_path).read_bytes()).hexdigest())
     report = _report(spec, _part_report(
         before, after, outcome,

@@ -153,6 +153,30 @@ def small_classes(columns: list[Column], patients: np.ndarray, rows: np.ndarray,
     return (joined["_n"] < k).to_numpy()
 
 
+def _suppress(qi: list[Column], sens: Column | None, patients: np.ndarray, k: int
+              ) -> np.ndarray:
+    """Step 3 over every row: which rows are kept."""
+    keep = ~small_classes(qi, patients, np.arange(len(patients)), k)
+    while True:
+        rows = np.flatnonzero(keep)
+        changed = False
+        if sens is not None:
+            lift_rare(sens, patients, rows, k, whole=True)
+            ids = sens.label_ids()
+            per_label = _patients_per_label(ids, patients, rows)
+            rare_rows = per_label[ids[rows]] < k
+            if rare_rows.any():
+                keep[rows[rare_rows]] = False
+                changed = True
+                rows = np.flatnonzero(keep)
+        small = small_classes(qi, patients, rows, k)
+        if small.any():
+            keep[rows[small]] = False
+            changed = True
+        if not changed:
+            return keep
+
+
 def generalise(
     frame: pl.DataFrame,
     quasi: dict[str, Hierarchy],
@@ -183,39 +207,26 @@ def generalise(
         if not candidates:
             break
         max(candidates, key=lambda c: c.distinct_labels()).lift_floor()
+    sens = Column.build(sensitive[0], sensitive[1], frame[sensitive[0]]) if sensitive else None
     lowered = True
-    while lowered:  # each column back one level while the budget holds
+    while lowered:  # each column back one level while step 3 stays within the budget
         lowered = False
         for column in qi:
             finer = column.lowered()
             if finer is None:
                 continue
             coarser, column.level = column.level, finer
-            if small_classes(qi, patients, all_rows, k).mean() <= max_suppression:
+            trial = None if sens is None else sens.level.copy()
+            within = int((~_suppress(qi, sens, patients, k)).sum()) <= max_suppression * len(
+                patients)
+            if sens is not None:
+                sens.level = trial
+            if within:
                 lowered = True
             else:
                 column.level = coarser
 
-    keep = ~small_classes(qi, patients, all_rows, k)
-    sens = Column.build(sensitive[0], sensitive[1], frame[sensitive[0]]) if sensitive else None
-    while True:
-        rows = np.flatnonzero(keep)
-        changed = False
-        if sens is not None:
-            lift_rare(sens, patients, rows, k, whole=True)
-            ids = sens.label_ids()
-            per_label = _patients_per_label(ids, patients, rows)
-            rare_rows = per_label[ids[rows]] < k
-            if rare_rows.any():
-                keep[rows[rare_rows]] = False
-                changed = True
-                rows = np.flatnonzero(keep)
-        small = small_classes(qi, patients, rows, k)
-        if small.any():
-            keep[rows[small]] = False
-            changed = True
-        if not changed:
-            break
+    keep = _suppress(qi, sens, patients, k)
     if not keep.any():
         raise PolicyRefusal("no record survives the minimum count; the data is too sparse")
     dropped = ~keep

@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 
 from sandbox.data.idcard import check_digit
+from sandbox.data.pseudonym import load_key, pseudonymise
 from tests.conftest import ROOT
 
 SPEC = ROOT / "sandbox" / "data" / "specs" / "breast-cancer.toml"
@@ -120,3 +121,78 @@ def test_a_table_in_both_formats_is_refused(cli, key_file, tmp_path):
                  "--key-file", key_file, "--out", tmp_path / "ds")
     assert result.code == 3, result.stderr
     assert "both cohort.parquet and cohort.csv" in result.stderr
+
+
+def test_an_id_number_is_keyed_as_the_portal_spells_it(cli, key_file, tmp_path):
+    """Adversary: none — an extract that writes the check character in lower case or pads
+    the number with spaces. The pseudonym is keyed on the number as the portal spells it
+    when the patient withdraws (trimmed, upper case), so the withdrawal finds the patient,
+    and one person spelled two ways is still one patient."""
+    cohort = write_extract(tmp_path / "raw")
+    ending_x = cohort.filter(pl.col("id_card").str.ends_with("X"))["pid"].head(5).to_list()
+    padded = cohort.filter(~pl.col("pid").is_in(ending_x))["pid"].head(5).to_list()
+    assert ending_x and padded
+    cohort.with_columns(
+        pl.when(pl.col("pid").is_in(ending_x)).then(pl.col("id_card").str.to_lowercase())
+        .when(pl.col("pid").is_in(padded)).then(pl.format(" {} ", pl.col("id_card")))
+        .otherwise(pl.col("id_card")).alias("id_card")).write_csv(tmp_path / "raw" / "cohort.csv")
+    result = cli("data", "onboard", "--raw", tmp_path / "raw", "--spec", SPEC,
+                 "--key-file", key_file, "--out", tmp_path / "ds")
+    assert result.code == 0, result.stderr
+    key = load_key(key_file)
+    consent = pl.read_parquet(tmp_path / "ds" / "restricted" / "consent.parquet")
+    chosen = cohort.filter(pl.col("pid").is_in(ending_x + padded))
+    kept = chosen.filter(~pl.col("age").is_in([80, 23, 27]))["id_card"]
+    portal_spelling = pseudonymise(kept.str.strip_chars().str.to_uppercase(), key)
+    assert set(portal_spelling) <= set(consent["pseudonym"])
+
+
+def test_who_consented_is_scanned_and_listed_only_when_common(cli, key_file, tmp_path):
+    """Adversary: none — a consent extract whose signer column holds free text. A phone
+    number there refuses the dataset (exit 4, masked); otherwise the catalog lists only
+    signers that cover at least k patients."""
+    write_extract(tmp_path / "raw")
+    consent = pl.read_parquet(tmp_path / "raw" / "consent.parquet")
+    signers = ["patient"] * (PATIENTS - 3) + ["guardian 王小明", "guardian 李四", "x"]
+    consent.with_columns(signer=pl.Series(signers)).write_parquet(
+        tmp_path / "raw" / "consent.parquet")
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC.read_text(encoding="utf-8").replace(
+        'purposes = ["medical_research"]',
+        'purposes = ["medical_research"]\nconsented_by = "signer"'), encoding="utf-8")
+    result = cli("data", "onboard", "--raw", tmp_path / "raw", "--spec", spec,
+                 "--key-file", key_file, "--out", tmp_path / "ds")
+    assert result.code == 0, result.stderr
+    meta = json.loads((tmp_path / "ds" / "metadata.json").read_text(encoding="utf-8"))
+    signer = {f["name"]: f for f in meta["tables"]["consent"]["fields"]}["consented_by"]
+    assert signer["categories"] == ["patient"]
+    dummy_consent = pl.read_parquet(tmp_path / "ds" / "dummy" / "consent.parquet")
+    assert set(dummy_consent["consented_by"].drop_nulls()) <= {"patient"}
+
+    signers[10] = "guardian 13812345678"
+    consent.with_columns(signer=pl.Series(signers)).write_parquet(
+        tmp_path / "raw" / "consent.parquet")
+    refused = cli("data", "onboard", "--raw", tmp_path / "raw", "--spec", spec,
+                  "--key-file", key_file, "--out", tmp_path / "ds2")
+    assert refused.code == 4, refused.stderr
+    assert "consent column 'consented_by' holds mobile phone numbers" in refused.stderr
+    assert "13812345678" not in refused.stderr
+    assert not (tmp_path / "ds2").exists()
+
+
+@pytest.mark.parametrize("damage", ["unclosed quote", "not UTF-8"])
+def test_a_csv_file_that_is_not_well_formed_is_refused_without_its_text(cli, key_file,
+                                                                        tmp_path, damage):
+    write_extract(tmp_path / "raw")
+    path = tmp_path / "raw" / "cohort.csv"
+    text = path.read_bytes()
+    broken = (text.replace(b"\nP00042,", b'\n"P00042 13812345678,', 1) if damage == "unclosed quote"
+              else text.replace("患者42,".encode(), "患者42 13812345678,".encode("gbk"), 1))
+    assert broken != text
+    path.write_bytes(broken)
+    result = cli("data", "onboard", "--raw", tmp_path / "raw", "--spec", SPEC,
+                 "--key-file", key_file, "--out", tmp_path / "ds")
+    assert result.code == 2, result.stderr
+    assert "cannot read raw table" in result.stderr and "cohort.csv: " in result.stderr
+    assert "13812345678" not in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "ds").exists()
