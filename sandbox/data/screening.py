@@ -10,6 +10,7 @@ across buckets, which is what lets the minimum count be enforced without holding
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -109,6 +110,9 @@ def screen(frames: Iterable[pl.DataFrame], spec: Spec, work: Workspace) -> Scree
     return s
 
 
+_CODE_LIKE = re.compile(r"[A-Za-z0-9.\-]{1,8}")
+
+
 def _refuse_bad_codes(bad: Spill, fields: list[str]) -> None:
     counts: dict[str, tuple[int, str]] = {}
     for part in bad:
@@ -120,5 +124,7 @@ def _refuse_bad_codes(bad: Spill, fields: list[str]) -> None:
     for name in fields:
         if name in counts:
             n, example = counts[name]
-            raise SpecError(f"field {name}: {n} values are not ICD-10 codes "
-                            f"(e.g. {example!r})")
+            # a code-like example helps the controller; anything else may be an identifier
+            shown = f"e.g. {example!r}" if _CODE_LIKE.fullmatch(example) else (
+                "the first is not shown: it is not code-like")
+            raise SpecError(f"field {name}: {n} values are not ICD-10 codes ({shown})")

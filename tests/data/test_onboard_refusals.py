@@ -237,3 +237,18 @@ def test_an_empty_extract(cli, raw_copy, key_file, spec_path, tmp_path):
     out = tmp_path / "ds"
     assert_refused(onboard_cli(cli, raw_copy, spec_path, key_file, out), out,
                    "covers 0 patients, fewer than the minimum count 5", code=4)
+
+
+def test_a_malformed_code_that_is_not_code_like_is_not_repeated(cli, raw_copy, key_file,
+                                                                spec_path, tmp_path):
+    diagnoses = pl.read_parquet(raw_copy / "diagnoses.parquet")
+    first = diagnoses["is_primary"].arg_true()[0]
+    codes = diagnoses["icd10_code"].to_list()
+    codes[first] = "王小明 13812345678"
+    diagnoses.with_columns(icd10_code=pl.Series(codes)).write_parquet(
+        raw_copy / "diagnoses.parquet")
+    out = tmp_path / "ds"
+    result = onboard_cli(cli, raw_copy, spec_path, key_file, out)
+    assert_refused(result, out, "1 values are not ICD-10 codes (the first is not shown",
+                   code=3)
+    assert "13812345678" not in result.stderr and "王小明" not in result.stderr
