@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Connection, Engine, select
@@ -77,21 +79,59 @@ def record(db: Engine, actor: str, requests: list[Withdrawal]) -> list[tuple[str
     return new
 
 
-def restore(db: Engine) -> int:
-    """Write back every withdrawal the audit chain records that the withdrawals table lacks
-    (rows someone deleted to put a patient back into the answers), audited; how many. The
-    gateway does this as it starts, before it answers anything."""
+class Copy:
+    """The withdrawals a gateway took in, also appended to a file in its state directory —
+    outside the database, as its audit witness is —, one ``pseudonym purpose`` line each:
+    what ``restore`` writes back even once retention pruning has removed the audit entries,
+    or if someone prunes the chain by hand without carrying them."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def add(self, pairs: list[tuple[str, str]]) -> None:
+        if not pairs:
+            return
+        with self.path.open("a", encoding="utf-8") as out:
+            out.writelines(f"{p} {purpose}\n" for p, purpose in pairs)
+            out.flush()
+            os.fsync(out.fileno())
+
+    def pairs(self) -> set[tuple[str, str]]:
+        if not self.path.exists():
+            return set()
+        found = set()
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            pseudonym, _, purpose = line.partition(" ")
+            if PSEUDONYM.fullmatch(pseudonym) and (purpose == ALL or purpose in IDS):
+                found.add((pseudonym, purpose))
+        return found
+
+
+def expected(db: Engine, copy: Copy | None = None) -> set[tuple[str, str]]:
+    """Every withdrawal recorded outside the withdrawals table: the audit chain's and the
+    gateway's own copy."""
+    with db.connect() as conn:
+        return _recorded(conn) | (copy.pairs() if copy else set())
+
+
+def restore(db: Engine, copy: Copy | None = None) -> int:
+    """Write back every withdrawal recorded outside the table (``expected``) that the
+    withdrawals table lacks (rows someone deleted to put a patient back into the answers),
+    audited; how many were written. The gateway does this as it starts, before it answers
+    anything (and then refuses to answer while any is still missing)."""
     with db.begin() as conn:
-        missing = sorted(_recorded(conn) - {(r.pseudonym, r.purpose) for r in conn.execute(
-            select(withdrawals.c.pseudonym, withdrawals.c.purpose))})
+        missing = sorted((_recorded(conn) | (copy.pairs() if copy else set()))
+                         - {(r.pseudonym, r.purpose) for r in conn.execute(
+                             select(withdrawals.c.pseudonym, withdrawals.c.purpose))})
         if not missing:
             return 0
-        _insert(conn, missing, "gateway", now())
+        written = _insert(conn, missing, "gateway", now())
         audit.append(conn, AuditAction.CONSENT_RESTORED, "gateway", "withdrawals",
-                     {"restored": len(missing), "patients": sorted({p for p, _ in missing})})
-    log.warning("%d withdrawals recorded in the audit chain were missing from the "
-                "withdrawals table and were written back", len(missing))
-    return len(missing)
+                     {"restored": len(written), "missing": len(missing),
+                      "patients": sorted({p for p, _ in written})})
+    log.warning("%d withdrawals recorded outside the withdrawals table were missing from it; "
+                "%d were written back", len(missing), len(written))
+    return len(written)
 
 
 def carry(conn: Connection, through: int, actor: str) -> int:

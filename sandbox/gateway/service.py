@@ -68,9 +68,12 @@ class GatewayService:
         self.limiter = limiter_for(self.db, settings.rate_limit, settings.rate_burst)
         self.grants = Grants(self.db)
         self.ledger = Ledger(self.db, self.signer)
-        # withdrawals someone deleted are written back before anything is answered
-        consent.restore(self.db)
+        # withdrawals someone deleted are written back before anything is answered, and
+        # none is answered while one recorded outside the table is still missing from it
+        self.consent_copy = consent.Copy(settings.state_dir / "withdrawals.txt")
+        consent.restore(self.db, self.consent_copy)
         self.withdrawals = WithdrawalLog(self.db, store.withdrawals)
+        self.withdrawals.expect(consent.expected(self.db, self.consent_copy))
         self.datasets: dict[str, view.Dataset] = {}
         self._load_datasets()
         self.federation = Federation(settings.federation_file, self.signer)
@@ -183,7 +186,7 @@ class GatewayService:
     # -- consent -----------------------------------------------------------------------------
     def withdraw(self, actor: str, request: Withdrawal) -> dict:
         # Takes effect at once: every question reads the withdrawal set as it stands.
-        new = consent.record(self.db, actor, [request])
+        new = self._record(actor, [request])
         # Sites hold their own rows: they are told now, and say if they could not be.
         purposes = request.withdrawn()
         missed = self.deliveries.bring_up_to_date(self.federation.sites(),
@@ -197,13 +200,22 @@ class GatewayService:
         """Withdrawals in bulk: recorded in one transaction, applied to the next question,
         forwarded to every site in one message each; how many patients each served
         dataset holds among them."""
-        new = consent.record(self.db, actor, requests)
+        new = self._record(actor, requests)
         missed = self.deliveries.bring_up_to_date(self.federation.sites(),
                                                   self.federation.tell_withdrawals)
         pseudonyms = sorted({r.pseudonym for r in requests})
         return {"withdrawals": len(requests), "recorded": len(new),
                 "holding": {d.id: view.holding(d, pseudonyms) for d in self.datasets.values()},
                 "sites_missed": missed, "version": self.withdrawals.current().version}
+
+    def _record(self, actor: str, requests: list[Withdrawal]) -> list[tuple[str, str]]:
+        """Record withdrawals in the database, in the gateway's own copy, and as pairs the
+        table must hold from now on (a row the database does not keep stops the answers)."""
+        new = consent.record(self.db, actor, requests)
+        pairs = [(r.pseudonym, p) for r in requests for p in r.withdrawn()]
+        self.consent_copy.add(pairs)
+        self.withdrawals.expect(pairs)
+        return new
 
     def containing(self, pseudonym: str, strict: bool = True) -> list[dict]:
         """The datasets (id and version) holding records of this patient, federated ones

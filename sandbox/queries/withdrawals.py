@@ -63,10 +63,28 @@ class WithdrawalLog:
     def __init__(self, db: Engine, table: Table) -> None:
         self.db, self.table = db, table
         self._seen, self._last = Withdrawn(), 0
+        self._expected, self._unchecked = Withdrawn(), False
         self._lock = threading.Lock()
         self._count = select(func.count()).select_from(table)
 
+    def expect(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """(pseudonym, purpose) pairs the table must hold — recorded outside the database
+        (the audit chain, the gateway's own copy) —: while one is missing, ``current()``
+        refuses, whatever the table's size."""
+        with self._lock:
+            self._expected = self._expected.adding(0, pairs)
+            self._unchecked = True
+
     def current(self) -> Withdrawn:
+        seen = self._read()
+        with self._lock:
+            if self._unchecked:
+                if not self._expected.within(seen):
+                    raise self._tampered()
+                self._unchecked = False
+        return seen
+
+    def _read(self) -> Withdrawn:
         t = self.table
         with self._lock, self.db.connect() as conn:
             total = conn.execute(self._count).scalar_one()
@@ -87,7 +105,7 @@ class WithdrawalLog:
                                ((r.pseudonym, r.purpose) for r in rows))
             if base is not self._seen and not self._seen.within(seen):
                 raise self._tampered()
-            self._seen = seen
+            self._seen, self._unchecked = seen, True
             self._last = rows[-1].id if rows else self._last
             return self._seen
 
@@ -96,4 +114,4 @@ class WithdrawalLog:
             f"withdrawals already applied (set version {self._seen.version}) are missing from "
             "the withdrawals table: withdrawn patients would be read again, so no question is "
             "answered until the controllers restore them (restart the gateway: it writes "
-            "back every withdrawal its audit chain records)")
+            "back every withdrawal its audit chain and its state directory record)")
