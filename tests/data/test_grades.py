@@ -4,13 +4,22 @@ may keep named identifiers such as an address, never ID numbers, phones or names
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import polars as pl
 import pytest
 
 from sandbox.data.onboard import onboard
 from sandbox.errors import PolicyRefusal, SpecError
+from tests.data.conftest import records_only
 from tests.data.test_onboard_refusals import spec_with
+
+
+@pytest.fixture(scope="module")
+def spec_path(spec_path, tmp_path_factory) -> Path:
+    """The demo spec without its event tables (tested in test_events.py)."""
+    return records_only(spec_path, tmp_path_factory)
+
 
 ADDRESS_FIELD = """
 [[fields]]

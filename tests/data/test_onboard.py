@@ -8,15 +8,23 @@ import hmac
 import json
 import re
 import shutil
+from pathlib import Path
 
 import polars as pl
+import pytest
 from pycanon import anonymity
 
 from sandbox.data import dummy
 from sandbox.data.catalog import CONSENT, RECORDS
 from sandbox.data.onboard import onboard
 from sandbox.data.pseudonym import create_key
-from tests.data.conftest import leftovers
+from tests.data.conftest import leftovers, records_only
+
+
+@pytest.fixture(scope="module")
+def spec_path(spec_path, tmp_path_factory) -> Path:
+    """The demo spec without its event tables (tested in test_events.py)."""
+    return records_only(spec_path, tmp_path_factory)
 
 QUASI = ["sex", "age_band", "residence", "ethnicity", "admission_month"]
 

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from sandbox.data import identifiers
-from tests.data.conftest import leftovers
+from tests.data.conftest import EVENTS, leftovers
 
 REMARK_FIELD = """
 [[fields]]
@@ -30,9 +30,6 @@ def assert_refused(result, out, *needles, code=None):
         assert needle in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert leftovers(out.parent, out.name) == []
-
-
-EVENTS = "# Event tables:"  # where the demo spec's [[events]] begin
 
 
 def spec_with(spec_path, tmp_path, extra: str = "", replace: tuple[str, str] | None = None):

@@ -6,6 +6,7 @@ nothing behind (its spill files included)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -14,9 +15,15 @@ from sandbox.data import extract as extract_module
 from sandbox.data import spill as spill_module
 from sandbox.data.onboard import onboard
 from sandbox.errors import PolicyRefusal, SpecError
-from tests.data.conftest import leftovers
+from tests.data.conftest import leftovers, records_only
 from tests.data.reference import onboard_in_memory
 from tests.data.test_onboard_refusals import REMARK_FIELD, put_in_remarks, spec_with
+
+
+@pytest.fixture(scope="module")
+def spec_path(spec_path, tmp_path_factory) -> Path:
+    """The demo spec without its event tables (tested in test_events.py)."""
+    return records_only(spec_path, tmp_path_factory)
 
 ONE_BUCKET = 10**9
 MANY = 1_500  # rows per bucket: the session extract's tables split into ~15 buckets
