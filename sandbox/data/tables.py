@@ -74,10 +74,14 @@ class Table:
     def scan(self) -> pl.LazyFrame:
         if not self.csv:
             return pl.scan_parquet(self.path)
-        lazy = pl.scan_csv(self.path, infer_schema=False, encoding="utf8")
+        lazy = self._text()
         present = lazy.collect_schema().names()
         return lazy.with_columns(_as(kind, name) for name, kind in self.types.items()
                                  if name in present and kind != "string")
+
+    def _text(self) -> pl.LazyFrame:
+        """A CSV file as it is: every column text."""
+        return pl.scan_csv(self.path, infer_schema=False, encoding="utf8")
 
     def count(self) -> int:
         """How many rows the table has (a CSV file is read through once)."""
@@ -96,7 +100,7 @@ class Table:
     def diagnose(self) -> str | None:
         """Which column of a CSV file holds a value that is not of its type (the value
         itself is not repeated: it may be anything, an identifier too)."""
-        lazy = pl.scan_csv(self.path, infer_schema=False, encoding="utf8")
+        lazy = self._text()
         try:
             present = lazy.collect_schema().names()
             lazy.select(pl.len()).collect()

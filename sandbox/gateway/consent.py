@@ -114,15 +114,14 @@ def expected(db: Engine, copy: Copy | None = None) -> set[tuple[str, str]]:
         return _recorded(conn) | (copy.pairs() if copy else set())
 
 
-def restore(db: Engine, copy: Copy | None = None) -> int:
-    """Write back every withdrawal recorded outside the table (``expected``) that the
+def restore(db: Engine, recorded: set[tuple[str, str]]) -> int:
+    """Write back every withdrawal ``recorded`` outside the table (``expected``) that the
     withdrawals table lacks (rows someone deleted to put a patient back into the answers),
     audited; how many were written. The gateway does this as it starts, before it answers
     anything (and then refuses to answer while any is still missing)."""
     with db.begin() as conn:
-        missing = sorted((_recorded(conn) | (copy.pairs() if copy else set()))
-                         - {(r.pseudonym, r.purpose) for r in conn.execute(
-                             select(withdrawals.c.pseudonym, withdrawals.c.purpose))})
+        missing = sorted(recorded - {(r.pseudonym, r.purpose) for r in conn.execute(
+            select(withdrawals.c.pseudonym, withdrawals.c.purpose))})
         if not missing:
             return 0
         written = _insert(conn, missing, "gateway", now())

@@ -71,9 +71,10 @@ class GatewayService:
         # withdrawals someone deleted are written back before anything is answered, and
         # none is answered while one recorded outside the table is still missing from it
         self.consent_copy = consent.Copy(settings.state_dir / "withdrawals.txt")
-        consent.restore(self.db, self.consent_copy)
+        recorded = consent.expected(self.db, self.consent_copy)
+        consent.restore(self.db, recorded)
         self.withdrawals = WithdrawalLog(self.db, store.withdrawals)
-        self.withdrawals.expect(consent.expected(self.db, self.consent_copy))
+        self.withdrawals.expect(recorded)
         self.datasets: dict[str, view.Dataset] = {}
         self._load_datasets()
         self.federation = Federation(settings.federation_file, self.signer)

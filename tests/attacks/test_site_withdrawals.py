@@ -53,14 +53,22 @@ def _withdraw_while_down(exact, served, name: str, patient: str) -> None:
     assert answer.status_code == 201 and answer.json()["sites_missed"] == [name]
 
 
-def test_a_withdrawal_a_site_missed_applies_to_the_next_federated_question(cluster, exact):
+def _missed(cluster, exact, which: int):
+    """A fresh grant's first federated answer, then the ``which``-th heaviest patient of the
+    first site withdrawn while that site is down (and back up): (site, client, answer,
+    patient)."""
     name, served, patients = _site(cluster, exact)
     gw = Gateway(exact.url, grant(exact, fields=["length_of_stay"])["token"])
     before = gw.federated.histogram(DATASET, "length_of_stay", [0, 365], epsilon=0.1)
     try:
-        _withdraw_while_down(exact, served, name, patients[0])
+        _withdraw_while_down(exact, served, name, patients[which])
     finally:
         _serve_again(served)
+    return name, gw, before, patients[which]
+
+
+def test_a_withdrawal_a_site_missed_applies_to_the_next_federated_question(cluster, exact):
+    name, gw, before, _ = _missed(cluster, exact, 0)
     after = gw.federated.histogram(DATASET, "length_of_stay", [0, 365], epsilon=0.2)
     assert before.df["count"][0] - after.df["count"][0] >= 1
     version = exact.service.withdrawals.current().version
@@ -98,22 +106,16 @@ def test_a_withdrawal_deleted_before_a_site_was_told_stops_federated_questions(c
     has not been told yet. The withdrawal set shrank: federated questions are refused
     before anything is charged, as central ones are, until the row is written back from
     the audit chain (as the gateway does when it starts); then the site is told it."""
-    name, served, patients = _site(cluster, exact)
-    gw = Gateway(exact.url, grant(exact, fields=["length_of_stay"])["token"])
-    before = gw.federated.histogram(DATASET, "length_of_stay", [0, 365], epsilon=0.1)
-    try:
-        _withdraw_while_down(exact, served, name, patients[4])
-    finally:
-        _serve_again(served)
+    _, gw, before, patient = _missed(cluster, exact, 4)
     with exact.service.db.begin() as conn:
         deleted = conn.execute(delete(withdrawals).where(
-            withdrawals.c.pseudonym == patients[4])).rowcount
+            withdrawals.c.pseudonym == patient)).rowcount
     assert deleted == 1
     with pytest.raises(GatewayError) as refused:
         gw.federated.histogram(DATASET, "length_of_stay", [0, 365], epsilon=0.2)
     assert refused.value.status == 503
     assert "missing from the withdrawals table" in refused.value.reason
     assert gw.budget()["epsilon"]["spent"] == pytest.approx(0.1)  # nothing charged
-    assert consent.restore(exact.service.db) == 1
+    assert consent.restore(exact.service.db, consent.expected(exact.service.db)) == 1
     after = gw.federated.histogram(DATASET, "length_of_stay", [0, 365], epsilon=0.2)
     assert before.df["count"][0] - after.df["count"][0] >= 1
