@@ -80,6 +80,7 @@ bench: demo
 	$(BIN)/python bench/portal.py
 	$(BIN)/python bench/sandboxes.py
 	$(BIN)/python bench/federated.py
+	$(BIN)/python bench/utility.py
 
 clean-demo:
 	rm -rf $(VAR)/demo $(VAR)/datasets

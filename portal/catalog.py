@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from sandbox.data import metadata
+from sandbox.data.catalog import CONSENT, RECORDS
 from sandbox.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -26,9 +27,17 @@ def load(datasets_dir: Path) -> list[dict]:
 
 
 def fields(entry: dict) -> list[dict]:
-    """The requestable fields of a dataset (not the patient key)."""
-    table = next(iter(entry["tables"].values()))
-    return [f for f in table["fields"] if f["role"] not in ("patient_key",)]
+    """The requestable fields of a dataset (not the patient key): the records table's by
+    name, then each event table's as ``table.field`` — the names a grant gives them."""
+    out = []
+    for name, table in entry["tables"].items():
+        if name == CONSENT:
+            continue
+        for f in table["fields"]:
+            if f["role"] != "patient_key":
+                out.append(f if name == RECORDS else {**f, "name": f"{name}.{f['name']}",
+                                                      "table": name})
+    return out
 
 
 def search(entries: list[dict], query: str) -> list[dict]:

@@ -94,6 +94,11 @@ def stop_process(proc: subprocess.Popen | None) -> None:
 class GatewayProcess:
     """``sandboxctl gateway serve`` in its own process."""
 
+    @classmethod
+    def on_sqlite(cls, datasets_dir: Path, state: Path) -> GatewayProcess:
+        """A gateway over ``datasets_dir`` with its ledger in SQLite under ``state``."""
+        return cls(datasets_dir, state / "state", f"sqlite:///{state / 'gateway.db'}")
+
     datasets_dir: Path
     state_dir: Path
     database_url: str

@@ -11,6 +11,10 @@ with a signed receipt::
     n.value, n.release_id
     gw.mean("emr-visits", "total_cost", group_by=["visit_type"], epsilon=0.5).df
     gw.budget()
+
+Cohorts — one row per patient, from diagnoses, labs and prescriptions — are defined with
+``Cohort``, tried on the dummy data with ``Cohort.frame()`` and asked with ``gw.cohort(c)``
+(see ``sandbox.client.cohorts``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ import httpx
 import polars as pl
 
 from sandbox import receipts
+from sandbox.client.cohorts import Cohort, CohortStatistics, codelist
+
+__all__ = ["Cohort", "DPResult", "Gateway", "GatewayError", "codelist", "dummy"]
 
 URL_ENV = "SANDBOX_GATEWAY_URL"
 TOKEN_ENV = "SANDBOX_GATEWAY_TOKEN"
@@ -65,6 +72,7 @@ class DPResult:
     delta: float
     repeated: bool = False
     query: dict = field(default_factory=dict)
+    comparison: dict | None = None  # a test computed from the release (e.g. log-rank)
 
     @property
     def value(self) -> Any:
@@ -206,10 +214,17 @@ class Gateway:
     # -- questions ---------------------------------------------------------------------
     def query(self, spec: dict) -> DPResult:
         """Send a raw query spec (see docs/gateway-api.md)."""
-        answer = self._call("POST", "/v1/query", spec)
+        return self._answer("/v1/query", spec)
+
+    def _answer(self, path: str, body: dict) -> DPResult:
+        answer = self._call("POST", path, body)
         frame = pl.DataFrame(answer["result"]) if answer["result"] else pl.DataFrame()
         return DPResult(frame, answer["release"], answer["receipt"], answer["epsilon"],
-                        answer["delta"], answer.get("repeated", False), spec)
+                        answer["delta"], answer.get("repeated", False), body)
+
+    def cohort(self, cohort: Cohort | dict) -> CohortStatistics:
+        """Statistics of ``cohort`` (a ``Cohort`` or its JSON spec), one row per patient."""
+        return CohortStatistics(self, cohort)
 
     def preview(self, spec: dict) -> pl.DataFrame:
         """Noise scale and 95 % error bound of a query; spends nothing."""
@@ -275,10 +290,7 @@ class Federated:
 
     def query(self, spec: dict) -> DPResult:
         """Send a raw federated spec (see docs/federated.md)."""
-        answer = self._gateway._call("POST", "/v1/federated/query", spec)
-        return DPResult(pl.DataFrame(answer["result"]), answer["release"], answer["receipt"],
-                        answer["epsilon"], answer["delta"], answer.get("repeated", False),
-                        spec)
+        return self._gateway._answer("/v1/federated/query", spec)
 
     def preview(self, spec: dict) -> pl.DataFrame:
         """Per slot of the encrypted vector: noise scale, 95 % noise bound and the CKKS

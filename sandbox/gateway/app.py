@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from sandbox import anchors, audit, httpapi
+from sandbox.cohorts.spec import CohortQuery
 from sandbox.errors import InputError
 from sandbox.federated.spec import FederatedSpec
 from sandbox.gateway.consent import PSEUDONYM, Withdrawal, Withdrawals
@@ -216,6 +217,17 @@ def create_app(settings: GatewaySettings | None = None,
     @app.post("/v1/preview")
     def preview(spec: QuerySpec, grant: Project) -> dict:
         return service.preview(grant, spec)
+
+    @app.post("/v1/cohort/query")
+    def cohort_query(spec: CohortQuery, grant: Project) -> dict:
+        """A statistic of a cohort: the cohort's patients one row each (built from the
+        records and event tables), counted, summed, averaged or binned by OpenDP."""
+        return service.cohort_query(grant, spec)
+
+    @app.post("/v1/cohort/preview")
+    def cohort_preview(spec: CohortQuery, grant: Project) -> dict:
+        """Noise scale and 95 % error bound of a cohort statistic; spends nothing."""
+        return service.cohort_preview(grant, spec)
 
     @app.post("/v1/federated/query")
     def federated_query(spec: FederatedSpec, grant: Project) -> dict:

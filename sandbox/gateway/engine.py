@@ -219,8 +219,8 @@ class Engine:
             compiled, dataset, self.executor, withdrawn, purpose)
         frame = execution.release(compiled, dataset, exact, withdrawn)
         bounds = self._bounds(spec, dataset) if spec.field else None
-        frame = _post_process(spec, frame, bounds)
-        return Release(_rows(frame), compiled.epsilon, compiled.delta, frame.columns,
+        frame = post_process(spec, frame, bounds)
+        return Release(rows_of(frame), compiled.epsilon, compiled.delta, frame.columns,
                        withdrawals=withdrawn.version)
 
     def preview(self, spec: QuerySpec, dataset: Dataset, purpose: str,
@@ -229,7 +229,7 @@ class Engine:
         check_served(spec, self.executor)
         measurement = self.measurement(spec, dataset, purpose)
         summary = summarize_polars_measurement(measurement, alpha)
-        return _rows(summary)
+        return rows_of(summary)
 
 
 def _keep(kept: OrderedDict, key: tuple, value: object) -> None:
@@ -254,7 +254,7 @@ def _public_keys(names: list[str], dataset: Dataset) -> pl.LazyFrame:
     return frame.lazy()
 
 
-def _post_process(spec: QuerySpec, frame: pl.DataFrame,
+def post_process(spec: QuerySpec, frame: pl.DataFrame,
                   bounds: tuple[float, float] | None) -> pl.DataFrame:
     """Small cells: a group whose noisy count is below 5 is withheld (post-processing of
     the DP release, so it costs nothing), as the guide's minimum-count rule asks."""
@@ -280,7 +280,7 @@ def _post_process(spec: QuerySpec, frame: pl.DataFrame,
     return frame
 
 
-def _rows(frame: pl.DataFrame) -> list[dict]:
+def rows_of(frame: pl.DataFrame) -> list[dict]:
     rows = frame.to_dicts()
     for row in rows:
         for k, v in row.items():

@@ -31,14 +31,21 @@ from sandbox.queries.withdrawals import WithdrawalLog, Withdrawn
 def central_dataset(grant: Grant, spec: QuerySpec, datasets: dict[str, Dataset],
                     federation: Federation, engine: DPEngine) -> Dataset:
     """The served dataset ``spec`` asks about, once the grant and the dataset allow it."""
-    grant.check_dataset(spec.dataset)
-    dataset = datasets.get(spec.dataset)
-    if spec.dataset in federation.datasets:
-        raise InputError(f"{spec.dataset!r} is federated: its rows stay at its sites; "
+    dataset = served_dataset(grant, spec.dataset, datasets, federation)
+    check_spec(spec, dataset.fields, set(grant.fields))
+    return dataset
+
+
+def served_dataset(grant: Grant, name: str, datasets: dict[str, Dataset],
+                   federation: Federation) -> Dataset:
+    """The dataset ``name`` this gateway serves itself, if the grant covers it."""
+    grant.check_dataset(name)
+    dataset = datasets.get(name)
+    if name in federation.datasets:
+        raise InputError(f"{name!r} is federated: its rows stay at its sites; "
                          "ask with gw.federated.histogram / mean / linear_regression")
     if dataset is None:
-        raise NotFound(f"dataset {spec.dataset!r} is not served")
-    check_spec(spec, dataset.fields, set(grant.fields))
+        raise NotFound(f"dataset {name!r} is not served")
     return dataset
 
 

@@ -15,13 +15,15 @@ from sqlalchemy import select
 
 from sandbox import audit
 from sandbox.anchors import Anchors, result
+from sandbox.cohorts.checks import grantable
+from sandbox.cohorts.spec import CohortQuery
 from sandbox.data import metadata
 from sandbox.db import make_engine
 from sandbox.errors import InputError, SandboxError, Unauthenticated
 from sandbox.federated import authorization
 from sandbox.federated.noise import ALPHA, accuracy
 from sandbox.federated.spec import FederatedSpec
-from sandbox.gateway import consent, exports, statements, store
+from sandbox.gateway import cohorts, consent, exports, statements, store
 from sandbox.gateway import engine as dpengine
 from sandbox.gateway.consent import Withdrawal
 from sandbox.gateway.deliveries import Deliveries
@@ -35,6 +37,7 @@ from sandbox.gateway.questions import (
     FederatedQuestion,
     central_dataset,
     federated_plan,
+    served_dataset,
 )
 from sandbox.gateway.ratelimit import limiter_for
 from sandbox.gateway.settings import GatewaySettings
@@ -112,7 +115,8 @@ class GatewayService:
             if name not in served:
                 raise InputError(f"unknown dataset {name!r}; served: "
                                  f"{', '.join(sorted(served))}")
-        known = set().union(*(served[d].fields for d in request.datasets))
+        known = set().union(*(served[d].fields for d in request.datasets),
+                            *(grantable(served[d].metadata) for d in request.datasets))
         unknown = sorted(set(request.fields) - known)
         if unknown:
             raise InputError(f"unknown fields {unknown}")
@@ -280,6 +284,19 @@ class GatewayService:
             raise
         return self._previewed(grant, spec, answer)
 
+    def cohort_query(self, grant: Grant, spec: CohortQuery) -> dict:
+        return self.ledger.answer(grant, cohorts.CohortQuestion(
+            grant, spec, self.datasets, self.federation, self.engine, self.withdrawals))
+
+    def cohort_preview(self, grant: Grant, spec: CohortQuery) -> dict:
+        try:
+            dataset = served_dataset(grant, spec.dataset, self.datasets, self.federation)
+            answer = {"statistics": cohorts.preview(spec, dataset, grant, self.engine, ALPHA)}
+        except SandboxError as exc:
+            self.ledger.refused(grant, spec, exc)
+            raise
+        return self._previewed(grant, spec, answer)
+
     def federated_query(self, grant: Grant, spec: FederatedSpec) -> dict:
         return self.ledger.answer(grant, FederatedQuestion(
             grant, self._federated_spelling(spec), self.federation, self.grants, self.db,
@@ -302,7 +319,8 @@ class GatewayService:
         known = spec.dataset in self.federation.datasets
         return self.federation.resolve(spec) if known else spec
 
-    def _previewed(self, grant: Grant, spec: QuerySpec | FederatedSpec, answer: dict) -> dict:
+    def _previewed(self, grant: Grant, spec: QuerySpec | FederatedSpec | CohortQuery,
+                   answer: dict) -> dict:
         """Accuracy of a query, audited; spends nothing (a refusal is audited too)."""
         with self.db.begin() as conn:
             audit.append(conn, audit.AuditAction.QUERY_PREVIEWED, f"grant:{grant.id}",

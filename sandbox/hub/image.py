@@ -41,7 +41,9 @@ TARGET_PYTHON = "3.11.2"
 BOOKWORM_GLIBC_MINOR = 36
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 # The client library is these modules of ``sandbox``; nothing of the gateway or data plane.
-CLIENT_MODULES = ("__init__.py", "errors.py", "receipts.py", "secretfile.py", "client")
+CLIENT_MODULES = ("__init__.py", "errors.py", "receipts.py", "secretfile.py", "units.py",
+                  "client", "cohorts", "queries/__init__.py", "queries/spec.py",
+                  "queries/checks.py")
 
 Progress = Callable[[str], None]
 
@@ -161,6 +163,7 @@ def _assemble_context(work_dir: Path, datasets_dir: Path, notebooks_dir: Path) -
             shutil.copytree(source, package / name,
                             ignore=shutil.ignore_patterns("__pycache__"))
         else:
+            (package / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, package / name)
     (context / "datasets").mkdir()
     if datasets_dir.is_dir():

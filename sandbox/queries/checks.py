@@ -61,6 +61,8 @@ def check_spec(spec: QuerySpec, fields: dict[str, dict], allowed: set[str]) -> N
                              f"[{low:g}, {high:g}] of {spec.field!r}")
         if spec.bins and (spec.bins[0] < low or spec.bins[-1] > high):
             raise InputError(f"bins must lie within the public bounds [{low:g}, {high:g}]")
+        if spec.bins:
+            distinct_labels(spec.bins)
     cells = 1
     for name in spec.group_by:
         f = fields[name]
@@ -71,6 +73,15 @@ def check_spec(spec: QuerySpec, fields: dict[str, dict], allowed: set[str]) -> N
         raise InputError(f"grouping by {spec.group_by} makes {cells} cells; "
                          f"at most {MAX_CELLS}")
     check_filters(spec.filters, fields)
+
+
+def distinct_labels(edges: list[float]) -> list[str]:
+    """The bin labels of ``edges``, refused when two would read the same."""
+    labels = bin_labels(edges)
+    if len(set(labels)) < len(labels):
+        raise InputError("edges too close together: two bins would have the same label "
+                         f"({', '.join(labels[:6])}…)")
+    return labels
 
 
 def bin_labels(edges: list[float]) -> list[str]:

@@ -69,8 +69,8 @@ class WithdrawalLog:
 
     def expect(self, pairs: Iterable[tuple[str, str]]) -> None:
         """(pseudonym, purpose) pairs the table must hold — recorded outside the database
-        (the audit chain, the gateway's own copy) —: while one is missing, ``current()``
-        refuses, whatever the table's size."""
+        (the audit chain, the gateway's own copy) — once they are committed: while one is
+        missing, ``current()`` refuses, whatever the table's size."""
         with self._lock:
             self._expected = self._expected.adding(0, pairs)
             self._unchecked = True
@@ -78,9 +78,17 @@ class WithdrawalLog:
     def current(self) -> Withdrawn:
         seen = self._read()
         with self._lock:
-            if self._unchecked:
-                if not self._expected.within(seen):
-                    raise self._tampered()
+            if not self._unchecked:
+                return seen
+            expected = self._expected
+        if not expected.within(seen):
+            # An intake may have committed and been expected after this read began (another
+            # thread of this gateway): its rows are in the table now — read it again.
+            seen = self._read()
+            if not expected.within(seen):
+                raise self._tampered()
+        with self._lock:
+            if self._expected is expected:  # nothing newer expected meanwhile
                 self._unchecked = False
         return seen
 

@@ -92,6 +92,46 @@ def test_its_catalog_and_consent_need_no_year_signer_or_withdrawal_date(onboarde
     assert consent["withdrawn_at"].null_count() == consent.height
 
 
+def test_its_cohorts_work_one_row_per_patient_without_dates(onboarded, key_file):
+    """A cohort of the extract's own shape: every consenting patient, by grade, with a
+    banded node count and recurrence — as computed from the raw CSV."""
+    from sandbox.cohorts import frame
+    from sandbox.cohorts.spec import CohortSpec
+    out, cohort = onboarded
+    meta = json.loads((out / "metadata.json").read_text(encoding="utf-8"))
+    spec = CohortSpec.model_validate({
+        "dataset": "breast-cancer", "index": {"table": "records"},
+        "variables": {
+            "grade": {"kind": "first_value", "field": "grade",
+                      "events": {"table": "records"}},
+            "nodes": {"kind": "max", "field": "positive_nodes",
+                      "events": {"table": "records"}},
+            "nodal": {"kind": "bands", "of": "nodes", "edges": [0, 1, 4, 100]},
+            "recurred": {"kind": "exists", "events": {"table": "records", "where": [
+                {"field": "recurred", "op": "eq", "value": True}]}}},
+        "where": [{"field": "grade", "op": "in", "value": ["II", "III"]}]})
+    restricted = out / "restricted"
+    consenting = frame.consenting(pl.scan_parquet(restricted / "consent.parquet"),
+                                  meta["patient_key"], "medical_research")
+    built = frame.build(spec, meta, lambda t: pl.scan_parquet(restricted / f"{t}.parquet"),
+                        consenting).collect()
+    consent = pl.read_parquet(out.parent / "raw" / "consent.parquet")
+    key = load_key(key_file)
+    raw = (cohort.join(consent, on="pid")
+           .filter(pl.col("medical_research") & ~pl.col("age").is_in([80, 23, 27])
+                   & pl.col("tgrade").is_in(["II", "III"])))
+    raw = raw.with_columns(pseudonymise(raw["id_card"], key).alias("pseudonym"))
+    expected = {r["pseudonym"]: r for r in raw.iter_rows(named=True)}
+    assert built.height == len(expected) > 400
+    for row in built.with_columns(pl.col(pl.Enum).cast(pl.String)).iter_rows(named=True):
+        source = expected[row[frame.PATIENT]]
+        nodes = source["pnodes"]
+        assert (row["grade"], row["nodes"]) == (source["tgrade"], nodes)
+        assert row["nodal"] == ("[0, 1)" if nodes < 1 else "[1, 4)" if nodes < 4
+                                else "[4, 100]" if nodes <= 100 else None)
+        assert row["recurred"] == ("yes" if source["cens"] == "1" else "no")
+
+
 def test_catalog_command_prints_it_without_years(cli, onboarded):
     out, _ = onboarded
     shown = cli("data", "catalog", out, "--lang", "en")

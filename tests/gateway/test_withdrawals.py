@@ -162,3 +162,39 @@ def test_withdrawals_outlive_the_pruning_of_their_audit_entries(fresh_gateway, d
     db.dispose()
     again = client.count("emr-visits", epsilon=1.99).value
     assert abs(again - withdrawn) < 80  # the 200 patients stay out of the answers
+
+
+def test_an_intake_recorded_while_a_question_reads_the_set_raises_no_false_alarm(tmp_path):
+    """Two threads of one gateway: a question reads the set; before it checks the set
+    against the withdrawals the gateway expects, an intake commits and is expected. The
+    question reads again and answers — no 503 — and the next one holds the new row (found
+    by two replicas taking intakes at once under load)."""
+    from sandbox.db import make_engine
+    from sandbox.gateway.store import create_tables
+    from sandbox.queries.withdrawals import WithdrawalLog
+
+    db = make_engine(f"sqlite:///{tmp_path / 'gateway.db'}")
+    create_tables(db)
+    log = WithdrawalLog(db, withdrawals)
+    patient = "ab" * 32
+    log.current()
+    stale = log._read
+
+    def read_then_intake():  # the read, then the intake, before the check
+        seen = stale()
+        if not log._expected.by_purpose:
+            with db.begin() as conn:
+                conn.execute(withdrawals.insert().values(
+                    pseudonym=patient, purpose=PURPOSE, recorded_at="now", recorded_by="t"))
+            log.expect([(patient, PURPOSE)])
+        return seen
+
+    log._read = read_then_intake
+    assert patient in log.current().excluded(PURPOSE)
+    log._read = stale
+    # a row that really went missing still stops every answer
+    with db.begin() as conn:
+        conn.execute(delete(withdrawals))
+    with pytest.raises(Exception, match="missing from the withdrawals table"):
+        log.current()
+    db.dispose()

@@ -43,8 +43,7 @@ def catalog_dir(dataset, tmp_path_factory):
 def gateway(catalog_dir, tmp_path_factory):
     """A gateway process serving the catalog, for flows that create and change grants."""
     state = tmp_path_factory.mktemp("portal-gateway")
-    process = GatewayProcess(catalog_dir, state / "state",
-                             f"sqlite:///{state / 'gateway.db'}").start()
+    process = GatewayProcess.on_sqlite(catalog_dir, state).start()
     yield process
     process.stop()
 

@@ -169,6 +169,20 @@ def test_an_eligible_researcher_applies_and_submits(client, app):
         assert [f.field for f in application.fields] == ["age_band", "total_cost"]
 
 
+def test_event_table_fields_are_listed_and_requested_as_table_and_name(client, app):
+    address = email()
+    make_user(app, address, **ELIGIBLE)
+    sign_in(client, address)
+    page = client.get("/catalog/emr-visits").get_data(as_text=True)
+    assert "labs.value" in page and "visits.admitted_on" in page and "pseudonym" not in page
+    app_id = draft(client, **{"field:labs.value": "1", "why:labs.value": "血糖控制",
+                              "field:labs.test_code": "1", "why:labs.test_code": "检验项目"})
+    with app.extensions["portal.sessions"]() as db:
+        application = db.get(Application, app_id)
+        assert [f.field for f in application.fields] == [
+            "age_band", "total_cost", "labs.test_code", "labs.value"]
+
+
 def test_an_ineligible_researcher_is_refused_with_reasons(client, app):
     address = email()
     make_user(app, address, title="主治医师", years_experience=2, credit_grade="B")

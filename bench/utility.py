@@ -1,0 +1,227 @@
+"""Benchmark: what a cohort costs and what its answers are worth.
+
+1. **Latency of a cohort build** — a type 2 diabetes cohort with a lab maximum, a drug,
+   30-day readmission and sex, built as the gateway builds it
+   (``sandbox.gateway.cohorts.patients``: checks, periods of published dates, codelists,
+   consent) beside plain Polars doing the same joins on the same tables with day-level
+   dates read directly (the floor); median of ``--runs``, ratio printed (goal ≤ 2×).
+2. **Relative error vs ε** for each statistic of the cohort — patient count, grouped
+   count, mean, histogram, proportion — from OpenDP's measurements on the built frame
+   (``--draws`` releases per ε, in this process: nothing is charged), the mean of
+   |released − exact| / exact (averaged over the cells of a grouped release); a plot
+   saved to ``docs/images/cohort-utility.png``.
+
+    .venv/bin/python bench/utility.py [--sizes 100000,1000000] [--runs 5] [--draws 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import polars as pl
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.gateway import dataset  # noqa: E402
+from sandbox.client import Cohort  # noqa: E402
+from sandbox.cohorts import rates  # noqa: E402
+from sandbox.cohorts.checks import grantable  # noqa: E402
+from sandbox.cohorts.spec import CohortQuery  # noqa: E402
+from sandbox.data.metadata import load as load_metadata  # noqa: E402
+from sandbox.gateway import cohorts  # noqa: E402
+from sandbox.gateway.engine import Engine  # noqa: E402
+from sandbox.queries.checks import bin_labels  # noqa: E402
+from sandbox.queries.withdrawals import Withdrawn  # noqa: E402
+
+PURPOSE = "medical_research"
+EPSILONS = [0.1, 0.3, 1.0, 3.0]
+METFORMIN = "盐酸二甲双胍片"
+
+
+def diabetes() -> Cohort:
+    return (Cohort("emr-visits", Cohort.events("diagnoses", codes=["E11"]))
+            .first_value("sex", Cohort.events("records"), "sex")
+            .max("glucose", Cohort.events("labs", where={"test_code": "GLU"}), "value")
+            .bands("control", "glucose", [0, 7, 50])
+            .exists("metformin", Cohort.events("prescriptions",
+                                               where={"drug_name": [METFORMIN]}))
+            .exists("readmitted", Cohort.events("visits", where={"visit_type": "住院"},
+                                                after_index=(1, 30))))
+
+
+def served(directory: Path) -> SimpleNamespace:
+    metadata = load_metadata(directory).document()
+    return SimpleNamespace(id="emr-visits", version=metadata["version"], metadata=metadata,
+                           directory=directory)
+
+
+def query(kind: str, epsilon: float, **extra) -> CohortQuery:
+    return CohortQuery.model_validate({"cohort": diabetes().spec(), "query": {
+        "dataset": "emr-visits", "kind": kind, "epsilon": epsilon, **extra}})
+
+
+def built(data: SimpleNamespace) -> pl.DataFrame:
+    return cohorts.patients(query("count", 1.0), data, PURPOSE, Withdrawn()).collect()
+
+
+def plain(directory: Path) -> pl.DataFrame:
+    """The same cohort in plain Polars: dates read as days (a month label as its first
+    day), no checks, no periods — the floor."""
+    read = lambda t: pl.scan_parquet(directory / "restricted" / f"{t}.parquet")  # noqa: E731
+    day = lambda c: pl.coalesce(pl.col(c).str.to_date("%Y-%m-%d", strict=False),  # noqa: E731
+                                (pl.col(c) + "-01").str.to_date("%Y-%m-%d", strict=False))
+    consent = read("consent").group_by("pseudonym").agg(
+        (pl.col(PURPOSE).fill_null(False) & pl.col("withdrawn_at").is_null()).all()
+        .alias("ok")).filter("ok").select("pseudonym")
+    index = (read("diagnoses").filter(pl.col("diagnosis_code").str.starts_with("E11"))
+             .group_by("pseudonym").agg(day("diagnosed_on").min().alias("index"))
+             .join(consent, on="pseudonym", how="semi"))
+    sex = read("records").group_by("pseudonym").agg(pl.col("sex").first())
+    glucose = (read("labs").filter(pl.col("test_code") == "GLU").group_by("pseudonym")
+               .agg(pl.col("value").max().alias("glucose")))
+    metformin = (read("prescriptions").filter(pl.col("drug_name") == METFORMIN)
+                 .group_by("pseudonym").agg(pl.len().alias("metformin")))
+    readmitted = (read("visits").filter(pl.col("visit_type") == "住院")
+                  .join(index, on="pseudonym")
+                  .filter(((day("admitted_on") - pl.col("index")).dt.total_days())
+                          .is_between(1, 30))
+                  .group_by("pseudonym").agg(pl.len().alias("readmitted")))
+    frame = index
+    for part in (sex, glucose, metformin, readmitted):
+        frame = frame.join(part, on="pseudonym", how="left")
+    return frame.with_columns(
+        pl.when(pl.col("glucose") < 7).then(pl.lit("[0, 7)")).otherwise(pl.lit("[7, 50]"))
+        .alias("control")).collect()
+
+
+def timed(run, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def latency(work: Path, sizes: list[int], runs: int) -> None:
+    print("patients  cohort  built s  plain Polars s  ratio")
+    for patients in sizes:
+        directory = dataset(work, patients) / "emr-visits"
+        data = served(directory)
+        ours = timed(lambda data=data: built(data), runs)
+        floor = timed(lambda directory=directory: plain(directory), runs)
+        size = built(data).height
+        print(f"{patients:>8,}  {size:>6,}  {ours:>7.2f}  {floor:>14.2f}  {ours / floor:>5.2f}×")
+
+
+def utility(work: Path, patients: int, draws: int, plot: Path) -> None:
+    data = served(dataset(work, patients) / "emr-visits")
+    engine = Engine()
+    allowed = grantable(data.metadata)
+    exact = built(data).with_columns(pl.col(pl.Enum).cast(pl.String))
+    truth = {
+        "count": exact.height,
+        "count by control × readmitted": exact.group_by("control", "readmitted").len()
+        .filter(pl.col("control").is_not_null()),
+        "mean glucose": exact["glucose"].drop_nulls().clip(0, 50).mean(),
+        "histogram of glucose": exact["glucose"].drop_nulls(),
+        "proportion on metformin": (exact["metformin"] == "yes").mean(),
+    }
+    kinds = {
+        "count": lambda e: query("count", e),
+        "count by control × readmitted": lambda e: query(
+            "count", e, group_by=["control", "readmitted"]),
+        "mean glucose": lambda e: query("mean", e, field="glucose", bounds=[0, 50],
+                                        filters=[{"field": "glucose", "op": "ge",
+                                                  "value": 0}]),
+        "histogram of glucose": lambda e: query("histogram", e, field="glucose",
+                                                bins=[0, 5, 7, 9, 11, 20, 50]),
+        "proportion on metformin": lambda e: query("count", e, group_by=["metformin"]),
+    }
+    print(f"\nrelative error (mean of {draws} releases), {exact.height:,} patients")
+    print("statistic".ljust(32) + "".join(f"ε={e:<8g}" for e in EPSILONS))
+    errors: dict[str, list[float]] = {}
+    for name, make in kinds.items():
+        row = []
+        for epsilon in EPSILONS:
+            q = make(epsilon)
+            described = cohorts.describe(q, data, allowed, PURPOSE)
+            measurement = engine.measurement(q.query, described, PURPOSE)
+            frame = cohorts.build(q, data, described, PURPOSE, Withdrawn()).collect().lazy()
+            scale = cohorts.preview(q, data, SimpleNamespace(fields=allowed, purpose=PURPOSE),
+                                    engine, 0.05)[0]["scale"]
+            row.append(statistics.fmean(
+                _error(name, measurement(frame).collect(), truth[name], scale)
+                for _ in range(draws)))
+        errors[name] = row
+        print(name.ljust(32) + "".join(f"{v:<10.4f}" for v in row))
+    _plot(errors, plot, exact.height)
+
+
+def _error(name: str, released: pl.DataFrame, truth, scale: float) -> float:
+    if name == "count":
+        return abs(released.item() - truth) / truth
+    if name == "mean glucose":
+        return abs(released["mean"][0] - truth) / truth
+    if name == "proportion on metformin":
+        cells = dict(zip(released["metformin"].cast(pl.String), released["count"],
+                         strict=True))
+        share = rates.proportion(cells.get("yes"), cells.get("no"), scale)["proportion"]
+        return abs(share - truth) / truth
+    if name == "histogram of glucose":
+        edges = [0, 5, 7, 9, 11, 20, 50]
+        labels = bin_labels(edges)
+        exact = truth.clip(0, 50).cut(edges[1:-1], labels=labels, left_closed=True)
+        counts = exact.cast(pl.String).to_frame("bin").group_by("bin").len("exact")
+        joined = counts.join(released.with_columns(pl.col("bin").cast(pl.String)), on="bin")
+        return float(((joined["count"].fill_null(0) - joined["exact"]).abs()
+                      / joined["exact"]).mean())
+    joined = truth.join(released.with_columns(pl.col(pl.Categorical, pl.Enum)
+                                              .cast(pl.String)),
+                        on=["control", "readmitted"], how="left")
+    return float(((joined["count"].fill_null(0) - joined["len"]).abs()
+                  / joined["len"]).mean())
+
+
+def _plot(errors: dict[str, list[float]], path: Path, patients: int) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, row in errors.items():
+        ax.loglog(EPSILONS, row, marker="o", label=name)
+    ax.set_xlabel("ε")
+    ax.set_ylabel("mean relative error")
+    ax.set_title(f"Cohort statistics, {patients:,} patients (one row each)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100000,1000000")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--draws", type=int, default=50)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "images" /
+                        "cohort-utility.png")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-utility-"))
+    latency(work, sizes, args.runs)
+    utility(work, sizes[0], args.draws, args.plot)
+
+
+if __name__ == "__main__":
+    main()
