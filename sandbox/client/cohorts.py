@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from sandbox.cohorts import checks, rates, survival
 from sandbox.cohorts import frame as cohort_frame
-from sandbox.cohorts import rates, survival
-from sandbox.cohorts.spec import CohortQuery, CohortSpec
+from sandbox.cohorts.spec import MAX_VARIABLES, CohortQuery, CohortSpec
+from sandbox.errors import SandboxError
 from sandbox.queries.checks import bin_labels
 
 if TYPE_CHECKING:
@@ -198,6 +199,11 @@ class CohortStatistics:
         (charged, receipted) and its preview's noise scale (free), post-processed
         (``sandbox.cohorts.rates``). Groups with a withheld count (under 5) show none."""
         from sandbox.client import DPResult
+        _check_level(level)
+        outcomes = self._categories(outcome)
+        if outcomes is not None and value not in outcomes:
+            raise ValueError(f"{value!r} is not a value of {outcome!r}: "
+                             f"{', '.join(outcomes)}")
         by = list(by or [])
         query = self._query("count", epsilon, where=where, group_by=[*by, outcome])
         scale = float(self.preview(query)["scale"][0])
@@ -224,13 +230,16 @@ class CohortStatistics:
         count of patients by group, bin and outcome (charged, receipted), post-processed
         (``sandbox.cohorts.survival``)."""
         from sandbox.client import DPResult
+        _check_level(level)
         variable = self.spec["variables"].get(name, {})
         if variable.get("kind") != "survival":
             raise ValueError(f"{name!r} is not a survival variable of this cohort")
         if edges[0] != 0 or edges[-1] < variable["horizon"]:
             raise ValueError(f"edges must run from 0 to the horizon ({variable['horizon']} "
                              "days) or beyond")
-        binned, status = f"{name}_bin", f"{name}_event"
+        status = f"{name}_event"
+        binned = next(n for n in (f"time_bin{i or ''}" for i in range(MAX_VARIABLES + 2))
+                      if n not in self.spec["variables"] and n != status)
         spec = json.loads(json.dumps(self.spec))
         spec["variables"][binned] = {"kind": "bands", "of": name, "edges": list(edges)}
         groups = [by] if by else []
@@ -257,6 +266,29 @@ class CohortStatistics:
                         counts.epsilon, counts.delta, counts.repeated, counts.query,
                         comparison)
 
+    def _categories(self, column: str) -> list[str] | None:
+        """The categories of a text column of this cohort, where they are known here: the
+        yes/no columns always, others from the dataset's catalogue in the sandbox."""
+        variables = self.spec["variables"]
+        if variables.get(column, {}).get("kind") == "exists" or (
+                column.endswith("_event")
+                and variables.get(column[:-6], {}).get("kind") == "survival"):
+            return ["no", "yes"]
+        root = Path(os.environ.get("SANDBOX_DATASETS_DIR", "/opt/datasets"))
+        try:
+            metadata = json.loads((root / self.spec["dataset"] / "metadata.json")
+                                  .read_text(encoding="utf-8"))
+            fields = checks.check(CohortSpec.model_validate(self.spec), metadata)
+        except (OSError, ValueError, SandboxError):
+            return None
+        return fields.get(column, {}).get("categories")
+
     def preview_count(self, *, epsilon: float, where: Where = None,
                       group_by: list[str] | None = None) -> pl.DataFrame:
         return self.preview(self._query("count", epsilon, where=where, group_by=group_by))
+
+
+def _check_level(level: float) -> None:
+    if not 0 < level < 1:
+        raise ValueError(f"level is a confidence level between 0 and 1 (e.g. 0.95), "
+                         f"not {level!r}")

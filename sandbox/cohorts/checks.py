@@ -143,8 +143,12 @@ def _describe(name: str, variable: Variable, known: dict[str, Table],
     if variable.kind == "index_period":
         if index.date is None:
             raise InputError(f"{name}: {index.name} has no dates, so no index period")
-        return entry | {"type": "string", "categories": _periods(
-            index.fields[index.date].get("categories") or [], variable.level)}
+        periods = _periods(index.fields[index.date].get("categories") or [],
+                           variable.level)
+        if not periods:
+            raise InputError(f"{name}: no date of {index.name} is published as finely as "
+                             f"a {variable.level}")
+        return entry | {"type": "string", "categories": periods}
     if variable.kind == "bands":
         if variable.of not in done:
             raise InputError(f"{name}: bands need {variable.of!r} defined before them")

@@ -179,9 +179,10 @@ def _typed(name: str, field: dict) -> pl.Expr:
 def _survival(frame: pl.LazyFrame, name: str, horizon: int, outcome: pl.LazyFrame,
               followup: pl.LazyFrame, index: pl.LazyFrame) -> pl.LazyFrame:
     """``name``: days from the index date to the first outcome on or after it, within
-    ``horizon``; else to the last follow-up event on or after it (at most ``horizon``),
-    censored. ``<name>_event``: "yes" for an outcome, "no" when censored. Both null where
-    the index date, or an outcome within the horizon, is not a single day."""
+    ``horizon``; else to the last follow-up event on or after it (at most ``horizon``; an
+    outcome after the horizon shows the patient followed through it), censored.
+    ``<name>_event``: "yes" for an outcome, "no" when censored. Both null where the index
+    date, or an outcome within the horizon, is not a single day."""
     def after(events: pl.LazyFrame) -> pl.LazyFrame:
         return events.join(index, on=PATIENT, how="inner").filter(
             pl.col(START) >= pl.col(INDEX_END))
@@ -198,6 +199,7 @@ def _survival(frame: pl.LazyFrame, name: str, horizon: int, outcome: pl.LazyFram
     days = (pl.when(~day).then(None)
             .when(within & exact).then(to_outcome)
             .when(within).then(None)
+            .when(seen.is_not_null()).then(pl.lit(horizon))  # seen after: followed through
             .otherwise(pl.min_horizontal(followed, pl.lit(horizon))))
     status = (pl.when(~day | (within & ~exact)).then(None)
               .when(within).then(pl.lit("yes")).otherwise(pl.lit("no")))

@@ -27,6 +27,7 @@ from statistics import NormalDist
 from sandbox.cohorts.rates import noise_variance
 
 STEP = 0.5  # counts are moved by this much to take a numerical derivative
+MIN_GROUP = 10  # patients a group needs for the log-rank test
 
 
 def _clean(counts: Sequence[float | None]) -> list[float]:
@@ -94,8 +95,15 @@ def log_rank(first: tuple[Sequence[float | None], Sequence[float | None]],
              second: tuple[Sequence[float | None], Sequence[float | None]],
              scale: float) -> dict:
     """The log-rank test of two groups' (events, censored) per bin: U, its variance (the
-    hypergeometric one plus the noise's), χ² on one degree of freedom and its p-value."""
+    hypergeometric one plus the noise's), χ² on one degree of freedom and its p-value —
+    or, where a count was withheld or a group has fewer than ``MIN_GROUP`` patients,
+    ``p_value`` None and the reason."""
+    given = [*first, *second]
+    if any(c is None for series in given for c in series):
+        return {"p_value": None, "reason": "a count under 5 was withheld"}
     counts = [_clean(first[0]), _clean(first[1]), _clean(second[0]), _clean(second[1])]
+    if min(sum(counts[0]) + sum(counts[1]), sum(counts[2]) + sum(counts[3])) < MIN_GROUP:
+        return {"p_value": None, "reason": f"a group has fewer than {MIN_GROUP} patients"}
     bins = len(counts[0])
 
     def u_and_v(d1: list[float], c1: list[float], d2: list[float], c2: list[float]

@@ -285,6 +285,8 @@ def _survival(at, outcomes: list[dict], followups: list[dict], horizon: int):
     if after and (after[0][0] - at[0]).days <= horizon:
         first = after[0]
         return ((first[0] - at[0]).days, "yes") if first[0] == first[1] else (None, None)
+    if after:  # the outcome came after the horizon: followed all of it
+        return horizon, "no"
     seen = [r["period"][0] for r in followups
             if r["period"] is not None and r["period"][0] >= at[1]]
     return min((max(seen) - at[0]).days if seen else 0, horizon), "no"

@@ -151,6 +151,11 @@ def test_definitions_the_catalogue_does_not_allow_are_refused(world):
         check(CohortSpec.model_validate({**base, "variables": {"x": {
             "kind": "exists", "events": {"table": "prescriptions"}}}}),
             world["metadata"], granted)
+    with pytest.raises(InputError, match="as finely as a month"):
+        check(CohortSpec.model_validate({
+            "dataset": "emr-visits", "index": {"table": "records"},
+            "variables": {"m": {"kind": "index_period", "level": "month"}}}),
+            world["metadata"])
     with pytest.raises(InputError, match="too close together"):
         check(CohortSpec.model_validate({**base, "variables": {
             "n": {"kind": "count", "events": {"table": "diagnoses"}},
@@ -208,6 +213,12 @@ def test_survival_and_days_count_only_what_day_level_dates_make_certain():
                          {"field": "kind", "op": "eq", "value": "住院"}],
                          "window": {"after_index": [1, 90]}},
                      "followup": {"table": "visits"}},
+            "late": {"kind": "survival", "horizon": 90,
+                     "events": {"table": "visits", "where": [
+                         {"field": "kind", "op": "eq", "value": "住院"}],
+                         "window": {"after_index": [1, 36600]}},
+                     "followup": {"table": "visits", "where": [
+                         {"field": "kind", "op": "eq", "value": "门诊"}]}},
             "soon": {"kind": "exists", "events": {"table": "visits", "window": {
                 "after_index": [1, 30]}}},
             "next": {"kind": "days_to_first", "events": {"table": "visits", "window": {
@@ -217,7 +228,11 @@ def test_survival_and_days_count_only_what_day_level_dates_make_certain():
         pl.col(pl.Enum).cast(pl.String)).to_dicts()}
     # a: readmitted 15 days after; b: no stay within 90 days, seen again in September
     # (past the horizon: followed all 90 days); c: its index is a month — no day to count
+    late = {p: (row.pop("late"), row.pop("late_event")) for p, row in got.items()}
     assert got["a"] == {"back": 15, "back_event": "yes", "soon": "yes", "next": 15}
     assert got["b"] == {"back": 90, "back_event": "no", "soon": "no", "next": 42}
     assert got["c"] == {"back": None, "back_event": None, "soon": "no", "next": None}
     assert got["d"] == {"back": 19, "back_event": "no", "soon": "yes", "next": 19}  # lost
+    # b's only outpatient visit is on day 42, but its September stay shows it was followed
+    # through the 90 days
+    assert late["b"] == (90, "no") and late["d"] == (19, "no") and late["a"] == (15, "yes")

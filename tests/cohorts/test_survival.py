@@ -89,3 +89,10 @@ def test_the_log_rank_test_keeps_its_size_under_noise():
             groups.append(([noise(x) for x in d], [noise(x) for x in c]))
         rejected += survival.log_rank(*groups, scale=10.0)["p_value"] < 0.05
     assert rejected / runs <= 0.085
+
+
+def test_the_log_rank_test_is_not_given_on_withheld_counts_or_tiny_groups():
+    withheld = survival.log_rank(([10, None], [3, 4]), ([8, 9], [2, 5]), scale=1.0)
+    assert withheld["p_value"] is None and "withheld" in withheld["reason"]
+    tiny = survival.log_rank(([3, 2], [1, 0]), ([30, 20], [10, 5]), scale=1.0)
+    assert tiny["p_value"] is None and "fewer than 10" in tiny["reason"]
