@@ -9,7 +9,7 @@
    count, mean, histogram, proportion — from OpenDP's measurements on the built frame
    (``--draws`` releases per ε, in this process: nothing is charged), the mean of
    |released − exact| / exact (averaged over the cells of a grouped release); a plot
-   saved to ``docs/images/cohort-utility.png``.
+   saved to ``docs/bench/cohort-utility.png``.
 
     .venv/bin/python bench/utility.py [--sizes 100000,1000000] [--runs 5] [--draws 50]
 """
@@ -214,7 +214,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--draws", type=int, default=50)
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "images" /
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "bench" /
                         "cohort-utility.png")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]

@@ -14,7 +14,8 @@ import pytest
 from sandbox.data import dummy
 from sandbox.data.onboard import onboard
 
-EVENTS = {"diagnoses": "diagnosed_on", "labs": "sampled_on", "prescriptions": "prescribed_on"}
+EVENTS = {"visits": "admitted_on", "diagnoses": "diagnosed_on", "labs": "sampled_on",
+          "prescriptions": "prescribed_on"}
 
 
 def _table(dataset, name: str) -> pl.DataFrame:
