@@ -212,22 +212,11 @@ class CohortSpec(BaseModel):
     def fingerprint(self) -> str:
         return hashlib.sha256(self.canonical().encode()).hexdigest()
 
-    def event_sets(self) -> list[Events]:
-        """Every set of events the definition reads: the index's, then each variable's."""
-        return [self.index, *(v.events for v in self.variables.values() if v.events),
-                *(v.followup for v in self.variables.values() if v.followup)]
-
     def columns(self) -> list[str]:
         """The frame's columns: each variable's, a survival's status after its days."""
         return [c for name, v in self.variables.items()
                 for c in ([name, f"{name}_event"] if v.kind == "survival" else [name])]
 
-    def fields_used(self) -> list[tuple[str, str]]:
-        """(table, field) of every column the definition reads, each once."""
-        used = [(e.table, name) for e in self.event_sets() for name in e.fields_used()]
-        used += [(v.events.table, v.field) for v in self.variables.values()
-                 if v.events and v.field]
-        return list(dict.fromkeys(used))
 
 
 class CohortQuery(BaseModel):

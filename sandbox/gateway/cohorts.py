@@ -12,13 +12,10 @@ question began.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import polars as pl
 from opendp.accuracy import summarize_polars_measurement
-from opendp.domains import with_margin
-from opendp.extras.polars import Margin, _lazyframe_domain_from_schema
 from opendp.mod import Measurement
 
 from sandbox.cohorts import checks, frame
@@ -28,6 +25,7 @@ from sandbox.gateway.engine import Engine, Release, post_process, rows_of
 from sandbox.gateway.federation import Federation
 from sandbox.gateway.grants import Grant
 from sandbox.gateway.questions import served_dataset
+from sandbox.queries import view
 from sandbox.queries.checks import check_spec
 from sandbox.queries.plan import consent_column
 from sandbox.queries.view import Dataset
@@ -66,12 +64,9 @@ def describe(query: CohortQuery, dataset: Dataset, allowed: set[str],
             columns[name] = pl.Int64 if f["type"] == "integer" else pl.Float64
     columns[consent_column(purpose)] = pl.Boolean
     schema = pl.Schema(columns)
-    patients = int(dataset.metadata["sample_size"]["patients"])
-    longest = 10 ** math.ceil(math.log10(max(patients, 1) * 1.5 + 1))
-    domain = with_margin(_lazyframe_domain_from_schema(schema),
-                         Margin(by=(), max_length=longest))
     return CohortFrame(f"{dataset.id}#cohort-{query.cohort.fingerprint()[:16]}",
-                       dataset.version, fields, schema, domain)
+                       dataset.version, fields, schema,
+                       view.domain(schema, int(dataset.metadata["sample_size"]["patients"])))
 
 
 def patients(query: CohortQuery, dataset: Dataset, purpose: str,

@@ -145,10 +145,20 @@ def _schema(fields: dict[str, dict], purposes: list[str], patient: str) -> pl.Sc
 
 
 def _max_length(metadata: dict) -> int:
-    records = metadata["sample_size"]["records"]
-    return 10 ** math.ceil(math.log10(max(records, 1) * 1.5 + 1))
+    return longest(metadata["sample_size"]["records"])
+
+
+def longest(rows: int) -> int:
+    """The margin's bound on a frame of about ``rows`` rows: the power of ten above 1.5×
+    (public: it depends on the published sample size only)."""
+    return 10 ** math.ceil(math.log10(max(rows, 1) * 1.5 + 1))
+
+
+def domain(schema: pl.Schema, rows: int) -> object:
+    """OpenDP's input domain of a frame of ``schema`` with at most ``longest(rows)`` rows."""
+    return with_margin(_lazyframe_domain_from_schema(schema),
+                       Margin(by=(), max_length=longest(rows)))
 
 
 def _domain(schema: pl.Schema, metadata: dict) -> object:
-    return with_margin(_lazyframe_domain_from_schema(schema),
-                       Margin(by=(), max_length=_max_length(metadata)))
+    return domain(schema, metadata["sample_size"]["records"])
