@@ -6,10 +6,13 @@
    consent) beside plain Polars doing the same joins on the same tables with day-level
    dates read directly (the floor); median of ``--runs``, ratio printed (goal ≤ 2×).
 2. **Relative error vs ε** for each statistic of the cohort — patient count, grouped
-   count, mean, histogram, proportion — from OpenDP's measurements on the built frame
-   (``--draws`` releases per ε, in this process: nothing is charged), the mean of
-   |released − exact| / exact (averaged over the cells of a grouped release); a plot
-   saved to ``docs/bench/cohort-utility.png``.
+   count, mean, histogram, proportion, and the models: a logistic regression's odds
+   ratios, a linear regression's fitted group means, the chi-square statistic of a
+   table, a survival curve at its horizon — from OpenDP's measurements on the built frame
+   (``--draws`` releases per ε, in this process: nothing is charged), post-processed as
+   the client does (``sandbox.cohorts.fits``, ``survival``), the mean of
+   |released − exact| / exact (averaged over the cells of a grouped release, the terms of
+   a model); a plot saved to ``docs/bench/cohort-utility.png``.
 
     .venv/bin/python bench/utility.py [--sizes 100000,1000000] [--runs 5] [--draws 50]
 """
@@ -31,17 +34,18 @@ sys.path.insert(0, str(ROOT))
 
 from bench.gateway import dataset  # noqa: E402
 from sandbox.client import Cohort  # noqa: E402
-from sandbox.cohorts import rates  # noqa: E402
+from sandbox.cohorts import fits, rates, survival  # noqa: E402
 from sandbox.cohorts.checks import grantable  # noqa: E402
 from sandbox.cohorts.spec import CohortQuery  # noqa: E402
 from sandbox.data.metadata import load as load_metadata  # noqa: E402
 from sandbox.gateway import cohorts  # noqa: E402
-from sandbox.gateway.engine import Engine  # noqa: E402
+from sandbox.gateway.engine import Engine, post_process  # noqa: E402
 from sandbox.queries.checks import bin_labels  # noqa: E402
 from sandbox.queries.withdrawals import Withdrawn  # noqa: E402
 
 PURPOSE = "medical_research"
 EPSILONS = [0.1, 0.3, 1.0, 3.0]
+SURVIVAL_BINS = [0, 30, 90, 180, 365]
 METFORMIN = "盐酸二甲双胍片"
 
 
@@ -62,8 +66,18 @@ def served(directory: Path) -> SimpleNamespace:
                            directory=directory)
 
 
-def query(kind: str, epsilon: float, **extra) -> CohortQuery:
-    return CohortQuery.model_validate({"cohort": diabetes().spec(), "query": {
+def modelled() -> Cohort:
+    """The cohort with what the models ask of it: the square of glucose (a linear model's
+    sums of squares), time to an inpatient stay within a year, and its bins."""
+    return (diabetes().variable("glucose_sq", "square", of="glucose")
+            .survival("back", Cohort.events("visits", where={"visit_type": "住院"},
+                                            after_index=(1, 365)),
+                      followup=Cohort.events("visits"), horizon=365)
+            .bands("time_bin", "back", SURVIVAL_BINS))
+
+
+def query(kind: str, epsilon: float, cohort: Cohort | None = None, **extra) -> CohortQuery:
+    return CohortQuery.model_validate({"cohort": (cohort or diabetes()).spec(), "query": {
         "dataset": "emr-visits", "kind": kind, "epsilon": epsilon, **extra}})
 
 
@@ -162,7 +176,95 @@ def utility(work: Path, patients: int, draws: int, plot: Path) -> None:
                 for _ in range(draws)))
         errors[name] = row
         print(name.ljust(32) + "".join(f"{v:<10.4f}" for v in row))
+    for name, row in model_errors(data, engine, allowed, draws).items():
+        errors[name] = row
+        print(name.ljust(32) + "".join(f"{v:<10.4f}" for v in row))
     _plot(errors, plot, exact.height)
+
+
+def model_errors(data: SimpleNamespace, engine: Engine, allowed: set[str], draws: int
+                 ) -> dict[str, list[float]]:
+    """The models' relative errors: each fit on noisy releases against the same fit on the
+    exact cells (the unregularised fit on the patients' rows)."""
+    cohort = modelled()
+    first = query("count", 1.0, cohort)
+    frame = cohorts.build(first, data, cohorts.describe(first, data, allowed, PURPOSE),
+                          PURPOSE, Withdrawn()).collect()  # one frame for every release
+
+    def release(q: CohortQuery, exact: bool = False) -> tuple[pl.DataFrame, pl.DataFrame]:
+        described = cohorts.describe(q, data, allowed, PURPOSE)
+        noise = pl.DataFrame(cohorts.preview(q, data, SimpleNamespace(
+            fields=allowed, purpose=PURPOSE), engine, 0.05))
+        if exact:
+            return _exact_release(q, frame), noise
+        measured = engine.measurement(q.query, described, PURPOSE)(frame.lazy()).collect()
+        return post_process(q.query, measured, None), noise
+
+    def variance(noise: pl.DataFrame, aggregate: str) -> float:
+        row = noise.filter(pl.col("aggregate") == aggregate).row(0, named=True)
+        return rates.variance_of(row["distribution"], float(row["scale"]))
+
+    def logistic(e: float, exact: bool = False) -> list[float]:
+        counts, noise = release(query("count", e, cohort, group_by=[
+            "control", "sex", "metformin"]), exact)
+        rows, _ = fits.logistic(counts, "metformin", ["control", "sex"], "yes",
+                                0.0 if exact else variance(noise, "Frame Length"))
+        return [r["odds_ratio"] for r in rows[1:]]
+
+    def linear(e: float, exact: bool = False) -> list[float]:
+        inside = [{"field": "glucose", "op": "between", "value": [0, 30]}]
+        (sums, noise), (squares, square_noise) = (release(query(
+            "sum", e / 2, cohort, field=field, bounds=bounds, filters=inside,
+            group_by=["metformin", "sex"]), exact) for field, bounds in (
+            ("glucose", [0, 30]), ("glucose_sq", [0, 900])))
+        variances = (0.0, 0.0, 0.0) if exact else (
+            variance(noise, "Frame Length"), variance(noise, "Sum"),
+            variance(square_noise, "Sum"))
+        rows, _ = fits.linear(sums, squares, "glucose", ["metformin", "sex"], variances,
+                              (0, 30))
+        b = [r["estimate"] for r in rows]  # intercept, metformin=…, sex=…
+        return [b[0], b[0] + b[1], b[0] + b[2], b[0] + b[1] + b[2]]
+
+    def table(e: float, exact: bool = False) -> list[float]:
+        counts, noise = release(query("count", e, cohort, group_by=["control", "metformin"]),
+                                exact)
+        return [fits.independence(counts, "control", "metformin",
+                                  0.0 if exact else float(noise["scale"][0]), 1)["statistic"]]
+
+    def curve(e: float, exact: bool = False) -> list[float]:
+        counts, noise = release(query("count", e, cohort, group_by=["time_bin", "back_event"]),
+                                exact)
+        found = {(r["time_bin"], r["back_event"]): r["count"]
+                 for r in counts.iter_rows(named=True)}
+        labels = bin_labels(SURVIVAL_BINS)
+        rows = survival.kaplan_meier([found.get((b, "yes")) for b in labels],
+                                     [found.get((b, "no")) for b in labels],
+                                     0.0 if exact else float(noise["scale"][0]))
+        return [rows[-1]["survival"]]
+
+    out = {}
+    for name, fit in (("logistic odds ratios", logistic), ("linear fitted means", linear),
+                      ("chi-square statistic", table), ("survival at 1 year", curve)):
+        row = []
+        for epsilon in EPSILONS:
+            truth = fit(epsilon, exact=True)
+            row.append(statistics.fmean(
+                statistics.fmean(abs(d - t) / abs(t) for d, t in zip(
+                    fit(epsilon), truth, strict=True)) for _ in range(draws)))
+        out[name] = row
+    return out
+
+
+def _exact_release(q: CohortQuery, frame: pl.DataFrame) -> pl.DataFrame:
+    """What a grouped count or sum would release without noise (public keys)."""
+    spec = q.query
+    frame = frame.drop_nulls(spec.group_by).with_columns(pl.col(pl.Enum).cast(pl.String))
+    for flt in spec.filters:
+        frame = frame.filter(pl.col(flt.field).is_between(*flt.value))
+    values = [pl.len().alias("count")]
+    if spec.kind == "sum":
+        values.append(pl.col(spec.field).clip(*spec.bounds).sum().alias("sum"))
+    return frame.group_by(spec.group_by).agg(values).sort(spec.group_by)
 
 
 def _error(name: str, released: pl.DataFrame, truth, scale: float) -> float:
@@ -194,14 +296,14 @@ def _plot(errors: dict[str, list[float]], path: Path, patients: int) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = plt.subplots(figsize=(8.4, 4.2))
     for name, row in errors.items():
         ax.loglog(EPSILONS, row, marker="o", label=name)
     ax.set_xlabel("ε")
     ax.set_ylabel("mean relative error")
     ax.set_title(f"Cohort statistics, {patients:,} patients (one row each)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -4,6 +4,7 @@ Docker)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -70,6 +71,7 @@ def cli():
 # A small raw extract and its onboarded dataset, made once per test session through the
 # real CLI; tests that change data copy them first.
 SPEC = ROOT / "sandbox" / "data" / "specs" / "emr-visits.toml"
+MAKEFILE = (ROOT / "Makefile").read_text(encoding="utf-8")
 PATIENTS = 1500
 
 
@@ -91,6 +93,25 @@ def key_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("keys") / "pseudonym.key"
     assert run_cli("data", "keygen", path).code == 0
     return path
+
+
+DEMO_PATIENTS = int(re.search(r"DEMO_PATIENTS \?= (\d+)", MAKEFILE)[1])
+DEMO_SEED = int(re.search(r"DEMO_SEED \?= (\d+)", MAKEFILE)[1])
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(key_file, tmp_path_factory) -> Path:
+    """The demo's dataset — ``make run``'s size and seed, 100,000 patients, every event
+    date kept to the day — made once per session: where a study needs its numbers."""
+    root = tmp_path_factory.mktemp("demo")
+    result = run_cli("data", "generate", "--patients", DEMO_PATIENTS, "--seed", DEMO_SEED,
+                     "--out", root / "raw")
+    assert result.code == 0, result.stderr
+    out = root / "datasets" / "emr-visits"
+    result = run_cli("data", "onboard", "--raw", root / "raw", "--spec", SPEC, "--key-file",
+                     key_file, "--out", out)
+    assert result.code == 0, result.stderr
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -73,6 +73,13 @@ class DPResult:
     repeated: bool = False
     query: dict = field(default_factory=dict)
     comparison: dict | None = None  # a test computed from the release (e.g. log-rank)
+    # the releases a result computed from several is made of (a linear model: three)
+    parts: tuple[DPResult, ...] = ()
+
+    @property
+    def receipts(self) -> list[dict]:
+        """The receipts of every release behind this result."""
+        return [p.receipt for p in self.parts] or [self.receipt]
 
     @property
     def value(self) -> Any:
@@ -88,6 +95,9 @@ class DPResult:
 
     def __repr__(self) -> str:
         again = ", stored answer (no charge)" if self.repeated else ""
+        if self.parts:
+            return (f"{self.df}\nreleases {', '.join(p.release_id for p in self.parts)}: "
+                    f"ε = {self.epsilon:g} in all, δ = {self.delta:g}{again}")
         return (f"{self.df}\nrelease {self.release_id}: ε = {self.epsilon:g}, "
                 f"δ = {self.delta:g}{again}")
 
@@ -207,7 +217,8 @@ class Gateway:
             with open(path, "rb") as handle:
                 payload.append({"name": os.path.basename(path),
                                 "content": base64.b64encode(handle.read()).decode()})
-        receipts_out = [r.receipt if isinstance(r, DPResult) else r for r in results]
+        receipts_out = [receipt for r in results
+                        for receipt in (r.receipts if isinstance(r, DPResult) else [r])]
         return self._call("POST", "/v1/exports", {"files": payload, "receipts": receipts_out,
                                                   "note": note})
 

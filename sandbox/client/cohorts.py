@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from sandbox.client import models
 from sandbox.cohorts import checks, rates, survival
 from sandbox.cohorts import frame as cohort_frame
 from sandbox.cohorts.spec import MAX_VARIABLES, CohortQuery, CohortSpec
@@ -266,6 +267,32 @@ class CohortStatistics:
                         counts.epsilon, counts.delta, counts.repeated, counts.query,
                         comparison)
 
+    def logistic(self, outcome: str, predictors: list[str], *, epsilon: float,
+                 value: str = "yes", where: Where = None,
+                 reference: dict[str, str] | None = None, level: float = 0.95,
+                 preview: bool = False) -> DPResult | pl.DataFrame:
+        """Logistic regression of ``outcome`` = ``value`` on categorical ``predictors``:
+        coefficients, odds ratios, ``level`` intervals (``sandbox.client.models``)."""
+        return models.logistic(self, outcome, predictors, epsilon=epsilon, value=value,
+                               where=where, reference=reference, level=level,
+                               preview=preview)
+
+    def linear(self, target: str, predictors: list[str], *, epsilon: float,
+               bounds: tuple[float, float], where: Where = None,
+               reference: dict[str, str] | None = None, level: float = 0.95,
+               preview: bool = False) -> DPResult | pl.DataFrame:
+        """Linear regression of ``target`` (within ``bounds``) on categorical
+        ``predictors``: three releases, one result with their receipts."""
+        return models.linear(self, target, predictors, epsilon=epsilon, bounds=bounds,
+                             where=where, reference=reference, level=level, preview=preview)
+
+    def table(self, rows: str, columns: str, *, epsilon: float, where: Where = None,
+              preview: bool = False) -> DPResult | pl.DataFrame:
+        """The contingency table of two categorical variables, and the chi-square test of
+        independence with the release's noise (``.comparison``)."""
+        return models.table(self, rows, columns, epsilon=epsilon, where=where,
+                            preview=preview)
+
     def _categories(self, column: str) -> list[str] | None:
         """The categories of a text column of this cohort, where they are known here: the
         yes/no columns always, others from the dataset's catalogue in the sandbox."""
@@ -274,14 +301,30 @@ class CohortStatistics:
                 column.endswith("_event")
                 and variables.get(column[:-6], {}).get("kind") == "survival"):
             return ["no", "yes"]
+        if variables.get(column, {}).get("kind") == "bands":
+            return bin_labels(variables[column]["edges"])
         root = Path(os.environ.get("SANDBOX_DATASETS_DIR", "/opt/datasets"))
         try:
             metadata = json.loads((root / self.spec["dataset"] / "metadata.json")
                                   .read_text(encoding="utf-8"))
             fields = checks.check(CohortSpec.model_validate(self.spec), metadata)
         except (OSError, ValueError, SandboxError):
-            return None
+            return self._granted_categories(column)
         return fields.get(column, {}).get("categories")
+
+    def _granted_categories(self, column: str) -> list[str] | None:
+        """Outside a sandbox (no catalogue on disk): a text variable's categories from the
+        gateway's catalogue of the granted fields."""
+        variable = self.spec["variables"].get(column, {})
+        if variable.get("kind") not in ("first_value", "last_value"):
+            return None
+        table = variable["events"]["table"]
+        name = variable["field"] if table == "records" else f"{table}.{variable['field']}"
+        for entry in self._gateway.datasets():
+            if entry["id"] == self.spec["dataset"]:
+                found = [f for f in entry["fields"] if f["name"] == name]
+                return found[0].get("categories") if found else None
+        return None
 
     def preview_count(self, *, epsilon: float, where: Where = None,
                       group_by: list[str] | None = None) -> pl.DataFrame:

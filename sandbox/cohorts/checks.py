@@ -9,6 +9,7 @@ table and name ("labs.value").
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import polars as pl
@@ -153,6 +154,14 @@ def _describe(name: str, variable: Variable, known: dict[str, Table],
         if variable.of not in done:
             raise InputError(f"{name}: bands need {variable.of!r} defined before them")
         return entry | {"type": "string", "categories": distinct_labels(variable.edges)}
+    if variable.kind == "square":
+        if variable.of not in done:
+            raise InputError(f"{name}: a square needs {variable.of!r} defined before it")
+        low, high = (float(b) for b in done[variable.of]["bounds"])
+        least = 0.0 if low <= 0 <= high else min(low * low, high * high)
+        if not math.isfinite(max(low * low, high * high)):
+            raise InputError(f"{name}: the square of {variable.of!r} has no finite bound")
+        return entry | {"type": "float", "bounds": [least, max(low * low, high * high)]}
     assert variable.events is not None
     table = known[variable.events.table]
     if variable.kind == "exists":

@@ -46,6 +46,9 @@ def build(spec: CohortSpec, metadata: dict, read: TableReader,
         if variable.kind == "bands":
             frame = frame.with_columns(_bands(variable, name))
             continue
+        if variable.kind == "square":
+            frame = frame.with_columns((pl.col(variable.of).cast(pl.Float64) ** 2).alias(name))
+            continue
         if variable.kind == "index_period":
             frame = frame.with_columns(codes.period_label(
                 pl.col(INDEX_START), pl.col(INDEX_END), variable.level).alias(name))

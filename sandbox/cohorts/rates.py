@@ -25,6 +25,16 @@ def noise_variance(scale: float) -> float:
     return 2 * r / (1 - r) ** 2
 
 
+def variance_of(distribution: str, scale: float) -> float:
+    """The variance of a release's noise, from its preview's ``distribution`` and
+    ``scale``: OpenDP's integer Laplace as above, its float Laplace 2s², a Gaussian s²."""
+    if "Gaussian" in distribution:
+        return scale * scale
+    if distribution.startswith("Integer"):
+        return noise_variance(scale)
+    return 2 * scale * scale
+
+
 def proportion(yes: float | None, no: float | None, scale: float, level: float = 0.95
                ) -> dict:
     """The proportion ``yes / (yes + no)`` of two noisy counts and its ``level`` interval;

@@ -124,6 +124,7 @@ class Variable(BaseModel):
     - ``days_to_first`` — days from the index date to the first matching event on or after
       it (none, or a date too coarse to tell: null);
     - ``bands`` — the variable ``of`` cut at ``edges`` ("[a, b)", the last band closed);
+    - ``square`` — the variable ``of`` squared (a linear model's sums of squares);
     - ``survival`` — time to the first ``events`` on or after the index date, within
       ``horizon`` days, else censored at the last ``followup`` event (at most
       ``horizon``): two columns, the days (``<name>``) and whether the event was seen
@@ -136,7 +137,7 @@ class Variable(BaseModel):
     model_config = _FROZEN
 
     kind: Literal["exists", "count", "min", "max", "mean", "first_value", "last_value",
-                  "days_to_first", "bands", "index_period", "survival"]
+                  "days_to_first", "bands", "square", "index_period", "survival"]
     events: Events | None = None
     field: str | None = Field(None, max_length=64)
     of: str | None = Field(None, pattern=NAME)
@@ -157,6 +158,10 @@ class Variable(BaseModel):
         if self.kind == "index_period":
             if self.events or self.field or self.of or self.edges:
                 raise ValueError("index_period takes 'level' only")
+            return self
+        if self.kind == "square":
+            if self.of is None or self.edges is not None or self.events or self.field:
+                raise ValueError("a square takes 'of' (a variable), nothing else")
             return self
         if self.kind == "bands":
             if self.of is None or self.edges is None or self.events or self.field:
@@ -194,12 +199,13 @@ class CohortSpec(BaseModel):
                                  f"{', '.join(sorted(RESERVED))} (a release's own columns)")
             if variable.kind == "survival" and f"{name}_event" in self.variables:
                 raise ValueError(f"{name}: its status column {name}_event is taken")
-            if variable.kind == "bands":
+            if variable.kind in ("bands", "square"):
                 source = self.variables.get(variable.of or "")
                 if source is None or source.kind in ("bands", "exists", "first_value",
-                                                     "last_value", "index_period"):
-                    raise ValueError(f"{name}: bands need a numeric variable defined "
-                                     f"beside them, not {variable.of!r}")
+                                                     "last_value", "index_period") or (
+                        variable.kind == "square" and source.kind == "square"):
+                    raise ValueError(f"{name}: {variable.kind} needs a numeric variable "
+                                     f"defined beside it, not {variable.of!r}")
         unknown = [f.field for f in self.where if f.field not in self.columns()]
         if unknown:
             raise ValueError(f"where names {unknown[0]!r}, which is not a variable")

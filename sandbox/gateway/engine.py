@@ -32,13 +32,12 @@ from sandbox.gateway.calibration import scale_for
 from sandbox.gateway.execution import Compiled, check_served, compile_query
 from sandbox.queries.checks import bin_labels, predicate
 from sandbox.queries.exact import Executor, PolarsExecutor
-from sandbox.queries.spec import QUANTILE_CANDIDATES, QuerySpec
+from sandbox.queries.spec import QUANTILE_CANDIDATES, SMALL_CELL, QuerySpec
 from sandbox.queries.view import Dataset, consent_column
 from sandbox.queries.withdrawals import Withdrawn
 
 dp.enable_features("contrib")
 
-SMALL_CELL = 5
 COUNT = "count"
 SUPPRESSED = "suppressed"
 COMPILED_SHAPES = 4096  # shapes whose accounting is kept
@@ -81,6 +80,10 @@ class Engine:
             frame = frame.select(spec.fields_used() or [consent])
         for flt in spec.filters:
             frame = frame.filter(predicate(flt))
+        if spec.field:
+            # a row without the value (a patient with no such lab) is in no sum, mean, bin
+            # or quantile — not counted at the lower bound
+            frame = frame.filter(pl.col(spec.field).is_not_null())
         if spec.kind == "histogram":
             return self._histogram(spec, frame)
         aggs = self._aggregates(spec, dataset)

@@ -258,6 +258,11 @@ class GatewayService:
                     ).metadata
             fields = [f for f in meta["tables"]["records"]["fields"]
                       if f["name"] in grant.fields]
+            # an event table's fields, granted and named as `table.field` (cohorts)
+            fields += [f | {"name": f"{table}.{f['name']}"}
+                       for table, t in meta["tables"].items() if table != "records"
+                       for f in t.get("fields", [])
+                       if f"{table}.{f['name']}" in grant.fields]
             out.append({"id": meta["id"], "version": meta["version"], "title": meta["title"],
                         "unit": meta["unit"], "sample_size": meta["sample_size"],
                         "years": meta["years"], "contribution_bound": meta["contribution_bound"],

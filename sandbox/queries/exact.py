@@ -63,8 +63,9 @@ def complete(plan: ExactPlan, raw: pl.DataFrame) -> pl.DataFrame:
 
 # -- Polars --------------------------------------------------------------------------------
 def value_expr(plan: ExactPlan, clean: frozenset[str] = frozenset()) -> pl.Expr:
-    """The clamped value: NaN and null become the low bound, as OpenDP's plan fills. (A
-    column in ``clean`` is known to hold neither: filling it would be a pass for nothing.)"""
+    """The clamped value: NaN (and null, which ``rows_read`` leaves out) become the low
+    bound, as OpenDP's plan fills. (A column in ``clean`` is known to hold neither:
+    filling it would be a pass for nothing.)"""
     v = plan.value
     assert v is not None
     col = pl.col(v.column).cast(pl.Float64)
@@ -101,6 +102,10 @@ def rows_read(plan: ExactPlan, frame: pl.LazyFrame) -> pl.LazyFrame:
         rows = rows.filter(~pl.col(PATIENT).is_in(sorted(plan.excluded)))
     for flt in plan.filters:
         rows = rows.filter(predicate(flt))
+    if plan.value is not None:
+        # a row without the value (a patient with no such lab) is in no sum, mean, bin or
+        # quantile, as in the gateway's OpenDP plan (``sandbox.gateway.engine``)
+        rows = rows.filter(pl.col(plan.value.column).is_not_null())
     return rows
 
 

@@ -105,6 +105,8 @@ class SparkExecutor:
                 rows = rows.join(table, on=PATIENT, how="left_anti")
         for flt in plan.filters:
             rows = rows.filter(predicate(F, flt))
+        if plan.value is not None:  # a row without the value is in no sum, mean or bin
+            rows = rows.filter(F.col(plan.value.column).isNotNull())
         aggs = [F.count(F.lit(1)).cast("long").alias(COUNT)]
         if plan.sums:
             aggs.append(F.sum(fixed(F, plan)).alias(SUM))

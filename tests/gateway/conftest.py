@@ -20,6 +20,17 @@ def datasets_dir(dataset, tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+@tier("service")
+def served(datasets_dir, tmp_path_factory):
+    """A gateway over the session's dataset, its ledger in SQLite: one per test module
+    (a module that needs another kind of ``served`` defines its own)."""
+    process = GatewayProcess.on_sqlite(datasets_dir, tmp_path_factory.mktemp("served")
+                                       ).start()
+    yield process
+    process.stop()
+
+
 @pytest.fixture(scope="session")
 @tier("service")
 def spark_server(tmp_path_factory):

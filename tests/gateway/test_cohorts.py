@@ -21,23 +21,12 @@ from sandbox.gateway.engine import Engine
 from sandbox.queries.withdrawals import Withdrawn
 from tests.cohorts import oracle
 from tests.cohorts.strategies import definitions, load_world
-from tests.services import GatewayProcess
-from tests.tiers import tier
 
 PURPOSE = "medical_research"
 FIELDS = ["sex", "age_band", "visit_type", "admission_month", "diagnosis_code",
           "diagnoses.diagnosis_code", "diagnoses.diagnosed_on", "labs.test_code",
           "labs.value", "labs.sampled_on",
           "prescriptions.drug_name", "prescriptions.prescribed_on"]
-
-
-@pytest.fixture(scope="module")
-@tier("service")
-def served(datasets_dir, tmp_path_factory):
-    state = tmp_path_factory.mktemp("cohort-gateway")
-    process = GatewayProcess.on_sqlite(datasets_dir, state).start()
-    yield process
-    process.stop()
 
 
 def _diabetes() -> Cohort:

@@ -24,7 +24,7 @@ from sandbox.gateway.engine import Engine, _public_keys
 from sandbox.gateway.noise import release, statistics
 from sandbox.queries import bounded
 from sandbox.queries.checks import predicate
-from sandbox.queries.exact import PolarsExecutor, fixed_expr
+from sandbox.queries.exact import PolarsExecutor, aggregate_lazy, fixed_expr
 from sandbox.queries.plan import BIN, COUNT, SUM, compile_plan
 from sandbox.queries.spark import SparkExecutor
 from sandbox.queries.spec import QuerySpec
@@ -298,3 +298,19 @@ def test_the_noise_is_opendps_at_the_measurements_scale(engines):
     sd = _discrete_laplace_sd(compiled.noise.statistics[0].scale)
     assert abs(errors.mean()) < 4 * sd / math.sqrt(runs)
     assert errors.std() == pytest.approx(sd, rel=0.1)
+
+
+@pytest.mark.parametrize("body", [
+    {"kind": "sum", "field": "length_of_stay", "bounds": [0, 30]},
+    {"kind": "histogram", "field": "length_of_stay", "bins": [0, 5, 30]}])
+def test_a_row_without_the_value_is_in_no_sum_or_bin_on_the_exact_path(body):
+    """As in the gateway's OpenDP plan: a null is left out, not counted at the low bound."""
+    spec = _spec(body)
+    plan = compile_plan(spec, {"length_of_stay": {"type": "integer", "bounds": [0, 30]}},
+                        PURPOSE, 6)
+    frame = pl.LazyFrame({plan.consent: [True] * 6,
+                          "length_of_stay": [3, None, 7, None, None, 12]})
+    exact = aggregate_lazy(plan, frame).collect()
+    assert exact[COUNT].sum() == 3
+    if plan.sums:
+        assert exact[SUM].item() * plan.unit == pytest.approx(22, abs=3 * plan.unit)

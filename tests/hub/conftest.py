@@ -22,9 +22,9 @@ def docker_engine():
 
 @pytest.fixture(scope="session")
 @tier("docker")
-def stack(docker_engine, dataset, tmp_path_factory):
+def stack(docker_engine, demo_dataset, tmp_path_factory):
     client, host = docker_engine
-    running = start_stack(client, host, dataset, tmp_path_factory.mktemp("hub"))
+    running = start_stack(client, host, demo_dataset, tmp_path_factory.mktemp("hub"))
     running.seed_demo()  # as `make run` does, before any test adds an account
     yield running
     running.close()

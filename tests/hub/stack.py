@@ -8,6 +8,7 @@ process and on the same database the served portal uses."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import docker
 import httpx
+import nbformat
 import pyotp
 
 from approvals.decisions import Decision
@@ -124,8 +126,8 @@ class Stack:
             self.keys.add(user.email, secret)
             return user
 
-    def approved_project(self, researcher: User | None = None, sign: bool = True
-                         ) -> tuple[int, User]:
+    def approved_project(self, researcher: User | None = None, sign: bool = True,
+                         fields: list[str] | None = None) -> tuple[int, User]:
         """An application taken through submit, review, approval and (if ``sign``) the
         DUA — which activates it and, through the portal, provisions its sandbox."""
         researcher = researcher or self.person("researcher", "岭南大学")
@@ -138,7 +140,7 @@ class Stack:
 
             application = workflow.create_draft(ctx(researcher), self._entry(), workflow.Draft(
                 "emr-visits", "门诊费用研究", "", "medical_research", True, 2.0, 6, [],
-                [(f, "研究需要") for f in FIELDS]))
+                [(f, "研究需要") for f in fields or FIELDS]))
             workflow.submit(ctx(researcher), application,
                             Applicant(Role.RESEARCHER, "主任医师", 12, "流行病学", "A", False),
                             EligibilityPolicy(3, 5))
@@ -241,3 +243,33 @@ def start_stack(client: docker.DockerClient, host: str, dataset: Path, root: Pat
     stack.smtp = smtp
     stack.portal_env = portal_env
     return stack
+
+
+WORK = "/home/researcher/work"
+EXECUTE = """
+import sys, nbclient, nbformat
+nb = nbformat.read(sys.argv[1], as_version=4)
+nbclient.NotebookClient(nb, kernel_name="python3", timeout=600).execute()
+nbformat.write(nb, sys.argv[1].replace(".ipynb", ".executed.ipynb"))
+"""
+
+
+def run_notebook(box, name: str) -> tuple[str, list[dict]]:
+    """Execute the workspace's notebook ``name`` inside the sandbox ``box`` — shipped
+    identical to the repository's — with the sandbox's own kernel: what it printed, and
+    the receipts it listed on its ``RECEIPTS`` line."""
+    code, shipped = box.exec_run(["cat", f"{WORK}/{name}"], user="1000:1000")
+    assert code == 0
+    assert json.loads(shipped) == json.loads((ROOT / "notebooks" / name).read_text())
+    code, out = box.exec_run(["python3", "-c", EXECUTE, name], user="1000:1000",
+                             workdir=WORK)
+    assert code == 0, out.decode(errors="replace")[-3000:]
+    _, text = box.exec_run(["cat", name.replace(".ipynb", ".executed.ipynb")],
+                           user="1000:1000", workdir=WORK)
+    notebook = nbformat.reads(text.decode(), as_version=4)
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code"
+               for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    line = next(s for s in printed.splitlines() if s.startswith("RECEIPTS "))
+    return printed, json.loads(line.removeprefix("RECEIPTS "))

@@ -5,25 +5,16 @@ researcher then asks, from the project page, to export the plot it saved."""
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 
 import httpx
-import nbformat
 import pytest
 
 from portal.models import ExportRequest
 from sandbox import receipts
 from sandbox.hub.names import server_name
-from tests.services import ROOT
+from tests.hub.stack import WORK, run_notebook
 
-EXECUTE = """
-import nbclient, nbformat
-nb = nbformat.read("getting-started.ipynb", as_version=4)
-nbclient.NotebookClient(nb, kernel_name="python3", timeout=300).execute()
-nbformat.write(nb, "getting-started.executed.ipynb")
-"""
-WORK = "/home/researcher/work"
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 PLOT = "mean-cost-by-age.png"
 
@@ -36,21 +27,8 @@ def executed(stack):
     assert stack.hub().wait_ready(f"user-{researcher.id}", server_name(project)).ready
     box = stack.container(project, researcher)
     # the workspace starts with the example notebook, identical to the repository's
-    code, shipped = box.exec_run(["cat", f"{WORK}/getting-started.ipynb"], user="1000:1000")
-    assert code == 0
-    assert json.loads(shipped) == json.loads(
-        (ROOT / "notebooks" / "getting-started.ipynb").read_text())
-    code, out = box.exec_run(["python3", "-c", EXECUTE], user="1000:1000", workdir=WORK)
-    assert code == 0, out.decode(errors="replace")[-3000:]
-    _, text = box.exec_run(["cat", "getting-started.executed.ipynb"], user="1000:1000",
-                           workdir=WORK)
-    notebook = nbformat.reads(text.decode(), as_version=4)
-    outputs = [o for cell in notebook.cells if cell.cell_type == "code"
-               for o in cell.get("outputs", [])]
-    assert not [o for o in outputs if o.output_type == "error"]
-    printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-    line = next(s for s in printed.splitlines() if s.startswith("RECEIPTS "))
-    return project, researcher, box, json.loads(line.removeprefix("RECEIPTS "))
+    _printed, released = run_notebook(box, "getting-started.ipynb")
+    return project, researcher, box, released
 
 
 def test_getting_started_runs_in_a_sandbox(stack, executed):
