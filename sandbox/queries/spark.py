@@ -105,13 +105,16 @@ class SparkExecutor:
                 rows = rows.join(table, on=PATIENT, how="left_anti")
         for flt in plan.filters:
             rows = rows.filter(predicate(F, flt))
-        if plan.value is not None:  # a row without the value is in no sum, mean or bin
-            rows = rows.filter(F.col(plan.value.column).isNotNull())
-        aggs = [F.count(F.lit(1)).cast("long").alias(COUNT)]
+        # A row without the value is in no count, sum or bin of it. Not as a filter: Spark
+        # pushes `IS NOT NULL` down to Parquet's statistics, which for a float column
+        # holding NaN (no min/max written) skip every row group.
+        present = F.col(plan.value.column).isNotNull() if plan.value is not None else None
+        counted = F.col(plan.value.column) if plan.value is not None else F.lit(1)
+        aggs = [F.count(counted).cast("long").alias(COUNT)]
         if plan.sums:
-            aggs.append(F.sum(fixed(F, plan)).alias(SUM))
+            aggs.append(F.sum(F.when(present, fixed(F, plan))).alias(SUM))
         if plan.edges is not None:
-            rows = rows.withColumn(BIN, bin_label(F, plan))
+            rows = rows.withColumn(BIN, F.when(present, bin_label(F, plan)))
         if plan.grouped:
             return rows.groupBy(*plan.group_columns).agg(*aggs)
         return rows.agg(*aggs)
