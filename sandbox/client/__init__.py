@@ -130,8 +130,12 @@ class Gateway:
     def __init__(self, url: str, token: str, *, timeout: float = 120.0,
                  transport: httpx.BaseTransport | None = None) -> None:
         self.url = url.rstrip("/")
+        # An idle connection is dropped here after 2 s, before the gateway's server closes
+        # it (uvicorn: 5 s): at the same 5 s, a question sent just as the server closed the
+        # connection came back "disconnected without a response".
         self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport,
-                                  headers={"Authorization": f"Bearer {token}"})
+                                  headers={"Authorization": f"Bearer {token}"},
+                                  limits=httpx.Limits(keepalive_expiry=2.0))
         self._public_key: bytes | None = None
         self.federated = Federated(self)
 
