@@ -200,15 +200,11 @@ def model_errors(data: SimpleNamespace, engine: Engine, allowed: set[str], draws
         measured = engine.measurement(q.query, described, PURPOSE)(frame.lazy()).collect()
         return post_process(q.query, measured, None), noise
 
-    def variance(noise: pl.DataFrame, aggregate: str) -> float:
-        row = noise.filter(pl.col("aggregate") == aggregate).row(0, named=True)
-        return rates.variance_of(row["distribution"], float(row["scale"]))
-
     def logistic(e: float, exact: bool = False) -> list[float]:
         counts, noise = release(query("count", e, cohort, group_by=[
             "control", "sex", "metformin"]), exact)
         rows, _ = fits.logistic(counts, "metformin", ["control", "sex"], "yes",
-                                0.0 if exact else variance(noise, "Frame Length"))
+                                0.0 if exact else fits.preview_variance(noise, "Frame Length"))
         return [r["odds_ratio"] for r in rows[1:]]
 
     def linear(e: float, exact: bool = False) -> list[float]:
@@ -217,9 +213,7 @@ def model_errors(data: SimpleNamespace, engine: Engine, allowed: set[str], draws
             "sum", e / 2, cohort, field=field, bounds=bounds, filters=inside,
             group_by=["metformin", "sex"]), exact) for field, bounds in (
             ("glucose", [0, 30]), ("glucose_sq", [0, 900])))
-        variances = (0.0, 0.0, 0.0) if exact else (
-            variance(noise, "Frame Length"), variance(noise, "Sum"),
-            variance(square_noise, "Sum"))
+        variances = (0.0, 0.0, 0.0) if exact else fits.linear_variances(noise, square_noise)
         rows, _ = fits.linear(sums, squares, "glucose", ["metformin", "sex"], variances,
                               (0, 30))
         b = [r["estimate"] for r in rows]  # intercept, metformin=…, sex=…

@@ -73,7 +73,7 @@ class DPResult:
     repeated: bool = False
     query: dict = field(default_factory=dict)
     comparison: dict | None = None  # a test computed from the release (e.g. log-rank)
-    # the releases a result computed from several is made of (a linear model: three)
+    # the releases a result computed from several is made of (a linear model: two)
     parts: tuple[DPResult, ...] = ()
 
     @property

@@ -282,7 +282,7 @@ class CohortStatistics:
                reference: dict[str, str] | None = None, level: float = 0.95,
                preview: bool = False) -> DPResult | pl.DataFrame:
         """Linear regression of ``target`` (within ``bounds``) on categorical
-        ``predictors``: three releases, one result with their receipts."""
+        ``predictors``: two releases, one result with both receipts."""
         return models.linear(self, target, predictors, epsilon=epsilon, bounds=bounds,
                              where=where, reference=reference, level=level, preview=preview)
 
@@ -318,8 +318,7 @@ class CohortStatistics:
         variable = self.spec["variables"].get(column, {})
         if variable.get("kind") not in ("first_value", "last_value"):
             return None
-        table = variable["events"]["table"]
-        name = variable["field"] if table == "records" else f"{table}.{variable['field']}"
+        name = checks.qualified(variable["events"]["table"], variable["field"])
         for entry in self._gateway.datasets():
             if entry["id"] == self.spec["dataset"]:
                 found = [f for f in entry["fields"] if f["name"] == name]

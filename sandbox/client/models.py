@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from sandbox import units
-from sandbox.cohorts import fits, rates
+from sandbox.cohorts import fits
 from sandbox.cohorts.spec import CohortSpec
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def logistic(stats: CohortStatistics, outcome: str, predictors: list[str], *,
         return noise
     counts = stats.query(query)
     rows, about = fits.logistic(counts.df, outcome, predictors, value,
-                                _variance(noise, "Frame Length"), reference, level)
+                                fits.preview_variance(noise, "Frame Length"), reference, level)
     return _result(counts, rows, about | {"scale": float(noise["scale"][0])})
 
 
@@ -82,9 +82,8 @@ def linear(stats: CohortStatistics, target: str, predictors: list[str], *,
         raise ValueError(f"this model needs ε = {epsilon:g}; the project has "
                          f"{remaining:g} left")
     released = [asked.query(q) for q in queries]
-    variances = (_variance(noises[0], "Frame Length"), _variance(noises[0], "Sum"),
-                 _variance(noises[1], "Sum"))
-    rows, about = fits.linear(released[0].df, released[1].df, target, predictors, variances,
+    rows, about = fits.linear(released[0].df, released[1].df, target, predictors,
+                              fits.linear_variances(*noises),
                               (low, high), reference, level)
     from sandbox.client import DPResult
     spent = units.epsilon_of(sum(units.micro_epsilon(r.epsilon) for r in released))
@@ -108,12 +107,6 @@ def table(stats: CohortStatistics, rows: str, columns: str, *, epsilon: float,
     seed = int(hashlib.sha256(counts.release_id.encode()).hexdigest()[:16], 16)
     test = fits.independence(counts.df, rows, columns, float(noise["scale"][0]), seed)
     return _result(counts, counts.df.to_dicts(), test)
-
-
-def _variance(preview: pl.DataFrame, aggregate: str) -> float:
-    """The noise variance of the ``aggregate`` ("Frame Length", "Sum") of a preview."""
-    row = preview.filter(pl.col("aggregate") == aggregate).row(0, named=True)
-    return rates.variance_of(row["distribution"], float(row["scale"]))
 
 
 def _check(stats: CohortStatistics, categorical: list[str], level: float,

@@ -10,10 +10,25 @@ from collections.abc import Callable
 import numpy as np
 import polars as pl
 
-from sandbox.cohorts import models
+from sandbox.cohorts import models, rates
 from sandbox.queries.spec import SMALL_CELL
 
 COUNTS = "OpenDP integer Laplace counts per cell"
+
+
+def preview_variance(preview: pl.DataFrame, aggregate: str) -> float:
+    """The noise variance of the ``aggregate`` ("Frame Length", "Sum") of a release, from
+    its preview (``distribution``, ``scale``)."""
+    row = preview.filter(pl.col("aggregate") == aggregate).row(0, named=True)
+    return rates.variance_of(row["distribution"], float(row["scale"]))
+
+
+def linear_variances(sums: pl.DataFrame, squares: pl.DataFrame
+                     ) -> tuple[float, float, float]:
+    """A linear model's noise variances — count and sum of its first release, sum of its
+    second — from the two releases' previews."""
+    return (preview_variance(sums, "Frame Length"), preview_variance(sums, "Sum"),
+            preview_variance(squares, "Sum"))
 
 
 def logistic(counts: pl.DataFrame, outcome: str, predictors: list[str], value: str,

@@ -15,8 +15,8 @@ from sqlalchemy import select
 
 from sandbox import audit
 from sandbox.anchors import Anchors, result
-from sandbox.cohorts.checks import grantable
-from sandbox.cohorts.spec import CohortQuery
+from sandbox.cohorts.checks import grantable, qualified
+from sandbox.cohorts.spec import RECORDS, CohortQuery
 from sandbox.data import metadata
 from sandbox.db import make_engine
 from sandbox.errors import InputError, SandboxError, Unauthenticated
@@ -259,10 +259,10 @@ class GatewayService:
             fields = [f for f in meta["tables"]["records"]["fields"]
                       if f["name"] in grant.fields]
             # an event table's fields, granted and named as `table.field` (cohorts)
-            fields += [f | {"name": f"{table}.{f['name']}"}
-                       for table, t in meta["tables"].items() if table != "records"
+            fields += [f | {"name": qualified(table, f["name"])}
+                       for table, t in meta["tables"].items() if table != RECORDS
                        for f in t.get("fields", [])
-                       if f"{table}.{f['name']}" in grant.fields]
+                       if qualified(table, f["name"]) in grant.fields]
             out.append({"id": meta["id"], "version": meta["version"], "title": meta["title"],
                         "unit": meta["unit"], "sample_size": meta["sample_size"],
                         "years": meta["years"], "contribution_bound": meta["contribution_bound"],

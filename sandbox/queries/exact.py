@@ -93,7 +93,8 @@ def bin_expr(plan: ExactPlan, clean: frozenset[str] = frozenset()) -> pl.Expr:
                                 return_dtype=pl.String)
 
 
-def rows_read(plan: ExactPlan, frame: pl.LazyFrame) -> pl.LazyFrame:
+def rows_read(plan: ExactPlan, frame: pl.LazyFrame,
+              clean: frozenset[str] = frozenset()) -> pl.LazyFrame:
     """The rows a query reads: consented for the purpose, not excluded, filtered — only
     the columns the plan uses (said here: Polars 1.36 does not push the projection down
     through a cast count, and would copy every column of the filtered rows)."""
@@ -102,7 +103,7 @@ def rows_read(plan: ExactPlan, frame: pl.LazyFrame) -> pl.LazyFrame:
         rows = rows.filter(~pl.col(PATIENT).is_in(sorted(plan.excluded)))
     for flt in plan.filters:
         rows = rows.filter(predicate(flt))
-    if plan.value is not None:
+    if plan.value is not None and plan.value.column not in clean:
         # a row without the value (a patient with no such lab) is in no sum, mean, bin or
         # quantile, as in the gateway's OpenDP plan (``sandbox.gateway.engine``)
         rows = rows.filter(pl.col(plan.value.column).is_not_null())
@@ -112,7 +113,7 @@ def rows_read(plan: ExactPlan, frame: pl.LazyFrame) -> pl.LazyFrame:
 def aggregate_lazy(plan: ExactPlan, frame: pl.LazyFrame,
                    clean: frozenset[str] = frozenset()) -> pl.LazyFrame:
     """``plan``'s aggregates over ``frame``; ``clean``: columns with no null and no NaN."""
-    rows = rows_read(plan, frame)
+    rows = rows_read(plan, frame, clean)
     aggs = [pl.len().cast(pl.Int64).alias(COUNT)]
     if plan.sums:
         aggs.append(fixed_expr(plan, clean).sum().alias(SUM))

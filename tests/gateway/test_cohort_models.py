@@ -5,12 +5,15 @@ frame (built here, in the test, as the gateway builds it)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import polars as pl
 import pytest
 
 from sandbox.client import Gateway, GatewayError
 from sandbox.cohorts import models
+from sandbox.cohorts.checks import tables
 from tests.gateway.test_cohorts import FIELDS, _diabetes, _exact
 
 
@@ -132,3 +135,30 @@ def test_a_patient_without_the_value_is_in_no_bin_mean_or_sum(served, datasets_d
     assert abs(shown - frame.height) > frame["glucose"].null_count() / 2
     mean = gw.cohort(_cohort()).mean("glucose", bounds=(0, 30), epsilon=2.0).value
     assert mean == pytest.approx(valued.clip(0, 30).mean(), abs=1.0)
+
+
+def test_the_catalogue_shows_granted_event_fields_only(served):
+    """A researcher reads the public description (bounds, categories) of the event-table
+    fields the grant names, as `table.field`, and of no other."""
+    gw = Gateway(served.url, served.grant(fields=FIELDS)["token"])
+    names = {f["name"] for f in gw.datasets()[0]["fields"]}
+    assert {"labs.value", "labs.test_code", "diagnoses.diagnosis_code"} <= names
+    assert not {n for n in names if n.startswith("prescriptions.")} - set(FIELDS)
+    assert "total_cost" not in names and "visits.visit_type" not in names
+
+
+def test_a_squares_noise_follows_the_square_of_its_sources_bound(served, datasets_dir):
+    """Adversary: a researcher squaring a count to weigh one patient with many labs more.
+    The square's bound is the square of the count's public bound, the sum is clamped to it,
+    and the noise scale is that bound over ε — one patient moves the sum by at most it."""
+    gw = Gateway(served.url, served.grant(fields=FIELDS)["token"])
+    cohort = _cohort().count("labs", {"table": "labs"}).variable("labs2", "square", of="labs")
+    metadata = json.loads((datasets_dir / "emr-visits" / "metadata.json").read_text("utf-8"))
+    bound = tables(metadata)["labs"].bound  # a patient's labs counted: at most this
+    preview = gw.cohort(cohort).preview({"dataset": "emr-visits", "kind": "sum",
+                                         "field": "labs2", "epsilon": 0.5})
+    row = preview.filter(pl.col("aggregate") == "Sum").row(0, named=True)
+    assert row["scale"] == pytest.approx(bound**2 / 0.5, rel=1e-6)
+    with pytest.raises(GatewayError, match="bounds"):
+        gw.cohort(cohort).sum("labs2", bounds=(0, bound**2 + 1), epsilon=0.5)
+    assert gw.budget()["epsilon"]["spent"] == 0
