@@ -89,3 +89,21 @@ def upgrade_to_units(engine: Engine, metadata: MetaData,
                     batch.drop_column(c)
                     batch.alter_column(columns[c].column, existing_type=BigInteger,
                                        nullable=False)
+
+
+def add_missing_columns(engine: Engine, table: Table) -> None:
+    """Add to an existing ``table`` the integer columns its definition has and the
+    database lacks (each with its server default): a database made before them keeps its
+    rows, each at the default."""
+    present = inspect(engine)
+    if not present.has_table(table.name):
+        return
+    have = {c["name"] for c in present.get_columns(table.name)}
+    missing = [c for c in table.columns if c.name not in have]
+    if not missing:
+        return
+    with engine.begin() as conn:
+        ops = Operations(MigrationContext.configure(conn))
+        for column in missing:
+            ops.add_column(table.name, Column(column.name, column.type, nullable=False,
+                                              server_default=column.server_default.arg))

@@ -15,6 +15,7 @@ from decimal import Decimal
 
 MICRO = 10**6  # units per ε
 ATTO = 10**18  # units per δ
+FEMTO = 10**15  # units per ρ (zero-concentrated DP)
 
 # Decimal digits a float carries beyond the grid are noise of its arithmetic when they are
 # this close to a grid point (0.7 - 0.4 = 0.29999999999999993 is 0.3, not 0.299999).
@@ -36,6 +37,17 @@ def micro_epsilon(epsilon: float, *, up: bool = False) -> int:
 def atto_delta(delta: float, *, up: bool = False) -> int:
     """δ in units of 10⁻¹⁸, rounded down (``up``: rounded up)."""
     return _units(delta, ATTO, up)
+
+
+def femto_rho(rho: float) -> int:
+    """ρ in units of 10⁻¹⁵, rounded up: a loss already incurred is never understated."""
+    if not math.isfinite(rho) or rho < 0:
+        raise ValueError(f"not a privacy loss: {rho!r}")
+    return math.ceil(Decimal(repr(float(rho))) * FEMTO)
+
+
+def rho_of(units: int) -> float:
+    return units / FEMTO
 
 
 def epsilon_of(units: int) -> float:

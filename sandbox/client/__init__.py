@@ -237,9 +237,12 @@ class Gateway:
         return DPResult(frame, answer["release"], answer["receipt"], answer["epsilon"],
                         answer["delta"], answer.get("repeated", False), body)
 
-    def cohort(self, cohort: Cohort | dict) -> CohortStatistics:
-        """Statistics of ``cohort`` (a ``Cohort`` or its JSON spec), one row per patient."""
-        return CohortStatistics(self, cohort)
+    def cohort(self, cohort: Cohort | dict, *, noise: str = "laplace",
+               delta: float = 0.0) -> CohortStatistics:
+        """Statistics of ``cohort`` (a ``Cohort`` or its JSON spec), one row per patient;
+        with ``noise="gaussian"`` and a ``delta``, each is released with Gaussian noise and
+        charged the (ε, δ) OpenDP converts its zero-concentrated loss to."""
+        return CohortStatistics(self, cohort, noise, delta)
 
     def preview(self, spec: dict) -> pl.DataFrame:
         """Noise scale and 95 % error bound of a query; spends nothing."""
@@ -254,23 +257,25 @@ class Gateway:
 
     def count(self, dataset: str, *, epsilon: float, where: Where = None,
               group_by: list[str] | None = None, keys: str = "public",
-              delta: float = 0.0) -> DPResult:
+              delta: float = 0.0, noise: str = "laplace") -> DPResult:
         return self.query(self._spec("count", dataset, epsilon, delta, filters=_filters(where),
-                                     group_by=group_by, keys=keys))
+                                     group_by=group_by, keys=keys, noise=noise))
 
     def sum(self, dataset: str, field: str, *, epsilon: float,
             bounds: tuple[float, float] | None = None, where: Where = None,
-            group_by: list[str] | None = None, delta: float = 0.0) -> DPResult:
+            group_by: list[str] | None = None, delta: float = 0.0,
+            noise: str = "laplace") -> DPResult:
         return self.query(self._spec("sum", dataset, epsilon, delta, field=field,
                                      bounds=bounds, filters=_filters(where),
-                                     group_by=group_by))
+                                     group_by=group_by, noise=noise))
 
     def mean(self, dataset: str, field: str, *, epsilon: float,
              bounds: tuple[float, float] | None = None, where: Where = None,
-             group_by: list[str] | None = None, delta: float = 0.0) -> DPResult:
+             group_by: list[str] | None = None, delta: float = 0.0,
+             noise: str = "laplace") -> DPResult:
         return self.query(self._spec("mean", dataset, epsilon, delta, field=field,
                                      bounds=bounds, filters=_filters(where),
-                                     group_by=group_by))
+                                     group_by=group_by, noise=noise))
 
     def quantiles(self, dataset: str, field: str, quantiles: list[float], *,
                   epsilon: float, bounds: tuple[float, float] | None = None,

@@ -148,9 +148,15 @@ class CohortStatistics:
     and returns a receipted ``DPResult``, as for a dataset; fields are the cohort's
     variables."""
 
-    def __init__(self, gateway: Gateway, cohort: Cohort | dict) -> None:
+    def __init__(self, gateway: Gateway, cohort: Cohort | dict, noise: str = "laplace",
+                 delta: float = 0.0) -> None:
+        if noise not in ("laplace", "gaussian"):
+            raise ValueError(f"noise is 'laplace' or 'gaussian', not {noise!r}")
+        if noise == "gaussian" and delta <= 0:
+            raise ValueError("Gaussian noise needs delta > 0, e.g. delta=1e-7")
         self._gateway = gateway
         self.spec = cohort.spec() if isinstance(cohort, Cohort) else cohort
+        self.noise, self.delta = noise, delta
 
     def query(self, query: dict) -> DPResult:
         body = {"cohort": self.spec, "query": query}
@@ -165,6 +171,10 @@ class CohortStatistics:
     def _query(self, kind: str, epsilon: float, delta: float = 0.0, **extra: Any) -> dict:
         from sandbox.client import _filters
         extra["filters"] = _filters(extra.pop("where", None))
+        if self.noise == "gaussian":
+            # every statistic of this object: Gaussian noise, its zCDP loss converted by
+            # OpenDP to (ε, δ) at the object's δ (docs/adr/0017)
+            extra["noise"], delta = "gaussian", delta or self.delta
         return self._gateway._spec(kind, self.spec["dataset"], epsilon, delta, **extra)
 
     def count(self, *, epsilon: float, where: Where = None,
@@ -207,7 +217,8 @@ class CohortStatistics:
                              f"{', '.join(outcomes)}")
         by = list(by or [])
         query = self._query("count", epsilon, where=where, group_by=[*by, outcome])
-        scale = float(self.preview(query)["scale"][0])
+        noise = self.preview(query)
+        scale, distribution = float(noise["scale"][0]), noise["distribution"][0]
         counts = self.query(query)
         rows = []
         for key, group in counts.df.group_by(by or [pl.lit(0)], maintain_order=True):
@@ -215,7 +226,7 @@ class CohortStatistics:
                              strict=True))
             others = [c for k, c in cells.items() if k != value]
             no = None if any(c is None for c in others) else sum(others)
-            share = rates.proportion(cells.get(value), no, scale, level)
+            share = rates.proportion(cells.get(value), no, scale, level, distribution)
             rows.append({**(dict(zip(by, key, strict=True)) if by else {}),
                          value: cells.get(value), **share})
         frame = pl.DataFrame(rows)
@@ -246,7 +257,8 @@ class CohortStatistics:
         groups = [by] if by else []
         asked = CohortStatistics(self._gateway, spec)
         query = self._query("count", epsilon, where=where, group_by=[*groups, binned, status])
-        scale = float(asked.preview(query)["scale"][0])
+        noise = asked.preview(query)
+        scale, distribution = float(noise["scale"][0]), noise["distribution"][0]
         counts = asked.query(query)
         labels = bin_labels(list(edges))
         middle = any(b - a > 1 for a, b in itertools.pairwise(edges))
@@ -257,12 +269,13 @@ class CohortStatistics:
             censored = [found.get((label, "no")) for label in labels]
             curves[key[0] if groups else None] = (events, censored)
             for label, row in zip(labels, survival.kaplan_meier(
-                    events, censored, scale, level, middle), strict=True):
+                    events, censored, scale, level, middle, distribution), strict=True):
                 rows.append({**({by: key[0]} if by else {}), "bin": label, **row})
         comparison = None
         if len(curves) == 2:
             comparison = {"test": "log-rank", "groups": list(curves),
-                          **survival.log_rank(*curves.values(), scale=scale)}
+                          **survival.log_rank(*curves.values(), scale=scale,
+                                              distribution=distribution)}
         return DPResult(pl.DataFrame(rows), counts.release_id, counts.receipt,
                         counts.epsilon, counts.delta, counts.repeated, counts.query,
                         comparison)

@@ -105,7 +105,8 @@ def table(stats: CohortStatistics, rows: str, columns: str, *, epsilon: float,
         return noise
     counts = stats.query(query)
     seed = int(hashlib.sha256(counts.release_id.encode()).hexdigest()[:16], 16)
-    test = fits.independence(counts.df, rows, columns, float(noise["scale"][0]), seed)
+    test = fits.independence(counts.df, rows, columns, float(noise["scale"][0]), seed,
+                             "Gaussian" in noise["distribution"][0])
     return _result(counts, counts.df.to_dicts(), test)
 
 

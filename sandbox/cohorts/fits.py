@@ -93,12 +93,12 @@ def linear(sums: pl.DataFrame, squares: pl.DataFrame, target: str, predictors: l
 
 
 def independence(counts: pl.DataFrame, rows: str, columns: str, scale: float,
-                 seed: int) -> dict:
+                 seed: int, gaussian: bool = False) -> dict:
     """The test of independence of a count grouped by ``rows`` and ``columns``."""
     wide = counts.select(rows, columns, pl.col("count").fill_null(0)).pivot(
         on=columns, index=rows, values="count").fill_null(0)
     test = models.independence(wide.drop(rows).to_numpy().astype(float), scale, seed,
-                               withhold_below=SMALL_CELL)
+                               withhold_below=SMALL_CELL, gaussian=gaussian)
     # the rows and columns the test kept (those without a withheld cell), by name
     names = wide[rows].to_list(), wide.drop(rows).columns
     return test | {"rows_kept": [names[0][i] for i in test["rows_kept"]],

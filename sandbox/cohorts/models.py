@@ -130,10 +130,11 @@ def table(fit: dict, names: list[str], level: float, exponentiate: bool = False
 
 
 def independence(observed: np.ndarray, scale: float, seed: int, draws: int = DRAWS,
-                 withhold_below: int = 0) -> dict:
+                 withhold_below: int = 0, gaussian: bool = False) -> dict:
     """Test that the rows and columns of a noisy contingency table (integer Laplace noise of
-    ``scale``) are independent: Pearson's statistic and its Monte Carlo p-value under
-    independence with the release's noise; Cramér's V as the effect size.
+    ``scale``, or integer Gaussian with ``gaussian``) are independent: Pearson's statistic
+    and its Monte Carlo p-value under independence with the release's noise; Cramér's V as
+    the effect size.
 
     Cells withheld for a noisy count under ``withhold_below`` (read as 0) would bias the
     statistic: it is then taken over the rows and columns without one (independence holds
@@ -154,7 +155,8 @@ def independence(observed: np.ndarray, scale: float, seed: int, draws: int = DRA
         return about | {"statistic": None, "p_value": None, "cramers_v": None, "draws": 0,
                         "reason": "withheld cells leave fewer than two rows or columns"}
     statistic = float(_pearson(table[None])[0])
-    null = _null(observed, scale, np.random.default_rng(seed), draws, withhold_below)
+    null = _null(observed, scale, np.random.default_rng(seed), draws, withhold_below,
+                 gaussian)
     if len(null) < MIN_DRAWS:
         return about | {"statistic": statistic, "p_value": None, "cramers_v": None,
                         "draws": len(null), "reason": "too few simulated tables keep two "
@@ -166,7 +168,7 @@ def independence(observed: np.ndarray, scale: float, seed: int, draws: int = DRA
 
 
 def _null(observed: np.ndarray, scale: float, rng: np.random.Generator, draws: int,
-          withhold_below: int) -> np.ndarray:
+          withhold_below: int, gaussian: bool = False) -> np.ndarray:
     """Pearson's statistic of tables drawn under independence from ``observed``'s margins,
     noised, withheld and cut down as the release and the test were."""
     if withhold_below:
@@ -174,7 +176,11 @@ def _null(observed: np.ndarray, scale: float, rng: np.random.Generator, draws: i
     n = observed.sum()
     expected = np.outer(observed.sum(1), observed.sum(0)).ravel() / n**2
     simulated = rng.multinomial(round(float(n)), expected, size=draws).astype(float)
-    if scale > 0:
+    if scale > 0 and gaussian:
+        # a simulation of the release's noise, not a release: the rounded normal has the
+        # discrete Gaussian's spread for the scales a release uses (σ ≥ 1)
+        simulated += np.round(rng.normal(0.0, scale, simulated.shape))
+    elif scale > 0:
         success = -math.expm1(-1.0 / scale)
         simulated += rng.geometric(success, simulated.shape) - rng.geometric(
             success, simulated.shape)

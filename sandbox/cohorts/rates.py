@@ -15,6 +15,7 @@ import math
 from statistics import NormalDist
 
 MIN_TOTAL = 10
+LAPLACE = "Integer Laplace"  # the distribution of a count's noise unless Gaussian was asked
 
 
 def noise_variance(scale: float) -> float:
@@ -35,10 +36,11 @@ def variance_of(distribution: str, scale: float) -> float:
     return 2 * scale * scale
 
 
-def proportion(yes: float | None, no: float | None, scale: float, level: float = 0.95
-               ) -> dict:
-    """The proportion ``yes / (yes + no)`` of two noisy counts and its ``level`` interval;
-    None where a count was withheld or the total is too small to say."""
+def proportion(yes: float | None, no: float | None, scale: float, level: float = 0.95,
+               distribution: str = LAPLACE) -> dict:
+    """The proportion ``yes / (yes + no)`` of two noisy counts (noise of ``distribution``
+    at ``scale``) and its ``level`` interval; None where a count was withheld or the total
+    is too small to say."""
     if yes is None or no is None:
         return {"total": None, "proportion": None, "low": None, "high": None}
     yes, no = max(float(yes), 0.0), max(float(no), 0.0)
@@ -46,7 +48,7 @@ def proportion(yes: float | None, no: float | None, scale: float, level: float =
     if total < MIN_TOTAL:
         return {"total": total, "proportion": None, "low": None, "high": None}
     p = yes / total
-    variance = p * (1 - p) / total + noise_variance(scale) * (yes**2 + no**2) / total**4
+    variance = p * (1 - p) / total + variance_of(distribution, scale) * (yes**2 + no**2) / total**4
     z = NormalDist().inv_cdf(0.5 + level / 2)
     half = z * math.sqrt(variance)
     return {"total": total, "proportion": p, "low": max(0.0, p - half),

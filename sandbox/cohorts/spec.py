@@ -252,9 +252,14 @@ class CohortQuery(BaseModel):
     def delta(self) -> float:
         return self.query.delta
 
+    @property
+    def noise(self) -> str:
+        return self.query.noise
+
     def canonical(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"),
-                          ensure_ascii=False)
+        data = {"cohort": self.cohort.model_dump(mode="json"),
+                "query": json.loads(self.query.canonical())}
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
     def fingerprint(self) -> str:
         return hashlib.sha256(self.canonical().encode()).hexdigest()

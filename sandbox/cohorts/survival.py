@@ -24,7 +24,7 @@ import math
 from collections.abc import Callable, Sequence
 from statistics import NormalDist
 
-from sandbox.cohorts.rates import noise_variance
+from sandbox.cohorts.rates import LAPLACE, variance_of
 
 STEP = 0.5  # counts are moved by this much to take a numerical derivative
 MIN_GROUP = 10  # patients a group needs for the log-rank test
@@ -70,14 +70,15 @@ def _noise(value: Callable[[list[float], list[float]], list[float]], events: lis
 
 
 def kaplan_meier(events: Sequence[float | None], censored: Sequence[float | None],
-                 scale: float, level: float = 0.95, middle: bool = False) -> list[dict]:
+                 scale: float, level: float = 0.95, middle: bool = False,
+                 distribution: str = LAPLACE) -> list[dict]:
     """Per bin: at risk, events, censored, survival at its end and its ``level`` interval
     (``middle``: the life-table rule, for bins wider than the times' unit). A withheld
     count (None: under 5) is read as 0 and the row says so."""
     d, c = _clean(events), _clean(censored)
     at_risk, survival = _curve(d, c, middle)
     z = NormalDist().inv_cdf(0.5 + level / 2)
-    variance = noise_variance(scale)
+    variance = variance_of(distribution, scale)
     noise = _noise(lambda e, cc: _curve(e, cc, middle)[1], d, c, variance)
     rows, greenwood = [], 0.0
     for k, (n, s) in enumerate(zip(at_risk, survival, strict=True)):
@@ -93,7 +94,7 @@ def kaplan_meier(events: Sequence[float | None], censored: Sequence[float | None
 
 def log_rank(first: tuple[Sequence[float | None], Sequence[float | None]],
              second: tuple[Sequence[float | None], Sequence[float | None]],
-             scale: float) -> dict:
+             scale: float, distribution: str = LAPLACE) -> dict:
     """The log-rank test of two groups' (events, censored) per bin: U, its variance (the
     hypergeometric one plus the noise's), χ² on one degree of freedom and its p-value —
     or, where a count was withheld or a group has fewer than ``MIN_GROUP`` patients,
@@ -121,7 +122,7 @@ def log_rank(first: tuple[Sequence[float | None], Sequence[float | None]],
         return u, v
 
     u, sampling = u_and_v(*counts)
-    variance = noise_variance(scale)
+    variance = variance_of(distribution, scale)
     noise = 0.0
     for a, b in ((0, 1), (2, 3)):
         def u_of(events: list[float], censored: list[float], a: int = a) -> list[float]:

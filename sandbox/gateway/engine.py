@@ -123,13 +123,21 @@ class Engine:
         return keys.join(counts, on="bin", how="left", nulls_equal=True)
 
     def _make(self, dataset: Dataset, plan: pl.LazyFrame, scale: float,
-              threshold: int | None) -> Measurement:
-        return make_private_lazyframe(
+              threshold: int | None, delta: float | None = None) -> Measurement:
+        """OpenDP's measurement of ``plan`` at ``scale``: Laplace noise in (ε, δ); or, with
+        ``delta`` (Gaussian noise), zero-concentrated DP that OpenDP converts to (ε, δ) at
+        that δ (docs/adr/0017)."""
+        measure = dp.zero_concentrated_divergence() if delta is not None else \
+            dp.approximate(dp.max_divergence())
+        measurement = make_private_lazyframe(
             input_domain=dataset.domain,
             input_metric=dp.symmetric_distance(),
-            output_measure=dp.approximate(dp.max_divergence()),
+            output_measure=measure,
             lazyframe=plan, global_scale=scale, threshold=threshold,
         )
+        if delta is None:
+            return measurement
+        return dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(measurement), delta)
 
     def measurement(self, spec: QuerySpec, dataset: Dataset, purpose: str) -> Measurement:
         """The OpenDP measurement answering ``spec`` within (ε, δ), scale cached by shape."""
@@ -150,14 +158,14 @@ class Engine:
                     try:
                         cached = self._calibrate(
                             dataset, plan, d_in, spec.epsilon, spec.delta,
-                            spec.keys == "private" and bool(spec.group_by))
+                            spec.keys == "private" and bool(spec.group_by), _gaussian(spec))
                         with self._lock:
                             _keep(self._scales, key, cached)
                     finally:
                         with self._lock:
                             self._calibrating.pop(key, None)
         try:  # a cached scale skips calibration, not OpenDP's checks of this query's plan
-            measurement = self._make(dataset, plan, *cached)
+            measurement = self._make(dataset, plan, *cached, _gaussian(spec))
             eps, delta = measurement.map(d_in)
         except (OpenDPException, ValueError) as exc:
             raise InputError(f"this query cannot be answered privately: "
@@ -167,8 +175,13 @@ class Engine:
         return measurement
 
     def _calibrate(self, dataset: Dataset, plan: pl.LazyFrame, d_in: int, epsilon: float,
-                   delta: float, threshold: bool) -> tuple[float, int | None]:
+                   delta: float, threshold: bool, gaussian: float | None = None
+                   ) -> tuple[float, int | None]:
         try:
+            if gaussian is not None:
+                # ε of the converted loss is not c / s: OpenDP's search finds the scale
+                return binary_search(lambda s: self._make(
+                    dataset, plan, s, None, gaussian).map(d_in)[0] <= epsilon, T=float), None
             if not threshold:
                 return scale_for(
                     lambda s: self._make(dataset, plan, s, None).map(d_in)[0], epsilon), None
@@ -233,6 +246,11 @@ class Engine:
         measurement = self.measurement(spec, dataset, purpose)
         summary = summarize_polars_measurement(measurement, alpha)
         return rows_of(summary)
+
+
+def _gaussian(spec: QuerySpec) -> float | None:
+    """The δ at which a Gaussian query's zCDP loss is converted; None for Laplace."""
+    return spec.delta if spec.noise == "gaussian" else None
 
 
 def _keep(kept: OrderedDict, key: tuple, value: object) -> None:

@@ -10,8 +10,10 @@ after the charge leaves it charged; re-sending the identical query then releases
 same charge, and once released, the identical query returns the stored value at no cost, so
 repeating a question cannot average the noise away.
 
-Composition is basic sequential composition: a grant's spent ε is the sum of its queries'
-ε, its spent δ the sum of their δ (docs/privacy-accounting.md).
+Composition is basic sequential composition for Laplace releases: a grant's spent ε is the
+sum of their ε, its spent δ the sum of their δ. Gaussian releases join the grant's
+zero-concentrated pool and are charged what its converted ε grows by (``zcdp``); their
+charges add to the same spent ε and δ (docs/privacy-accounting.md, docs/adr/0017).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from sandbox.errors import (
     RefusedRelease,
     SandboxError,
 )
+from sandbox.gateway import zcdp
 from sandbox.gateway.engine import Release
 from sandbox.gateway.grants import Grant, GrantState, now
 from sandbox.gateway.store import grants, releases
@@ -83,6 +86,24 @@ _SPEND = (update(grants)
                       <= grants.c.delta_total_atto))
           .values(epsilon_spent_micro=grants.c.epsilon_spent_micro + bindparam("eps"),
                   delta_spent_atto=grants.c.delta_spent_atto + bindparam("delta")))
+# A Gaussian release joins the pool it was priced against, or the charge is tried again
+_SPEND_POOLED = (update(grants)
+                 .where(and_(grants.c.id == bindparam("g"),
+                             grants.c.status == bindparam("active"),
+                             grants.c.expires_at > bindparam("now"),
+                             grants.c.rho_spent_femto == bindparam("rho_before"),
+                             grants.c.delta_pooled_atto == bindparam("pooled_before"),
+                             grants.c.epsilon_spent_micro + bindparam("eps")
+                             <= grants.c.epsilon_total_micro,
+                             grants.c.delta_spent_atto + bindparam("delta")
+                             <= grants.c.delta_total_atto))
+                 .values(epsilon_spent_micro=grants.c.epsilon_spent_micro + bindparam("eps"),
+                         delta_spent_atto=grants.c.delta_spent_atto + bindparam("delta"),
+                         rho_spent_femto=bindparam("rho_before") + bindparam("rho"),
+                         delta_pooled_atto=bindparam("pooled_before") + bindparam("pooled")))
+_POOL = select(grants.c.rho_spent_femto, grants.c.delta_pooled_atto).where(
+    grants.c.id == bindparam("g"))
+POOL_TRIES = 20  # concurrent Gaussian charges of one grant: each retry sees the others'
 _CLAIM = insert(releases)
 _RECORD = (update(releases)
            .where(and_(releases.c.id == bindparam("r"),
@@ -189,11 +210,15 @@ class Ledger:
                 if existing is not None:
                     return self._reclaim(conn, grant, dict(existing))
                 eps, delta = units.micro_epsilon(spec.epsilon), units.atto_delta(spec.delta)
-                charged = conn.execute(_SPEND, {
-                    "g": grant.id, "active": GrantState.ACTIVE.value,
-                    "now": datetime.now(UTC).isoformat(), "eps": eps, "delta": delta,
-                }).rowcount
-                if charged != 1:
+                if getattr(spec, "noise", "laplace") == "gaussian":
+                    joined = _join_pool(conn, grant.id, eps, delta)
+                    if joined is None:
+                        _explain_refusal(conn, grant.id, spec)
+                    eps, delta = joined.epsilon_micro, joined.delta_atto
+                elif conn.execute(_SPEND, {
+                        "g": grant.id, "active": GrantState.ACTIVE.value,
+                        "now": datetime.now(UTC).isoformat(), "eps": eps, "delta": delta,
+                        }).rowcount != 1:
                     _explain_refusal(conn, grant.id, spec)
                 claim = {
                     "id": uuid.uuid4().hex, "grant_id": grant.id, "query_hash": fingerprint,
@@ -203,8 +228,8 @@ class Ledger:
                 }
                 conn.execute(_CLAIM, claim)
                 audit.append(conn, AuditAction.RELEASE_CHARGED, f"grant:{grant.id}",
-                             f"release:{claim['id']}", {"epsilon": spec.epsilon,
-                                                         "delta": spec.delta,
+                             f"release:{claim['id']}", {"epsilon": units.epsilon_of(eps),
+                                                         "delta": units.delta_of(delta),
                                                          "query_hash": fingerprint})
                 return claim
         except IntegrityError:
@@ -247,7 +272,7 @@ class Ledger:
             "purpose": grant.purpose, "dataset": dataset.id,
             "dataset_version": dataset.version, "query": json.loads(spec.canonical()),
             "query_hash": claim["query_hash"], "result": result.rows,
-            "epsilon": spec.epsilon, "delta": spec.delta,
+            "epsilon": spec.epsilon, "delta": spec.delta, "charged": _loss(claim),
             "opendp_loss": [result.epsilon, result.delta], "released_at": now(),
             **({"refused": result.refused} if result.refused else {}),
             **({"withdrawals_version": result.withdrawals}
@@ -267,10 +292,29 @@ class Ledger:
                          {"receipt_sha256": hashlib.sha256(
                              json.dumps(receipt, sort_keys=True).encode()).hexdigest()})
         answer = {"release": claim["id"], "result": result.rows, "columns": result.columns,
-                  "epsilon": spec.epsilon, "delta": spec.delta, "repeated": False,
-                  "receipt": receipt}
+                  **_loss(claim), "repeated": False, "receipt": receipt}
         _raise_if_refused(answer)
         return answer
+
+
+def _join_pool(conn: Connection, grant_id: str, eps: int, delta: int) -> zcdp.Join | None:
+    """Charge a Gaussian release of (``eps``, ``delta``) units against the grant's pool as
+    it stands; None when the grant cannot pay (or is not active)."""
+    for _ in range(POOL_TRIES):
+        pool = conn.execute(_POOL, {"g": grant_id}).one()
+        joined = zcdp.join(eps, delta, pool.rho_spent_femto, pool.delta_pooled_atto)
+        charged = conn.execute(_SPEND_POOLED, {
+            "g": grant_id, "active": GrantState.ACTIVE.value,
+            "now": datetime.now(UTC).isoformat(), "eps": joined.epsilon_micro,
+            "delta": joined.delta_atto, "rho": joined.rho_femto,
+            "pooled": joined.pooled_delta_atto, "rho_before": pool.rho_spent_femto,
+            "pooled_before": pool.delta_pooled_atto}).rowcount
+        if charged == 1:
+            return joined
+        after = conn.execute(_POOL, {"g": grant_id}).one()
+        if tuple(after) == tuple(pool):
+            return None  # the pool stood still: the grant refused the charge itself
+    raise Conflict("too many Gaussian releases of this grant at once; send it again")
 
 
 def _worth_reading(grant: Grant, spec: Spec) -> bool:

@@ -4,12 +4,13 @@ The gateway's OpenDP measurement (``engine.Engine.measurement``) stays what it w
 whole query as OpenDP's Polars plan, whose ``map`` gives the (ε, δ) that is charged and
 whose per-statistic noise scales (and group threshold) OpenDP chose. Here the same scales
 are taken from it (``summarize_polars_measurement``), and OpenDP's own noise measurements
-— discrete Laplace on 64-bit integers, and Laplace with a threshold for private group keys
-— are built on the domain of the exact result at those scales. Their losses are checked
-with OpenDP's ``map`` against the measurement's before anything is spent; only then do
-they add noise to what Polars or Spark computed. Sums are fixed point (``plan.bits``): the
-noise is drawn on the same integer grid, at the scale times 2^bits, and the sum divided
-back — the same Laplace at a granularity of 2^-bits.
+— discrete Laplace on 64-bit integers, and Laplace with a threshold for private group keys;
+or, for a Gaussian query, the discrete Gaussian, whose zCDP losses add up and are converted
+to (ε, δ) by OpenDP — are built on the domain of the exact result at those scales. Their
+losses are checked with OpenDP's ``map`` against the measurement's before anything is
+spent; only then do they add noise to what Polars or Spark computed. Sums are fixed point
+(``plan.bits``): the noise is drawn on the same integer grid, at the scale times 2^bits, and
+the sum divided back — the same noise at a granularity of 2^-bits.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ from opendp.accuracy import summarize_polars_measurement
 from opendp.mod import Measurement
 
 from sandbox.errors import PolicyRefusal
+from sandbox.gateway.zcdp import approximate
 from sandbox.queries.plan import COUNT, SUM, ExactPlan
 
 dp.enable_features("contrib")
 
 LENGTHS = ("Frame Length", "Length")
+NOISES = ("Integer Laplace", "Float Laplace", "Integer Gaussian", "Float Gaussian")
 SLACK = 1e-9
 
 
@@ -41,6 +44,7 @@ class Statistic:
     aggregate: str  # OpenDP's name: "Frame Length", "Length" or "Sum"
     scale: float  # in the column's units
     threshold: int | None = None
+    gaussian: bool = False  # OpenDP chose Gaussian noise: the loss is zCDP (ρ)
 
 
 @dataclass(frozen=True)
@@ -58,11 +62,11 @@ def statistics(measurement: Measurement) -> list[Statistic]:
     summary = summarize_polars_measurement(measurement)
     out = []
     for row in summary.iter_rows(named=True):
-        if row["distribution"] not in ("Integer Laplace", "Float Laplace"):
+        if row["distribution"] not in NOISES:
             raise PolicyRefusal(f"OpenDP chose {row['distribution']} noise, which this "
                                 "engine does not apply")
         out.append(Statistic(row["column"], row["aggregate"], float(row["scale"]),
-                             row.get("threshold")))
+                             row.get("threshold"), "Gaussian" in row["distribution"]))
     return out
 
 
@@ -75,14 +79,21 @@ def build(plan: ExactPlan, stats: list[Statistic], d_in: int, epsilon: float,
     """OpenDP's noise measurement for each statistic, on the exact result's domain; refused
     (before any charge) unless their losses, composed, fit the query's (ε, δ)."""
     measurements = []
-    spent_eps, spent_delta = 0.0, 0.0
+    spent_eps, spent_delta, spent_rho = 0.0, 0.0, 0.0
     for stat in stats:
         measurement, d_stat = _measurement(plan, stat, d_in)
         loss = measurement.map(d_stat)
-        eps, dlt = loss if isinstance(loss, tuple) else (loss, 0.0)
-        spent_eps += eps
-        spent_delta += dlt
+        if stat.gaussian:
+            spent_rho += loss
+        else:
+            eps, dlt = loss if isinstance(loss, tuple) else (loss, 0.0)
+            spent_eps += eps
+            spent_delta += dlt
         measurements.append(measurement)
+    if spent_rho:
+        # the statistics' zCDP losses compose by adding; OpenDP converts the sum at δ
+        eps, dlt = approximate(spent_rho, delta)
+        spent_eps, spent_delta = spent_eps + eps, spent_delta + dlt
     if spent_eps > epsilon * (1 + SLACK) or spent_delta > delta * (1 + SLACK) + 1e-300:
         raise PolicyRefusal(f"the noise of this query would lose ε = {spent_eps:g}, "
                             f"δ = {spent_delta:g}, more than its ε = {epsilon:g}, "
@@ -106,10 +117,12 @@ def _measurement(plan: ExactPlan, stat: Statistic, d_in: int) -> tuple[Measureme
         return (dp.m.make_laplace_threshold(domain, metric, scale=scale,
                                             threshold=stat.threshold),
                 (d_in, sensitivity, sensitivity))
+    # a Gaussian's sensitivity is an L2 norm, at most the L1 norm a Laplace takes
+    make, norm = (dp.m.make_gaussian, dp.l2_distance) if stat.gaussian else (
+        dp.m.make_laplace, dp.l1_distance)
     if plan.grouped:
-        return (dp.m.make_laplace(dp.vector_domain(integer), dp.l1_distance(T="i64"), scale),
-                sensitivity)
-    return dp.m.make_laplace(integer, dp.absolute_distance(T="i64"), scale), sensitivity
+        return make(dp.vector_domain(integer), norm(T="i64"), scale), sensitivity
+    return make(integer, dp.absolute_distance(T="i64"), scale), sensitivity
 
 
 def release(plan: ExactPlan, noise: Noise, exact: pl.DataFrame) -> pl.DataFrame:

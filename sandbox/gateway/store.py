@@ -17,7 +17,7 @@ from sqlalchemy import (
 )
 
 from sandbox import audit, units
-from sandbox.db import upgrade_to_units
+from sandbox.db import add_missing_columns, upgrade_to_units
 
 metadata = MetaData()
 
@@ -33,6 +33,10 @@ grants = Table(
     Column("delta_total_atto", BigInteger, nullable=False),
     Column("epsilon_spent_micro", BigInteger, nullable=False, default=0),
     Column("delta_spent_atto", BigInteger, nullable=False, default=0),
+    # the zero-concentrated pool of the grant's Gaussian releases: their ρ in units of
+    # 10⁻¹⁵, rounded up, and their δ (already in delta_spent); docs/adr/0017
+    Column("rho_spent_femto", BigInteger, nullable=False, server_default="0"),
+    Column("delta_pooled_atto", BigInteger, nullable=False, server_default="0"),
     Column("expires_at", String(40), nullable=False),
     Column("status", String(20), nullable=False),
     Column("status_reason", Text, nullable=False, default=""),
@@ -147,5 +151,6 @@ EXACT_UNITS = {
 
 def create_tables(engine: Engine) -> None:
     upgrade_to_units(engine, metadata, EXACT_UNITS)
+    add_missing_columns(engine, grants)
     metadata.create_all(engine)
     audit.create_tables(engine)

@@ -83,6 +83,9 @@ class QuerySpec(BaseModel):
     filters: list[Filter] = Field(default_factory=list, max_length=MAX_FILTERS)
     epsilon: float = Field(gt=0, le=10)
     delta: float = Field(default=0.0, ge=0, lt=1e-3)
+    # Laplace noise, accounted in pure ε; or Gaussian noise, accounted in zero-concentrated
+    # DP and converted by OpenDP to the (ε, δ) charged (docs/adr/0017)
+    noise: Literal["laplace", "gaussian"] = "laplace"
 
     _on_grid_epsilon = field_validator("epsilon")(units.on_grid_epsilon)
     _on_grid_delta = field_validator("delta")(units.on_grid_delta)
@@ -127,6 +130,12 @@ class QuerySpec(BaseModel):
             raise ValueError("keys 'private' only applies to grouped queries")
         if self.keys == "private" and self.delta <= 0:
             raise ValueError("releasing private group keys needs delta > 0")
+        if self.noise == "gaussian":
+            if self.delta <= 0:
+                raise ValueError("Gaussian noise needs delta > 0: its loss is converted "
+                                 "to (epsilon, delta), e.g. delta 1e-7")
+            if self.keys == "private":
+                raise ValueError("private group keys are released with Laplace noise only")
         return self
 
     def fingerprint(self) -> str:
@@ -134,12 +143,20 @@ class QuerySpec(BaseModel):
         return hashlib.sha256(self.canonical().encode()).hexdigest()
 
     def canonical(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"),
+        return json.dumps(self._dump(), sort_keys=True, separators=(",", ":"),
                           ensure_ascii=False)
+
+    def _dump(self) -> dict:
+        """The spec as JSON data; Laplace noise, the default, is left unsaid, so a question
+        has the print it had before the choice of noise existed."""
+        data = self.model_dump(mode="json")
+        if data["noise"] == "laplace":
+            del data["noise"]
+        return data
 
     def shape(self) -> str:
         """The spec without filter values: queries of one shape share a noise scale."""
-        data = self.model_dump(mode="json")
+        data = self._dump()
         data["filters"] = [[f["field"], f["op"], len(f["value"]) if isinstance(f["value"], list)
                             else 1] for f in data["filters"]]
         return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

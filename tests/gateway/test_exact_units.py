@@ -67,7 +67,7 @@ def test_ten_tenths_spend_a_budget_of_one_exactly(gateway):
 
 def _kept(table: Table) -> list[Column]:
     return [Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
-            for c in table.columns if not c.name.endswith(("_micro", "_atto"))]
+            for c in table.columns if not c.name.endswith(("_micro", "_atto", "_femto"))]
 
 
 def _float_era_tables() -> MetaData:
@@ -104,6 +104,7 @@ def test_a_float_era_database_is_carried_into_units_when_the_gateway_starts(
         with engine.connect() as conn:
             columns = {c["name"] for c in inspect(conn).get_columns("grants")}
             assert "epsilon_spent" not in columns and "epsilon_spent_micro" in columns
+            assert {"rho_spent_femto", "delta_pooled_atto"} <= columns  # the zCDP pool
             g = conn.execute(select(grants)).mappings().one()
             rows = conn.execute(select(releases)).mappings().all()
         engine.dispose()
@@ -114,7 +115,13 @@ def test_a_float_era_database_is_carried_into_units_when_the_gateway_starts(
         token = {"Authorization": "Bearer old-token"}
         budget = httpx.get(f"{gateway.url}/v1/budget", headers=token, timeout=30).json()
         assert budget["epsilon"]["remaining"] == 0.7
-        ask = {"dataset": "emr-visits", "kind": "count", "epsilon": 0.7}
+        # the grant gained an empty zCDP pool: a Gaussian release alone is charged its ε
+        gaussian = {"dataset": "emr-visits", "kind": "count", "epsilon": 0.3, "delta": 1e-8,
+                    "noise": "gaussian"}
+        answer = httpx.post(f"{gateway.url}/v1/query", json=gaussian, headers=token,
+                            timeout=120)
+        assert answer.status_code == 200 and answer.json()["epsilon"] == 0.3
+        ask = {"dataset": "emr-visits", "kind": "count", "epsilon": 0.4}
         assert httpx.post(f"{gateway.url}/v1/query", json=ask, headers=token,
                           timeout=120).status_code == 200
         ask["epsilon"] = 0.000001
