@@ -10,8 +10,8 @@
    (below 1: Gaussian adds less noise for the same charge). For quantiles, the noise on the
    median's candidate scores: exponential under pure ε, Gumbel under zCDP.
 
-3. **A study of k releases through a grant's zCDP pool** (``sandbox.gateway.zcdp.join``, as
-   the ledger charges them): k Gaussian releases asked at ε each, what the grant spends,
+3. **A study of k releases of a grant accounting in zCDP** (``sandbox.gateway.zcdp.price``,
+   as the ledger charges them): k Gaussian releases asked at ε each, what the grant spends,
    beside the k ε that Laplace releases at the same ε spend (and the noise of each: a
    Gaussian release at ε adds more noise than a Laplace one, so the fair comparison is
    part 1's; this part is the ledger's own arithmetic).
@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from sandbox import units  # noqa: E402
 from sandbox.gateway.cohorts import CohortFrame  # noqa: E402
 from sandbox.gateway.engine import Engine  # noqa: E402
-from sandbox.gateway.zcdp import approximate, join  # noqa: E402
+from sandbox.gateway.zcdp import Pool, approximate, price  # noqa: E402
 from sandbox.queries.spec import QuerySpec  # noqa: E402
 from sandbox.queries.view import domain  # noqa: E402
 
@@ -111,13 +111,16 @@ def kinds(delta: float) -> list[tuple[str, str, float, float]]:
 
 
 def study(k: int, epsilon: float, delta: float) -> float:
-    """What a grant spends on k Gaussian releases of (ε, δ) each, as the ledger charges."""
-    rho = pooled = spent = 0
+    """What a fresh grant spends on k Gaussian releases of (ε, δ) each, as the ledger
+    charges them (``zcdp.price``: the first makes the grant account in zCDP at δ)."""
+    pool = Pool(0, 0, 0, 0)
     for _ in range(k):
-        joined = join(units.micro_epsilon(epsilon), units.atto_delta(delta), rho, pooled)
-        rho, pooled = rho + joined.rho_femto, pooled + joined.pooled_delta_atto
-        spent += joined.epsilon_micro
-    return units.epsilon_of(spent)
+        charge = price("gaussian", units.micro_epsilon(epsilon), units.atto_delta(delta),
+                       pool)
+        pool = Pool(pool.rho_femto + charge.rho_femto, pool.delta_atto
+                    + charge.opens_delta_atto, pool.epsilon_spent_micro + charge.epsilon_micro,
+                    pool.delta_spent_atto + charge.delta_atto)
+    return units.epsilon_of(pool.epsilon_spent_micro)
 
 
 def main() -> None:
@@ -140,8 +143,7 @@ def main() -> None:
         print(f"{name:<38} {aggregate:<22} {laplace:>10.3f} {gaussian:>11.3f} "
               f"{gaussian / laplace:>6.2f}")
     print()
-    print(f"3. a study of k Gaussian releases through the grant's pool (δ = {args.delta:g} "
-          "each)")
+    print(f"3. a study of k Gaussian releases of a grant accounting in zCDP (δ = {args.delta:g})")
     print(f"{'k':>4} {'ε each':>7} {'k ε':>7} {'pool spends':>12} {'ratio':>6}")
     for epsilon in (0.1, 0.5):
         for k in (1, 5, 10, 20, 50):

@@ -10,10 +10,10 @@ after the charge leaves it charged; re-sending the identical query then releases
 same charge, and once released, the identical query returns the stored value at no cost, so
 repeating a question cannot average the noise away.
 
-Composition is basic sequential composition for Laplace releases: a grant's spent ε is the
-sum of their ε, its spent δ the sum of their δ. Gaussian releases join the grant's
-zero-concentrated pool and are charged what its converted ε grows by (``zcdp``); their
-charges add to the same spent ε and δ (docs/privacy-accounting.md, docs/adr/0017).
+Composition is basic sequential composition: a grant's spent ε is the sum of its releases'
+ε, its spent δ the sum of their δ — unless its first release was Gaussian: then the grant
+accounts in zCDP, each release charged what OpenDP's conversion of the grant's ρ grows by
+(``zcdp``; docs/privacy-accounting.md, docs/adr/0017).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from sandbox.errors import (
     BudgetExhausted,
     Conflict,
     Forbidden,
+    InputError,
     RefusedRelease,
     SandboxError,
 )
@@ -79,6 +80,7 @@ _SAME = select(releases).where(and_(releases.c.grant_id == bindparam("g"),
 _SPEND = (update(grants)
           .where(and_(grants.c.id == bindparam("g"),
                       grants.c.status == bindparam("active"),
+                      grants.c.delta_pooled_atto == 0,  # a grant accounting in pure ε
                       grants.c.expires_at > bindparam("now"),
                       grants.c.epsilon_spent_micro + bindparam("eps")
                       <= grants.c.epsilon_total_micro,
@@ -86,13 +88,16 @@ _SPEND = (update(grants)
                       <= grants.c.delta_total_atto))
           .values(epsilon_spent_micro=grants.c.epsilon_spent_micro + bindparam("eps"),
                   delta_spent_atto=grants.c.delta_spent_atto + bindparam("delta")))
-# A Gaussian release joins the pool it was priced against, or the charge is tried again
+# A release of a zCDP grant (or the Gaussian release that makes one) is charged as priced
+# against the grant's accounting as it stood, or priced again
 _SPEND_POOLED = (update(grants)
                  .where(and_(grants.c.id == bindparam("g"),
                              grants.c.status == bindparam("active"),
                              grants.c.expires_at > bindparam("now"),
                              grants.c.rho_spent_femto == bindparam("rho_before"),
                              grants.c.delta_pooled_atto == bindparam("pooled_before"),
+                             grants.c.epsilon_spent_micro == bindparam("eps_before"),
+                             grants.c.delta_spent_atto == bindparam("delta_before"),
                              grants.c.epsilon_spent_micro + bindparam("eps")
                              <= grants.c.epsilon_total_micro,
                              grants.c.delta_spent_atto + bindparam("delta")
@@ -100,10 +105,11 @@ _SPEND_POOLED = (update(grants)
                  .values(epsilon_spent_micro=grants.c.epsilon_spent_micro + bindparam("eps"),
                          delta_spent_atto=grants.c.delta_spent_atto + bindparam("delta"),
                          rho_spent_femto=bindparam("rho_before") + bindparam("rho"),
-                         delta_pooled_atto=bindparam("pooled_before") + bindparam("pooled")))
-_POOL = select(grants.c.rho_spent_femto, grants.c.delta_pooled_atto).where(
+                         delta_pooled_atto=bindparam("pooled_before") + bindparam("opens")))
+_POOL = select(grants.c.rho_spent_femto, grants.c.delta_pooled_atto,
+               grants.c.epsilon_spent_micro, grants.c.delta_spent_atto).where(
     grants.c.id == bindparam("g"))
-POOL_TRIES = 20  # concurrent Gaussian charges of one grant: each retry sees the others'
+POOL_TRIES = 20  # concurrent releases of one grant: each retry sees the others'
 _CLAIM = insert(releases)
 _RECORD = (update(releases)
            .where(and_(releases.c.id == bindparam("r"),
@@ -203,6 +209,9 @@ class Ledger:
     # -- the moves ---------------------------------------------------------------------
     def _charge(self, grant: Grant, spec: Spec, dataset: Served) -> dict:
         fingerprint = spec.fingerprint()
+        noise = getattr(spec, "noise", "laplace")
+        # the release's ρ, found outside the ledger's lock (kept: the pricing inside is quick)
+        zcdp.release_rho(noise, spec.epsilon, spec.delta)
         try:
             with self.db.begin() as conn:
                 existing = conn.execute(_SAME, {"g": grant.id, "q": fingerprint}
@@ -210,16 +219,15 @@ class Ledger:
                 if existing is not None:
                     return self._reclaim(conn, grant, dict(existing))
                 eps, delta = units.micro_epsilon(spec.epsilon), units.atto_delta(spec.delta)
-                if getattr(spec, "noise", "laplace") == "gaussian":
-                    joined = _join_pool(conn, grant.id, eps, delta)
-                    if joined is None:
-                        _explain_refusal(conn, grant.id, spec)
-                    eps, delta = joined.epsilon_micro, joined.delta_atto
-                elif conn.execute(_SPEND, {
+                if noise == "gaussian" or conn.execute(_SPEND, {
                         "g": grant.id, "active": GrantState.ACTIVE.value,
                         "now": datetime.now(UTC).isoformat(), "eps": eps, "delta": delta,
                         }).rowcount != 1:
-                    _explain_refusal(conn, grant.id, spec)
+                    # a Gaussian release, or a grant that may account in zCDP
+                    charge = _charge_pooled(conn, grant.id, noise, eps, delta)
+                    if charge is None:
+                        _explain_refusal(conn, grant.id, spec)
+                    eps, delta = charge.epsilon_micro, charge.delta_atto
                 claim = {
                     "id": uuid.uuid4().hex, "grant_id": grant.id, "query_hash": fingerprint,
                     "spec": spec.canonical(), "dataset": dataset.id,
@@ -297,24 +305,29 @@ class Ledger:
         return answer
 
 
-def _join_pool(conn: Connection, grant_id: str, eps: int, delta: int) -> zcdp.Join | None:
-    """Charge a Gaussian release of (``eps``, ``delta``) units against the grant's pool as
-    it stands; None when the grant cannot pay (or is not active)."""
+def _charge_pooled(conn: Connection, grant_id: str, noise: str, eps: int,
+                   delta: int) -> zcdp.Charge | None:
+    """Charge a release of (``eps``, ``delta``) units against the grant's accounting as it
+    stands (``zcdp.price``); None when the grant cannot pay (or is not active)."""
     for _ in range(POOL_TRIES):
-        pool = conn.execute(_POOL, {"g": grant_id}).one()
-        joined = zcdp.join(eps, delta, pool.rho_spent_femto, pool.delta_pooled_atto)
+        row = conn.execute(_POOL, {"g": grant_id}).one()
+        pool = zcdp.Pool(*row)
+        try:
+            charge = zcdp.price(noise, eps, delta, pool)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
         charged = conn.execute(_SPEND_POOLED, {
             "g": grant_id, "active": GrantState.ACTIVE.value,
-            "now": datetime.now(UTC).isoformat(), "eps": joined.epsilon_micro,
-            "delta": joined.delta_atto, "rho": joined.rho_femto,
-            "pooled": joined.pooled_delta_atto, "rho_before": pool.rho_spent_femto,
-            "pooled_before": pool.delta_pooled_atto}).rowcount
+            "now": datetime.now(UTC).isoformat(), "eps": charge.epsilon_micro,
+            "delta": charge.delta_atto, "rho": charge.rho_femto,
+            "opens": charge.opens_delta_atto, "rho_before": pool.rho_femto,
+            "pooled_before": pool.delta_atto, "eps_before": pool.epsilon_spent_micro,
+            "delta_before": pool.delta_spent_atto}).rowcount
         if charged == 1:
-            return joined
-        after = conn.execute(_POOL, {"g": grant_id}).one()
-        if tuple(after) == tuple(pool):
-            return None  # the pool stood still: the grant refused the charge itself
-    raise Conflict("too many Gaussian releases of this grant at once; send it again")
+            return charge
+        if tuple(conn.execute(_POOL, {"g": grant_id}).one()) == tuple(row):
+            return None  # nothing moved: the grant refused the charge itself
+    raise Conflict("too many releases of this grant at once; send it again")
 
 
 def _worth_reading(grant: Grant, spec: Spec) -> bool:

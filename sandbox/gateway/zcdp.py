@@ -1,18 +1,22 @@
-"""A grant's zero-concentrated pool: its Gaussian releases composed in zCDP (docs/adr/0017).
+"""A grant that accounts in zero-concentrated DP (docs/adr/0017).
 
-A Gaussian release asks (ε, δ); OpenDP calibrated its noise so that its own zCDP loss ρ,
-converted at δ, is within ε. Charged alone, k such releases would cost k ε. Composed, their
-ρ add up and their δ too, and the pool's loss is OpenDP's conversion of the summed ρ at the
-summed δ — for many releases far less than the sum of their ε. So the ledger keeps each
-grant's pool (ρ and δ, in exact units) and charges a Gaussian release what the pool's
-converted ε grows by when the release joins it (``join``): the charges of the pool's
-releases then add up to at least the pool's converted ε, and the grant's spent ε —
-Laplace releases plus the pool's charges — is a bound on the whole grant's loss. A release
-that would cost the pool more than its own ε (which the conversion never asks for a pool
-of releases at the same δ, but a rule must not rely on it) is charged its own (ε, δ) and
-stays out of the pool.
+A grant accounts in pure ε, releases adding up their (ε, δ) (basic composition), until its
+first release — if that release asks Gaussian noise, the grant accounts in zCDP from then
+on: the δ of that release is the grant's conversion δ, fixed, and every release adds its ρ
+to the grant's pool — a Gaussian release of (ε, δ) the largest ρ whose conversion at δ is
+within ε (its measurement was calibrated to that), a Laplace release of ε its pure loss
+converted to zCDP (ε²/2), both by OpenDP. The grant's spent ε is OpenDP's conversion of
+the pool's ρ at the fixed δ, and each release is charged what that grows by. Because the
+δ is fixed, the budget is a fixed ρ budget — the largest ρ whose conversion is within the
+grant's ε — and a zCDP filter with a fixed ρ budget holds however each ρ was chosen from
+earlier answers (Feldman & Zrnic 2021, Whitehouse et al. 2023), so the grant's loss is
+its spent (ε, δ). The choice is made before anything is released, so it depends on no
+answer. In a grant that has spent in pure ε, a Gaussian release is charged its own
+(ε, δ), as any (ε, δ) release; in a zCDP grant a release whose loss is not pure or
+Gaussian (private group keys) is refused.
 
-All conversions are OpenDP's (``make_zCDP_to_approxDP``, ``make_fix_delta``).
+All conversions are OpenDP's (``make_zCDP_to_approxDP``, ``make_fix_delta``,
+``make_pureDP_to_zCDP``).
 """
 
 from __future__ import annotations
@@ -49,37 +53,76 @@ def approximate(rho: float, delta: float) -> tuple[float, float]:
 def rho_within(epsilon: float, delta: float) -> float:
     """The largest ρ whose conversion at ``delta`` is within ``epsilon``: a bound on the zCDP
     loss of any Gaussian release calibrated to (ε, δ), the conversion rising with ρ."""
+    high = max(epsilon, 1.0)
+    while approximate(high, delta)[0] <= epsilon:  # at a large δ the bound lies above ε
+        high *= 2
     return binary_search(lambda r: approximate(r, delta)[0] <= epsilon, T=float,
-                         bounds=(0.0, epsilon))
+                         bounds=(0.0, high))
+
+
+@lru_cache(maxsize=4096)
+def rho_of_pure(epsilon: float) -> float:
+    """The zCDP loss OpenDP gives an ε-DP release: ε²/2."""
+    unit = dp.m.make_laplace(dp.atom_domain(T=float, nan=False),
+                             dp.absolute_distance(T=float), 1.0)
+    return float(dp.c.make_pureDP_to_zCDP(unit).map(epsilon))
+
+
+def release_rho(noise: str, epsilon: float, delta: float) -> float | None:
+    """A release's zCDP loss: Gaussian at (ε, δ), or Laplace at ε (δ = 0); None for a
+    Laplace release with δ (private group keys), whose loss is not zCDP."""
+    if noise == "gaussian":
+        return rho_within(epsilon, delta)
+    return rho_of_pure(epsilon) if delta == 0 else None
 
 
 @dataclass(frozen=True)
-class Join:
-    """What a Gaussian release costs a grant: the ε and δ charged, and the ρ and δ it adds
-    to the pool (0 and 0 when it is charged on its own)."""
+class Pool:
+    """A grant's accounting as stored: its pool (ρ, and the fixed conversion δ — 0 while the
+    grant accounts in pure ε) and what it has spent."""
+
+    rho_femto: int
+    delta_atto: int
+    epsilon_spent_micro: int
+    delta_spent_atto: int
+
+    @property
+    def open(self) -> bool:
+        return self.delta_atto > 0
+
+    @property
+    def fresh(self) -> bool:
+        return self.epsilon_spent_micro == 0 and self.delta_spent_atto == 0
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What a release costs a grant: the ε and δ charged, the ρ it adds to the pool and the
+    δ it fixes for the pool (only the release that opens it)."""
 
     epsilon_micro: int
     delta_atto: int
-    rho_femto: int
-    pooled_delta_atto: int
-
-    @property
-    def pooled(self) -> bool:
-        return self.rho_femto > 0
+    rho_femto: int = 0
+    opens_delta_atto: int = 0
 
 
-def join(epsilon_micro: int, delta_atto: int, pool_rho_femto: int,
-         pool_delta_atto: int) -> Join:
-    """The charge of a Gaussian release of (ε, δ) (in units) to a grant whose pool holds
-    ``pool_rho_femto`` and ``pool_delta_atto``."""
+def price(noise: str, epsilon_micro: int, delta_atto: int, pool: Pool) -> Charge:
+    """The charge of a release of (ε, δ) in units with ``noise`` to a grant as ``pool``
+    says; raises ValueError for a release a zCDP grant cannot account."""
     epsilon, delta = units.epsilon_of(epsilon_micro), units.delta_of(delta_atto)
-    rho = units.femto_rho(rho_within(epsilon, delta))
-    before = _converted(pool_rho_femto, pool_delta_atto)
-    after = _converted(pool_rho_femto + rho, pool_delta_atto + delta_atto)
-    grows = max(after - before, 0)
-    if grows > epsilon_micro:
-        return Join(epsilon_micro, delta_atto, 0, 0)
-    return Join(grows, delta_atto, rho, delta_atto)
+    if pool.open:
+        rho = release_rho(noise, epsilon, delta)
+        if rho is None:
+            raise ValueError("this grant accounts in zCDP (its first release was Gaussian): "
+                             "private group keys cannot be released under it")
+        added = units.femto_rho(rho) + 1  # a unit of margin over the float's rounding
+        grows = _converted(pool.rho_femto + added, pool.delta_atto) - _converted(
+            pool.rho_femto, pool.delta_atto)
+        return Charge(grows, 0, added)
+    if noise == "gaussian" and pool.fresh:
+        added = units.femto_rho(release_rho(noise, epsilon, delta)) + 1
+        return Charge(_converted(added, delta_atto), delta_atto, added, delta_atto)
+    return Charge(epsilon_micro, delta_atto)
 
 
 def _converted(rho_femto: int, delta_atto: int) -> int:

@@ -115,7 +115,7 @@ def test_a_float_era_database_is_carried_into_units_when_the_gateway_starts(
         token = {"Authorization": "Bearer old-token"}
         budget = httpx.get(f"{gateway.url}/v1/budget", headers=token, timeout=30).json()
         assert budget["epsilon"]["remaining"] == 0.7
-        # the grant gained an empty zCDP pool: a Gaussian release alone is charged its ε
+        # a grant that has spent in pure ε charges a Gaussian release its own ε
         gaussian = {"dataset": "emr-visits", "kind": "count", "epsilon": 0.3, "delta": 1e-8,
                     "noise": "gaussian"}
         answer = httpx.post(f"{gateway.url}/v1/query", json=gaussian, headers=token,
