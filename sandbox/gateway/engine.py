@@ -170,7 +170,9 @@ class Engine:
         except (OpenDPException, ValueError) as exc:
             raise InputError(f"this query cannot be answered privately: "
                              f"{_first_line(exc)}") from None
-        if eps > spec.epsilon * (1 + 1e-9) or delta > spec.delta * (1 + 1e-9) + 1e-300:
+        # a Gaussian release is charged the ρ that converts to exactly its ε: no slack
+        slack = 0.0 if spec.noise == "gaussian" else 1e-9
+        if eps > spec.epsilon * (1 + slack) or delta > spec.delta * (1 + 1e-9) + 1e-300:
             raise PolicyRefusal("the calibrated measurement exceeds the requested budget")
         return measurement
 

@@ -225,8 +225,8 @@ class Ledger:
                         }).rowcount != 1:
                     # a Gaussian release, or a grant that may account in zCDP
                     charge = _charge_pooled(conn, grant.id, noise, eps, delta)
-                    if charge is None:
-                        _explain_refusal(conn, grant.id, spec)
+                    if isinstance(charge, int):
+                        _explain_refusal(conn, grant.id, spec, charge)
                     eps, delta = charge.epsilon_micro, charge.delta_atto
                 claim = {
                     "id": uuid.uuid4().hex, "grant_id": grant.id, "query_hash": fingerprint,
@@ -306,9 +306,10 @@ class Ledger:
 
 
 def _charge_pooled(conn: Connection, grant_id: str, noise: str, eps: int,
-                   delta: int) -> zcdp.Charge | None:
+                   delta: int) -> zcdp.Charge | int:
     """Charge a release of (``eps``, ``delta``) units against the grant's accounting as it
-    stands (``zcdp.price``); None when the grant cannot pay (or is not active)."""
+    stands (``zcdp.price``); when the grant cannot pay (or is not active), the ε in
+    micro-units it was priced at instead."""
     for _ in range(POOL_TRIES):
         row = conn.execute(_POOL, {"g": grant_id}).one()
         pool = zcdp.Pool(*row)
@@ -326,7 +327,7 @@ def _charge_pooled(conn: Connection, grant_id: str, noise: str, eps: int,
         if charged == 1:
             return charge
         if tuple(conn.execute(_POOL, {"g": grant_id}).one()) == tuple(row):
-            return None  # nothing moved: the grant refused the charge itself
+            return charge.epsilon_micro  # nothing moved: the grant refused the charge
     raise Conflict("too many releases of this grant at once; send it again")
 
 
@@ -339,7 +340,8 @@ def _worth_reading(grant: Grant, spec: Spec) -> bool:
             and grant.delta_spent + spec.delta <= grant.delta_total * (1 + 1e-9))
 
 
-def _explain_refusal(conn: Connection, grant_id: str, spec: Spec) -> None:
+def _explain_refusal(conn: Connection, grant_id: str, spec: Spec,
+                     priced: int | None = None) -> None:
     grant = Grant.from_row(
         conn.execute(select(grants).where(grants.c.id == grant_id)).mappings().one())
     grant.check_usable()
@@ -347,8 +349,11 @@ def _explain_refusal(conn: Connection, grant_id: str, spec: Spec) -> None:
         raise Forbidden(f"grant {grant_id} is {grant.status}")
     budget = grant.budget()
     eps_left, delta_left = budget["epsilon"]["remaining"], budget["delta"]["remaining"]
+    needs = f"ε = {spec.epsilon:g}, δ = {spec.delta:g}"
+    if priced is not None and priced != units.micro_epsilon(spec.epsilon):
+        needs += f" (charged ε = {units.epsilon_of(priced):g} as this grant accounts)"
     raise BudgetExhausted(
-        f"this query needs ε = {spec.epsilon:g}, δ = {spec.delta:g} but only "
+        f"this query needs {needs} but only "
         f"ε = {eps_left:.6g}, δ = {delta_left:.3g} remain",
         epsilon_remaining=eps_left, delta_remaining=delta_left)
 

@@ -113,8 +113,9 @@ def price(noise: str, epsilon_micro: int, delta_atto: int, pool: Pool) -> Charge
     if pool.open:
         rho = release_rho(noise, epsilon, delta)
         if rho is None:
-            raise ValueError("this grant accounts in zCDP (its first release was Gaussian): "
-                             "private group keys cannot be released under it")
+            raise ValueError("this grant accounts in zCDP (its first release was Gaussian): a "
+                             "Laplace release asking delta > 0 (such as private group keys) "
+                             "cannot be accounted in it; ask delta 0 or Gaussian noise")
         added = units.femto_rho(rho) + 1  # a unit of margin over the float's rounding
         grows = _converted(pool.rho_femto + added, pool.delta_atto) - _converted(
             pool.rho_femto, pool.delta_atto)

@@ -215,3 +215,38 @@ def test_concurrent_gaussian_releases_never_lose_one_anothers_loss(gateway):
     spent = Gateway(gateway.url, token).budget()["epsilon"]["spent"]
     assert spent == pytest.approx(approximate(8 * rho_within(0.5, 1e-8), 1e-8)[0], abs=1e-5)
     assert spent == pytest.approx(sum(charged), abs=1e-9) and spent < 8 * 0.5
+
+
+def test_a_laplace_and_a_gaussian_release_racing_on_a_fresh_grant_settle_one_accounting(
+        gateway):
+    """Sent at once to fresh grants: whichever is charged first decides how the grant
+    accounts — in pure ε (the Gaussian then charged its own ε) or in zCDP (the Laplace then
+    ε²/2 of ρ) — and the grant's spent ε is exactly one of the two, never a mixture."""
+    pure = 0.4 + 0.3
+    zcdp_spent = approximate(rho_within(0.3, 1e-8) + rho_of_pure(0.4), 1e-8)[0]
+    for _ in range(3):
+        token = gateway.grant()["token"]
+        questions = [{"dataset": "emr-visits", "kind": "count", "epsilon": 0.4},
+                     {"dataset": "emr-visits", "kind": "count", "epsilon": 0.3,
+                      "delta": 1e-8, "noise": "gaussian"}]
+        with ThreadPoolExecutor(2) as pool:
+            charged = list(pool.map(lambda q, t=token: Gateway(gateway.url, t).query(q).epsilon,
+                                    questions))
+        budget = Gateway(gateway.url, token).budget()
+        assert budget["epsilon"]["spent"] == pytest.approx(sum(charged), abs=1e-9)
+        assert (budget["epsilon"]["spent"] == pytest.approx(pure) or
+                budget["epsilon"]["spent"] == pytest.approx(zcdp_spent, abs=1e-5))
+        assert budget["delta"]["spent"] == pytest.approx(1e-8)
+
+
+def test_a_zcdp_grant_refuses_what_it_cannot_account_and_says_what_a_release_costs(served):
+    gw = Gateway(served.url, served.grant(epsilon=2.0)["token"])
+    gw.count("emr-visits", epsilon=0.5, delta=1e-8, noise="gaussian")
+    with pytest.raises(GatewayError) as laplace_delta:
+        gw.count("emr-visits", epsilon=0.1, delta=1e-9, group_by=["sex"])
+    assert 400 <= laplace_delta.value.status < 500
+    assert "delta 0 or Gaussian" in laplace_delta.value.reason
+    with pytest.raises(GatewayError) as dear:
+        gw.count("emr-visits", epsilon=0.5)  # ε²/2 of ρ: more than the 1.5 left
+    assert dear.value.code == "budget_exhausted" and "charged ε =" in dear.value.reason
+    assert gw.budget()["epsilon"]["spent"] == pytest.approx(0.5)
