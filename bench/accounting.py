@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from sandbox import units  # noqa: E402
 from sandbox.gateway.cohorts import CohortFrame  # noqa: E402
 from sandbox.gateway.engine import Engine  # noqa: E402
-from sandbox.gateway.zcdp import Pool, approximate, price  # noqa: E402
+from sandbox.gateway.zcdp import Pool, approximate, price, rho_of_pure  # noqa: E402
 from sandbox.queries.spec import QuerySpec  # noqa: E402
 from sandbox.queries.view import domain  # noqa: E402
 
@@ -150,6 +150,8 @@ def main() -> None:
             spent = study(k, epsilon, args.delta)
             print(f"{k:>4} {epsilon:>7.2f} {k * epsilon:>7.2f} {spent:>12.3f} "
                   f"{spent / (k * epsilon):>6.2f}")
+    alone = approximate(rho_of_pure(1.0), args.delta)[0]
+    print(f"a Laplace release of ε = 1 alone in a grant accounting in zCDP: ε = {alone:.2f}")
 
 
 if __name__ == "__main__":

@@ -102,6 +102,9 @@ def add_missing_columns(engine: Engine, table: Table) -> None:
     missing = [c for c in table.columns if c.name not in have]
     if not missing:
         return
+    if any(c.server_default is None for c in missing):
+        raise RuntimeError(f"{table.name}: a column added since this database was made "
+                           "needs a server default to be added to it")
     with engine.begin() as conn:
         ops = Operations(MigrationContext.configure(conn))
         for column in missing:

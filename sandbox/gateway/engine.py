@@ -171,19 +171,19 @@ class Engine:
             raise InputError(f"this query cannot be answered privately: "
                              f"{_first_line(exc)}") from None
         # a Gaussian release is charged the ρ that converts to exactly its ε: no slack
-        slack = 0.0 if spec.noise == "gaussian" else 1e-9
+        slack = 0.0 if _gaussian(spec) is not None else 1e-9
         if eps > spec.epsilon * (1 + slack) or delta > spec.delta * (1 + 1e-9) + 1e-300:
             raise PolicyRefusal("the calibrated measurement exceeds the requested budget")
         return measurement
 
     def _calibrate(self, dataset: Dataset, plan: pl.LazyFrame, d_in: int, epsilon: float,
-                   delta: float, threshold: bool, gaussian: float | None = None
+                   delta: float, threshold: bool, convert_at: float | None = None
                    ) -> tuple[float, int | None]:
         try:
-            if gaussian is not None:
+            if convert_at is not None:
                 # ε of the converted loss is not c / s: OpenDP's search finds the scale
                 return binary_search(lambda s: self._make(
-                    dataset, plan, s, None, gaussian).map(d_in)[0] <= epsilon, T=float), None
+                    dataset, plan, s, None, convert_at).map(d_in)[0] <= epsilon, T=float), None
             if not threshold:
                 return scale_for(
                     lambda s: self._make(dataset, plan, s, None).map(d_in)[0], epsilon), None

@@ -210,8 +210,9 @@ class Ledger:
     def _charge(self, grant: Grant, spec: Spec, dataset: Served) -> dict:
         fingerprint = spec.fingerprint()
         noise = getattr(spec, "noise", "laplace")
-        # the release's ρ, found outside the ledger's lock (kept: the pricing inside is quick)
-        zcdp.release_rho(noise, spec.epsilon, spec.delta)
+        if noise == "gaussian":
+            # its ρ is a search: found (and kept) outside the ledger's lock
+            zcdp.rho_within(spec.epsilon, spec.delta)
         try:
             with self.db.begin() as conn:
                 existing = conn.execute(_SAME, {"g": grant.id, "q": fingerprint}
