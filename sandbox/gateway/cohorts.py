@@ -21,13 +21,16 @@ from opendp.mod import Measurement
 from sandbox.cohorts import checks, frame
 from sandbox.cohorts.spec import CohortQuery
 from sandbox.data.catalog import CONSENT
+from sandbox.gateway import noise
 from sandbox.gateway.engine import Engine, Release, post_process, rows_of
+from sandbox.gateway.execution import Compiled, check_served, compile_query
 from sandbox.gateway.federation import Federation
 from sandbox.gateway.grants import Grant
 from sandbox.gateway.questions import served_dataset
 from sandbox.queries import view
 from sandbox.queries.checks import check_spec
 from sandbox.queries.plan import consent_column
+from sandbox.queries.spark import SparkExecutor
 from sandbox.queries.view import Dataset
 from sandbox.queries.withdrawals import WithdrawalLog, Withdrawn
 
@@ -44,6 +47,7 @@ class CohortFrame:
     fields: dict[str, dict]
     schema: pl.Schema
     domain: object = field(repr=False)
+    max_rows: int = 0  # the margin's bound on the frame's rows (sizes a fixed-point sum)
     contribution_bound: int = CONTRIBUTION
 
     def placeholder(self) -> pl.LazyFrame:
@@ -64,9 +68,10 @@ def describe(query: CohortQuery, dataset: Dataset, allowed: set[str],
             columns[name] = pl.Int64 if f["type"] == "integer" else pl.Float64
     columns[consent_column(purpose)] = pl.Boolean
     schema = pl.Schema(columns)
+    patients = int(dataset.metadata["sample_size"]["patients"])
     return CohortFrame(f"{dataset.id}#cohort-{query.cohort.fingerprint()[:16]}",
-                       dataset.version, fields, schema,
-                       view.domain(schema, int(dataset.metadata["sample_size"]["patients"])))
+                       dataset.version, fields, schema, view.domain(schema, patients),
+                       view.longest(patients))
 
 
 def patients(query: CohortQuery, dataset: Dataset, purpose: str,
@@ -93,6 +98,7 @@ def build(query: CohortQuery, dataset: Dataset, described: CohortFrame, purpose:
 def preview(query: CohortQuery, dataset: Dataset, grant: Grant, engine: Engine,
             alpha: float) -> list[dict]:
     """Noise scale and (1 − alpha) error bound of each statistic; nothing read."""
+    check_served(query.query, engine.executor)
     described = describe(query, dataset, set(grant.fields), grant.purpose)
     measurement = engine.measurement(query.query, described, grant.purpose)
     return rows_of(summarize_polars_measurement(measurement, alpha))
@@ -116,6 +122,13 @@ class CohortQuestion:
                                    self.grant.purpose)
         self._measurement: Measurement = self._engine.measurement(
             self.spec.query, self._described, self.grant.purpose)
+        self._compiled: Compiled | None = None
+        if isinstance(self._engine.executor, SparkExecutor):
+            # Spark builds the frame and its exact aggregates; OpenDP's noise is added
+            # here (docs/adr/0013), at the measurement's scales
+            self._compiled = compile_query(self.spec.query, self._described,
+                                           self.grant.purpose, self._measurement,
+                                           self._engine.executor)
         return self._dataset
 
     def begin(self) -> None:
@@ -129,9 +142,12 @@ class CohortQuestion:
         if self._withdrawn is None:
             self.begin()
         assert self._withdrawn is not None
-        rows = build(self.spec, self._dataset, self._described, self.grant.purpose,
-                     self._withdrawn)
-        released = self._measurement(rows).collect()
+        if self._compiled is not None:
+            released = self._external(self._compiled)
+        else:
+            rows = build(self.spec, self._dataset, self._described, self.grant.purpose,
+                         self._withdrawn)
+            released = self._measurement(rows).collect()
         query = self.spec.query
         bounds = None
         if query.field:
@@ -141,4 +157,17 @@ class CohortQuestion:
         epsilon, delta = self._measurement.map(CONTRIBUTION)
         return Release(rows_of(released), float(epsilon), float(delta), released.columns,
                        withdrawals=self._withdrawn.version)
+
+    def _external(self, compiled: Compiled) -> pl.DataFrame:
+        """OpenDP's noise on the exact aggregates the engine computed over the frame it
+        built (``sandbox.cohorts.spark``)."""
+        from sandbox.cohorts import spark as lowered
+        assert compiled.plan is not None and compiled.noise is not None
+        assert self._withdrawn is not None
+        rows = lowered.patients(self.spec.cohort, self._dataset.metadata,
+                                self._dataset.directory, self.grant.purpose,
+                                self._withdrawn.excluded(self.grant.purpose))
+        assert isinstance(self._engine.executor, SparkExecutor)
+        exact = self._engine.executor.aggregate_rows(compiled.plan, rows)
+        return noise.release(compiled.plan, compiled.noise, exact)
 

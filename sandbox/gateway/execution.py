@@ -11,6 +11,7 @@ noise, once the charge is made.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import polars as pl
 from opendp.mod import Measurement
@@ -62,7 +63,18 @@ def check_served(spec: QuerySpec, executor: Executor) -> None:
             "read the quantile off its cumulative counts")
 
 
-def compile_query(spec: QuerySpec, dataset: Dataset, purpose: str, measurement: Measurement,
+class Rows(Protocol):
+    """What a plan is compiled against: a dataset's view, or a cohort's frame."""
+
+    fields: dict[str, dict]
+
+    @property
+    def contribution_bound(self) -> int: ...
+    @property
+    def max_rows(self) -> int: ...
+
+
+def compile_query(spec: QuerySpec, dataset: Rows, purpose: str, measurement: Measurement,
                   executor: Executor) -> Compiled:
     check_served(spec, executor)
     epsilon, delta = measurement.map(dataset.contribution_bound)

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import operator
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,11 @@ def _spark() -> tuple[Any, Any, Any]:
         raise Unavailable("the Spark engine needs the [spark] extra "
                           "(pip install 'med-sandbox[spark]')") from None
     return SparkSession, F, Window
+
+
+def functions() -> Any:
+    """``pyspark.sql.functions`` (the ``[spark]`` extra)."""
+    return _spark()[1]
 
 
 class SparkExecutor:
@@ -84,18 +90,24 @@ class SparkExecutor:
 
     # -- running a plan --------------------------------------------------------------------
     def aggregate(self, plan: ExactPlan, view: str) -> pl.DataFrame:
+        return self.aggregate_rows(
+            plan, lambda session: session.read.parquet(str(view)))
+
+    def aggregate_rows(self, plan: ExactPlan, rows: Callable[[Any], Any]) -> pl.DataFrame:
+        """``aggregate`` over the rows ``rows(session)`` makes — a view read, or a cohort's
+        frame built (``sandbox.cohorts.spark``) — with the plan's consent column."""
         try:
-            table = self._aggregate(plan, view).toArrow()
+            table = self._aggregate(plan, rows(self.session())).toArrow()
         except Unavailable:
             raise
         except Exception as exc:
             raise self._failed("answer the query", exc) from None
         return complete(plan, pl.from_arrow(table))
 
-    def _aggregate(self, plan: ExactPlan, view: str) -> Any:
+    def _aggregate(self, plan: ExactPlan, rows: Any) -> Any:
         _, F, _ = _spark()
         session = self.session()
-        rows = session.read.parquet(str(view)).filter(F.col(plan.consent))
+        rows = rows.filter(F.col(plan.consent))
         if plan.excluded:
             excluded = sorted(plan.excluded)
             if len(excluded) <= INLINE_EXCLUSIONS:

@@ -31,6 +31,22 @@ def served(datasets_dir, tmp_path_factory):
     process.stop()
 
 
+@pytest.fixture(scope="module", params=["polars", "spark"])
+@tier("service")
+def served_on_each_engine(request, datasets_dir, tmp_path_factory):
+    """A gateway over the session's dataset, its ledger in SQLite, on each engine: the
+    Polars engine builds a cohort's frame and OpenDP measures it; the Spark engine builds
+    it on the run's Spark Connect server and OpenDP's noise goes on its exact aggregates."""
+    state = tmp_path_factory.mktemp(f"cohorts-{request.param}")
+    process = GatewayProcess.on_sqlite(datasets_dir, state)
+    if request.param == "spark":
+        process.options = ["--engine", "spark", "--spark-remote",
+                           request.getfixturevalue("spark_server").remote,
+                           "--views-dir", str(request.getfixturevalue("views_dir"))]
+    yield process.start()
+    process.stop()
+
+
 @pytest.fixture(scope="session")
 @tier("service")
 def spark_server(tmp_path_factory):

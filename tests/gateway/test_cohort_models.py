@@ -23,6 +23,11 @@ def _cohort():
                                                          "codelist": ["I10-I15"]}})
 
 
+@pytest.fixture(scope="module")
+def served(served_on_each_engine):
+    return served_on_each_engine
+
+
 def test_a_logistic_regression_is_one_charged_count_within_its_noise_of_the_exact_fit(
         served, datasets_dir):
     gw = Gateway(served.url, served.grant(fields=FIELDS)["token"])

@@ -29,6 +29,11 @@ FIELDS = ["sex", "age_band", "visit_type", "admission_month", "diagnosis_code",
           "prescriptions.drug_name", "prescriptions.prescribed_on"]
 
 
+@pytest.fixture(scope="module")
+def served(served_on_each_engine):
+    return served_on_each_engine
+
+
 def _diabetes() -> Cohort:
     return (Cohort("emr-visits", Cohort.events("diagnoses", codes=["E11"]))
             .first_value("sex", Cohort.events("records"), "sex")
@@ -245,3 +250,23 @@ def test_random_cohorts_counted_by_the_served_gateway_match_the_raw_extract(serv
     grant = served.grant(fields=sorted(grantable(world["metadata"])), epsilon=1.0)
     answer = Gateway(served.url, grant["token"]).cohort(definition).count(epsilon=1.0)
     assert abs(answer.value - len(expected)) <= 14
+
+
+def test_cohort_quantiles_are_answered_by_polars_and_refused_with_a_reason_by_spark(served):
+    """OpenDP scores a quantile's candidates itself, which it cannot do over Spark's rows
+    (docs/adr/0013): the Spark engine refuses them — preview and query — before any
+    charge, and says what to ask instead."""
+    gw = Gateway(served.url, served.grant(fields=FIELDS)["token"])
+    stats = gw.cohort(_diabetes())
+    if "spark" not in served.options:
+        answer = stats.quantiles("glucose", [0.25, 0.5], epsilon=1.0, bounds=(0, 50))
+        assert answer.df.columns == ["q0.25", "q0.5"]
+        assert gw.budget()["epsilon"]["spent"] == pytest.approx(1.0)
+        return
+    for ask in (lambda: stats.preview(stats._query("quantiles", 1.0, field="glucose",
+                                                    quantiles=[0.5], bounds=[0, 50])),
+                lambda: stats.quantiles("glucose", [0.5], epsilon=1.0, bounds=(0, 50))):
+        with pytest.raises(GatewayError) as refused:
+            ask()
+        assert refused.value.status == 422 and "histogram" in refused.value.reason
+    assert gw.budget()["epsilon"]["spent"] == 0

@@ -29,6 +29,11 @@ def _spread_within(draws: list[float], truth: float, sd: float) -> None:
     assert errors.std() == pytest.approx(sd, rel=0.10)
 
 
+@pytest.fixture(scope="module")
+def served(served_on_each_engine):
+    return served_on_each_engine
+
+
 def test_a_gaussian_cohort_count_spends_its_converted_budget_with_the_reported_spread(
         datasets_dir):
     """OpenDP's integer Gaussian on a patient count: the measurement's loss is (ε, δ) as
