@@ -150,7 +150,9 @@ def _budget(agreement: Agreement | None) -> dict | None:
     except SandboxError:
         return None
     return {"total": grant["epsilon_total"], "spent": grant["epsilon_spent"],
-            "status": grant["status"]}
+            "status": grant["status"],
+            # a grant accounting in zCDP: its ρ, converted to the ε spent at this δ
+            "rho": grant.get("rho_spent", 0.0), "pooled": grant.get("delta_pooled", 0.0)}
 
 
 @bp.route("/projects")

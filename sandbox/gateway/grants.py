@@ -72,6 +72,8 @@ class Grant:
     status: str
     status_reason: str
     created_at: str
+    rho_spent: float = 0.0  # a zCDP grant's ρ, and the δ its ρ is converted at (ADR 0017)
+    delta_pooled: float = 0.0
 
     @classmethod
     def from_row(cls, row: Any) -> Grant:
@@ -103,14 +105,31 @@ class Grant:
         return {"grant": self.id, "project": self.project, "status": self.status,
                 "purpose": self.purpose, "expires_at": self.expires_at,
                 "epsilon": _budget(self.epsilon_total, self.epsilon_spent, units.MICRO),
-                "delta": _budget(self.delta_total, self.delta_spent, units.ATTO)}
+                "delta": _budget(self.delta_total, self.delta_spent, units.ATTO),
+                "accounting": self.accounting()}
+
+    def accounting(self) -> dict:
+        """How the grant composes its releases (docs/privacy-accounting.md): pure ε added
+        up, or — once its first release was Gaussian — zCDP, whose ρ adds up and is
+        converted to the ε spent at one fixed δ."""
+        if not self.delta_pooled:
+            return {"composition": "pure", "summary": {
+                "zh": "每次发布的 ε 与 δ 直接相加", "en": "each release's ε and δ add up"}}
+        return {"composition": "zcdp", "rho_spent": self.rho_spent,
+                "delta": self.delta_pooled, "summary": {
+                    "zh": f"零集中差分隐私：各次发布的 ρ 相加，按 δ = {self.delta_pooled:g} "
+                          "换算为已用 ε",
+                    "en": f"zero-concentrated DP: the releases' ρ add up, converted to the "
+                          f"ε spent at δ = {self.delta_pooled:g}"}}
 
 
 # The grant's budget as the API shows it (floats) ← the table's exact units.
 _IN_UNITS = {"epsilon_total": ("epsilon_total_micro", units.epsilon_of),
              "delta_total": ("delta_total_atto", units.delta_of),
              "epsilon_spent": ("epsilon_spent_micro", units.epsilon_of),
-             "delta_spent": ("delta_spent_atto", units.delta_of)}
+             "delta_spent": ("delta_spent_atto", units.delta_of),
+             "rho_spent": ("rho_spent_femto", units.rho_of),
+             "delta_pooled": ("delta_pooled_atto", units.delta_of)}
 
 
 class GrantRequest(BaseModel):
@@ -191,7 +210,8 @@ class Grants:
             "purpose": request.purpose,
             "epsilon_total_micro": units.micro_epsilon(request.epsilon),
             "delta_total_atto": units.atto_delta(request.delta),
-            "epsilon_spent_micro": 0, "delta_spent_atto": 0,
+            "epsilon_spent_micro": 0, "delta_spent_atto": 0, "rho_spent_femto": 0,
+            "delta_pooled_atto": 0,
             "expires_at": request.expires_at.astimezone(UTC).isoformat(),
             "status": GrantState.ACTIVE, "status_reason": "", "token_hash": hash_token(token),
             "created_at": now(),

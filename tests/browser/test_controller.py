@@ -94,7 +94,8 @@ def seed(app, settings: PortalSettings) -> dict:
             db.flush()
             decision = DecisionRecord(application_id=application.id, verdict="approve",
                                       reasons="同意", fields=["sex", "visit_type"],
-                                      epsilon=2.0, delta=0.0, term_months=6,
+                                      epsilon=2.0, delta=1e-6 if key == "other" else 0.0,
+                                      term_months=6,
                                       decided_by=user.id)
             db.add(decision)
             grant_id, token = portal_gateway.create_grant(
@@ -108,6 +109,9 @@ def seed(app, settings: PortalSettings) -> dict:
                          "email": email}
         Gateway(settings.gateway_url, made["running"]["token"]).count(
             "emr-visits", group_by=["visit_type"], epsilon=1.5)
+        # a Gaussian first release: that grant accounts in zCDP at δ = 1e-7 (ADR 0017)
+        Gateway(settings.gateway_url, made["other"]["token"]).count(
+            "emr-visits", epsilon=0.5, delta=1e-7, noise="gaussian")
         projects.end_terms(db, settings, now)
         task = db.get(DestructionTask, made["overdue"]["id"])
         task.due_at = now - timedelta(days=2)
@@ -127,6 +131,11 @@ def test_a_controllers_day(world, browser):
     controller.goto(f"{url}/controller/projects")
     running = controller.locator(f"tr[data-project='{world['running']['id']}']")
     expect(running).to_contain_text("ε 1.5 / 2")
+    pooled = controller.locator(f"tr[data-project='{world['other']['id']}'] .zcdp")
+    expect(pooled).to_contain_text("zCDP ρ 0.0")  # ρ of ε = 0.5 at δ = 1e-7: about 0.005
+    expect(pooled).to_contain_text("δ 1e-07")
+    expect(controller.locator(f"tr[data-project='{world['running']['id']}'] .zcdp")
+           ).to_have_count(0)
     shot(controller, "02-projects-budget")
 
     # the researcher of the ended project uploads a certificate; it is rejected, then

@@ -187,28 +187,40 @@ def test_a_withdrawal_leaves_every_later_cohort_answer(served, datasets_dir):
 
 
 def test_one_patient_with_many_visits_changes_one_row_of_the_frame(datasets_dir, tmp_path):
-    """Neighbouring datasets: the extract without its busiest patient (every record, every
-    event) gives a frame with exactly one row less — a count moves by at most 1."""
+    """Neighbouring datasets: the extract with one patient given 80 visits (their own
+    records, diagnoses and visits repeated) and the extract without that patient — every
+    record, every event — give frames one row apart: a count moves by at most 1."""
     cohort = (Cohort("emr-visits", Cohort.events("records"))
               .count("visits", Cohort.events("records"))
               .count("diagnoses", Cohort.events("diagnoses"))
               .exists("inpatient", Cohort.events("records", where={"visit_type": "住院"})))
     source = datasets_dir / "emr-visits"
     records = pl.read_parquet(source / "restricted" / "records.parquet")
-    busiest = records.group_by("pseudonym").len().sort("len").row(-1)
-    assert busiest[1] >= 40, busiest  # the session's extract: one patient, many visits
-    neighbour = tmp_path / "emr-visits"
-    (neighbour / "restricted").mkdir(parents=True)
-    (neighbour / "metadata.json").write_bytes((source / "metadata.json").read_bytes())
-    for table in (source / "restricted").glob("*.parquet"):
-        pl.read_parquet(table).filter(pl.col("pseudonym") != busiest[0]).write_parquet(
-            neighbour / "restricted" / table.name)
-    full = _exact(datasets_dir, cohort)
-    less = _exact(tmp_path, cohort)
+    busiest = records.group_by("pseudonym").len().sort("len", "pseudonym").row(-1)[0]
+
+    def extract(name: str, rows) -> None:
+        (tmp_path / name / "emr-visits" / "restricted").mkdir(parents=True)
+        target = tmp_path / name / "emr-visits"
+        (target / "metadata.json").write_bytes((source / "metadata.json").read_bytes())
+        for table in (source / "restricted").glob("*.parquet"):
+            rows(pl.read_parquet(table), table.stem).write_parquet(
+                target / "restricted" / table.name)
+
+    def eighty(frame: pl.DataFrame, table: str) -> pl.DataFrame:
+        if table not in ("records", "visits", "diagnoses"):
+            return frame
+        theirs = frame.filter(pl.col("pseudonym") == busiest)
+        more = pl.concat([theirs] * (80 // theirs.height + 1)).head(80 - theirs.height)
+        return pl.concat([frame, more])
+
+    extract("with", eighty)
+    extract("without", lambda frame, _: frame.filter(pl.col("pseudonym") != busiest))
+    full = _exact(tmp_path / "with", cohort)
+    less = _exact(tmp_path / "without", cohort)
+    assert full.filter(pl.col(cohorts.frame.PATIENT) == busiest)["visits"][0] == 80
     assert full.height - less.height == 1
-    assert full.filter(pl.col(cohorts.frame.PATIENT) != busiest[0]).sort(
+    assert full.filter(pl.col(cohorts.frame.PATIENT) != busiest).sort(
         cohorts.frame.PATIENT).equals(less.sort(cohorts.frame.PATIENT))
-    assert full.filter(pl.col(cohorts.frame.PATIENT) == busiest[0])["visits"][0] == busiest[1]
 
 
 def test_the_spread_of_cohort_counts_matches_the_reported_scale(datasets_dir):

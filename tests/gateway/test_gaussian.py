@@ -87,6 +87,7 @@ def test_the_exact_path_adds_opendps_gaussian_with_the_reported_spread(view):
 def test_a_gaussian_statistic_through_the_gateway_is_charged_its_epsilon_and_delta(served):
     gw = Gateway(served.url, served.grant(fields=[*FIELDS, "total_cost"])["token"])
     stats = gw.cohort(_diabetes(), noise="gaussian", delta=1e-7)
+    assert gw.budget()["accounting"]["composition"] == "pure"  # nothing released yet
     preview = stats.preview_count(epsilon=1.0, group_by=["sex"])
     assert preview["distribution"][0] == "Integer Gaussian"
     answer = stats.count(epsilon=1.0, group_by=["sex"])
@@ -113,6 +114,9 @@ def test_a_gaussian_statistic_through_the_gateway_is_charged_its_epsilon_and_del
     # releases and one Laplace (ρ = ε²/2) add their ρ, and OpenDP converts the sum
     pool = sum(rho_within(e, 1e-7) for e in (1.0, 0.5, 1.0, 1.0)) + rho_of_pure(1.0)
     budget = gw.budget()
+    assert budget["accounting"]["composition"] == "zcdp"
+    assert budget["accounting"]["delta"] == 1e-7
+    assert budget["accounting"]["rho_spent"] == pytest.approx(pool, rel=1e-9)
     assert budget["delta"]["spent"] == pytest.approx(1e-7)
     assert budget["epsilon"]["spent"] == pytest.approx(approximate(pool, 1e-7)[0], abs=1e-5)
 
