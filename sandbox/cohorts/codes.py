@@ -8,8 +8,8 @@ three. The public categories of the field are matched once, so the data is only 
 filtered by a list of literal values.
 
 A published date is a day ("2023-05-17"), a month ("2023-05"), a quarter ("2023-Q2") or a
-year ("2023"); each becomes the period from its first to its last day. "*" (suppressed)
-has no period.
+year ("2023"); each becomes the period from its first to its last day. "*" (suppressed),
+or a year 0, has no period.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def period(column: str) -> tuple[pl.Expr, pl.Expr]:
             .when(month.is_not_null()).then(month.dt.month_end())
             .when(quarter.is_not_null()).then(pl.date(year, quarter * 3, 1).dt.month_end())
             .when(text.str.contains(r"^\d{4}$")).then(pl.date(year, 12, 31)))
-    return first, last
+    real = year >= 1  # "0000" is no date (nor one Python or Spark can hold)
+    return pl.when(real).then(first), pl.when(real).then(last)
 
 
 def periods(column: str, labels: list[str] | None) -> tuple[pl.Expr, pl.Expr]:

@@ -25,7 +25,7 @@ from sandbox.cohorts.spec import CohortSpec, Events, Variable
 from sandbox.data.catalog import CONSENT
 from sandbox.queries.checks import bin_labels
 from sandbox.queries.plan import consent_column
-from sandbox.queries.spark import INLINE_EXCLUSIONS, functions, predicate
+from sandbox.queries.spark import INLINE_EXCLUSIONS, functions, label_of, predicate
 
 SparkReader = Callable[[str], Any]  # a published table's name → its Spark DataFrame
 _LABEL = "_label"
@@ -193,6 +193,8 @@ def _per_patient(F: Any, variable: Variable, name: str, frame: Any, index: Any) 
     elif kind in ("min", "max", "mean"):
         numeric = F.col(field).cast("double")
         value = {"min": F.min, "max": F.max, "mean": F.avg}[kind](numeric)
+        if kind == "max":  # Polars' max passes over NaN (NaN only when nothing else)
+            value = F.coalesce(F.max(F.when(~F.isnan(numeric), numeric)), value)
     elif kind == "first_value":
         value = F.min(F.struct(F.col(START).isNull(), F.col(START), F.col(END).isNull(),
                                F.col(END), F.col(field).isNull(),
@@ -214,11 +216,8 @@ def _per_patient(F: Any, variable: Variable, name: str, frame: Any, index: Any) 
 
 def _bands(F: Any, variable: Variable) -> Any:
     edges = [float(e) for e in variable.edges]
-    labels = bin_labels(variable.edges)
     source = F.col(variable.of).cast("double")
-    inner = edges[1:-1]
-    position = sum(((source >= F.lit(e)).cast("int") for e in inner), F.lit(0))
-    label = F.element_at(F.array(*(F.lit(text) for text in labels)), position + 1)
+    label = label_of(F, source, edges, bin_labels(variable.edges))
     return F.when(source.between(F.lit(edges[0]), F.lit(edges[-1])), label)
 
 

@@ -14,11 +14,12 @@ import contextlib
 import functools
 import operator
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+from polars.exceptions import PanicException
 
 from sandbox.data.catalog import CONSENT, RECORDS
 from sandbox.errors import Unavailable
@@ -100,7 +101,7 @@ class SparkExecutor:
             table = self._aggregate(plan, rows(self.session())).toArrow()
         except Unavailable:
             raise
-        except Exception as exc:
+        except (Exception, PanicException) as exc:
             raise self._failed("answer the query", exc) from None
         return complete(plan, pl.from_arrow(table))
 
@@ -192,8 +193,8 @@ def predicate(F: Any, flt: Filter) -> Any:
             return col == F.lit(flt.value)
         case "ne":
             return col != F.lit(flt.value)
-        case "in":
-            return functools.reduce(operator.or_, (col == F.lit(v) for v in flt.value))
+        case "in":  # one expression, not a chain of ORs (Spark Connect caps plan depth)
+            return col.isin(list(flt.value))
         case "lt":
             return col < F.lit(flt.value)
         case "le":
@@ -219,8 +220,16 @@ def fixed(F: Any, plan: ExactPlan) -> Any:
 
 def bin_label(F: Any, plan: ExactPlan) -> Any:
     assert plan.edges is not None
-    x = value(F, plan)
-    inner = plan.edges[1:-1]
-    index = functools.reduce(operator.add, ((x >= F.lit(float(e))).cast("int")
-                                            for e in inner)) if inner else F.lit(0)
-    return F.element_at(F.array(*(F.lit(label) for label in plan.labels)), index + 1)
+    return label_of(F, value(F, plan), plan.edges, plan.labels)
+
+
+def label_of(F: Any, x: Any, edges: Sequence[float], labels: list[str]) -> Any:
+    """The label of the bin of ``edges`` that ``x`` falls in (left-closed; the last bin
+    takes everything from its left edge up): one plus the number of inner edges ≤ ``x``,
+    those comparisons added as a balanced tree — Spark Connect caps an expression's depth
+    at about a hundred, which a chain over 100 bins would pass."""
+    terms = [(x >= F.lit(float(e))).cast("int") for e in edges[1:-1]] or [F.lit(0)]
+    while len(terms) > 1:
+        terms = [functools.reduce(operator.add, terms[i:i + 2])
+                 for i in range(0, len(terms), 2)]
+    return F.element_at(F.array(*(F.lit(label) for label in labels)), terms[0] + 1)

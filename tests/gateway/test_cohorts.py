@@ -282,3 +282,17 @@ def test_cohort_quantiles_are_answered_by_polars_and_refused_with_a_reason_by_sp
             ask()
         assert refused.value.status == 422 and "histogram" in refused.value.reason
     assert gw.budget()["epsilon"]["spent"] == 0
+
+
+def test_long_filters_and_many_bins_are_answered_on_both_engines(served):
+    """Within the spec's limits on either engine: a filter of 60 values and a histogram
+    of 90 bins (Spark Connect refuses a plan nested past about a hundred levels)."""
+    gw = Gateway(served.url, served.grant(fields=[*FIELDS, "length_of_stay"])["token"])
+    drugs = ["盐酸二甲双胍片"] * 60
+    cohort = (Cohort("emr-visits", Cohort.events("prescriptions", where={"drug_name": drugs}))
+              .count("n", Cohort.events("prescriptions")))
+    histogram = gw.cohort(cohort).histogram("n", list(range(91)), epsilon=0.5)
+    assert len(histogram.df) == 90
+    visits = gw.histogram("emr-visits", "length_of_stay", list(range(91)), epsilon=0.5)
+    assert len(visits.df) == 90
+    assert gw.budget()["epsilon"]["spent"] == pytest.approx(1.0)
