@@ -1,6 +1,7 @@
 """The one-row-per-patient frame of a cohort definition, built with Polars from the
 dataset's tables — restricted ones at the gateway, dummy ones in a sandbox: the same
-code either way.
+code either way. The order of the steps is ``sandbox.cohorts.plan``'s; each step in
+Polars is here (``PolarsSteps``).
 
 Each patient of the population (an index event; consent for the purpose, where the
 gateway gives it; the definition's ``where``) is one row: the patient key, then one column
@@ -14,66 +15,23 @@ from collections.abc import Callable
 
 import polars as pl
 
-from sandbox.cohorts import checks, codes
+from sandbox.cohorts import checks, codes, plan
+from sandbox.cohorts.plan import END, INDEX_END, INDEX_START, PATIENT, START
 from sandbox.cohorts.spec import CohortSpec, Events, Variable
 from sandbox.queries.checks import bin_labels, predicate
+from sandbox.queries.spec import Filter
 
-PATIENT = "_patient"
-START, END = "_start", "_end"
-INDEX_START, INDEX_END = "_index_start", "_index_end"
+__all__ = ["END", "INDEX_END", "INDEX_START", "PATIENT", "START", "build", "consenting"]
 
 TableReader = Callable[[str], pl.LazyFrame]
 
 
 def build(spec: CohortSpec, metadata: dict, read: TableReader,
           consenting: pl.LazyFrame | None = None) -> pl.LazyFrame:
-    """The cohort's frame: ``PATIENT`` and one column per variable, typed as
-    ``checks.check`` describes them. ``read(table)`` gives a published table;
-    ``consenting`` (a frame of ``PATIENT``) the patients who may be counted — None: all
-    (dummy data). Call ``checks.check`` first: this trusts the definition."""
-    fields = checks.check(spec, metadata)
-    known = checks.tables(metadata)
-    key = metadata["patient_key"]
-
-    def events(selection: Events, index: pl.LazyFrame | None = None) -> pl.LazyFrame:
-        return _events(selection, known[selection.table], read, key, index)
-
-    index = _index(events(spec.index), spec.index.which)
-    if consenting is not None:
-        index = index.join(consenting, on=PATIENT, how="semi")
-    frame = index
-    for name, variable in spec.variables.items():
-        if variable.kind == "bands":
-            frame = frame.with_columns(_bands(variable, name))
-            continue
-        if variable.kind == "square":
-            frame = frame.with_columns((pl.col(variable.of).cast(pl.Float64) ** 2).alias(name))
-            continue
-        if variable.kind == "index_period":
-            frame = frame.with_columns(codes.period_label(
-                pl.col(INDEX_START), pl.col(INDEX_END), variable.level).alias(name))
-            continue
-        assert variable.events is not None
-        relative = variable.events.window and variable.events.window.after_index
-        selected = events(variable.events, index if relative else None)
-        if variable.kind == "survival":
-            assert variable.followup is not None
-            later = variable.followup.window and variable.followup.window.after_index
-            frame = _survival(frame, name, variable.horizon or 0, selected,
-                              events(variable.followup, index if later else None), index)
-            continue
-        frame = frame.join(_per_patient(variable, name, selected, index), on=PATIENT,
-                           how="left")
-        if variable.kind in ("exists", "count"):  # a patient without matching events: 0
-            frame = frame.with_columns(pl.col(name).fill_null(0))
-        if variable.kind == "exists":
-            frame = frame.with_columns(
-                pl.when(pl.col(name) > 0).then(pl.lit("yes")).otherwise(pl.lit("no"))
-                .alias(name))
-    frame = frame.select(PATIENT, *(_typed(name, fields[name]) for name in spec.columns()))
-    for flt in spec.where:
-        frame = frame.filter(predicate(flt))
-    return frame
+    """The cohort's frame (``plan.build``) on Polars: ``read(table)`` gives a published
+    table; ``consenting`` (a frame of ``PATIENT``) the patients who may be counted — None:
+    all (dummy data). Text columns are ``Enum``s of their categories."""
+    return plan.build(spec, metadata, PolarsSteps(read), consenting)
 
 
 def consenting(consent: pl.LazyFrame, key: str, purpose: str,
@@ -86,6 +44,55 @@ def consenting(consent: pl.LazyFrame, key: str, purpose: str,
     if excluded:
         frame = frame.filter(~pl.col(PATIENT).is_in(sorted(excluded)))
     return frame
+
+
+class PolarsSteps:
+    """The plan's steps in Polars (``plan.Steps``)."""
+
+    def __init__(self, read: TableReader) -> None:
+        self.read = read
+
+    def events(self, selection: Events, table: checks.Table, key: str,
+               index: pl.LazyFrame | None) -> pl.LazyFrame:
+        return _events(selection, table, self.read, key, index)
+
+    def index(self, events: pl.LazyFrame, which: str) -> pl.LazyFrame:
+        return _index(events, which)
+
+    def among(self, frame: pl.LazyFrame, patients: pl.LazyFrame) -> pl.LazyFrame:
+        return frame.join(patients, on=PATIENT, how="semi")
+
+    def bands(self, frame: pl.LazyFrame, name: str, variable: Variable) -> pl.LazyFrame:
+        return frame.with_columns(_bands(variable, name))
+
+    def square(self, frame: pl.LazyFrame, name: str, of: str) -> pl.LazyFrame:
+        return frame.with_columns((pl.col(of).cast(pl.Float64) ** 2).alias(name))
+
+    def period(self, frame: pl.LazyFrame, name: str, level: str) -> pl.LazyFrame:
+        return frame.with_columns(codes.period_label(
+            pl.col(INDEX_START), pl.col(INDEX_END), level).alias(name))
+
+    def per_patient(self, frame: pl.LazyFrame, name: str, variable: Variable,
+                    selected: pl.LazyFrame, index: pl.LazyFrame) -> pl.LazyFrame:
+        frame = frame.join(_per_patient(variable, name, selected, index), on=PATIENT,
+                           how="left")
+        if variable.kind in ("exists", "count"):  # a patient without matching events: 0
+            frame = frame.with_columns(pl.col(name).fill_null(0))
+        if variable.kind == "exists":
+            frame = frame.with_columns(
+                pl.when(pl.col(name) > 0).then(pl.lit("yes")).otherwise(pl.lit("no"))
+                .alias(name))
+        return frame
+
+    def survival(self, frame: pl.LazyFrame, name: str, horizon: int, outcome: pl.LazyFrame,
+                 followup: pl.LazyFrame, index: pl.LazyFrame) -> pl.LazyFrame:
+        return _survival(frame, name, horizon, outcome, followup, index)
+
+    def typed(self, frame: pl.LazyFrame, fields: list[tuple[str, dict]]) -> pl.LazyFrame:
+        return frame.select(PATIENT, *(_typed(name, field) for name, field in fields))
+
+    def where(self, frame: pl.LazyFrame, flt: Filter) -> pl.LazyFrame:
+        return frame.filter(predicate(flt))
 
 
 def _events(selection: Events, table: checks.Table, read: TableReader, key: str,

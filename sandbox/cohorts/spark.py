@@ -1,8 +1,8 @@
-"""The cohort frame of ``sandbox.cohorts.frame`` lowered to Spark's DataFrame API, for the
+"""The steps of a cohort's plan (``sandbox.cohorts.plan``) in Spark's DataFrame API, for the
 gateway's Spark engine: the same definition, checked by the same ``checks.check``, gives
-the same one row per patient — step for step the Polars plan, each step's ordering and
-null rules spelled out for Spark (``tests/gateway/test_cohorts_spark.py`` holds the two
-equal on random definitions).
+the same one row per patient as the Polars steps (``sandbox.cohorts.frame``), each step's
+ordering and null rules spelled out for Spark (``tests/gateway/test_cohorts_spark.py``
+holds the two equal on random definitions).
 
 Everything that depends only on public metadata is worked out once, here, with the
 Polars code itself — the codes a codelist matches, the period each published date label
@@ -19,24 +19,67 @@ from typing import Any
 
 import polars as pl
 
-from sandbox.cohorts import checks, codes
-from sandbox.cohorts.frame import END, INDEX_END, INDEX_START, PATIENT, START
+from sandbox.cohorts import checks, codes, plan
+from sandbox.cohorts.plan import END, INDEX_END, INDEX_START, PATIENT, START
 from sandbox.cohorts.spec import CohortSpec, Events, Variable
 from sandbox.data.catalog import CONSENT
 from sandbox.queries.checks import bin_labels
 from sandbox.queries.plan import consent_column
 from sandbox.queries.spark import INLINE_EXCLUSIONS, functions, label_of, predicate
+from sandbox.queries.spec import Filter
 
 SparkReader = Callable[[str], Any]  # a published table's name → its Spark DataFrame
 _LABEL = "_label"
 
 
 class Lowering:
-    """Spark's functions and window module, the session (for the small tables of public
-    values) and the reader of the restricted tables."""
+    """The plan's steps in Spark (``plan.Steps``): Spark's functions, the session (for the
+    small tables of public values) and the reader of the restricted tables."""
 
     def __init__(self, session: Any, functions: Any, read: SparkReader) -> None:
         self.session, self.F, self.read = session, functions, read
+
+    def events(self, selection: Events, table: checks.Table, key: str, index: Any) -> Any:
+        return _events(self, selection, table, key, index)
+
+    def index(self, events: Any, which: str) -> Any:
+        return _index(self.F, events, which)
+
+    def among(self, frame: Any, patients: Any) -> Any:
+        return frame.join(patients, on=PATIENT, how="left_semi")
+
+    def bands(self, frame: Any, name: str, variable: Variable) -> Any:
+        return frame.withColumn(name, _bands(self.F, variable))
+
+    def square(self, frame: Any, name: str, of: str) -> Any:
+        source = self.F.col(of).cast("double")
+        return frame.withColumn(name, source * source)
+
+    def period(self, frame: Any, name: str, level: str) -> Any:
+        return frame.withColumn(name, _period_label(self.F, level))
+
+    def per_patient(self, frame: Any, name: str, variable: Variable, selected: Any,
+                    index: Any) -> Any:
+        F = self.F
+        frame = frame.join(_per_patient(F, variable, name, selected, index), on=PATIENT,
+                           how="left")
+        if variable.kind in ("exists", "count"):  # a patient without matching events: 0
+            frame = frame.withColumn(name, F.coalesce(F.col(name), F.lit(0)))
+        if variable.kind == "exists":
+            frame = frame.withColumn(name, F.when(F.col(name) > 0, F.lit("yes"))
+                                     .otherwise(F.lit("no")))
+        return frame
+
+    def survival(self, frame: Any, name: str, horizon: int, outcome: Any, followup: Any,
+                 index: Any) -> Any:
+        return _survival(self.F, frame, name, horizon, outcome, followup, index)
+
+    def typed(self, frame: Any, fields: list[tuple[str, dict]]) -> Any:
+        return frame.select(self.F.col(PATIENT),
+                            *(_typed(self.F, name, field) for name, field in fields))
+
+    def where(self, frame: Any, flt: Filter) -> Any:
+        return frame.filter(predicate(self.F, flt))
 
 
 def patients(spec: CohortSpec, metadata: dict, directory: Path, purpose: str,
@@ -59,52 +102,9 @@ def patients(spec: CohortSpec, metadata: dict, directory: Path, purpose: str,
 
 def build(spec: CohortSpec, metadata: dict, on: Lowering,
           consenting: Any | None = None) -> Any:
-    """``frame.build`` on Spark: ``PATIENT`` and one column per variable, text columns as
-    strings (null outside their categories), integers as longs, the rest doubles."""
-    F = on.F
-    fields = checks.check(spec, metadata)
-    known = checks.tables(metadata)
-    key = metadata["patient_key"]
-
-    def events(selection: Events, index: Any = None) -> Any:
-        return _events(on, selection, known[selection.table], key, index)
-
-    index = _index(F, events(spec.index), spec.index.which)
-    if consenting is not None:
-        index = index.join(consenting, on=PATIENT, how="left_semi")
-    frame = index
-    for name, variable in spec.variables.items():
-        if variable.kind == "bands":
-            frame = frame.withColumn(name, _bands(F, variable))
-            continue
-        if variable.kind == "square":
-            source = F.col(variable.of).cast("double")
-            frame = frame.withColumn(name, source * source)
-            continue
-        if variable.kind == "index_period":
-            frame = frame.withColumn(name, _period_label(F, variable.level))
-            continue
-        assert variable.events is not None
-        relative = variable.events.window and variable.events.window.after_index
-        selected = events(variable.events, index if relative else None)
-        if variable.kind == "survival":
-            assert variable.followup is not None
-            later = variable.followup.window and variable.followup.window.after_index
-            frame = _survival(F, frame, name, variable.horizon or 0, selected,
-                              events(variable.followup, index if later else None), index)
-            continue
-        frame = frame.join(_per_patient(F, variable, name, selected, index), on=PATIENT,
-                           how="left")
-        if variable.kind in ("exists", "count"):  # a patient without matching events: 0
-            frame = frame.withColumn(name, F.coalesce(F.col(name), F.lit(0)))
-        if variable.kind == "exists":
-            frame = frame.withColumn(name, F.when(F.col(name) > 0, F.lit("yes"))
-                                     .otherwise(F.lit("no")))
-    frame = frame.select(F.col(PATIENT),
-                         *(_typed(F, name, fields[name]) for name in spec.columns()))
-    for flt in spec.where:
-        frame = frame.filter(predicate(F, flt))
-    return frame
+    """The cohort's frame (``plan.build``) on Spark: text columns as strings (null outside
+    their categories), integers as longs, the rest doubles."""
+    return plan.build(spec, metadata, on, consenting)
 
 
 def consenting(on: Lowering, consent: Any, key: str, purpose: str,

@@ -19,6 +19,7 @@ from opendp.accuracy import summarize_polars_measurement
 from opendp.mod import Measurement
 
 from sandbox.cohorts import checks, frame
+from sandbox.cohorts import spark as lowered
 from sandbox.cohorts.spec import CohortQuery
 from sandbox.data.catalog import CONSENT
 from sandbox.gateway import noise
@@ -161,7 +162,6 @@ class CohortQuestion:
     def _external(self, compiled: Compiled) -> pl.DataFrame:
         """OpenDP's noise on the exact aggregates the engine computed over the frame it
         built (``sandbox.cohorts.spark``)."""
-        from sandbox.cohorts import spark as lowered
         assert compiled.plan is not None and compiled.noise is not None
         assert self._withdrawn is not None
         rows = lowered.patients(self.spec.cohort, self._dataset.metadata,
